@@ -1,0 +1,393 @@
+// OpenMP engine for the pair-kernel sums of SPEC 3, 4 and 5 (value and gradient fused in
+// one pass over the pairs, O((n + m) D) memory, never an n x m matrix).
+//
+// Layout: x is packed row-major, y into "panels" of L = 64 bytes / sizeof(T) points
+// stored dimension-major (panel[d][l]), so that L squared distances, kernel values and
+// the y-side gradient updates are each one SIMD vector. The x-side gradient of a row is
+// accumulated lane-wise over the whole sweep and reduced once per row.
+//
+// Work is cut into square blocks of points and scheduled in rounds in which no two
+// tasks touch the same block (round-robin pairing for x with itself, cyclic diagonals
+// for x against y). Gradients are then written without atomics or per-thread copies,
+// and the summation order does not depend on the thread count: results are bitwise
+// reproducible.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#if defined(GAUSSREG_HAVE_OPENMP)
+#include <omp.h>
+#endif
+
+#include "common/config.h"
+#include "common/pair_sum_args.h"
+
+namespace gaussreg {
+namespace cpu {
+
+template <typename T>
+constexpr int simd_lanes() {
+  return static_cast<int>(64 / sizeof(T));
+}
+
+// Rows handled together by the micro-kernel: each panel load then feeds kRowBlock rows, and
+// 2 * kRowBlock independent FMA chains hide the FMA latency of the distance sums.
+constexpr int kRowBlock = 4;
+
+constexpr std::size_t kPageBytes = 4096;
+
+// The first address at or after p whose offset from `ref` is `offset` modulo 4 KiB. x86
+// cores stall a load on an earlier store to the same page offset ("4K aliasing"); keeping
+// the y-gradient panels half a page away from the y panels read in the same loop avoids it.
+template <typename T>
+T* page_offset_from(T* p, const T* ref, std::size_t offset) {
+  const std::size_t have = (reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(ref)) % kPageBytes;
+  const std::size_t shift = (offset + kPageBytes - have) % kPageBytes;
+  return reinterpret_cast<T*>(reinterpret_cast<char*>(p) + shift);
+}
+
+inline std::size_t align64(std::size_t b) { return (b + 63) & ~std::size_t(63); }
+
+// Block edge: a multiple of the lane count, small enough that every thread gets
+// several blocks (load balance), large enough to amortise the per-task work.
+template <typename T>
+index_t block_edge(index_t n, index_t m, int threads) {
+  const index_t L = simd_lanes<T>();
+  const index_t target = ceil_div(std::max(n, m), 4 * static_cast<index_t>(std::max(threads, 1)));
+  return std::clamp<index_t>(ceil_div(target, L) * L, 4 * L, 32 * L);
+}
+
+// Byte offsets of the workspace regions; the same function sizes and carves it.
+template <typename T>
+struct WorkspacePlan {
+  index_t edge = 0, panels = 0, blocks = 0;
+  std::size_t rows_off = 0, panels_off = 0, prow_off = 0, ppanel_off = 0, thread_off = 0, thread_stride = 0,
+              partial_off = 0, total = 0;
+
+  WorkspacePlan(index_t n, index_t m_or_0, index_t d, int threads) {
+    const bool self = m_or_0 == 0;
+    const index_t m = self ? n : m_or_0;
+    const index_t L = simd_lanes<T>();
+    edge = block_edge<T>(n, m, threads);
+    panels = ceil_div(m, L);
+    blocks = std::max(ceil_div(n, edge), ceil_div(m, edge));
+    std::size_t off = 0;
+    rows_off = off;
+    off += align64(sizeof(T) * n * d);
+    panels_off = off;
+    off += align64(sizeof(T) * panels * d * L);
+    prow_off = off;
+    off += align64(sizeof(T) * n);
+    ppanel_off = off;
+    off += align64(sizeof(T) * panels * L);
+    thread_stride = align64(sizeof(T) * (kRowBlock * d * L + edge * d) + kPageBytes);
+    thread_off = off;
+    off += thread_stride * static_cast<std::size_t>(std::max(threads, 1));
+    partial_off = off;
+    off += align64(sizeof(double) * blocks);
+    total = off;
+  }
+};
+
+template <typename T>
+std::size_t pair_sum_workspace_bytes(index_t n, index_t m_or_0, index_t d, int threads) {
+  return WorkspacePlan<T>(n, m_or_0, d, threads).total;
+}
+
+// The packed operands every tile reads.
+template <typename T>
+struct Packed {
+  const T* rows;    // (n, d)
+  const T* panels;  // (panels, d, L)
+  const T* prow;    // (n) per-point parameters of x, zeros when absent
+  const T* ppanel;  // (panels, L) per-point parameters of y
+  index_t n, m, d;
+};
+
+// kRows rows of x (starting at i) against one panel of L points of y: squared distances
+// t[r][l], then kernel values and derivatives (masked), value into vsum, and when kGrad
+// the row-side accumulators acc (d, kRows, L: the rows of one c side by side, so the loads
+// and stores of one sweep never sit 4 KiB apart) and the panel's y-side gradient gp (d, L).
+template <typename T, typename K, bool kGrad, int kRows>
+inline void rows_against_panel(const T* const* xr, const T* pr, const T* panel, const T* pj, index_t d, const K& kern,
+                               const bool (*valid)[simd_lanes<T>()], T (*vsum)[simd_lanes<T>()], T* acc, T* gp) {
+  constexpr int L = simd_lanes<T>();
+  T t0[kRows][L] = {}, t1[kRows][L] = {};
+  index_t c = 0;
+  for (; c + 1 < d; c += 2) {
+    for (int r = 0; r < kRows; ++r) {
+      const T xa = xr[r][c], xb = xr[r][c + 1];
+#pragma omp simd
+      for (int l = 0; l < L; ++l) {
+        const T da = panel[c * L + l] - xa;
+        const T db = panel[(c + 1) * L + l] - xb;
+        t0[r][l] += da * da;
+        t1[r][l] += db * db;
+      }
+    }
+  }
+  if (c < d) {
+    for (int r = 0; r < kRows; ++r) {
+      const T xa = xr[r][c];
+#pragma omp simd
+      for (int l = 0; l < L; ++l) {
+        const T da = panel[c * L + l] - xa;
+        t0[r][l] += da * da;
+      }
+    }
+  }
+  T w[kRows][L];
+  const int terms = kern.num_terms();
+  for (int r = 0; r < kRows; ++r) {
+    T k[L] = {}, dk[L] = {};
+    for (int s = 0; s < terms; ++s) {
+#pragma omp simd
+      for (int l = 0; l < L; ++l) kern.eval(s, t0[r][l] + t1[r][l], pr[r], pj[l], k[l], dk[l]);
+    }
+#pragma omp simd
+    for (int l = 0; l < L; ++l) {
+      vsum[r][l] += valid[r][l] ? k[l] : T(0);
+      w[r][l] = valid[r][l] ? dk[l] : T(0);
+    }
+  }
+  if (kGrad) {
+    for (c = 0; c < d; ++c) {
+      T gsum[L] = {};
+      for (int r = 0; r < kRows; ++r) {
+        const T xc = xr[r][c];
+        T* ac = acc + (c * kRows + r) * L;
+#pragma omp simd
+        for (int l = 0; l < L; ++l) {
+          const T wd = w[r][l] * (xc - panel[c * L + l]);
+          ac[l] += wd;
+          gsum[l] += wd;
+        }
+      }
+#pragma omp simd
+      for (int l = 0; l < L; ++l) gp[c * L + l] -= gsum[l];
+    }
+  }
+}
+
+// One tile: rows [i0, i1) of x against points [j0, j1) of y (j0 a multiple of L).
+// On a diagonal tile of a self sum only j > i is taken, so each unordered pair counts once.
+template <typename T, typename K, bool kGrad, int kRows>
+void run_row_block(const Packed<T>& pk, const K& kern, index_t i, index_t j0, index_t j1, bool diagonal, T* acc,
+                   T* gpanel, T* grad_x, double& value) {
+  constexpr int L = simd_lanes<T>();
+  const index_t d = pk.d;
+  const index_t p0 = j0 / L, p1 = ceil_div(j1, L);
+  const T* xr[kRows];
+  T pr[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    xr[r] = pk.rows + (i + r) * d;
+    pr[r] = pk.prow[i + r];
+  }
+  if (kGrad) std::fill(acc, acc + kRows * d * L, T(0));
+  T vsum[kRows][L] = {};
+  // Diagonal tiles start at the panel holding i + 1: earlier panels are all masked.
+  const index_t pstart = diagonal ? std::max(p0, (i + 1) / L) : p0;
+  for (index_t p = pstart; p < p1; ++p) {
+    bool valid[kRows][L];
+    for (int r = 0; r < kRows; ++r) {
+      const index_t jmin = diagonal ? i + r + 1 : 0;
+      for (int l = 0; l < L; ++l) {
+        const index_t j = p * L + l;
+        valid[r][l] = j < j1 && j >= jmin;
+      }
+    }
+    rows_against_panel<T, K, kGrad, kRows>(xr, pr, pk.panels + p * d * L, pk.ppanel + p * L, d, kern, valid, vsum,
+                                           acc, gpanel + (p - p0) * d * L);
+  }
+  for (int r = 0; r < kRows; ++r) {
+    double row_value = 0;
+    for (int l = 0; l < L; ++l) row_value += vsum[r][l];
+    value += row_value;
+    if (kGrad) {
+      T* gi = grad_x + (i + r) * d;
+      for (index_t c = 0; c < d; ++c) {
+        T s = 0;
+        for (int l = 0; l < L; ++l) s += acc[(c * kRows + r) * L + l];
+        gi[c] += s;
+      }
+    }
+  }
+}
+
+template <typename T, typename K, bool kGrad>
+void run_tile(const Packed<T>& pk, const K& kern, index_t i0, index_t i1, index_t j0, index_t j1, bool diagonal,
+              T* acc, T* gpanel, T* grad_x, T* grad_y, double& value) {
+  constexpr int L = simd_lanes<T>();
+  const index_t d = pk.d;
+  const index_t p0 = j0 / L, p1 = ceil_div(j1, L);
+  if (kGrad) std::fill(gpanel, gpanel + (p1 - p0) * d * L, T(0));
+  double tile_value = 0;
+  index_t i = i0;
+  for (; i + kRowBlock <= i1; i += kRowBlock)
+    run_row_block<T, K, kGrad, kRowBlock>(pk, kern, i, j0, j1, diagonal, acc, gpanel, grad_x, tile_value);
+  for (; i < i1; ++i) run_row_block<T, K, kGrad, 1>(pk, kern, i, j0, j1, diagonal, acc, gpanel, grad_x, tile_value);
+  value += tile_value;
+  if (kGrad) {
+    for (index_t p = p0; p < p1; ++p) {
+      const T* gp = gpanel + (p - p0) * d * L;
+      for (int l = 0; l < L; ++l) {
+        const index_t j = p * L + l;
+        if (j >= j1) break;
+        T* gj = grad_y + j * d;
+        for (index_t c = 0; c < d; ++c) gj[c] += gp[c * L + l];
+      }
+    }
+  }
+}
+
+// Round-robin ("circle method") pairing of B blocks: B' = B rounded up to even, B' - 1
+// rounds of disjoint pairs; a pair with the phantom block B (B odd) is skipped.
+inline std::vector<std::vector<std::pair<index_t, index_t>>> self_rounds(index_t blocks) {
+  std::vector<std::vector<std::pair<index_t, index_t>>> rounds;
+  const index_t even = blocks + (blocks % 2);
+  for (index_t r = 0; r + 1 < even; ++r) {
+    std::vector<std::pair<index_t, index_t>> tasks;
+    auto add = [&](index_t a, index_t b) {
+      if (a < blocks && b < blocks) tasks.emplace_back(std::min(a, b), std::max(a, b));
+    };
+    add(even - 1, r);
+    for (index_t k = 1; k < even / 2; ++k) add((r + k) % (even - 1), (r - k + even - 1) % (even - 1));
+    rounds.push_back(std::move(tasks));
+  }
+  std::vector<std::pair<index_t, index_t>> diagonal;
+  for (index_t b = 0; b < blocks; ++b) diagonal.emplace_back(b, b);
+  rounds.push_back(std::move(diagonal));
+  return rounds;
+}
+
+// Cyclic diagonals for x blocks against y blocks: round r pairs block a with (a + r) mod B.
+inline std::vector<std::vector<std::pair<index_t, index_t>>> cross_rounds(index_t bx, index_t by) {
+  const index_t b = std::max(bx, by);
+  std::vector<std::vector<std::pair<index_t, index_t>>> rounds;
+  for (index_t r = 0; r < b; ++r) {
+    std::vector<std::pair<index_t, index_t>> tasks;
+    for (index_t a = 0; a < bx; ++a) {
+      const index_t c = (a + r) % b;
+      if (c < by) tasks.emplace_back(a, c);
+    }
+    if (!tasks.empty()) rounds.push_back(std::move(tasks));
+  }
+  return rounds;
+}
+
+template <typename T>
+void pack_rows(const T* src, index_t n, index_t d, index_t s0, index_t s1, T* rows) {
+#pragma omp for schedule(static)
+  for (index_t i = 0; i < n; ++i)
+    for (index_t c = 0; c < d; ++c) rows[i * d + c] = src[i * s0 + c * s1];
+}
+
+template <typename T>
+void pack_panels(const T* src, index_t m, index_t d, index_t s0, index_t s1, index_t panels, T* out) {
+  constexpr int L = simd_lanes<T>();
+#pragma omp for schedule(static)
+  for (index_t p = 0; p < panels; ++p)
+    for (index_t c = 0; c < d; ++c)
+      for (int l = 0; l < L; ++l) {
+        const index_t j = p * L + l;
+        out[(p * d + c) * L + l] = j < m ? src[j * s0 + c * s1] : T(0);
+      }
+}
+
+template <typename T>
+void pack_params(const T* src, index_t count, index_t padded, T* out) {
+#pragma omp for schedule(static)
+  for (index_t i = 0; i < padded; ++i) out[i] = (src != nullptr && i < count) ? src[i] : T(0);
+}
+
+template <typename T>
+void check_args(const PairSumArgs<T>& a) {
+  if (a.n < 1 || a.d < 1 || (a.y != nullptr && a.m < 1))
+    throw std::invalid_argument("pair_sum: empty input (n=" + std::to_string(a.n) + ", m=" + std::to_string(a.m) +
+                                ", d=" + std::to_string(a.d) + ")");
+  if (a.value == nullptr) throw std::invalid_argument("pair_sum: no output for the value");
+  if (a.grad_x != nullptr && a.y != nullptr && a.grad_y == nullptr)
+    throw std::invalid_argument("pair_sum: a cross sum with gradients needs grad_y too");
+  const std::size_t need = pair_sum_workspace_bytes<T>(a.n, a.y ? a.m : 0, a.d, a.num_threads);
+  if (a.workspace == nullptr || a.workspace_bytes < need)
+    throw std::invalid_argument("pair_sum: workspace of " + std::to_string(a.workspace_bytes) + " bytes, need " +
+                                std::to_string(need));
+}
+
+// Entry point of the engine: value (and gradients when asked) of the pair sum.
+template <typename T, typename K>
+void pair_sum(const PairSumArgs<T>& a, const K& kern) {
+  check_args(a);
+  const bool self = a.y == nullptr;
+  const index_t n = a.n, d = a.d, m = self ? a.n : a.m;
+  const WorkspacePlan<T> plan(n, self ? 0 : m, d, a.num_threads);
+  char* ws = static_cast<char*>(a.workspace);
+  T* rows = reinterpret_cast<T*>(ws + plan.rows_off);
+  T* panels = reinterpret_cast<T*>(ws + plan.panels_off);
+  T* prow = reinterpret_cast<T*>(ws + plan.prow_off);
+  T* ppanel = reinterpret_cast<T*>(ws + plan.ppanel_off);
+  double* partial = reinterpret_cast<double*>(ws + plan.partial_off);
+  constexpr index_t L = simd_lanes<T>();
+  const index_t bx = ceil_div(n, plan.edge), by = ceil_div(m, plan.edge);
+  const auto rounds = self ? self_rounds(bx) : cross_rounds(bx, by);
+  const bool grad = a.grad_x != nullptr;
+  T* grad_y = self ? a.grad_x : a.grad_y;
+  const Packed<T> pk{rows, panels, prow, ppanel, n, m, d};
+
+#pragma omp parallel num_threads(a.num_threads)
+  {
+#if defined(GAUSSREG_HAVE_OPENMP)
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    pack_rows(a.x, n, d, a.x_stride0, a.x_stride1, rows);
+    if (self) {
+      pack_panels(a.x, n, d, a.x_stride0, a.x_stride1, plan.panels, panels);
+      pack_params(a.px, n, plan.panels * L, ppanel);
+    } else {
+      pack_panels(a.y, m, d, a.y_stride0, a.y_stride1, plan.panels, panels);
+      pack_params(a.py, m, plan.panels * L, ppanel);
+    }
+    pack_params(a.px, n, n, prow);
+#pragma omp for schedule(static)
+    for (index_t b = 0; b < plan.blocks; ++b) partial[b] = 0;
+    if (grad) {
+#pragma omp for schedule(static)
+      for (index_t i = 0; i < n * d; ++i) a.grad_x[i] = T(0);
+      if (!self) {
+#pragma omp for schedule(static)
+        for (index_t j = 0; j < m * d; ++j) a.grad_y[j] = T(0);
+      }
+    }
+    T* acc = reinterpret_cast<T*>(ws + plan.thread_off + plan.thread_stride * tid);
+    T* gpanel = page_offset_from(acc + kRowBlock * d * L, panels, kPageBytes / 2);
+    for (const auto& tasks : rounds) {
+      // The implicit barrier at the end of each round keeps the blocks of a round disjoint.
+#pragma omp for schedule(dynamic, 1)
+      for (std::size_t t = 0; t < tasks.size(); ++t) {
+        const index_t bi = tasks[t].first, bj = tasks[t].second;
+        const index_t i0 = bi * plan.edge, i1 = std::min(n, i0 + plan.edge);
+        const index_t j0 = bj * plan.edge, j1 = std::min(m, j0 + plan.edge);
+        const bool diagonal = self && bi == bj;
+        if (grad)
+          run_tile<T, K, true>(pk, kern, i0, i1, j0, j1, diagonal, acc, gpanel, a.grad_x, grad_y, partial[bi]);
+        else
+          run_tile<T, K, false>(pk, kern, i0, i1, j0, j1, diagonal, acc, gpanel, nullptr, nullptr, partial[bi]);
+      }
+    }
+  }
+  double total = 0;
+  for (index_t b = 0; b < plan.blocks; ++b) total += partial[b];
+  *a.value = total;
+}
+
+}  // namespace cpu
+}  // namespace gaussreg

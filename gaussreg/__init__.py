@@ -1,0 +1,22 @@
+"""gaussreg: latent-distribution regularizers for generative autoencoders.
+
+Every loss takes a batch of latents ``z`` of shape (n, D) and returns a differentiable
+0-dim tensor; the formulas are those of SPEC.md (section in each docstring). The O(n^2)
+work runs in fused C++/OpenMP or CUDA kernels (``gaussreg.backends()`` says which are
+built); ``gaussreg.reference`` holds the plain-PyTorch version of every formula.
+"""
+from ._native import backends
+from .losses.cramer_wold import cw_distance
+from .losses.gaussian_l2 import gaussian_l2, gaussian_l2_to_normal, mean_field_sigma
+from .losses.mmd import mmd
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backends",
+    "cw_distance",
+    "gaussian_l2",
+    "gaussian_l2_to_normal",
+    "mean_field_sigma",
+    "mmd",
+]

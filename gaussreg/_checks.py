@@ -1,0 +1,81 @@
+"""Input validation shared by every loss (SPEC "Shapes, dtypes, devices, errors").
+
+Errors name the argument and what was expected: TypeError for a wrong kind of object or
+dtype, ValueError for a wrong shape, size, value or device.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import torch
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def points(name: str, value, *, min_rows: int = 2, min_dim: int = 1) -> torch.Tensor:
+    """Check a point tensor: 2-D, floating, at least ``min_rows`` rows and ``min_dim`` columns."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (n, D), got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), "
+                        f"got dtype {value.dtype}")
+    if value.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor of shape (n, D), got shape {tuple(value.shape)}")
+    n, d = value.shape
+    if n < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} points (rows) for its pairs, got n = {n}")
+    if d < min_dim:
+        raise ValueError(f"{name} needs at least {min_dim} dimension(s) (columns), got D = {d}")
+    return value
+
+
+def same_device(**tensors: Optional[torch.Tensor]) -> torch.device:
+    """All tensors on one device; returns it."""
+    present = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    devices = {v.device for v in present.values()}
+    if len(devices) > 1:
+        where = ", ".join(f"{k} on {v.device}" for k, v in present.items())
+        raise ValueError(f"inputs must be on the same device, got {where}")
+    return next(iter(devices))
+
+
+def same_dim(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{name_a} and {name_b} must have the same dimension D, "
+                         f"got {a.shape[1]} and {b.shape[1]}")
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float32 or float64: half-precision inputs are computed in float32 (SPEC)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def finite(name: str, value: torch.Tensor) -> None:
+    """Reject NaN/Inf once per call (one reduction on the tensor's device)."""
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or Inf values; the loss would be NaN. "
+                         "Check the encoder output (e.g. torch.isfinite(z).all(dim=1)) before the loss")
+
+
+def positive_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive real number, got {type(value).__name__}")
+    value = float(value)
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"{name} must be positive and finite, got {value}")
+    return value
+
+
+def choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+
+
+def no_grad_option(name: str, value: torch.Tensor) -> None:
+    """Options such as per-point sigma are held constant: refuse a tensor that asks for a gradient."""
+    if value.requires_grad:
+        raise ValueError(f"{name} is held constant (no gradient flows to it); pass {name}.detach()")

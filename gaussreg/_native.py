@@ -1,0 +1,166 @@
+"""The compiled modules behind the losses: loading, backend choice, pointers and workspace.
+
+``gaussreg._C`` (C++/OpenMP) is always built; ``gaussreg._cuda`` when nvcc was found at
+build time. Neither knows PyTorch: they take raw pointers (``tensor.data_ptr()``),
+sizes, element strides, a workspace allocated here with torch, and (CUDA) the current
+stream. Importing gaussreg never fails because a module is missing; a call that needs
+it raises an error that names the fix.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import warnings
+from typing import Optional
+
+import torch
+
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
+_modules: dict = {}
+_import_errors: dict = {}
+_warned_fallback: set = set()
+
+_REBUILD_HINT = (
+    "reinstall gaussreg from source with a C++17 compiler and CMake available "
+    "(`pip install --no-build-isolation -e .` in the repository shows the build log)"
+)
+
+
+def _load(name: str):
+    if name in _modules:
+        return _modules[name]
+    if name in _import_errors:
+        return None
+    try:
+        _modules[name] = importlib.import_module(f"gaussreg.{name}")
+    except ImportError as exc:  # not built, or built against another runtime
+        _import_errors[name] = exc
+        return None
+    return _modules[name]
+
+
+def _built(name: str) -> bool:
+    return importlib.util.find_spec(f"gaussreg.{name}") is not None
+
+
+def backends() -> dict:
+    """What was built and what can run here.
+
+    Returns:
+        ``{"cpu": {...}, "cuda": {...}}``; each entry has ``built`` (the compiled module
+        is installed), ``available`` (it imports and, for CUDA, a GPU is visible) and
+        ``detail`` (why not, or build facts such as OpenMP).
+
+    Example:
+        >>> import gaussreg
+        >>> gaussreg.backends()["cpu"]["available"]
+        True
+    """
+    cpu = _load("_C")
+    cpu_entry = {
+        "built": _built("_C"),
+        "available": cpu is not None,
+        "detail": (f"OpenMP: {'yes' if cpu.openmp else 'no'}" if cpu is not None
+                   else f"not importable: {_import_errors.get('_C', 'not built')}"),
+    }
+    cuda_built = _built("_cuda")
+    gpu = torch.cuda.is_available()
+    if cuda_built and gpu:
+        mod = _load("_cuda")
+        cuda_entry = {"built": True, "available": mod is not None,
+                      "detail": "ok" if mod is not None else f"not importable: {_import_errors['_cuda']}"}
+    else:
+        cuda_entry = {
+            "built": cuda_built,
+            "available": False,
+            "detail": ("no CUDA device visible to torch" if cuda_built
+                       else "not built (nvcc was not found at build time, or GAUSSREG_NO_CUDA=1)"),
+        }
+    return {"cpu": cpu_entry, "cuda": cuda_entry}
+
+
+def module_for(device: torch.device):
+    """The compiled module for ``device``, or None when it cannot run there."""
+    if device.type == "cpu":
+        return _load("_C")
+    if device.type == "cuda":
+        return _load("_cuda") if _built("_cuda") else None
+    return None
+
+
+def use_native(device: torch.device, backend: str, what: str) -> bool:
+    """Whether to run the compiled kernels (True) or reference.py (False).
+
+    ``backend`` is "auto" (compiled when available, else the reference with a warning),
+    "native" (compiled or an error that names the fix) or "reference".
+    """
+    if backend == "reference":
+        return False
+    if backend not in ("auto", "native"):
+        raise ValueError(f"backend must be 'auto', 'native' or 'reference', got {backend!r}")
+    if module_for(device) is not None:
+        return True
+    why = _missing_reason(device)
+    if backend == "native":
+        raise RuntimeError(f"gaussreg.{what}: no compiled backend for device {device}: {why}")
+    if (device.type, what) not in _warned_fallback:
+        _warned_fallback.add((device.type, what))
+        warnings.warn(f"gaussreg.{what}: no compiled backend for device {device} ({why}); "
+                      "falling back to the slow pure-PyTorch reference (O(n^2) memory)",
+                      RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _missing_reason(device: torch.device) -> str:
+    if device.type == "cuda":
+        if not _built("_cuda"):
+            return ("gaussreg._cuda was not built: install the CUDA toolkit (nvcc) and "
+                    + _REBUILD_HINT)
+        return f"gaussreg._cuda does not import: {_import_errors.get('_cuda')}"
+    if device.type == "cpu":
+        return f"gaussreg._C does not import ({_import_errors.get('_C', 'not built')}); {_REBUILD_HINT}"
+    return f"device type {device.type!r} is not supported (CPU and CUDA are)"
+
+
+def dtype_code(dtype: torch.dtype) -> int:
+    return _DTYPE_CODES[dtype]
+
+
+def num_threads() -> int:
+    """OpenMP threads for a CPU call: follows torch.get_num_threads()."""
+    return max(1, torch.get_num_threads())
+
+
+def _device_capacity(device: torch.device) -> Optional[int]:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(nbytes: int, device: torch.device, what: str, option: str = "") -> None:
+    """Raise MemoryError naming the bytes when a request cannot fit on ``device`` at all."""
+    capacity = _device_capacity(device)
+    if capacity is not None and nbytes > capacity:
+        hint = f"; {option}" if option else ""
+        raise MemoryError(f"gaussreg.{what}: needs {nbytes} bytes ({nbytes / 2**30:.1f} GiB) of working memory "
+                          f"on {device}, more than its {capacity} bytes{hint}")
+
+
+def empty(shape, dtype: torch.dtype, device: torch.device, what: str) -> torch.Tensor:
+    """torch.empty that turns an allocator failure into a MemoryError naming the bytes."""
+    try:
+        return torch.empty(shape, dtype=dtype, device=device)
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+        numel = 1
+        for s in (shape if isinstance(shape, (tuple, list)) else (shape,)):
+            numel *= int(s)
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        raise MemoryError(f"gaussreg.{what}: could not allocate {nbytes} bytes on {device}: {exc}") from exc
+
+
+def stream_handle(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream

@@ -1,0 +1,1 @@
+"""One module per loss family (stem), each: public functions -> validation -> compiled op."""

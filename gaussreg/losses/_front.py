@@ -1,0 +1,39 @@
+"""Steps every loss front end shares: validate, pick the dtype, check memory, check finiteness."""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from .. import _checks, _native
+from . import _pair_sum
+
+
+def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, **named: Optional[torch.Tensor]
+                   ) -> Tuple[List[Optional[torch.Tensor]], torch.device, torch.dtype, bool]:
+    """Validate the point tensors in ``named`` (None entries skipped) for loss ``what``.
+
+    Returns the tensors converted to the compute dtype (float32 for half inputs; autograd
+    carries gradients back to the input dtype) in the order given, their device, the
+    compute dtype and whether the compiled backend runs. Memory is checked before the
+    NaN/Inf scan, so an impossible request fails at once instead of scanning a huge
+    (e.g. expanded) tensor.
+    """
+    present = {k: _checks.points(k, v) for k, v in named.items() if v is not None}
+    for k, v in present.items():
+        if v.shape[1] < min_dim:
+            raise ValueError(f"{what} needs D >= {min_dim}, got {k} with D = {v.shape[1]}")
+    device = _checks.same_device(**present)
+    items = list(present.items())
+    for k, v in items[1:]:
+        _checks.same_dim(items[0][0], items[0][1], k, v)
+    dtype = _checks.compute_dtype(*present.values())
+    native = _native.use_native(device, backend, what)
+    converted = [None if v is None else v.to(dtype) for v in named.values()]
+    if native:
+        points = [t for t in converted if t is not None]
+        second = points[1] if len(points) > 1 else None
+        _native.check_fits(_pair_sum.workspace_bytes(stem, points[0], second), device, what)
+    for k, v in present.items():
+        _checks.finite(k, v)
+    return converted, device, dtype, native

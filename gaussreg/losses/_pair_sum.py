@@ -1,0 +1,115 @@
+"""The pair-sum custom op shared by the kernel-sum losses (SPEC 3, 4, 5).
+
+``pair_sum(x, y, ...)`` returns, in float64, ``sum k(||x_i - y_j||^2)`` over all pairs
+(i, j) of x and y, or over the unordered pairs i < j of x with itself when ``y`` is None,
+for the kernel ``kind`` of the compiled stem (gaussian_l2, mmd, cramer_wold). The
+compiled forward computes the gradient in the same pass when an input requires it
+(each pair's distance and kernel are evaluated once), so backward is a scaling.
+
+It is a ``torch.library.custom_op`` with a fake implementation, so torch.compile can
+trace it, and an autograd formula registered on it. Second derivatives are refused
+with an error rather than returned wrong.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _native
+
+# Kernel kinds of each stem, as the enums in csrc/common/<stem>.h number them.
+GAUSS_EXP_SUM, GAUSS_PER_POINT = 0, 1
+MMD_IMQ, MMD_RBF = 0, 1
+CW_APPROX, CW_EXACT = 0, 1
+
+
+def workspace_bytes(stem: str, x: Tensor, y: Optional[Tensor]) -> int:
+    """Bytes of working memory one pair sum needs beyond its inputs (workspace + outputs)."""
+    module = _native.module_for(x.device)
+    n, d = x.shape
+    m = 0 if y is None else y.shape[0]
+    threads = _native.num_threads() if x.device.type == "cpu" else 1
+    ws = getattr(module, f"{stem}_workspace_bytes")(_native.dtype_code(x.dtype), n, m, d, threads)
+    grads = (n + m) * d * x.element_size()
+    return int(ws) + grads
+
+
+@torch.library.custom_op("gaussreg::pair_sum", mutates_args=())
+def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Optional[Tensor], stem: str, kind: int,
+                params: List[float], need_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    module = _native.module_for(x.device)
+    device, dtype = x.device, x.dtype
+    n, d = x.shape
+    m = 0 if y is None else y.shape[0]
+    threads = _native.num_threads() if device.type == "cpu" else 1
+    code = _native.dtype_code(dtype)
+    what = f"{stem} pair sum"
+    ws_bytes = int(getattr(module, f"{stem}_workspace_bytes")(code, n, m, d, threads))
+    workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, device, what)
+    value = torch.zeros((), dtype=torch.float64, device=device)
+    grad_x = _native.empty((n, d) if need_grad else (0,), dtype, device, what)
+    grad_y = _native.empty((m, d) if (need_grad and y is not None) else (0,), dtype, device, what)
+    args = [
+        code, kind,
+        x.data_ptr(), n, d, x.stride(0), x.stride(1),
+        0 if y is None else y.data_ptr(), m, 0 if y is None else y.stride(0), 0 if y is None else y.stride(1),
+        list(params),
+        0 if px is None else px.data_ptr(), 0 if py is None else py.data_ptr(),
+        value.data_ptr(),
+        grad_x.data_ptr() if need_grad else 0,
+        grad_y.data_ptr() if (need_grad and y is not None) else 0,
+        workspace.data_ptr(), ws_bytes,
+    ]
+    forward = getattr(module, f"{stem}_forward")
+    if device.type == "cuda":
+        forward(*args, _native.stream_handle(device))
+    else:
+        forward(*args, threads)
+    return value, grad_x, grad_y
+
+
+@pair_sum_op.register_fake
+def _(x, y, px, py, stem, kind, params, need_grad):
+    n, d = x.shape
+    value = x.new_empty((), dtype=torch.float64)
+    grad_x = x.new_empty((n, d) if need_grad else (0,))
+    grad_y = x.new_empty((y.shape[0], d) if (need_grad and y is not None) else (0,))
+    return value, grad_x, grad_y
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, px, py, stem, kind, params, need_grad = inputs
+    _, grad_x, grad_y = output
+    ctx.stem = stem
+    ctx.need_grad = need_grad
+    ctx.has_y = y is not None
+    ctx.save_for_backward(grad_x, grad_y)
+    ctx.mark_non_differentiable(grad_x, grad_y)
+
+
+def _backward(ctx, g_value, _g_grad_x, _g_grad_y):
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"gaussreg: second derivatives of the {ctx.stem} losses are not implemented "
+                           "(backward was called with create_graph=True)")
+    grad_x, grad_y = ctx.saved_tensors
+    if not ctx.need_grad:
+        raise RuntimeError(f"gaussreg: {ctx.stem} pair sum was computed without gradients "
+                           "(no input required grad at forward time)")
+    # d(sum k)/dx_i = sum_j k'(t_ij) * 2 (x_i - y_j): the kernels return the sum without the 2.
+    scale = (2.0 * g_value).to(grad_x.dtype)
+    gx = grad_x * scale
+    gy = grad_y * scale if ctx.has_y else None
+    return gx, gy, None, None, None, None, None, None
+
+
+torch.library.register_autograd("gaussreg::pair_sum", _backward, setup_context=_setup_context)
+
+
+def pair_sum(stem: str, kind: int, params: Sequence[float], x: Tensor, y: Optional[Tensor] = None,
+             px: Optional[Tensor] = None, py: Optional[Tensor] = None) -> Tensor:
+    """Float64 pair sum of ``stem``'s kernel ``kind`` (see module docstring), differentiable in x and y."""
+    need_grad = torch.is_grad_enabled() and (x.requires_grad or (y is not None and y.requires_grad))
+    value, _, _ = pair_sum_op(x, y, px, py, stem, kind, [float(p) for p in params], need_grad)
+    return value
