@@ -1,0 +1,68 @@
+"""Shared fixtures and the CUDA skip rule.
+
+The ``cuda`` marker is declared in pyproject.toml; a test carrying it runs only where
+``torch.cuda.is_available()`` and ``gaussreg.backends()["cuda"]["available"]``.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _helpers import FLOAT_DTYPES, HALF_DTYPES, SEEDS, cuda_ok  # noqa: E402
+
+import gaussreg.testing  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    marked = [item for item in items if "cuda" in item.keywords]
+    if not marked or cuda_ok():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU and gaussreg._cuda "
+                                   "(torch.cuda.is_available() and gaussreg.backends()['cuda']['available'])")
+    for item in marked:
+        item.add_marker(skip)
+
+
+@pytest.fixture(params=SEEDS, ids=lambda s: f"seed{s}")
+def seed(request):
+    return request.param
+
+
+@pytest.fixture(params=FLOAT_DTYPES, ids=str)
+def float_dtype(request):
+    return request.param
+
+
+@pytest.fixture(params=HALF_DTYPES, ids=str)
+def half_dtype(request):
+    return request.param
+
+
+@pytest.fixture(params=gaussreg.testing.LAYOUTS)
+def layout(request):
+    return request.param
+
+
+@pytest.fixture
+def restore_threads():
+    """Tests that change torch's thread count get it back afterwards."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the float32 error table (gaussreg next to the reference's own float32 error)."""
+    lines = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "float32_error" and getattr(report, "when", "call") == "call":
+                    lines.append(value)
+    if lines:
+        terminalreporter.write_sep("-", "float32 error vs float64 (max over value / gradient entries)")
+        for line in sorted(set(lines)):
+            terminalreporter.write_line(line)
