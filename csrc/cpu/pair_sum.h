@@ -92,7 +92,7 @@ struct WorkspacePlan {
     off += thread_stride * static_cast<std::size_t>(std::max(threads, 1));
     partial_off = off;
     off += align64(sizeof(double) * blocks);
-    total = off;
+    total = off + 64;  // slack to align the caller's pointer to 64 bytes
   }
 };
 
@@ -111,101 +111,128 @@ struct Packed {
   index_t n, m, d;
 };
 
-// kRows rows of x (starting at i) against one panel of L points of y: squared distances
-// t[r][l], then kernel values and derivatives (masked), value into vsum, and when kGrad
-// the row-side accumulators acc (d, kRows, L: the rows of one c side by side, so the loads
-// and stores of one sweep never sit 4 KiB apart) and the panel's y-side gradient gp (d, L).
-template <typename T, typename K, bool kGrad, int kRows>
-inline void rows_against_panel(const T* const* xr, const T* pr, const T* panel, const T* pj, index_t d, const K& kern,
-                               const bool (*valid)[simd_lanes<T>()], T (*vsum)[simd_lanes<T>()], T* acc, T* gp) {
+// One SIMD register of T (64 bytes: 16 floats or 8 doubles). GCC/Clang vector extensions
+// keep the micro-kernel's accumulators in registers on any target (one zmm with AVX-512,
+// two ymm with AVX2, lowered otherwise).
+template <typename T>
+struct Simd {
+  typedef T type __attribute__((vector_size(64)));
+};
+
+// kRows rows of x (starting at i) against kPanels consecutive panels (kPanels * L points of
+// y), SPEC 3/4/5 pair terms: squared distances from coordinate differences, kernel values
+// and derivatives (masked: lanes past j1 and, on diagonal tiles, pairs j <= i), values into
+// vsum, and when kGrad the row-side accumulators acc (d, kRows, L: the rows of one
+// coordinate side by side, so one sweep's loads and stores never sit 4 KiB apart) and the
+// panels' y-side gradients gp (d, L each). Every (row, panel) pair is an independent FMA
+// chain, which hides the FMA latency; each panel load and each accumulator update feeds
+// kRows * kPanels pairs.
+template <typename T, typename K, bool kGrad, int kRows, int kPanels>
+inline void micro_kernel(const Packed<T>& pk, const K& kern, index_t i, index_t p, index_t j1, bool diagonal,
+                         typename Simd<T>::type* vsum, T* acc, T* gp_first) {
+  using V = typename Simd<T>::type;
   constexpr int L = simd_lanes<T>();
-  T t0[kRows][L] = {}, t1[kRows][L] = {};
-  index_t c = 0;
-  for (; c + 1 < d; c += 2) {
+  const index_t d = pk.d;
+  const T* xr[kRows];
+  for (int r = 0; r < kRows; ++r) xr[r] = pk.rows + (i + r) * d;
+  const V* panel[kPanels];
+  for (int q = 0; q < kPanels; ++q) panel[q] = reinterpret_cast<const V*>(pk.panels + (p + q) * d * L);
+
+  V t[kRows][kPanels];
+  for (int r = 0; r < kRows; ++r)
+    for (int q = 0; q < kPanels; ++q) t[r][q] = V{} ;
+  for (index_t c = 0; c < d; ++c) {
+    V pv[kPanels];
+    for (int q = 0; q < kPanels; ++q) pv[q] = panel[q][c];
     for (int r = 0; r < kRows; ++r) {
-      const T xa = xr[r][c], xb = xr[r][c + 1];
-#pragma omp simd
-      for (int l = 0; l < L; ++l) {
-        const T da = panel[c * L + l] - xa;
-        const T db = panel[(c + 1) * L + l] - xb;
-        t0[r][l] += da * da;
-        t1[r][l] += db * db;
+      const T xc = xr[r][c];
+      for (int q = 0; q < kPanels; ++q) {
+        const V diff = pv[q] - xc;
+        t[r][q] += diff * diff;
       }
     }
   }
-  if (c < d) {
-    for (int r = 0; r < kRows; ++r) {
-      const T xa = xr[r][c];
-#pragma omp simd
-      for (int l = 0; l < L; ++l) {
-        const T da = panel[c * L + l] - xa;
-        t0[r][l] += da * da;
-      }
-    }
-  }
-  T w[kRows][L];
+
+  // Kernel terms lane by lane (the functors are scalar; this loop vectorizes).
+  alignas(64) T tt[kRows][kPanels][L];
+  alignas(64) T kk[kRows][kPanels][L];
+  alignas(64) T ww[kRows][kPanels][L];
   const int terms = kern.num_terms();
   for (int r = 0; r < kRows; ++r) {
-    T k[L] = {}, dk[L] = {};
-    for (int s = 0; s < terms; ++s) {
+    const T pi = pk.prow[i + r];
+    const index_t jmin = diagonal ? i + r + 1 : 0;
+    for (int q = 0; q < kPanels; ++q) {
+      std::memcpy(tt[r][q], &t[r][q], sizeof(V));
+      const T* pj = pk.ppanel + (p + q) * L;
+      T k[L] = {}, dk[L] = {};
+      for (int s = 0; s < terms; ++s) {
 #pragma omp simd
-      for (int l = 0; l < L; ++l) kern.eval(s, t0[r][l] + t1[r][l], pr[r], pj[l], k[l], dk[l]);
-    }
+        for (int l = 0; l < L; ++l) kern.eval(s, tt[r][q][l], pi, pj[l], k[l], dk[l]);
+      }
+      const index_t jbase = (p + q) * L;
 #pragma omp simd
-    for (int l = 0; l < L; ++l) {
-      vsum[r][l] += valid[r][l] ? k[l] : T(0);
-      w[r][l] = valid[r][l] ? dk[l] : T(0);
+      for (int l = 0; l < L; ++l) {
+        const index_t j = jbase + l;
+        const bool valid = j < j1 && j >= jmin;
+        kk[r][q][l] = valid ? k[l] : T(0);
+        ww[r][q][l] = valid ? dk[l] : T(0);
+      }
     }
   }
-  if (kGrad) {
-    for (c = 0; c < d; ++c) {
-      T gsum[L] = {};
-      for (int r = 0; r < kRows; ++r) {
-        const T xc = xr[r][c];
-        T* ac = acc + (c * kRows + r) * L;
-#pragma omp simd
-        for (int l = 0; l < L; ++l) {
-          const T wd = w[r][l] * (xc - panel[c * L + l]);
-          ac[l] += wd;
-          gsum[l] += wd;
-        }
-      }
-#pragma omp simd
-      for (int l = 0; l < L; ++l) gp[c * L + l] -= gsum[l];
+  for (int r = 0; r < kRows; ++r)
+    for (int q = 0; q < kPanels; ++q) {
+      V kv;
+      std::memcpy(&kv, kk[r][q], sizeof(V));
+      vsum[r] += kv;
     }
+  if (!kGrad) return;
+
+  V w[kRows][kPanels];
+  for (int r = 0; r < kRows; ++r)
+    for (int q = 0; q < kPanels; ++q) std::memcpy(&w[r][q], ww[r][q], sizeof(V));
+  V* gp[kPanels];
+  for (int q = 0; q < kPanels; ++q) gp[q] = reinterpret_cast<V*>(gp_first + q * d * L);
+  V* ac = reinterpret_cast<V*>(acc);
+  for (index_t c = 0; c < d; ++c) {
+    V pv[kPanels], g[kPanels];
+    for (int q = 0; q < kPanels; ++q) {
+      pv[q] = panel[q][c];
+      g[q] = gp[q][c];
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const T xc = xr[r][c];
+      V a = ac[c * kRows + r];
+      for (int q = 0; q < kPanels; ++q) {
+        const V wd = w[r][q] * (xc - pv[q]);
+        a += wd;
+        g[q] -= wd;
+      }
+      ac[c * kRows + r] = a;
+    }
+    for (int q = 0; q < kPanels; ++q) gp[q][c] = g[q];
   }
 }
 
-// One tile: rows [i0, i1) of x against points [j0, j1) of y (j0 a multiple of L).
-// On a diagonal tile of a self sum only j > i is taken, so each unordered pair counts once.
+// Panels per micro-kernel call: more panels amortise the row accumulators' loads and stores.
+constexpr int kPanelBlock = 2;
+
+// Rows [i, i + kRows) of x against the points [j0, j1) of y (j0 a multiple of L).
 template <typename T, typename K, bool kGrad, int kRows>
 void run_row_block(const Packed<T>& pk, const K& kern, index_t i, index_t j0, index_t j1, bool diagonal, T* acc,
                    T* gpanel, T* grad_x, double& value) {
+  using V = typename Simd<T>::type;
   constexpr int L = simd_lanes<T>();
   const index_t d = pk.d;
   const index_t p0 = j0 / L, p1 = ceil_div(j1, L);
-  const T* xr[kRows];
-  T pr[kRows];
-  for (int r = 0; r < kRows; ++r) {
-    xr[r] = pk.rows + (i + r) * d;
-    pr[r] = pk.prow[i + r];
-  }
   if (kGrad) std::fill(acc, acc + kRows * d * L, T(0));
-  T vsum[kRows][L] = {};
+  V vsum[kRows];
+  for (int r = 0; r < kRows; ++r) vsum[r] = V{};
   // Diagonal tiles start at the panel holding i + 1: earlier panels are all masked.
-  const index_t pstart = diagonal ? std::max(p0, (i + 1) / L) : p0;
-  for (index_t p = pstart; p < p1; ++p) {
-    bool valid[kRows][L];
-    for (int r = 0; r < kRows; ++r) {
-      const index_t jmin = diagonal ? i + r + 1 : 0;
-      for (int l = 0; l < L; ++l) {
-        const index_t j = p * L + l;
-        valid[r][l] = j < j1 && j >= jmin;
-      }
-    }
-    rows_against_panel<T, K, kGrad, kRows>(xr, pr, pk.panels + p * d * L, pk.ppanel + p * L, d, kern, valid, vsum,
-                                           acc, gpanel + (p - p0) * d * L);
-  }
+  index_t p = diagonal ? std::max(p0, (i + 1) / L) : p0;
+  for (; p + kPanelBlock <= p1; p += kPanelBlock)
+    micro_kernel<T, K, kGrad, kRows, kPanelBlock>(pk, kern, i, p, j1, diagonal, vsum, acc, gpanel + (p - p0) * d * L);
+  for (; p < p1; ++p)
+    micro_kernel<T, K, kGrad, kRows, 1>(pk, kern, i, p, j1, diagonal, vsum, acc, gpanel + (p - p0) * d * L);
   for (int r = 0; r < kRows; ++r) {
     double row_value = 0;
     for (int l = 0; l < L; ++l) row_value += vsum[r][l];
@@ -328,7 +355,8 @@ void pair_sum(const PairSumArgs<T>& a, const K& kern) {
   const bool self = a.y == nullptr;
   const index_t n = a.n, d = a.d, m = self ? a.n : a.m;
   const WorkspacePlan<T> plan(n, self ? 0 : m, d, a.num_threads);
-  char* ws = static_cast<char*>(a.workspace);
+  // The micro-kernel's vector loads need 64-byte alignment; the plan reserved the slack.
+  char* ws = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(a.workspace) + 63) & ~std::uintptr_t(63));
   T* rows = reinterpret_cast<T*>(ws + plan.rows_off);
   T* panels = reinterpret_cast<T*>(ws + plan.panels_off);
   T* prow = reinterpret_cast<T*>(ws + plan.prow_off);
