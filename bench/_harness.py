@@ -20,8 +20,10 @@ Everything else lives here and is the same for every family:
   returned (``malloc_trim``) and the peak RSS is reset through ``/proc/self/clear_refs``,
   so VmHWM - VmRSS is that call's own; a tiny call per implementation first keeps
   one-time library initialisation out. ``--mem-isolation call`` (also the fallback where
-  clear_refs is not writable) starts one subprocess per call and reports ``ru_maxrss``
-  after the call minus ``ru_maxrss`` after building the inputs. CUDA:
+  clear_refs is not writable) starts one subprocess per call and reports the peak after
+  the call minus the peak after building the inputs (VmHWM, or ``ru_maxrss`` without
+  /proc; VmHWM because Linux carries a forking parent's RSS into the child's
+  ``ru_maxrss``, which would hide every call smaller than the benchmark process). CUDA:
   ``torch.cuda.max_memory_allocated`` above the allocation before the call.
 * **Failures are results.** Out-of-memory, a call slower than ``--timeout``, an exception,
   a size an implementation is not run at (``Impl.max_n``) or one whose estimated memory
@@ -86,6 +88,7 @@ class Impl:
             whose estimate exceeds ``--mem-fraction`` of the available memory is skipped
             (so an O(n^2 D) implementation is not run into the kernel's OOM killer).
         unavailable: None when usable, else why not (e.g. "pykeops is not installed").
+        oracle_only: run only as the correctness oracle, never timed (set by ``--impls``).
     """
 
     name: str
@@ -94,6 +97,7 @@ class Impl:
     max_n_note: str = ""
     bytes_needed: Optional[Callable[[int, int, int], float]] = None
     unavailable: Optional[str] = None
+    oracle_only: bool = False
 
 
 @dataclass
@@ -413,6 +417,7 @@ class _Ctx:
     dim: int
     rate: Optional[float]
     gate: Dict[Tuple[str, str], Tuple[Optional[bool], str]] = field(default_factory=dict)
+    gate_errors: Dict[Tuple[str, str], str] = field(default_factory=dict)
 
 
 def _check_small(case: Case, ctx: _Ctx) -> None:
@@ -438,8 +443,9 @@ def _check_small(case: Case, ctx: _Ctx) -> None:
             continue
         try:
             value, grads = _value_and_grads(impl, build())
-        except Exception as exc:
-            ctx.gate[key] = (False, f"check raised {_short(exc)}")
+        except Exception as exc:  # a crash is an error, not a wrong answer
+            ctx.gate[key] = (None, f"error: the check raised {_short(exc)}")
+            ctx.gate_errors[key] = _short(exc)
             continue
         val_err, grad_err = _errors(value, grads, *ref)
         ok = val_err <= case.gate_rtol and grad_err <= case.gate_rtol and math.isfinite(value)
@@ -575,8 +581,12 @@ def run_cases(cases: List[Case], ctx: _Ctx, sizes: List[int]) -> List[dict]:
                 print(f"  [check] {impl.name:<10} {msg}", flush=True)
                 if ok is False:
                     rows.append(_row(case, impl, None, ctx, "wrong", msg + "; not timed"))
+                elif (case.name, impl.name) in ctx.gate_errors:
+                    rows.append(_row(case, impl, None, ctx, "error",
+                                     f"correctness check raised {ctx.gate_errors[(case.name, impl.name)]}; not timed"))
         runnable = [i for i in case.impls
-                    if i.unavailable is None and ctx.gate.get((case.name, i.name), (None,))[0] is not False]
+                    if i.unavailable is None and not i.oracle_only and ctx.gate.get((case.name, i.name), (None,))[0] is not False
+                    and (case.name, i.name) not in ctx.gate_errors]
         stopped: Dict[str, str] = {}
         oracle_cache: dict = {}
         for n in sizes:
@@ -647,8 +657,18 @@ def _memory_worker(cases: List[Case], args: argparse.Namespace, device: torch.de
     impls = {(c.name, i.name): (c, i) for c in cases for i in c.impls}
     dtype, dim = _DTYPES[args.dtype], args.dim
     use_hwm = spec["method"] == "hwm" and _reset_peak_rss()
+    # Without the reset, the peak is the process's own high-water mark: VmHWM, which starts
+    # afresh at exec. (ru_maxrss does not: Linux carries the forking parent's RSS into the
+    # child's ru_maxrss, so a big benchmark process would hide every call below its size.)
+    peak_key = "VmHWM" if _proc_status_kb("VmHWM") is not None else None
     method = (f"fresh subprocess per {spec['method_scope']}: VmHWM (reset through clear_refs) - VmRSS before the call"
-              if use_hwm else "fresh subprocess per call: ru_maxrss after the call - ru_maxrss after building the inputs")
+              if use_hwm else
+              f"fresh subprocess per call: {peak_key or 'ru_maxrss'} after the call - after building the inputs")
+
+    def peak_kb() -> int:
+        if peak_key is not None:
+            return _proc_status_kb(peak_key)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     # One tiny call per impl first: library initialisation (OpenMP pool, BLAS buffers,
     # autograd engine threads) is a one-time cost, not the call's memory.
     for key in dict.fromkeys((c, i) for c, i, _ in spec["plan"]):
@@ -667,13 +687,12 @@ def _memory_worker(cases: List[Case], args: argparse.Namespace, device: torch.de
             base_kb = _proc_status_kb("VmRSS")
             _reset_peak_rss()
         else:
-            base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+            base_kb = peak_kb()
         record = {"event": "done", "case": case_name, "impl": impl_name, "n": n, "method": method}
         try:
             loss = _forward_backward(impl, inputs)
             del loss
-            peak_kb = _proc_status_kb("VmHWM") if use_hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            record["extra_bytes"] = (peak_kb - base_kb) * 1024
+            record["extra_bytes"] = (peak_kb() - base_kb) * 1024
         except Exception as exc:
             record["error"] = ("oom: " if is_oom(exc) else "") + _short(exc)
         _emit(record)
@@ -899,10 +918,8 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
         for c in cases:
             keep = set(args.impls) | {c.oracle}  # the oracle always runs the correctness check
             c.impls = [i for i in c.impls if i.name in keep]
-            if c.oracle not in args.impls:
-                for i in c.impls:
-                    if i.name == c.oracle:
-                        i.max_n, i.max_n_note = 0, "not selected by --impls (used only as the oracle)"
+            for i in c.impls:
+                i.oracle_only = i.name not in args.impls
     if args.mem_worker:
         _memory_worker(cases, args, device)
         return []
@@ -915,6 +932,16 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
           f"gaussreg {meta['gaussreg']} | commit {meta['git_commit'][:12]} | {meta['date']}")
     print(f"D={args.dim} {args.dtype}, n={sizes}, repeats={args.repeats} (>= {args.min_repeats}, "
           f"row budget {args.row_budget:g} s), warm-up {args.warmup}, {args.rotate} rotated input sets")
+    load = meta["loadavg_at_start"]
+    meta["warnings"] = []
+    if device.type == "cpu" and load and os.cpu_count() and load[0] > 0.75 * os.cpu_count():
+        meta["warnings"].append(
+            f"load average {load[0]:.1f} on {os.cpu_count()} CPUs at start: other work shares this machine, so "
+            "CPU timings are noisy"
+            + ("" if os.environ.get("OMP_WAIT_POLICY") else
+               "; OpenMP's default spin-then-sleep waiting makes barrier-heavy code much slower when threads "
+               "are descheduled (OMP_WAIT_POLICY=passive in the environment reduces that)"))
+        print("warning: " + meta["warnings"][-1])
     rate = None
     if not args.no_floor:
         size = args.peak_size or (8192 if device.type == "cuda" else 4096)
@@ -944,6 +971,8 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
     print("note: val err / grad err = relative error at this n against a float64 run (size_oracle column of the CSV)")
     for line in notes:
         print("note: " + line)
+    for line in meta["warnings"]:
+        print("warning: " + line)
     print(f"wall time {meta['wall_s']:.0f} s; load average at start {_load(meta['loadavg_at_start'])}, "
           f"at end {_load(meta['loadavg_at_end'])} on {meta['cpu_count']} CPUs")
     if not args.no_save:

@@ -150,8 +150,10 @@ def rel_value_err(a, b, floor: float) -> float:
 
 
 def rel_grad_err(gs, hs) -> float:
-    """max |g32 - g64| / max |g64| over all gradient tensors."""
-    return max(float((g.double() - h).abs().max()) / float(h.abs().max()) for g, h in zip(gs, hs))
+    """Normwise relative error ||g32 - g64|| / ||g64|| over all gradient tensors together."""
+    num = sum(float((g.double() - h).pow(2).sum()) for g, h in zip(gs, hs))
+    den = sum(float(h.pow(2).sum()) for h in hs)
+    return (num / den) ** 0.5
 
 
 def check_float32(fn: Callable, ref_fn: Callable, inputs: Sequence[torch.Tensor], *, value_floor: float,
@@ -161,9 +163,9 @@ def check_float32(fn: Callable, ref_fn: Callable, inputs: Sequence[torch.Tensor]
     Value: relative error <= 1e-5, relative to max(|value|, value_floor), the floor being the
     size of the terms whose difference the loss is (an unbiased MMD may be ~0). For a
     log loss the absolute error of the log (the relative error of its argument).
-    Gradient: max abs error / max |gradient| <= 1e-5, or twice the reference's own float32
-    error where that is larger (each gradient entry is a sum over the other points that
-    cancels, so the float32 floor grows with n and D), measured where it fits.
+    Gradient: normwise relative error <= 1e-5, or twice the reference's own float32 error
+    where that is larger (each gradient entry is a sum over the other points that cancels,
+    so the float32 floor grows with n and D), measured where the reference fits.
     The reference's own float32 error is reported next to the library's.
     """
     inputs32 = [t.float() for t in inputs]

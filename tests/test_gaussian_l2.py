@@ -28,6 +28,8 @@ from _helpers import (FLOAT_DTYPES, assert_close, assert_identical, bytes_in_mes
 
 SMALL = [(n, d, scale, seed) for (n, d) in ((2, 2), (3, 3), (17, 2), (17, 20), (17, 128))
          for scale, seed in ((0.2, 0), (1.0, 1), (3.0, 2))]
+# Every option runs SMALL_FEW; the main options run all of SMALL.
+SMALL_FEW = [(2, 2, 0.2, 0), (3, 3, 3.0, 1), (17, 2, 1.0, 2), (17, 20, 0.2, 3), (17, 128, 1.0, 4)]
 MEDIUM = [(256, 3, 1.0, 0), (256, 20, 3.0, 1), (256, 128, 0.2, 2)]
 LARGE = [(1000, 2, 1.0, 3), (1000, 20, 0.2, 4)]
 
@@ -86,8 +88,12 @@ OPTIONS = {
     "xy_sigma0.4": _two_sample(0.4),
     "xy_sigma2.5": _two_sample(2.5),
 }
+MAIN_OPTIONS = ("sigma0.6", "per_point", "mean_field", "xy_sigma0.4")
+SMALL_CASES = ([(o, c) for o in MAIN_OPTIONS for c in SMALL]
+               + [(o, c) for o in sorted(OPTIONS) if o not in MAIN_OPTIONS for c in SMALL_FEW])
 # The reference is O(n^2 D) in time and memory: medium and large cases run a covering subset.
-MEDIUM_OPTIONS = ("sigma1", "sigma0.6", "per_point", "mean_field", "xy_sigma0.4")
+MEDIUM_CASES = ([(o, c) for o in MAIN_OPTIONS + ("sigma1",) for c in MEDIUM[:2]]
+                + [("sigma0.6", MEDIUM[2]), ("xy_sigma0.4", MEDIUM[2])])
 LARGE_CASES = [("sigma1", LARGE[1]), ("per_point", LARGE[0]), ("mean_field", LARGE[0]), ("xy_sigma0.4", LARGE[1])]
 
 
@@ -96,21 +102,24 @@ LARGE_CASES = [("sigma1", LARGE[1]), ("per_point", LARGE[0]), ("mean_field", LAR
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", SMALL, ids=case_id)
-@pytest.mark.parametrize("option", sorted(OPTIONS))
+def _ids(cases):
+    return [f"{o}-{case_id(c)}" for o, c in cases]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("option, case", SMALL_CASES, ids=_ids(SMALL_CASES))
 def test_matches_reference(option, case):
     inputs, fn, ref_fn = OPTIONS[option](*case)
     compare_with_reference(fn, ref_fn, inputs, what=f"{option} {case_id(case)}")
 
 
-@pytest.mark.parametrize("case", MEDIUM, ids=case_id)
-@pytest.mark.parametrize("option", MEDIUM_OPTIONS)
+@pytest.mark.parametrize("option, case", MEDIUM_CASES, ids=_ids(MEDIUM_CASES))
 def test_matches_reference_medium(option, case):
     inputs, fn, ref_fn = OPTIONS[option](*case)
     compare_with_reference(fn, ref_fn, inputs, what=f"{option} {case_id(case)}")
 
 
-@pytest.mark.parametrize("option, case", LARGE_CASES, ids=[f"{o}-{case_id(c)}" for o, c in LARGE_CASES])
+@pytest.mark.parametrize("option, case", LARGE_CASES, ids=_ids(LARGE_CASES))
 def test_matches_reference_large(option, case):
     inputs, fn, ref_fn = OPTIONS[option](*case)
     compare_with_reference(fn, ref_fn, inputs, what=f"{option} {case_id(case)}")
@@ -144,11 +153,13 @@ def test_mean_field_equals_per_point_sigma_and_is_held_constant():
 GRADCHECK_OPTIONS = sorted(k for k in OPTIONS if k != "mean_field")  # mean_field: held constant, see above
 
 
-GRADCHECK_CASES = [(2, 2, 0.3), (4, 3, 1.0), (3, 1, 0.5)]
+GRADCHECK_CASES = ([(o, (4, 3, 0.7)) for o in GRADCHECK_OPTIONS]
+                   + [(o, c) for o in ("sigma0.6", "per_point", "xy_sigma0.4") for c in ((2, 2, 0.3), (3, 1, 1.5))])
 
 
-@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=lambda c: f"n{c[0]}-D{c[1]}-x{c[2]:g}")
-@pytest.mark.parametrize("option", GRADCHECK_OPTIONS)
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("option, case", GRADCHECK_CASES,
+                         ids=[f"{o}-n{c[0]}-D{c[1]}-x{c[2]:g}" for o, c in GRADCHECK_CASES])
 def test_gradcheck(option, case):
     n, d, scale = case
     inputs, fn, _ = OPTIONS[option](n, d, scale, 7)
@@ -160,7 +171,7 @@ def test_gradcheck(option, case):
 # 3. float32 vs float64
 # ---------------------------------------------------------------------------
 
-F32_CASES = [(256, 3), (1024, 20), (4096, 8)]
+F32_CASES = [(256, 3), (1024, 8), (4096, 8), (4096, 20)]
 F32_OPTIONS = ("sigma1", "sigma0.6", "per_point", "xy_sigma1")
 REF_F32_MAX_ELEMENTS = 2**25  # n^2 D: the reference's own float32 error is measured below this
 
@@ -179,7 +190,7 @@ def test_float32_error(option, shape, record_property):
 # 4. layouts and half precision
 # ---------------------------------------------------------------------------
 
-LAYOUT_OPTIONS = ("sigma1", "per_point", "mean_field", "xy_sigma0.4")
+LAYOUT_OPTIONS = ("per_point", "mean_field", "xy_sigma0.4")
 
 
 @pytest.mark.parametrize("option", LAYOUT_OPTIONS)
@@ -330,12 +341,11 @@ BAD_CALLS = {
 
 def _assert_still_works():
     z = random_points(9, 4, seed=5, scale=0.5)
-    compare_with_reference(lambda z: gaussreg.gaussian_l2_to_normal(z, 0.7),
-                           lambda z: ref.gaussian_l2_to_normal(z, 0.7), [z], what="after an error")
     compare_with_reference(lambda a, b: gaussreg.gaussian_l2(a, b, 0.7),
                            lambda a, b: ref.gaussian_l2(a, b, 0.7), [z, z[:5] + 0.1], what="after an error")
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("case", sorted(BAD_CALLS))
 def test_spec_error(case):
     call, exc, match = BAD_CALLS[case]
@@ -362,7 +372,7 @@ def test_memory_error_names_bytes(call):
 
 
 def test_native_backend_on_meta_names_device():
-    with pytest.raises(RuntimeError, match="meta"):
+    with pytest.raises(ValueError, match="meta"):
         gaussreg.gaussian_l2_to_normal(torch.empty(6, 3, device="meta"), backend="native")
 
 
@@ -400,6 +410,7 @@ OP_CASES = ["self_exp", "self_exp_nograd", "cross_exp_two_terms", "self_per_poin
 OPCHECK_CASES = [(name, torch.float64) for name in OP_CASES] + [("cross_per_point", torch.float32)]
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name, dtype", OPCHECK_CASES, ids=[f"{n}-{d}" for n, d in OPCHECK_CASES])
 def test_opcheck(name, dtype):
     run_opcheck(_op_cases(dtype)[name][0])
@@ -419,6 +430,7 @@ def test_pair_sum_contract(name, dtype):
 
 COMPILE_XFAIL = pytest.mark.xfail(
     strict=True,
+    raises=torch._dynamo.exc.Unsupported,  # any other failure (e.g. a wrong value) is a real one
     reason="front end not traceable with fullgraph=True: _front.prepare_points -> _native.check_fits -> "
            "_pair_sum.workspace_bytes calls torch.get_num_threads() and the pybind11 <stem>_workspace_bytes "
            "(non-Tensor results), and _checks.finite does bool(torch.isfinite(v).all()) (data-dependent)")

@@ -31,6 +31,8 @@ SIXTEEN_SCALES = tuple(0.05 * 1.5**k for k in range(16))
 
 SMALL = [(n, d, scale, seed) for (n, d) in ((2, 2), (3, 3), (17, 2), (17, 20), (17, 128))
          for scale, seed in ((0.2, 0), (1.0, 1), (3.0, 2))]
+# Every option runs SMALL_FEW; the main options run all of SMALL.
+SMALL_FEW = [(2, 2, 0.2, 0), (3, 3, 3.0, 1), (17, 2, 1.0, 2), (17, 20, 0.2, 3), (17, 128, 1.0, 4)]
 MEDIUM = [(256, 3, 1.0, 0), (256, 20, 3.0, 1), (256, 128, 0.2, 2)]
 LARGE = [(1000, 2, 1.0, 3), (1000, 20, 0.2, 4)]
 
@@ -103,8 +105,6 @@ OPTIONS = {
     "rbf": _with_prior("rbf", DEFAULT_SCALES),
     "imq_scales": _with_prior("imq", (0.3, 1.7)),
     "rbf_one_scale": _with_prior("rbf", (0.05,)),
-    "imq_16_scales": _with_prior("imq", SIXTEEN_SCALES),
-    "rbf_16_scales": _with_prior("rbf", SIXTEEN_SCALES),
     "imq_drawn": _drawn_prior("imq", DEFAULT_SCALES),
     "rbf_drawn": _drawn_prior("rbf", (0.5, 2.0)),
     "imq_drawn_global": _drawn_prior("imq", DEFAULT_SCALES, global_seed=True),
@@ -112,12 +112,15 @@ OPTIONS = {
     "rbf_analytic_scales": _analytic((0.2, 3.0)),
 }
 # The sum of the kernel's weights, k(0): the size of each of the three terms of the estimator.
-KERNEL_SIZE = {"imq": 7, "rbf": 7, "imq_scales": 2, "rbf_one_scale": 1, "imq_16_scales": 16, "rbf_16_scales": 16,
-               "imq_drawn": 7, "rbf_drawn": 2, "imq_drawn_global": 7, "rbf_analytic": 7, "rbf_analytic_scales": 2}
+KERNEL_SIZE = {"imq": 7, "rbf": 7, "imq_scales": 2, "rbf_one_scale": 1, "imq_drawn": 7, "rbf_drawn": 2,
+               "imq_drawn_global": 7, "rbf_analytic": 7, "rbf_analytic_scales": 2}
 
+MAIN_OPTIONS = ("imq", "rbf", "imq_drawn", "rbf_analytic")
+SMALL_CASES = ([(o, c) for o in MAIN_OPTIONS for c in SMALL]
+               + [(o, c) for o in sorted(OPTIONS) if o not in MAIN_OPTIONS for c in SMALL_FEW])
 # The reference is O(n^2 D) in time and memory: medium and large cases run a covering subset.
-MEDIUM_OPTIONS = ("imq", "rbf", "imq_drawn", "rbf_analytic")
-LARGE_CASES = [("imq", LARGE[1]), ("rbf_drawn", LARGE[0]), ("rbf_analytic", LARGE[1])]
+MEDIUM_CASES = [(o, c) for o in MAIN_OPTIONS for c in MEDIUM[:2]] + [("imq", MEDIUM[2]), ("rbf_analytic", MEDIUM[2])]
+LARGE_CASES = [("imq", LARGE[1]), ("rbf_drawn", LARGE[0])]
 
 
 def _atol(option):
@@ -129,21 +132,24 @@ def _atol(option):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", SMALL, ids=case_id)
-@pytest.mark.parametrize("option", sorted(OPTIONS))
+def _ids(cases):
+    return [f"{o}-{case_id(c)}" for o, c in cases]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("option, case", SMALL_CASES, ids=_ids(SMALL_CASES))
 def test_matches_reference(option, case):
     inputs, fn, ref_fn = OPTIONS[option](*case)
     compare_with_reference(fn, ref_fn, inputs, atol=_atol(option), what=f"{option} {case_id(case)}")
 
 
-@pytest.mark.parametrize("case", MEDIUM, ids=case_id)
-@pytest.mark.parametrize("option", MEDIUM_OPTIONS)
+@pytest.mark.parametrize("option, case", MEDIUM_CASES, ids=_ids(MEDIUM_CASES))
 def test_matches_reference_medium(option, case):
     inputs, fn, ref_fn = OPTIONS[option](*case)
     compare_with_reference(fn, ref_fn, inputs, atol=_atol(option), what=f"{option} {case_id(case)}")
 
 
-@pytest.mark.parametrize("option, case", LARGE_CASES, ids=[f"{o}-{case_id(c)}" for o, c in LARGE_CASES])
+@pytest.mark.parametrize("option, case", LARGE_CASES, ids=_ids(LARGE_CASES))
 def test_matches_reference_large(option, case):
     inputs, fn, ref_fn = OPTIONS[option](*case)
     compare_with_reference(fn, ref_fn, inputs, atol=_atol(option), what=f"{option} {case_id(case)}")
@@ -168,7 +174,8 @@ def test_imq_spelled_out():
 
 
 def test_analytic_prior_terms_spelled_out():
-    """SPEC 4 'analytic': E_y k = sum_s (h^2/(h^2+1))^{D/2} exp(-||x||^2/(2(h^2+1))), E_yy' k = sum_s (h^2/(h^2+2))^{D/2}."""
+    """SPEC 4 'analytic': E_y k = sum_s (h^2/(h^2+1))^{D/2} exp(-||x||^2/(2(h^2+1))),
+    E_yy' k = sum_s (h^2/(h^2+2))^{D/2}."""
     z = random_points(4, 2, seed=3)
     scales, d, n = (0.5, 4.0), 2, 4
     zz = 0.0
@@ -185,6 +192,16 @@ def test_analytic_prior_terms_spelled_out():
     assert got == pytest.approx(zz + yy - 2 * zy, rel=1e-13, abs=1e-15)
 
 
+@pytest.mark.parametrize("kernel", ["imq", "rbf"])
+def test_sixteen_scales(kernel):
+    """SPEC allows up to 16 scales for either kernel."""
+    z = random_points(17, 5, seed=1, scale=0.5)
+    y = random_points(15, 5, seed=2)
+    compare_with_reference(lambda z, y: gaussreg.mmd(z, y, kernel=kernel, scales=SIXTEEN_SCALES),
+                           lambda z, y: ref.mmd(z, y, kernel=kernel, scales=SIXTEEN_SCALES), [z, y], atol=1e-12,
+                           what=f"{kernel} with 16 scales")
+
+
 def test_drawn_prior_uses_generator():
     """prior_sample=None draws torch.randn(z.shape, generator=generator, dtype, device)."""
     z = random_points(30, 4, seed=1)
@@ -199,11 +216,13 @@ def test_drawn_prior_uses_generator():
 # 2. gradcheck (float64, tiny inputs)
 # ---------------------------------------------------------------------------
 
-GRADCHECK_CASES = [(2, 2, 0.3), (4, 3, 1.0), (3, 1, 0.5)]
+GRADCHECK_CASES = ([(o, (4, 3, 0.7)) for o in sorted(OPTIONS)]
+                   + [(o, c) for o in MAIN_OPTIONS for c in ((2, 2, 0.3), (3, 1, 1.5))])
 
 
-@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=lambda c: f"n{c[0]}-D{c[1]}-x{c[2]:g}")
-@pytest.mark.parametrize("option", sorted(OPTIONS))
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("option, case", GRADCHECK_CASES,
+                         ids=[f"{o}-n{c[0]}-D{c[1]}-x{c[2]:g}" for o, c in GRADCHECK_CASES])
 def test_gradcheck(option, case):
     n, d, scale = case
     inputs, fn, _ = OPTIONS[option](n, d, scale, 7)
@@ -215,7 +234,7 @@ def test_gradcheck(option, case):
 # 3. float32 vs float64 (given prior samples: a drawn one differs between dtypes)
 # ---------------------------------------------------------------------------
 
-F32_CASES = [(256, 3), (1024, 20), (4096, 8)]
+F32_CASES = [(256, 3), (1024, 8), (4096, 8), (4096, 20)]
 F32_OPTIONS = ("imq", "rbf", "rbf_analytic")
 REF_F32_MAX_ELEMENTS = 2**25  # n^2 D: the reference's own float32 error is measured below this
 
@@ -234,7 +253,7 @@ def test_float32_error(option, shape, record_property):
 # 4. layouts and half precision
 # ---------------------------------------------------------------------------
 
-LAYOUT_OPTIONS = ("imq", "rbf", "rbf_drawn", "rbf_analytic")
+LAYOUT_OPTIONS = ("imq", "rbf_drawn", "rbf_analytic")
 
 
 @pytest.mark.parametrize("option", LAYOUT_OPTIONS)
@@ -263,7 +282,7 @@ def test_half_z_with_float32_prior():
 # 5. CPU / CUDA parity
 # ---------------------------------------------------------------------------
 
-CUDA_OPTIONS = ("imq", "rbf", "imq_scales", "rbf_16_scales", "rbf_analytic")
+CUDA_OPTIONS = ("imq", "rbf", "imq_scales", "rbf_one_scale", "rbf_analytic")
 
 
 @pytest.mark.cuda
@@ -388,10 +407,9 @@ def _assert_still_works():
     y = random_points(7, 4, seed=6)
     compare_with_reference(lambda z, y: gaussreg.mmd(z, y), lambda z, y: ref.mmd(z, y), [z, y],
                            what="after an error")
-    compare_with_reference(lambda z: gaussreg.mmd(z, "analytic", kernel="rbf"),
-                           lambda z: ref.mmd(z, "analytic", kernel="rbf"), [z], what="after an error")
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("case", sorted(BAD_CALLS))
 def test_spec_error(case):
     call, exc, match = BAD_CALLS[case]
@@ -450,6 +468,7 @@ OP_CASES = ["self_imq", "self_imq_nograd", "cross_imq", "self_rbf", "cross_rbf",
 OPCHECK_CASES = [(name, torch.float64) for name in OP_CASES] + [("cross_imq", torch.float32)]
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name, dtype", OPCHECK_CASES, ids=[f"{n}-{d}" for n, d in OPCHECK_CASES])
 def test_opcheck(name, dtype):
     run_opcheck(_op_cases(dtype)[name][0])
@@ -469,6 +488,7 @@ def test_pair_sum_contract(name, dtype):
 
 COMPILE_XFAIL = pytest.mark.xfail(
     strict=True,
+    raises=torch._dynamo.exc.Unsupported,  # any other failure (e.g. a wrong value) is a real one
     reason="front end not traceable with fullgraph=True: _front.prepare_points -> _native.check_fits -> "
            "_pair_sum.workspace_bytes calls torch.get_num_threads() and the pybind11 <stem>_workspace_bytes "
            "(non-Tensor results), and _checks.finite does bool(torch.isfinite(v).all()) (data-dependent)")
@@ -542,5 +562,8 @@ def test_gradient_only_to_inputs_that_ask():
     y = random_points(20, 3, seed=2)
     loss = gaussreg.mmd(z, y)
     (gz,) = torch.autograd.grad(loss, (z,))
-    _, (gz_ref, _) = value_and_grads(lambda a, b: gaussreg.mmd(a, b), [z.detach(), y])
+    _, (gz_ref, gy_ref) = value_and_grads(lambda a, b: gaussreg.mmd(a, b), [z.detach(), y])
     assert_identical(gz, gz_ref)
+    y_leaf = y.clone().requires_grad_(True)
+    (gy,) = torch.autograd.grad(gaussreg.mmd(z.detach(), y_leaf), (y_leaf,))
+    assert_identical(gy, gy_ref)

@@ -22,7 +22,7 @@ struct CwApproxKernel {
 
   // params = [q]
   static CwApproxKernel from_params(const std::vector<double>& params) {
-    if (params.size() != 1) throw std::invalid_argument("Cramer-Wold approx kernel: expected [q]");
+    require_params(params, 1, 1, "Cramer-Wold approx kernel [q]");
     CwApproxKernel k;
     k.q = static_cast<T>(params[0]);
     return k;
@@ -45,7 +45,7 @@ struct CwExactKernel {
 
   // params = [c, D/2]
   static CwExactKernel from_params(const std::vector<double>& params) {
-    if (params.size() != 2) throw std::invalid_argument("Cramer-Wold exact kernel: expected [c, D/2]");
+    require_params(params, 2, 2, "Cramer-Wold exact kernel [c, D/2]");
     CwExactKernel k;
     k.c = params[0];
     k.b = params[1];

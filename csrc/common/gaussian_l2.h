@@ -22,11 +22,10 @@ struct ExpSumKernel {
 
   // params = [c_0, w_0, c_1, w_1, ...]
   static ExpSumKernel from_params(const std::vector<double>& params) {
-    require_terms(params, 2, "exp-sum kernel");
+    require_params(params, 2, 2 * kMaxKernelTerms, "exp-sum kernel");
     if (params.size() % 2 != 0) throw std::invalid_argument("exp-sum kernel: parameters come in (coef, weight) pairs");
     ExpSumKernel k;
     k.terms = static_cast<int>(params.size() / 2);
-    if (k.terms > kMaxKernelTerms) throw std::invalid_argument("exp-sum kernel: at most 16 scales");
     for (int s = 0; s < k.terms; ++s) {
       k.coef[s] = static_cast<T>(params[2 * s]);
       k.weight[s] = static_cast<T>(params[2 * s + 1]);
@@ -50,7 +49,7 @@ struct GaussPerPointKernel {
 
   // params = [D / 2]
   static GaussPerPointKernel from_params(const std::vector<double>& params) {
-    if (params.size() != 1) throw std::invalid_argument("per-point Gaussian kernel: expected [D/2]");
+    require_params(params, 1, 1, "per-point Gaussian kernel [D/2]");
     GaussPerPointKernel k;
     k.half_dim = static_cast<T>(params[0]);
     return k;

@@ -20,10 +20,9 @@ struct ImqSumKernel {
 
   // params = [C_0, C_1, ...]
   static ImqSumKernel from_params(const std::vector<double>& params) {
-    require_terms(params, 1, "imq kernel");
+    require_params(params, 1, kMaxKernelTerms, "imq kernel");
     ImqSumKernel k;
     k.terms = static_cast<int>(params.size());
-    if (k.terms > kMaxKernelTerms) throw std::invalid_argument("imq kernel: at most 16 scales");
     for (int s = 0; s < k.terms; ++s) k.scale[s] = static_cast<T>(params[s]);
     return k;
   }

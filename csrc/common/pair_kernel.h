@@ -18,12 +18,12 @@ namespace gaussreg {
 
 constexpr int kMaxKernelTerms = 16;
 
-// Host-side check of the scalar options handed over from Python.
-inline void require_terms(const std::vector<double>& params, std::size_t min_count, const char* what) {
-  if (params.size() < min_count || params.size() > static_cast<std::size_t>(kMaxKernelTerms) + min_count) {
-    throw std::invalid_argument(std::string(what) + ": expected between " + std::to_string(min_count) +
-                                " and " + std::to_string(kMaxKernelTerms + min_count) + " parameters, got " +
-                                std::to_string(params.size()));
+// Host-side check of the number of scalar options handed over from Python.
+inline void require_params(const std::vector<double>& params, std::size_t min_count, std::size_t max_count,
+                           const char* what) {
+  if (params.size() < min_count || params.size() > max_count) {
+    throw std::invalid_argument(std::string(what) + ": expected between " + std::to_string(min_count) + " and " +
+                                std::to_string(max_count) + " parameters, got " + std::to_string(params.size()));
   }
 }
 

@@ -55,13 +55,15 @@ T* page_offset_from(T* p, const T* ref, std::size_t offset) {
 
 inline std::size_t align64(std::size_t b) { return (b + 63) & ~std::size_t(63); }
 
-// Block edge: a multiple of the lane count, small enough that every thread gets
-// several blocks (load balance), large enough to amortise the per-task work.
+// Block edge: a multiple of 2 L (the micro-kernel's panel pair), from the sizes alone so
+// that the summation order, hence every bit of the result, is the same for any thread
+// count. About 32 blocks along the longer side keep a few dozen threads busy per round;
+// the bounds keep per-task overhead small and a block's y panels within L2.
 template <typename T>
-index_t block_edge(index_t n, index_t m, int threads) {
-  const index_t L = simd_lanes<T>();
-  const index_t target = ceil_div(std::max(n, m), 4 * static_cast<index_t>(std::max(threads, 1)));
-  return std::clamp<index_t>(ceil_div(target, L) * L, 4 * L, 32 * L);
+index_t block_edge(index_t n, index_t m) {
+  const index_t step = 2 * simd_lanes<T>();
+  const index_t target = ceil_div(std::max(n, m), 32);
+  return std::clamp<index_t>(ceil_div(target, step) * step, 2 * step, 8 * step);
 }
 
 // Byte offsets of the workspace regions; the same function sizes and carves it.
@@ -75,7 +77,7 @@ struct WorkspacePlan {
     const bool self = m_or_0 == 0;
     const index_t m = self ? n : m_or_0;
     const index_t L = simd_lanes<T>();
-    edge = block_edge<T>(n, m, threads);
+    edge = block_edge<T>(n, m);
     panels = ceil_div(m, L);
     blocks = std::max(ceil_div(n, edge), ceil_div(m, edge));
     std::size_t off = 0;
@@ -369,7 +371,12 @@ void pair_sum(const PairSumArgs<T>& a, const K& kern) {
   T* grad_y = self ? a.grad_x : a.grad_y;
   const Packed<T> pk{rows, panels, prow, ppanel, n, m, d};
 
-#pragma omp parallel num_threads(a.num_threads)
+  // More threads than the largest round has tasks would only wait at its barriers.
+  std::size_t widest = 1;
+  for (const auto& tasks : rounds) widest = std::max(widest, tasks.size());
+  const int threads = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(a.num_threads), widest));
+
+#pragma omp parallel num_threads(threads)
   {
 #if defined(GAUSSREG_HAVE_OPENMP)
     const int tid = omp_get_thread_num();

@@ -26,7 +26,8 @@ __device__ __forceinline__ double block_sum(double v) {
 }
 
 // out[0] = scale * sum(values[0..count)), one block, fixed order: bitwise reproducible.
-__global__ void sum_partials_kernel(const double* values, long long count, double scale, double* out) {
+// static: this header is included by several translation units, each with its own copy.
+static __global__ void sum_partials_kernel(const double* values, long long count, double scale, double* out) {
   double v = 0;
   for (long long i = threadIdx.x; i < count; i += blockDim.x) v += values[i];
   v = block_sum(v);

@@ -13,9 +13,10 @@ def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, **na
                    ) -> Tuple[List[Optional[torch.Tensor]], torch.device, torch.dtype, bool]:
     """Validate the point tensors in ``named`` (None entries skipped) for loss ``what``.
 
-    Returns the tensors converted to the compute dtype (float32 for half inputs; autograd
-    carries gradients back to the input dtype) in the order given, their device, the
-    compute dtype and whether the compiled backend runs. Memory is checked before the
+    Returns the tensors converted to the compute dtype (the promoted dtype of all of them,
+    float32 for half inputs; autograd carries gradients back to each input's dtype) in the
+    order given, their device, the output dtype (the first tensor's: float32 for half
+    inputs) and whether the compiled backend runs. Memory is checked before the
     NaN/Inf scan, so an impossible request fails at once instead of scanning a huge
     (e.g. expanded) tensor.
     """
@@ -24,10 +25,14 @@ def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, **na
         if v.shape[1] < min_dim:
             raise ValueError(f"{what} needs D >= {min_dim}, got {k} with D = {v.shape[1]}")
     device = _checks.same_device(**present)
+    if device.type not in ("cpu", "cuda"):
+        names = ", ".join(present)
+        raise ValueError(f"{what}: {names} on device {device}; gaussreg computes on CPU and CUDA tensors only")
     items = list(present.items())
     for k, v in items[1:]:
         _checks.same_dim(items[0][0], items[0][1], k, v)
     dtype = _checks.compute_dtype(*present.values())
+    out_dtype = _checks.compute_dtype(items[0][1])
     native = _native.use_native(device, backend, what)
     converted = [None if v is None else v.to(dtype) for v in named.values()]
     if native:
@@ -36,4 +41,4 @@ def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, **na
         _native.check_fits(_pair_sum.workspace_bytes(stem, points[0], second), device, what)
     for k, v in present.items():
         _checks.finite(k, v)
-    return converted, device, dtype, native
+    return converted, device, out_dtype, native

@@ -8,7 +8,7 @@ compiled forward computes the gradient in the same pass when an input requires i
 
 It is a ``torch.library.custom_op`` with a fake implementation, so torch.compile can
 trace it, and an autograd formula registered on it. Second derivatives are refused
-with an error rather than returned wrong.
+with an error rather than returned wrong (first derivatives under create_graph=True work).
 """
 from __future__ import annotations
 
@@ -87,18 +87,40 @@ def _setup_context(ctx, inputs, output):
     ctx.has_y = y is not None
     ctx.save_for_backward(grad_x, grad_y)
     ctx.mark_non_differentiable(grad_x, grad_y)
+    # The points, so that a create_graph backward can tie the gradient to them (see _FirstOrderOnly).
+    ctx.inputs_for_graph = tuple(t for t in (x, y) if t is not None and t.requires_grad)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on a precomputed gradient whose own derivative is not implemented.
+
+    Under ``create_graph=True`` the pair-sum gradient must not look differentiable with
+    a silently missing Hessian term: differentiating through it raises instead. Graphs
+    that only differentiate other terms twice keep working.
+    """
+
+    @staticmethod
+    def forward(ctx, grad, stem, *inputs):
+        ctx.stem = stem
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(f"gaussreg: second derivatives of the {ctx.stem} losses are not implemented "
+                           "(a gradient of the loss was differentiated again)")
 
 
 def _backward(ctx, g_value, _g_grad_x, _g_grad_y):
-    if torch.is_grad_enabled():
-        raise RuntimeError(f"gaussreg: second derivatives of the {ctx.stem} losses are not implemented "
-                           "(backward was called with create_graph=True)")
     grad_x, grad_y = ctx.saved_tensors
     if not ctx.need_grad:
         raise RuntimeError(f"gaussreg: {ctx.stem} pair sum was computed without gradients "
                            "(no input required grad at forward time)")
     # d(sum k)/dx_i = sum_j k'(t_ij) * 2 (x_i - y_j): the kernels return the sum without the 2.
     scale = (2.0 * g_value).to(grad_x.dtype)
+    if torch.is_grad_enabled():  # create_graph=True: keep the graph honest about what it lacks
+        grad_x = _FirstOrderOnly.apply(grad_x, ctx.stem, *ctx.inputs_for_graph)
+        if ctx.has_y:
+            grad_y = _FirstOrderOnly.apply(grad_y, ctx.stem, *ctx.inputs_for_graph)
     gx = grad_x * scale
     gy = grad_y * scale if ctx.has_y else None
     return gx, gy, None, None, None, None, None, None

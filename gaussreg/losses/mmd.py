@@ -63,7 +63,7 @@ def mmd(z: Tensor, prior_sample: Union[Tensor, str, None] = None, *, kernel: str
         raise TypeError(f"prior_sample must be a tensor (m, D), None or 'analytic', got {type(prior_sample).__name__}")
     (z, y), device, dtype, native = prepare_points("mmd", _STEM, backend, z=z, prior_sample=y_in)
     if prior_sample is None:
-        y = torch.randn(z.shape, generator=generator, dtype=dtype, device=device)
+        y = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=device)
     if not native:
         return reference.mmd(z, "analytic" if analytic else y, kernel=kernel, scales=scales, generator=generator)
     n, d = z.shape
@@ -79,10 +79,12 @@ def mmd(z: Tensor, prior_sample: Union[Tensor, str, None] = None, *, kernel: str
 
 
 def _scales(scales) -> tuple:
+    if isinstance(scales, (str, bytes)):
+        raise TypeError(f"scales must be a sequence of positive floats, got the string {scales!r}")
     try:
         values = tuple(float(s) for s in scales)
-    except TypeError:
-        raise TypeError(f"scales must be a sequence of positive floats, got {type(scales).__name__}") from None
+    except (TypeError, ValueError):
+        raise TypeError(f"scales must be a sequence of positive floats, got {scales!r}") from None
     if not 1 <= len(values) <= 16:
         raise ValueError(f"scales must hold 1 to 16 values, got {len(values)}")
     for s in values:
