@@ -54,11 +54,29 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
+def compiling() -> bool:
+    """True while torch.compile traces: checks must then stay in the graph (no Python branch on data)."""
+    return torch.compiler.is_compiling()
+
+
+def require(condition: torch.Tensor, error: type, message: str) -> None:
+    """Raise ``error(message)`` unless the 0-dim bool tensor ``condition`` holds.
+
+    Eagerly this reads the flag (one reduction, one sync on CUDA). Under torch.compile the
+    check becomes an in-graph assertion, so a compiled model keeps it without a graph
+    break; it then fails as a RuntimeError carrying the same message.
+    """
+    if compiling():
+        torch._assert_async(condition, message)
+    elif not bool(condition):
+        raise error(message)
+
+
 def finite(name: str, value: torch.Tensor) -> None:
     """Reject NaN/Inf once per call (one reduction on the tensor's device)."""
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} contains NaN or Inf values; the loss would be NaN. "
-                         "Check the encoder output (e.g. torch.isfinite(z).all(dim=1)) before the loss")
+    require(torch.isfinite(value).all(), ValueError,
+            f"{name} contains NaN or Inf values; the loss would be NaN. "
+            "Check the encoder output (e.g. torch.isfinite(z).all(dim=1)) before the loss")
 
 
 def positive_float(name: str, value) -> float:

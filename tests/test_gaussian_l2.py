@@ -428,15 +428,6 @@ def test_pair_sum_contract(name, dtype):
 # 8. torch.compile
 # ---------------------------------------------------------------------------
 
-COMPILE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    raises=torch._dynamo.exc.Unsupported,  # any other failure (e.g. a wrong value) is a real one
-    reason="front end not traceable with fullgraph=True: _front.prepare_points -> _native.check_fits -> "
-           "_pair_sum.workspace_bytes calls torch.get_num_threads() and the pybind11 <stem>_workspace_bytes "
-           "(non-Tensor results), and _checks.finite does bool(torch.isfinite(v).all()) (data-dependent)")
-
-
-@COMPILE_XFAIL
 @pytest.mark.parametrize("option", ["sigma1", "per_point", "mean_field", "xy_sigma1"])
 def test_compile_fullgraph_loss(option):
     torch._dynamo.reset()

@@ -143,8 +143,7 @@ def mean_field_sigma(r: Tensor, dim: int, approx: bool = False) -> Tensor:
     out_dtype = r.dtype if r.is_floating_point() else torch.get_default_dtype()
     r64 = r.detach().double()
     _checks.finite("r", r64)
-    if bool((r64 < 0).any()):
-        raise ValueError("r must hold non-negative radii")
+    _checks.require((r64 >= 0).all(), ValueError, "r must hold non-negative radii")
     if approx:
         return (1.0 + r64.pow(2) / (2.0 * dim)).to(out_dtype)
     return _exact_mean_field_sigma(r64, dim).to(out_dtype)
@@ -174,18 +173,17 @@ def _exact_mean_field_sigma(r: Tensor, dim: int) -> Tensor:
     lower = torch.clamp(r2 / dim - 1.0, min=0.0)
     lo = torch.log(torch.where(lower > 0, lower * (1 + 1e-12) + 1e-300, torch.full_like(lower, 1e-12)))
     hi = torch.log(4.0 * (1.0 + r2 / dim) ** 2 + 4.0)
-    for _ in range(8):  # widen the bracket where needed (never seen to trigger; kept for safety)
-        grow = _mean_field_stationarity(hi, r2, dim) > 0
-        if not bool(grow.any()):
-            break
-        hi = torch.where(grow, hi + 4.0, hi)
-    for _ in range(200):
+    # Fixed iteration counts, no data-dependent exit: the same work eagerly and under
+    # torch.compile. Widening where the upper end is still left of the root (a safeguard:
+    # the start above already lies right of it in every case tried).
+    for _ in range(4):
+        hi = torch.where(_mean_field_stationarity(hi, r2, dim) > 0, hi + 8.0, hi)
+    # The bracket in log u is at most ~100 wide: 64 halvings leave < 1e-17 of it.
+    for _ in range(64):
         mid = 0.5 * (lo + hi)
         positive = _mean_field_stationarity(mid, r2, dim) > 0
         lo = torch.where(positive, mid, lo)
         hi = torch.where(positive, hi, mid)
-        if bool(((hi - lo) <= 1e-15 * torch.clamp(hi.abs(), min=1.0)).all()):
-            break
     return torch.exp(0.25 * (lo + hi))  # sigma = sqrt(u)
 
 
@@ -204,7 +202,7 @@ def _sigma_per_point_or_float(sigma, z: Tensor):
                              f"got shape {tuple(sigma.shape)}")
         if sigma.device != z.device:
             raise ValueError(f"sigma must be on z's device {z.device}, got {sigma.device}")
-        if not bool((torch.isfinite(sigma) & (sigma > 0)).all()):
-            raise ValueError("sigma must hold positive, finite widths")
+        _checks.require((torch.isfinite(sigma) & (sigma > 0)).all(), ValueError,
+                        "sigma must hold positive, finite widths")
         return sigma.to(z.dtype)
     return _checks.positive_float("sigma", sigma)
