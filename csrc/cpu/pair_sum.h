@@ -1,10 +1,12 @@
 // OpenMP engine for the pair-kernel sums of SPEC 3, 4 and 5 (value and gradient fused in
 // one pass over the pairs, O((n + m) D) memory, never an n x m matrix).
 //
-// Layout: x is packed row-major, y into "panels" of L = 64 bytes / sizeof(T) points
-// stored dimension-major (panel[d][l]), so that L squared distances, kernel values and
-// the y-side gradient updates are each one SIMD vector. The x-side gradient of a row is
-// accumulated lane-wise over the whole sweep and reduced once per row.
+// Layout: y is packed into "panels" of L = 64 bytes / sizeof(T) points stored
+// dimension-major (panel[c][l]), so that L squared distances, kernel values and the
+// y-side gradient updates are each one SIMD vector; x into "quads" of kRowBlock rows
+// stored dimension-major (quad[c][r]), so the micro-kernel reads all its x values from one
+// pointer. The x-side gradient of a row is accumulated lane-wise over a tile and reduced
+// once per row and tile.
 //
 // Work is cut into square blocks of points and scheduled in rounds in which no two
 // tasks touch the same block (round-robin pairing for x with itself, cyclic diagonals
@@ -57,20 +59,21 @@ inline std::size_t align64(std::size_t b) { return (b + 63) & ~std::size_t(63); 
 
 // Block edge: a multiple of 2 L (the micro-kernel's panel pair), from the sizes alone so
 // that the summation order, hence every bit of the result, is the same for any thread
-// count. About 32 blocks along the longer side keep a few dozen threads busy per round;
-// the bounds keep per-task overhead small and a block's y panels within L2.
+// count. About 16 blocks along the longer side keep 8 threads busy per round; up to 16
+// panel pairs per tile amortise the per-row, per-tile reduction of the x-side gradient
+// lanes, and a tile's y panels stay within L2.
 template <typename T>
 index_t block_edge(index_t n, index_t m) {
   const index_t step = 2 * simd_lanes<T>();
-  const index_t target = ceil_div(std::max(n, m), 32);
-  return std::clamp<index_t>(ceil_div(target, step) * step, 2 * step, 8 * step);
+  const index_t target = ceil_div(std::max(n, m), 16);
+  return std::clamp<index_t>(ceil_div(target, step) * step, 2 * step, 16 * step);
 }
 
 // Byte offsets of the workspace regions; the same function sizes and carves it.
 template <typename T>
 struct WorkspacePlan {
-  index_t edge = 0, panels = 0, blocks = 0;
-  std::size_t rows_off = 0, panels_off = 0, prow_off = 0, ppanel_off = 0, thread_off = 0, thread_stride = 0,
+  index_t edge = 0, panels = 0, quads = 0, blocks = 0;
+  std::size_t quads_off = 0, panels_off = 0, pquad_off = 0, ppanel_off = 0, thread_off = 0, thread_stride = 0,
               partial_off = 0, total = 0;
 
   WorkspacePlan(index_t n, index_t m_or_0, index_t d, int threads) {
@@ -79,14 +82,15 @@ struct WorkspacePlan {
     const index_t L = simd_lanes<T>();
     edge = block_edge<T>(n, m);
     panels = ceil_div(m, L);
+    quads = ceil_div(n, kRowBlock);
     blocks = std::max(ceil_div(n, edge), ceil_div(m, edge));
     std::size_t off = 0;
-    rows_off = off;
-    off += align64(sizeof(T) * n * d);
+    quads_off = off;
+    off += align64(sizeof(T) * quads * kRowBlock * d);
     panels_off = off;
     off += align64(sizeof(T) * panels * d * L);
-    prow_off = off;
-    off += align64(sizeof(T) * n);
+    pquad_off = off;
+    off += align64(sizeof(T) * quads * kRowBlock);
     ppanel_off = off;
     off += align64(sizeof(T) * panels * L);
     thread_stride = align64(sizeof(T) * (kRowBlock * d * L + edge * d) + kPageBytes);
@@ -106,10 +110,10 @@ std::size_t pair_sum_workspace_bytes(index_t n, index_t m_or_0, index_t d, int t
 // The packed operands every tile reads.
 template <typename T>
 struct Packed {
-  const T* rows;    // (n, d)
-  const T* panels;  // (panels, d, L)
-  const T* prow;    // (n) per-point parameters of x, zeros when absent
-  const T* ppanel;  // (panels, L) per-point parameters of y
+  const T* quads;   // (ceil(n / kRowBlock), d, kRowBlock), rows past n zero
+  const T* panels;  // (ceil(m / L), d, L), points past m zero
+  const T* pquad;   // (ceil(n / kRowBlock) * kRowBlock) per-point parameters of x, zeros when absent
+  const T* ppanel;  // (ceil(m / L) * L) per-point parameters of y
   index_t n, m, d;
 };
 
@@ -121,33 +125,62 @@ struct Simd {
   typedef T type __attribute__((vector_size(64)));
 };
 
-// kRows rows of x (starting at i) against kPanels consecutive panels (kPanels * L points of
-// y), SPEC 3/4/5 pair terms: squared distances from coordinate differences, kernel values
-// and derivatives (masked: lanes past j1 and, on diagonal tiles, pairs j <= i), values into
-// vsum, and when kGrad the row-side accumulators acc (d, kRows, L: the rows of one
-// coordinate side by side, so one sweep's loads and stores never sit 4 KiB apart) and the
-// panels' y-side gradients gp (d, L each). Every (row, panel) pair is an independent FMA
-// chain, which hides the FMA latency; each panel load and each accumulator update feeds
-// kRows * kPanels pairs.
-template <typename T, typename K, bool kGrad, int kRows, int kPanels>
-inline void micro_kernel(const Packed<T>& pk, const K& kern, index_t i, index_t p, index_t j1, bool diagonal,
+// Sum of the lanes of a vector by repeated halving (a fixed order: results stay bitwise
+// reproducible), 4 vector adds for 16 floats instead of 15 dependent scalar adds.
+template <typename T, int kBytes>
+inline T lane_sum(const void* v) {
+  if constexpr (kBytes == static_cast<int>(sizeof(T))) {
+    T x;
+    std::memcpy(&x, v, sizeof(T));
+    return x;
+  } else {
+    typedef T half __attribute__((vector_size(kBytes / 2)));
+    half lo, hi;
+    std::memcpy(&lo, v, kBytes / 2);
+    std::memcpy(&hi, static_cast<const char*>(v) + kBytes / 2, kBytes / 2);
+    const half both = lo + hi;
+    return lane_sum<T, kBytes / 2>(&both);
+  }
+}
+
+// Which pairs of a micro-kernel call count: rows i + r < n, points j < j1, and on diagonal
+// tiles of a self sum only j > i + r (each unordered pair once).
+struct PairMask {
+  index_t n, j1;
+  bool diagonal;
+  // True when every pair of the call counts, so the kernel can skip the masking.
+  bool all_valid(index_t i, index_t jfirst, index_t jend) const {
+    return i + kRowBlock <= n && jend <= j1 && (!diagonal || jfirst > i + kRowBlock - 1);
+  }
+};
+
+// kRowBlock rows of x (the quad starting at row i) against kPanels consecutive panels
+// (kPanels * L points of y starting at panel p): the SPEC 3/4/5 pair terms. Squared
+// distances come from coordinate differences; then kernel values and derivatives
+// (masked as PairMask says), values into vsum, and when kGrad the row-side accumulators
+// acc (d, kRowBlock, L: the rows of one coordinate side by side, so one sweep's loads and
+// stores never sit 4 KiB apart) and the panels' y-side gradients gp (d, L each). Each
+// (row, panel) pair is an independent FMA chain, which hides the FMA latency; each panel
+// load and accumulator update feeds kRowBlock * kPanels pairs.
+template <typename T, typename K, bool kGrad, int kPanels>
+inline void micro_kernel(const Packed<T>& pk, const K& kern, index_t i, index_t p, const PairMask& mask,
                          typename Simd<T>::type* vsum, T* acc, T* gp_first) {
   using V = typename Simd<T>::type;
   constexpr int L = simd_lanes<T>();
+  constexpr int R = kRowBlock;
   const index_t d = pk.d;
-  const T* xr[kRows];
-  for (int r = 0; r < kRows; ++r) xr[r] = pk.rows + (i + r) * d;
+  const T* xq = pk.quads + (i / R) * d * R;
   const V* panel[kPanels];
   for (int q = 0; q < kPanels; ++q) panel[q] = reinterpret_cast<const V*>(pk.panels + (p + q) * d * L);
 
-  V t[kRows][kPanels];
-  for (int r = 0; r < kRows; ++r)
-    for (int q = 0; q < kPanels; ++q) t[r][q] = V{} ;
+  V t[R][kPanels];
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < kPanels; ++q) t[r][q] = V{};
   for (index_t c = 0; c < d; ++c) {
     V pv[kPanels];
     for (int q = 0; q < kPanels; ++q) pv[q] = panel[q][c];
-    for (int r = 0; r < kRows; ++r) {
-      const T xc = xr[r][c];
+    for (int r = 0; r < R; ++r) {
+      const T xc = xq[c * R + r];
       for (int q = 0; q < kPanels; ++q) {
         const V diff = pv[q] - xc;
         t[r][q] += diff * diff;
@@ -155,33 +188,40 @@ inline void micro_kernel(const Packed<T>& pk, const K& kern, index_t i, index_t 
     }
   }
 
-  // Kernel terms lane by lane (the functors are scalar; this loop vectorizes).
-  alignas(64) T tt[kRows][kPanels][L];
-  alignas(64) T kk[kRows][kPanels][L];
-  alignas(64) T ww[kRows][kPanels][L];
+  // Kernel terms lane by lane (the functors are scalar; these loops vectorize).
+  alignas(64) T kk[R][kPanels][L];
+  alignas(64) T ww[R][kPanels][L];
   const int terms = kern.num_terms();
-  for (int r = 0; r < kRows; ++r) {
-    const T pi = pk.prow[i + r];
-    const index_t jmin = diagonal ? i + r + 1 : 0;
+  for (int r = 0; r < R; ++r) {
+    const T pi = pk.pquad[i + r];
     for (int q = 0; q < kPanels; ++q) {
-      std::memcpy(tt[r][q], &t[r][q], sizeof(V));
+      alignas(64) T tt[L];
+      std::memcpy(tt, &t[r][q], sizeof(V));
       const T* pj = pk.ppanel + (p + q) * L;
-      T k[L] = {}, dk[L] = {};
+      T* k = kk[r][q];
+      T* dk = ww[r][q];
+#pragma omp simd
+      for (int l = 0; l < L; ++l) k[l] = dk[l] = T(0);
       for (int s = 0; s < terms; ++s) {
 #pragma omp simd
-        for (int l = 0; l < L; ++l) kern.eval(s, tt[r][q][l], pi, pj[l], k[l], dk[l]);
-      }
-      const index_t jbase = (p + q) * L;
-#pragma omp simd
-      for (int l = 0; l < L; ++l) {
-        const index_t j = jbase + l;
-        const bool valid = j < j1 && j >= jmin;
-        kk[r][q][l] = valid ? k[l] : T(0);
-        ww[r][q][l] = valid ? dk[l] : T(0);
+        for (int l = 0; l < L; ++l) kern.eval(s, tt[l], pi, pj[l], k[l], dk[l]);
       }
     }
   }
-  for (int r = 0; r < kRows; ++r)
+  if (!mask.all_valid(i, p * L, (p + kPanels) * L)) {
+    for (int r = 0; r < R; ++r) {
+      const index_t jmin = mask.diagonal ? i + r + 1 : 0;
+      const bool row_valid = i + r < mask.n;
+      for (int q = 0; q < kPanels; ++q) {
+        const index_t jbase = (p + q) * L;
+        for (int l = 0; l < L; ++l) {
+          const index_t j = jbase + l;
+          if (!(row_valid && j < mask.j1 && j >= jmin)) kk[r][q][l] = ww[r][q][l] = T(0);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
     for (int q = 0; q < kPanels; ++q) {
       V kv;
       std::memcpy(&kv, kk[r][q], sizeof(V));
@@ -189,8 +229,8 @@ inline void micro_kernel(const Packed<T>& pk, const K& kern, index_t i, index_t 
     }
   if (!kGrad) return;
 
-  V w[kRows][kPanels];
-  for (int r = 0; r < kRows; ++r)
+  V w[R][kPanels];
+  for (int r = 0; r < R; ++r)
     for (int q = 0; q < kPanels; ++q) std::memcpy(&w[r][q], ww[r][q], sizeof(V));
   V* gp[kPanels];
   for (int q = 0; q < kPanels; ++q) gp[q] = reinterpret_cast<V*>(gp_first + q * d * L);
@@ -201,15 +241,16 @@ inline void micro_kernel(const Packed<T>& pk, const K& kern, index_t i, index_t 
       pv[q] = panel[q][c];
       g[q] = gp[q][c];
     }
-    for (int r = 0; r < kRows; ++r) {
-      const T xc = xr[r][c];
-      V a = ac[c * kRows + r];
+    for (int r = 0; r < R; ++r) {
+      const T xc = xq[c * R + r];
+      V a = ac[c * R + r];
       for (int q = 0; q < kPanels; ++q) {
-        const V wd = w[r][q] * (xc - pv[q]);
-        a += wd;
-        g[q] -= wd;
+        // Two FMAs on one difference (not a shared product): 3 vector ops per pair and coordinate.
+        const V diff = xc - pv[q];
+        a += w[r][q] * diff;
+        g[q] -= w[r][q] * diff;
       }
-      ac[c * kRows + r] = a;
+      ac[c * R + r] = a;
     }
     for (int q = 0; q < kPanels; ++q) gp[q][c] = g[q];
   }
@@ -218,38 +259,38 @@ inline void micro_kernel(const Packed<T>& pk, const K& kern, index_t i, index_t 
 // Panels per micro-kernel call: more panels amortise the row accumulators' loads and stores.
 constexpr int kPanelBlock = 2;
 
-// Rows [i, i + kRows) of x against the points [j0, j1) of y (j0 a multiple of L).
-template <typename T, typename K, bool kGrad, int kRows>
-void run_row_block(const Packed<T>& pk, const K& kern, index_t i, index_t j0, index_t j1, bool diagonal, T* acc,
-                   T* gpanel, T* grad_x, double& value) {
+// The quad of rows starting at i (a multiple of kRowBlock) against the points [j0, j1) of y
+// (j0 a multiple of L).
+template <typename T, typename K, bool kGrad>
+void run_quad(const Packed<T>& pk, const K& kern, index_t i, index_t j0, index_t j1, bool diagonal, T* acc,
+              T* gpanel, T* grad_x, double& value) {
   using V = typename Simd<T>::type;
   constexpr int L = simd_lanes<T>();
+  constexpr int R = kRowBlock;
   const index_t d = pk.d;
   const index_t p0 = j0 / L, p1 = ceil_div(j1, L);
-  if (kGrad) std::fill(acc, acc + kRows * d * L, T(0));
-  V vsum[kRows];
-  for (int r = 0; r < kRows; ++r) vsum[r] = V{};
+  const PairMask mask{pk.n, j1, diagonal};
+  if (kGrad) std::fill(acc, acc + R * d * L, T(0));
+  V vsum[R];
+  for (int r = 0; r < R; ++r) vsum[r] = V{};
   // Diagonal tiles start at the panel holding i + 1: earlier panels are all masked.
   index_t p = diagonal ? std::max(p0, (i + 1) / L) : p0;
   for (; p + kPanelBlock <= p1; p += kPanelBlock)
-    micro_kernel<T, K, kGrad, kRows, kPanelBlock>(pk, kern, i, p, j1, diagonal, vsum, acc, gpanel + (p - p0) * d * L);
-  for (; p < p1; ++p)
-    micro_kernel<T, K, kGrad, kRows, 1>(pk, kern, i, p, j1, diagonal, vsum, acc, gpanel + (p - p0) * d * L);
-  for (int r = 0; r < kRows; ++r) {
+    micro_kernel<T, K, kGrad, kPanelBlock>(pk, kern, i, p, mask, vsum, acc, gpanel + (p - p0) * d * L);
+  for (; p < p1; ++p) micro_kernel<T, K, kGrad, 1>(pk, kern, i, p, mask, vsum, acc, gpanel + (p - p0) * d * L);
+  for (int r = 0; r < R && i + r < pk.n; ++r) {
     double row_value = 0;
     for (int l = 0; l < L; ++l) row_value += vsum[r][l];
     value += row_value;
     if (kGrad) {
       T* gi = grad_x + (i + r) * d;
-      for (index_t c = 0; c < d; ++c) {
-        T s = 0;
-        for (int l = 0; l < L; ++l) s += acc[(c * kRows + r) * L + l];
-        gi[c] += s;
-      }
+      for (index_t c = 0; c < d; ++c) gi[c] += lane_sum<T, 64>(acc + (c * R + r) * L);
     }
   }
 }
 
+// One tile: rows [i0, i1) of x (i0 a multiple of kRowBlock) against points [j0, j1) of y
+// (j0 a multiple of L); the y-side gradient is gathered per tile in panel layout.
 template <typename T, typename K, bool kGrad>
 void run_tile(const Packed<T>& pk, const K& kern, index_t i0, index_t i1, index_t j0, index_t j1, bool diagonal,
               T* acc, T* gpanel, T* grad_x, T* grad_y, double& value) {
@@ -258,10 +299,8 @@ void run_tile(const Packed<T>& pk, const K& kern, index_t i0, index_t i1, index_
   const index_t p0 = j0 / L, p1 = ceil_div(j1, L);
   if (kGrad) std::fill(gpanel, gpanel + (p1 - p0) * d * L, T(0));
   double tile_value = 0;
-  index_t i = i0;
-  for (; i + kRowBlock <= i1; i += kRowBlock)
-    run_row_block<T, K, kGrad, kRowBlock>(pk, kern, i, j0, j1, diagonal, acc, gpanel, grad_x, tile_value);
-  for (; i < i1; ++i) run_row_block<T, K, kGrad, 1>(pk, kern, i, j0, j1, diagonal, acc, gpanel, grad_x, tile_value);
+  for (index_t i = i0; i < i1; i += kRowBlock)
+    run_quad<T, K, kGrad>(pk, kern, i, j0, j1, diagonal, acc, gpanel, grad_x, tile_value);
   value += tile_value;
   if (kGrad) {
     for (index_t p = p0; p < p1; ++p) {
@@ -312,10 +351,15 @@ inline std::vector<std::vector<std::pair<index_t, index_t>>> cross_rounds(index_
 }
 
 template <typename T>
-void pack_rows(const T* src, index_t n, index_t d, index_t s0, index_t s1, T* rows) {
+void pack_quads(const T* src, index_t n, index_t d, index_t s0, index_t s1, index_t quads, T* out) {
+  constexpr int R = kRowBlock;
 #pragma omp for schedule(static)
-  for (index_t i = 0; i < n; ++i)
-    for (index_t c = 0; c < d; ++c) rows[i * d + c] = src[i * s0 + c * s1];
+  for (index_t b = 0; b < quads; ++b)
+    for (index_t c = 0; c < d; ++c)
+      for (int r = 0; r < R; ++r) {
+        const index_t i = b * R + r;
+        out[(b * d + c) * R + r] = i < n ? src[i * s0 + c * s1] : T(0);
+      }
 }
 
 template <typename T>
@@ -359,9 +403,9 @@ void pair_sum(const PairSumArgs<T>& a, const K& kern) {
   const WorkspacePlan<T> plan(n, self ? 0 : m, d, a.num_threads);
   // The micro-kernel's vector loads need 64-byte alignment; the plan reserved the slack.
   char* ws = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(a.workspace) + 63) & ~std::uintptr_t(63));
-  T* rows = reinterpret_cast<T*>(ws + plan.rows_off);
+  T* quads = reinterpret_cast<T*>(ws + plan.quads_off);
   T* panels = reinterpret_cast<T*>(ws + plan.panels_off);
-  T* prow = reinterpret_cast<T*>(ws + plan.prow_off);
+  T* pquad = reinterpret_cast<T*>(ws + plan.pquad_off);
   T* ppanel = reinterpret_cast<T*>(ws + plan.ppanel_off);
   double* partial = reinterpret_cast<double*>(ws + plan.partial_off);
   constexpr index_t L = simd_lanes<T>();
@@ -369,7 +413,7 @@ void pair_sum(const PairSumArgs<T>& a, const K& kern) {
   const auto rounds = self ? self_rounds(bx) : cross_rounds(bx, by);
   const bool grad = a.grad_x != nullptr;
   T* grad_y = self ? a.grad_x : a.grad_y;
-  const Packed<T> pk{rows, panels, prow, ppanel, n, m, d};
+  const Packed<T> pk{quads, panels, pquad, ppanel, n, m, d};
 
   // More threads than the largest round has tasks would only wait at its barriers.
   std::size_t widest = 1;
@@ -383,7 +427,7 @@ void pair_sum(const PairSumArgs<T>& a, const K& kern) {
 #else
     const int tid = 0;
 #endif
-    pack_rows(a.x, n, d, a.x_stride0, a.x_stride1, rows);
+    pack_quads(a.x, n, d, a.x_stride0, a.x_stride1, plan.quads, quads);
     if (self) {
       pack_panels(a.x, n, d, a.x_stride0, a.x_stride1, plan.panels, panels);
       pack_params(a.px, n, plan.panels * L, ppanel);
@@ -391,7 +435,7 @@ void pair_sum(const PairSumArgs<T>& a, const K& kern) {
       pack_panels(a.y, m, d, a.y_stride0, a.y_stride1, plan.panels, panels);
       pack_params(a.py, m, plan.panels * L, ppanel);
     }
-    pack_params(a.px, n, n, prow);
+    pack_params(a.px, n, plan.quads * kRowBlock, pquad);
 #pragma omp for schedule(static)
     for (index_t b = 0; b < plan.blocks; ++b) partial[b] = 0;
     if (grad) {
