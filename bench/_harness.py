@@ -5,8 +5,8 @@ input builder, the :class:`Impl` s to compare and a FLOP count -- and calls :fun
 Everything else lives here and is the same for every family:
 
 * **Correctness before speed.** Before its first timing each implementation is compared
-  with the case's oracle (``gaussreg.reference``) in float64 on a small input (value and
-  gradients); one that disagrees is reported as ``wrong`` and never timed. At every timed
+  with the case's oracle (``gaussreg.reference``) in float64 on a small input (value,
+  gradients, and the forward-only value); one that disagrees is reported as ``wrong`` and never timed. At every timed
   size the result is also compared with a float64 run at that size of the first usable
   ``Case.size_oracles`` entry (the compiled backend in float64 where the reference
   cannot run): the ``val err`` / ``grad err`` columns (informational).
@@ -148,11 +148,6 @@ def _short(exc: BaseException, limit: int = 160) -> str:
     first = (str(exc).strip().splitlines() or [""])[0]
     text = f"{type(exc).__name__}: {first}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _leaves(inputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -443,11 +438,13 @@ def _check_small(case: Case, ctx: _Ctx) -> None:
             continue
         try:
             value, grads = _value_and_grads(impl, build())
+            fwd_value = float(_forward_only(impl, build()))  # the no-grad path is timed too
         except Exception as exc:  # a crash is an error, not a wrong answer
             ctx.gate[key] = (None, f"error: the check raised {_short(exc)}")
             ctx.gate_errors[key] = _short(exc)
             continue
         val_err, grad_err = _errors(value, grads, *ref)
+        val_err = max(val_err, _errors(fwd_value, [], ref[0], [])[0])
         ok = val_err <= case.gate_rtol and grad_err <= case.gate_rtol and math.isfinite(value)
         msg = f"f64 n={n}: val {val_err:.1e} grad {grad_err:.1e}"
         ctx.gate[key] = (ok, msg if ok else f"WRONG vs {case.oracle} ({msg}, tol {case.gate_rtol:g})")
@@ -515,7 +512,7 @@ def _measure(case: Case, impl: Impl, n: int, ctx: _Ctx, oracle_cache: dict, stop
         del loss
         _clear_grads(sets[0])
         if t_first > args.timeout:
-            return _row(case, impl, n, ctx, "timeout", f"one call took {t_first:.1f} s > --timeout {args.timeout:g}",
+            return _row(case, impl, n, ctx, "timeout", f"one call took {t_first:.3g} s > --timeout {args.timeout:g}",
                         repeats=1, fb_median_s=t_first, fb_min_s=t_first, **fields)
         for w in range(1, args.warmup):
             _clear_grads(sets[w % len(sets)])

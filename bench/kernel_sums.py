@@ -50,6 +50,7 @@ run on the same device (``--peak-size``): an achievable-peak proxy, not the data
 Example:
     python -m bench.kernel_sums --n 256 512 --repeats 3
     python -m bench.kernel_sums                       # CPU default: n = 256 .. 4096, D = 64
+    python -m bench.kernel_sums --n 1024 4096 --ref-max-n 1024 --cdist-max-n 4096
     python -m bench.kernel_sums --device cuda --ref-max-n 8192
 """
 from __future__ import annotations
@@ -102,6 +103,12 @@ class Imq:
     def value(self, t: Tensor) -> Tensor:
         return sum(c / (c + t) for c in self.cs)
 
+    def value_inplace(self, t: Tensor) -> Tensor:
+        v = torch.zeros_like(t)
+        for c in self.cs:
+            v.add_(torch.reciprocal(t + c), alpha=c)
+        return v
+
     def value_and_slope(self, t: Tensor):
         v = torch.zeros_like(t)
         s = torch.zeros_like(t)
@@ -127,6 +134,12 @@ class Rbf:
 
     def value(self, t: Tensor) -> Tensor:
         return sum(torch.exp(-c * t) for c in self.cs)
+
+    def value_inplace(self, t: Tensor) -> Tensor:
+        v = torch.zeros_like(t)
+        for c in self.cs:
+            v.add_(torch.exp(t * -c))
+        return v
 
     def value_and_slope(self, t: Tensor):
         v = torch.zeros_like(t)
@@ -191,7 +204,9 @@ class BlockedPairSum(torch.autograd.Function):
             if self_sum:
                 t[:, s:e].diagonal().zero_()  # exact: |a_i - a_i|^2 = 0
             if grad_a is None and grad_b is None:
-                total += kernel.value(t).sum(dtype=torch.float64)
+                # value only (forward under no_grad): the multi-scale kernels accumulate in place
+                value = getattr(kernel, "value_inplace", kernel.value)
+                total += value(t).sum(dtype=torch.float64)
                 continue
             k, w = kernel.value_and_slope(t)
             total += k.sum(dtype=torch.float64)
@@ -336,11 +351,11 @@ def _flops(case: str):
 
 
 def _reference_bytes(case: str):
-    # About three live n x n x D tensors per pair sum at the peak of forward+backward
-    # (difference, its square, and the gradient of the square): a safety estimate for
-    # skipping, not a measurement (the memory column measures).
+    # One n x n x D difference tensor per pair sum, kept for backward, plus about three
+    # transient ones (its square, the gradient of the square): within ~10% of the measured
+    # peak at n = 1024, D = 64. A safety estimate for skipping, not a measurement.
     k = REFERENCE_PAIR_SUMS[case]
-    return lambda n, d, itemsize: (k + 2) * float(n) * n * d * itemsize
+    return lambda n, d, itemsize: (k + 3) * float(n) * n * d * itemsize
 
 
 def _cdist_bytes(case: str):
@@ -383,6 +398,7 @@ def build_cases(args: argparse.Namespace, device: torch.device) -> List[Case]:
     keops_missing = _optional_peer("pykeops")
     geomloss_missing = _optional_peer("geomloss")
     ref_max_n = args.ref_max_n if args.ref_max_n is not None else (8192 if device.type == "cuda" else 512)
+    cdist_max_n = args.cdist_max_n if args.cdist_max_n is not None else (None if device.type == "cuda" else 2048)
     cases = []
     for name, (make_inputs, description) in INPUTS.items():
         impls = [
@@ -390,7 +406,8 @@ def build_cases(args: argparse.Namespace, device: torch.device) -> List[Case]:
             Impl("reference", reference[name], max_n=ref_max_n,
                  max_n_note=f"n > --ref-max-n {ref_max_n} (O(n^2 D) memory and time)",
                  bytes_needed=_reference_bytes(name)),
-            Impl("cdist", cdist[name], bytes_needed=_cdist_bytes(name)),
+            Impl("cdist", cdist[name], max_n=cdist_max_n, bytes_needed=_cdist_bytes(name),
+                 max_n_note=f"n > --cdist-max-n {cdist_max_n} (keeps a default CPU run short)"),
             Impl("blocked", blocked[name]),
         ]
         if name in ("gaussian_l2_to_normal", "mmd_imq"):
@@ -414,6 +431,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest n at which the reference runs (default 512 on CPU, which keeps a default run "
                              "near 3 minutes on 2 cores: its cost grows as n^2 D, ~1-3 s per call at 1024 x 64 and "
                              "~4 GB and ~30 s at 4096 x 64; 8192 on CUDA)")
+    parser.add_argument("--cdist-max-n", type=int, default=None,
+                        help="largest n at which the cdist peer runs (default 2048 on CPU, where it takes "
+                             "seconds per call at 4096; no limit on CUDA beyond the memory estimate)")
 
 
 def main(argv=None):
