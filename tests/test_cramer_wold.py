@@ -346,13 +346,13 @@ def _op_cases(dtype):
     approx, exact = _pair_sum.CW_APPROX, _pair_sum.CW_EXACT
     q, e = [0.37], [0.3, 2.5]
     return {
-        "self_approx": ((x, None, None, None, "cramer_wold", approx, q, True), _approx(q)),
-        "self_approx_nograd": ((x, None, None, None, "cramer_wold", approx, q, False), _approx(q)),
-        "cross_approx": ((x, y, None, None, "cramer_wold", approx, q, True), _approx(q)),
-        "origin_approx": ((x, origin, None, None, "cramer_wold", approx, q, True), _approx(q)),
-        "self_exact": ((x, None, None, None, "cramer_wold", exact, e, True), _exact(e)),
-        "cross_exact": ((x, y, None, None, "cramer_wold", exact, e, True), _exact(e)),
-        "origin_exact_nograd": ((x, origin, None, None, "cramer_wold", exact, e, False), _exact(e)),
+        "self_approx": ((x, None, None, None, "cramer_wold", approx, q, True, True), _approx(q)),
+        "self_approx_nograd": ((x, None, None, None, "cramer_wold", approx, q, False, False), _approx(q)),
+        "cross_approx": ((x, y, None, None, "cramer_wold", approx, q, True, True), _approx(q)),
+        "origin_approx": ((x, origin, None, None, "cramer_wold", approx, q, True, True), _approx(q)),
+        "self_exact": ((x, None, None, None, "cramer_wold", exact, e, True, True), _exact(e)),
+        "cross_exact": ((x, y, None, None, "cramer_wold", exact, e, True, True), _exact(e)),
+        "origin_exact_nograd": ((x, origin, None, None, "cramer_wold", exact, e, False, False), _exact(e)),
     }
 
 
@@ -397,7 +397,7 @@ def test_compile_fullgraph_pair_sum_op():
 
     def f(z):
         pairs, _, _ = torch.ops.gaussreg.pair_sum(z, None, None, None, "cramer_wold", _pair_sum.CW_EXACT,
-                                                  [0.5, 2.0], True)
+                                                  [0.5, 2.0], True, False)
         return torch.log(pairs)
 
     eager_v, (eager_g,) = value_and_grads(f, [z])

@@ -396,12 +396,13 @@ def _op_cases(dtype):
     exp_sum, per_point = _pair_sum.GAUSS_EXP_SUM, _pair_sum.GAUSS_PER_POINT
     one, two, pp = [0.25, 1.0], [0.25, 1.0, 0.05, 2.0], [2.5]
     return {
-        "self_exp": ((x, None, None, None, "gaussian_l2", exp_sum, one, True), _exp_sum(one)),
-        "self_exp_nograd": ((x, None, None, None, "gaussian_l2", exp_sum, one, False), _exp_sum(one)),
-        "cross_exp_two_terms": ((x, y, None, None, "gaussian_l2", exp_sum, two, True), _exp_sum(two)),
-        "self_per_point": ((x, None, px, None, "gaussian_l2", per_point, pp, True), _per_point(pp)),
-        "cross_per_point": ((x, y, px, py, "gaussian_l2", per_point, pp, True), _per_point(pp)),
-        "cross_per_point_nograd": ((x, y, px, py, "gaussian_l2", per_point, pp, False), _per_point(pp)),
+        "self_exp": ((x, None, None, None, "gaussian_l2", exp_sum, one, True, True), _exp_sum(one)),
+        "self_exp_nograd": ((x, None, None, None, "gaussian_l2", exp_sum, one, False, False), _exp_sum(one)),
+        "cross_exp_two_terms": ((x, y, None, None, "gaussian_l2", exp_sum, two, True, True), _exp_sum(two)),
+        "self_per_point": ((x, None, px, None, "gaussian_l2", per_point, pp, True, True), _per_point(pp)),
+        "cross_per_point": ((x, y, px, py, "gaussian_l2", per_point, pp, True, True), _per_point(pp)),
+        "cross_per_point_x_only": ((x, y, px, py, "gaussian_l2", per_point, pp, True, False), _per_point(pp)),
+        "cross_per_point_nograd": ((x, y, px, py, "gaussian_l2", per_point, pp, False, False), _per_point(pp)),
     }
 
 
@@ -446,7 +447,7 @@ def test_compile_fullgraph_pair_sum_op():
 
     def f(x):
         value, _, _ = torch.ops.gaussreg.pair_sum(x, None, None, None, "gaussian_l2", _pair_sum.GAUSS_EXP_SUM,
-                                                  [0.25, 1.0], True)
+                                                  [0.25, 1.0], True, False)
         return 2.0 * value / 400 + 1.0
 
     eager_v, (eager_g,) = value_and_grads(f, [x])
@@ -497,3 +498,18 @@ def test_no_grad_inputs_give_value_only():
         w = gaussreg.gaussian_l2_to_normal(z.clone().requires_grad_(True))
     assert not w.requires_grad
     assert_identical(v, w)
+
+
+@pytest.mark.parametrize("which", ["x", "y"])
+def test_gradient_of_one_side_only(which):
+    """Only x or only y requires grad: the kernels then skip (or swap to) the needed side."""
+    x = random_points(37, 5, seed=11, scale=0.6)
+    y = random_points(23, 5, seed=12, scale=0.6) + 0.3
+    leaf, other = (x, y) if which == "x" else (y, x)
+    leaf_native = leaf.clone().requires_grad_(True)
+    leaf_ref = leaf.clone().requires_grad_(True)
+    args_native = (leaf_native, other) if which == "x" else (other, leaf_native)
+    args_ref = (leaf_ref, other) if which == "x" else (other, leaf_ref)
+    gaussreg.gaussian_l2(*args_native, sigma=0.7).backward()
+    gaussreg.reference.gaussian_l2(*args_ref, sigma=0.7).backward()
+    assert_close(leaf_native.grad, leaf_ref.grad, 1e-12, 1e-15)

@@ -18,7 +18,7 @@ struct PairSumArgs {
   const T* py = nullptr;    // per-point kernel parameter of y (m), or nullptr
   double* value = nullptr;  // out: sum of k over the pairs
   T* grad_x = nullptr;      // out (n, d) contiguous: G_i = sum_j k'(t_ij) (x_i - y_j), or nullptr
-  T* grad_y = nullptr;      // out (m, d) contiguous: H_j = sum_i k'(t_ij) (y_j - x_i) (cross sums only)
+  T* grad_y = nullptr;      // out (m, d) contiguous: H_j = sum_i k'(t_ij) (y_j - x_i), or nullptr (cross sums only)
   void* workspace = nullptr;
   std::size_t workspace_bytes = 0;
   int num_threads = 1;  // CPU only

@@ -161,8 +161,8 @@ void check_args(const PairSumArgs<T>& a) {
                                 "row; the CUDA kernels support D <= " +
                                 std::to_string(kSharedBudget / sizeof(T) - 1));
   if (a.value == nullptr) throw std::invalid_argument("pair_sum: no output for the value");
-  if (a.grad_x != nullptr && a.y != nullptr && a.grad_y == nullptr)
-    throw std::invalid_argument("pair_sum: a cross sum with gradients needs grad_y too");
+  if (a.grad_x == nullptr && a.grad_y != nullptr)
+    throw std::invalid_argument("pair_sum: a y gradient alone is not computed; swap x and y");
   const std::size_t need = pair_sum_workspace_bytes(a.n, a.y ? a.m : 0);
   if (a.workspace == nullptr || a.workspace_bytes < need)
     throw std::invalid_argument("pair_sum: workspace of " + std::to_string(a.workspace_bytes) + " bytes, need " +
@@ -185,7 +185,7 @@ void pair_sum(const PairSumArgs<T>& a, const K& kern, cudaStream_t stream) {
     if (a.grad_x != nullptr) {
       launch_rows<T, K, DT, true, true>(a.x, a.n, a.x_stride0, a.x_stride1, y, m, ys0, ys1, a.d, a.px, py, kern, self,
                                         partial, a.grad_x, stream);
-      if (!self)
+      if (!self && a.grad_y != nullptr)
         launch_rows<T, K, DT, false, true>(y, m, ys0, ys1, a.x, a.n, a.x_stride0, a.x_stride1, a.d, py, a.px, kern,
                                            false, nullptr, a.grad_y, stream);
     } else {

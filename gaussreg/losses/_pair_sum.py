@@ -38,7 +38,7 @@ def workspace_bytes(stem: str, x: Tensor, y: Optional[Tensor]) -> int:
 
 @torch.library.custom_op("gaussreg::pair_sum", mutates_args=())
 def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Optional[Tensor], stem: str, kind: int,
-                params: List[float], need_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
+                params: List[float], grad_x: bool, grad_y: bool) -> Tuple[Tensor, Tensor, Tensor]:
     module = _native.module_for(x.device)
     device, dtype = x.device, x.dtype
     n, d = x.shape
@@ -49,8 +49,9 @@ def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Option
     ws_bytes = int(getattr(module, f"{stem}_workspace_bytes")(code, n, m, d, threads))
     workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, device, what)
     value = torch.zeros((), dtype=torch.float64, device=device)
-    grad_x = _native.empty((n, d) if need_grad else (0,), dtype, device, what)
-    grad_y = _native.empty((m, d) if (need_grad and y is not None) else (0,), dtype, device, what)
+    want_x, want_y = _wanted(x, y, grad_x, grad_y)
+    out_x = _native.empty((n, d) if want_x else (0,), dtype, device, what)
+    out_y = _native.empty((m, d) if want_y else (0,), dtype, device, what)
     args = [
         code, kind,
         x.data_ptr(), n, d, x.stride(0), x.stride(1),
@@ -58,8 +59,8 @@ def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Option
         list(params),
         0 if px is None else px.data_ptr(), 0 if py is None else py.data_ptr(),
         value.data_ptr(),
-        grad_x.data_ptr() if need_grad else 0,
-        grad_y.data_ptr() if (need_grad and y is not None) else 0,
+        out_x.data_ptr() if want_x else 0,
+        out_y.data_ptr() if want_y else 0,
         workspace.data_ptr(), ws_bytes,
     ]
     forward = getattr(module, f"{stem}_forward")
@@ -67,23 +68,31 @@ def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Option
         forward(*args, _native.stream_handle(device))
     else:
         forward(*args, threads)
-    return value, grad_x, grad_y
+    return value, out_x, out_y
+
+
+def _wanted(x: Tensor, y: Optional[Tensor], grad_x: bool, grad_y: bool) -> Tuple[bool, bool]:
+    """Which raw gradients the kernels compute: G always when any is asked (the engines
+    accumulate the y side along the x side), H only for a cross sum that asks for it."""
+    want_x = grad_x or grad_y
+    return want_x, want_x and y is not None and grad_y
 
 
 @pair_sum_op.register_fake
-def _(x, y, px, py, stem, kind, params, need_grad):
+def _(x, y, px, py, stem, kind, params, grad_x, grad_y):
     n, d = x.shape
+    want_x, want_y = _wanted(x, y, grad_x, grad_y)
     value = x.new_empty((), dtype=torch.float64)
-    grad_x = x.new_empty((n, d) if need_grad else (0,))
-    grad_y = x.new_empty((y.shape[0], d) if (need_grad and y is not None) else (0,))
-    return value, grad_x, grad_y
+    out_x = x.new_empty((n, d) if want_x else (0,))
+    out_y = x.new_empty((y.shape[0], d) if want_y else (0,))
+    return value, out_x, out_y
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, px, py, stem, kind, params, need_grad = inputs
+    x, y, px, py, stem, kind, params, want_grad_x, want_grad_y = inputs
     _, grad_x, grad_y = output
     ctx.stem = stem
-    ctx.need_grad = need_grad
+    ctx.want = (want_grad_x or want_grad_y, y is not None and want_grad_y)
     ctx.has_y = y is not None
     ctx.save_for_backward(grad_x, grad_y)
     ctx.mark_non_differentiable(grad_x, grad_y)
@@ -112,18 +121,18 @@ class _FirstOrderOnly(torch.autograd.Function):
 
 def _backward(ctx, g_value, _g_grad_x, _g_grad_y):
     grad_x, grad_y = ctx.saved_tensors
-    if not ctx.need_grad:
-        raise RuntimeError(f"gaussreg: {ctx.stem} pair sum was computed without gradients "
-                           "(no input required grad at forward time)")
+    if not ctx.want[0] or (ctx.has_y and ctx.needs_input_grad[1] and not ctx.want[1]):
+        raise RuntimeError(f"gaussreg: {ctx.stem} pair sum was computed without the gradient now asked for "
+                           "(the input did not require grad at forward time)")
     # d(sum k)/dx_i = sum_j k'(t_ij) * 2 (x_i - y_j): the kernels return the sum without the 2.
     scale = (2.0 * g_value).to(grad_x.dtype)
     if torch.is_grad_enabled():  # create_graph=True: keep the graph honest about what it lacks
         grad_x = _FirstOrderOnly.apply(grad_x, ctx.stem, *ctx.inputs_for_graph)
-        if ctx.has_y:
+        if ctx.want[1]:
             grad_y = _FirstOrderOnly.apply(grad_y, ctx.stem, *ctx.inputs_for_graph)
-    gx = grad_x * scale
-    gy = grad_y * scale if ctx.has_y else None
-    return gx, gy, None, None, None, None, None, None
+    gx = grad_x * scale if ctx.needs_input_grad[0] else None
+    gy = grad_y * scale if ctx.want[1] else None
+    return gx, gy, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("gaussreg::pair_sum", _backward, setup_context=_setup_context)
@@ -132,6 +141,10 @@ torch.library.register_autograd("gaussreg::pair_sum", _backward, setup_context=_
 def pair_sum(stem: str, kind: int, params: Sequence[float], x: Tensor, y: Optional[Tensor] = None,
              px: Optional[Tensor] = None, py: Optional[Tensor] = None) -> Tensor:
     """Float64 pair sum of ``stem``'s kernel ``kind`` (see module docstring), differentiable in x and y."""
-    need_grad = torch.is_grad_enabled() and (x.requires_grad or (y is not None and y.requires_grad))
-    value, _, _ = pair_sum_op(x, y, px, py, stem, kind, [float(p) for p in params], need_grad)
+    grad_on = torch.is_grad_enabled()
+    grad_x = grad_on and x.requires_grad
+    grad_y = grad_on and y is not None and y.requires_grad
+    if grad_y and not grad_x:  # the engines compute the y side only along the x side: swap roles
+        x, y, px, py, grad_x, grad_y = y, x, py, px, True, False
+    value, _, _ = pair_sum_op(x, y, px, py, stem, kind, [float(p) for p in params], grad_x, grad_y)
     return value
