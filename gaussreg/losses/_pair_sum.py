@@ -40,6 +40,7 @@ def workspace_bytes(stem: str, x: Tensor, y: Optional[Tensor]) -> int:
 def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Optional[Tensor], stem: str, kind: int,
                 params: List[float], grad_x: bool, grad_y: bool) -> Tuple[Tensor, Tensor, Tensor]:
     module = _native.module_for(x.device)
+    _check_op_args(module, x, y, px, py)
     device, dtype = x.device, x.dtype
     n, d = x.shape
     m = 0 if y is None else y.shape[0]
@@ -69,6 +70,24 @@ def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Option
     else:
         forward(*args, threads)
     return value, out_x, out_y
+
+
+def _check_op_args(module, x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Optional[Tensor]) -> None:
+    """The op's own contract (the loss front ends guarantee it; direct callers get an error)."""
+    if module is None:
+        raise RuntimeError(f"gaussreg::pair_sum: no compiled backend for {x.device} "
+                           f"({_native.backends()[x.device.type]['detail'] if x.device.type in ('cpu', 'cuda') else 'unsupported device'})")
+    if x.dtype not in (torch.float32, torch.float64) or x.dim() != 2:
+        raise ValueError(f"gaussreg::pair_sum: x must be a 2-D float32/float64 tensor, got {x.dtype} {tuple(x.shape)}")
+    if y is not None and (y.dtype != x.dtype or y.dim() != 2 or y.shape[1] != x.shape[1] or y.device != x.device):
+        raise ValueError("gaussreg::pair_sum: y must match x in dtype, device and D")
+    for name, p, count in (("px", px, x.shape[0]), ("py", py, None if y is None else y.shape[0])):
+        if p is None:
+            continue
+        if p.dtype != x.dtype or p.device != x.device or not p.is_contiguous() or p.dim() != 1 or \
+                (count is not None and p.shape[0] != count):
+            raise ValueError(f"gaussreg::pair_sum: {name} must be a contiguous 1-D tensor with one entry per point, "
+                             f"x's dtype and device")
 
 
 def _wanted(x: Tensor, y: Optional[Tensor], grad_x: bool, grad_y: bool) -> Tuple[bool, bool]:

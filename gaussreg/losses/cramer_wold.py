@@ -1,8 +1,9 @@
 """Cramer-Wold distance to N(0, I) (SPEC 5, CWAE of Tabor, Knop et al.).
 
-The sample-sample sum and the sample-to-origin sum both run through the fused pair
-kernels (``csrc/*/cramer_wold.*``; the latter as pairs with the single point 0), so the
-exact 1F1 kernel is evaluated by the same code on CPU and GPU.
+The sample-sample sum runs in the fused pair kernels (``csrc/*/cramer_wold.*``); the
+O(n) sample-to-prior sum is a closed form for the approximate kernel and, for the exact
+1F1 kernel, the same compiled kernel on pairs with the single point 0, so 1F1 is
+evaluated by the same code on CPU and GPU.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from .. import _checks, reference
 from . import _pair_sum
-from ._front import prepare_points
+from ._front import prepare_points, squared_norms
 
 _STEM = "cramer_wold"
 
@@ -55,19 +56,29 @@ def cw_distance(z: Tensor, *, gamma: Optional[float] = None, kernel: str = "appr
     gamma = (4.0 / (3.0 * n)) ** 0.4 if gamma is None else _checks.positive_float("gamma", gamma)
     if not native:
         return reference.cw_distance(z, gamma=gamma, kernel=kernel, log=log)
-    origin = torch.zeros((1, d), dtype=dtype, device=device)
     if kernel == "approx":
-        kind = _pair_sum.CW_APPROX
-        pair_params = [1.0 / (gamma * (2 * d - 3))]                 # phi(t / (4 gamma))
-        point_params = [4.0 / ((2.0 + 4.0 * gamma) * (2 * d - 3))]  # phi(t / (2 + 4 gamma))
+        kind, pair_params = _pair_sum.CW_APPROX, [1.0 / (gamma * (2 * d - 3))]  # phi(t / (4 gamma))
     else:
-        kind = _pair_sum.CW_EXACT
-        pair_params = [1.0 / (4.0 * gamma), 0.5 * d]
-        point_params = [1.0 / (2.0 + 4.0 * gamma), 0.5 * d]
+        kind, pair_params = _pair_sum.CW_EXACT, [1.0 / (4.0 * gamma), 0.5 * d]
     pairs = 2.0 * _pair_sum.pair_sum(_STEM, kind, pair_params, z) + n  # phi(0) = 1 on the diagonal
-    points = _pair_sum.pair_sum(_STEM, kind, point_params, z, origin)
+    points = _point_sum(z, kind, gamma)
     value = (pairs / math.sqrt(gamma) + n * n / math.sqrt(1.0 + gamma)
              - 2.0 * n / math.sqrt(gamma + 0.5) * points) / (2.0 * n * n * math.sqrt(math.pi))
     if log:
         value = torch.log(value)
     return value.to(dtype)
+
+
+def _point_sum(z: Tensor, kind: int, gamma: float) -> Tensor:
+    """sum_i phi_D(||z_i||^2 / (2 + 4 gamma)) in float64, differentiable in z.
+
+    The approximate kernel is a closed form (plain torch on the float64 squared norms); the
+    exact one needs 1F1, so it runs as pairs of z with the single point 0 through the
+    same compiled kernel as the sample-sample sum.
+    """
+    d = z.shape[1]
+    if kind == _pair_sum.CW_APPROX:
+        s = squared_norms(z) / (2.0 + 4.0 * gamma)
+        return torch.rsqrt(1.0 + 4.0 * s / (2 * d - 3)).sum()
+    origin = torch.zeros((1, d), dtype=z.dtype, device=z.device)
+    return _pair_sum.pair_sum(_STEM, kind, [1.0 / (2.0 + 4.0 * gamma), 0.5 * d], z, origin)

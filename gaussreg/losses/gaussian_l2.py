@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import _checks, reference
 from . import _pair_sum
-from ._front import prepare_points
+from ._front import prepare_points, squared_norms
 
 _STEM = "gaussian_l2"
 
@@ -61,17 +61,15 @@ def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, 
         # k(t) = exp(-t / (4 sigma^2)); the factor (sigma^2)^(-D/2) is applied in float64 here
         # so that it cannot overflow float32 inside the kernel.
         pairs = _pair_sum.pair_sum(_STEM, _pair_sum.GAUSS_EXP_SUM, [1.0 / (4.0 * s2), 1.0], z)
-        log_scale = -0.5 * d * math.log(s2)
-        pair_term = (2.0 * pairs + n) * math.exp(log_scale) / (n * n)
+        pair_term = (2.0 * pairs + n) * math.exp(-0.5 * d * math.log(s2)) / (n * n)
         b = torch.full((n,), 1.0 + s2, dtype=torch.float64, device=device)
     else:
-        s2 = sigma.to(dtype).pow(2).contiguous()
+        s2 = sigma.to(z.dtype).pow(2).contiguous()
         pairs = _pair_sum.pair_sum(_STEM, _pair_sum.GAUSS_PER_POINT, [0.5 * d], z, px=s2)
-        s2_64 = s2.double()
-        diagonal = torch.exp(-0.5 * d * torch.log(s2_64)).sum()  # (a_ii / 2)^(-D/2), a_ii = 2 sigma_i^2
+        diagonal = torch.exp(-0.5 * d * torch.log(s2.double())).sum()  # (a_ii / 2)^(-D/2), a_ii = 2 sigma_i^2
         pair_term = (2.0 * pairs + diagonal) / (n * n)
-        b = 1.0 + s2_64
-    r = z.double().pow(2).sum(dim=1)
+        b = 1.0 + s2.double()
+    r = squared_norms(z)
     point_term = torch.exp(-r / (2.0 * b) - 0.5 * d * torch.log(0.5 * b)).sum() * (2.0 / n)
     return (pair_term + 1.0 - point_term).to(dtype)
 

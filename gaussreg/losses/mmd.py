@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .. import _checks, reference
 from . import _pair_sum
-from ._front import prepare_points
+from ._front import prepare_points, squared_norms
 
 _STEM = "mmd"
 DEFAULT_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -105,7 +105,7 @@ def _kernel_params(kernel: str, scales: tuple, d: int):
 def _analytic_prior_terms(z: Tensor, scales: tuple):
     """Closed forms of E_{y,y'} k(y, y') and mean_i E_y k(z_i, y) for the rbf kernel, y ~ N(0, I)."""
     d = z.shape[1]
-    r = z.double().pow(2).sum(dim=1)
+    r = squared_norms(z)
     yy = 0.0
     zy = torch.zeros((), dtype=torch.float64, device=z.device)
     for s in scales:
