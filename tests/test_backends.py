@@ -264,3 +264,21 @@ def test_mean_field_sigma_dtypes_and_shapes():
 def test_mean_field_sigma_errors(call, exc):
     with pytest.raises(exc):
         call()
+
+
+# ---------------------------------------------------------------------------
+# a missing compiled module: import works, calls fall back or name the fix
+# ---------------------------------------------------------------------------
+
+def test_missing_cpu_module_falls_back_or_names_the_fix(monkeypatch):
+    from gaussreg import _native
+
+    monkeypatch.setitem(_native._modules, "_C", None)
+    monkeypatch.setattr(_native, "_load", lambda name: None)
+    monkeypatch.setattr(_native, "_warned_fallback", set())
+    z = random_points(30, 3, seed=5)
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        fallback = gaussreg.gaussian_l2_to_normal(z)
+    assert_close(fallback, gaussreg.reference.gaussian_l2_to_normal(z), 0, 0)
+    with pytest.raises(RuntimeError, match="reinstall"):
+        gaussreg.gaussian_l2_to_normal(z, backend="native")
