@@ -513,3 +513,41 @@ def test_gradient_of_one_side_only(which):
     gaussreg.gaussian_l2(*args_native, sigma=0.7).backward()
     gaussreg.reference.gaussian_l2(*args_ref, sigma=0.7).backward()
     assert_close(leaf_native.grad, leaf_ref.grad, 1e-12, 1e-15)
+
+
+def test_huge_smoothing_factor_gives_inf_like_the_reference():
+    """(sigma^2)^(-D/2) above 1e308 (sigma = 0.3, D = 1000): inf, as the math says, never an exception."""
+    z = random_points(10, 1000, seed=2)
+    value = gaussreg.gaussian_l2_to_normal(z, sigma=0.3)
+    assert value.isinf() and ref.gaussian_l2_to_normal(z, 0.3).isinf()
+
+
+def test_per_point_sigma_below_normal_range_rejected():
+    z = random_points(10, 4, seed=2, dtype=torch.float32)
+    with pytest.raises(ValueError, match="sigma must be at least"):
+        gaussreg.gaussian_l2_to_normal(z, torch.full((10,), 1e-21))
+
+
+@pytest.mark.parametrize("dtype, exponent", [(torch.float32, 88.5), (torch.float64, 709.6)])
+def test_kernel_exp_is_finite_up_to_the_overflow_end(dtype, exponent):
+    """The CPU exp keeps values just below the dtype's largest finite number (pairs at t = 0)."""
+    half_dim = 4.0
+    a_half = math.exp(-exponent / half_dim)  # (a/2)^(-D/2) = e^exponent with a = px_i + px_j
+    x = torch.zeros(2, 3, dtype=dtype)
+    px = torch.full((2,), a_half, dtype=dtype)
+    value, _, _ = torch.ops.gaussreg.pair_sum(x, None, px, None, "gaussian_l2", _pair_sum.GAUSS_PER_POINT,
+                                              [half_dim], False, False)
+    expected = float(px[0]) ** -half_dim  # one unordered pair, (a/2)^(-D/2) with a/2 = px_0
+    assert math.isfinite(float(value))
+    assert abs(float(value) / expected - 1) < (1e-5 if dtype == torch.float32 else 1e-13)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype, d", [(torch.float32, 383), (torch.float32, 1023), (torch.float64, 191)])
+def test_cuda_dims_that_fill_shared_memory(dtype, d):
+    """D where the tile nearly fills shared memory (the value launch also needs block_sum's 256 bytes)."""
+    z = random_points(300, d, seed=4, dtype=dtype, scale=0.05, requires_grad=True)
+    zc = z.detach().cuda().requires_grad_(True)
+    gaussreg.gaussian_l2_to_normal(z).backward()
+    gaussreg.gaussian_l2_to_normal(zc).backward()
+    assert_close(zc.grad.cpu(), z.grad, 1e-4 if dtype == torch.float32 else 1e-10, 1e-12)

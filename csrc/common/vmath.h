@@ -19,14 +19,14 @@ template <> struct FloatBits<float> {
   static constexpr int kMantissa = 23;
   static constexpr int kBias = 127;
   static constexpr float kMinExpArg = -87.3f;   // below this exp(x) is subnormal: flush to 0
-  static constexpr float kMaxExpArg = 88.7f;
+  static constexpr float kMaxExpArg = 88.72f;   // above this exp(x) overflows float
 };
 template <> struct FloatBits<double> {
   using Int = std::int64_t;
   static constexpr int kMantissa = 52;
   static constexpr int kBias = 1023;
   static constexpr double kMinExpArg = -708.0;
-  static constexpr double kMaxExpArg = 709.7;
+  static constexpr double kMaxExpArg = 709.78;
 };
 
 template <typename T>
@@ -83,8 +83,13 @@ GAUSSREG_HD T vexp(T x) {
     p = p * r + T(1);
   }
   using I = typename B::Int;
-  const T scale = bits_to_float<T>((static_cast<I>(kf) + B::kBias) << B::kMantissa);
-  T y = p * scale;
+  // 2^k as 2^(k/2) * 2^(k - k/2): each half stays a normal number over the whole clamped
+  // range, so results near the overflow and underflow ends are not lost to the scale.
+  const I k = static_cast<I>(kf);
+  const I k1 = k / 2;
+  const T scale1 = bits_to_float<T>((k1 + B::kBias) << B::kMantissa);
+  const T scale2 = bits_to_float<T>((k - k1 + B::kBias) << B::kMantissa);
+  T y = (p * scale1) * scale2;
   y = x < B::kMinExpArg ? T(0) : y;
   y = x > B::kMaxExpArg ? std::numeric_limits<T>::infinity() : y;
   return y;

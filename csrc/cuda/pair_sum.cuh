@@ -27,7 +27,9 @@ namespace cuda {
 
 constexpr int kRowsPerBlock = 128;
 constexpr int kTileMax = 32;
-constexpr std::size_t kSharedBudget = 48 * 1024;
+// Dynamic shared memory for the tile: the 48 KiB a launch gets without opting in, less the
+// static 32 doubles of block_sum (static + dynamic must fit together).
+constexpr std::size_t kSharedBudget = 48 * 1024 - 32 * sizeof(double);
 
 // Points per shared-memory tile: as many as fit the budget, at most kTileMax.
 template <typename T>

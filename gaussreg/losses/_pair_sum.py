@@ -66,7 +66,9 @@ def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Option
     ]
     forward = getattr(module, f"{stem}_forward")
     if device.type == "cuda":
-        forward(*args, _native.stream_handle(device))
+        # The kernels launch on the current device: make it the tensors' one (multi-GPU).
+        with torch.cuda.device(device):
+            forward(*args, _native.stream_handle(device))
     else:
         forward(*args, threads)
     return value, out_x, out_y

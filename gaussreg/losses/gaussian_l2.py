@@ -61,7 +61,8 @@ def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, 
         # k(t) = exp(-t / (4 sigma^2)); the factor (sigma^2)^(-D/2) is applied in float64 here
         # so that it cannot overflow float32 inside the kernel.
         pairs = _pair_sum.pair_sum(_STEM, _pair_sum.GAUSS_EXP_SUM, [1.0 / (4.0 * s2), 1.0], z)
-        pair_term = (2.0 * pairs + n) * math.exp(-0.5 * d * math.log(s2)) / (n * n)
+        # In log space: the factor alone may pass 1e308 (small sigma, large D), the term is inf then.
+        pair_term = torch.exp(torch.log(2.0 * pairs + n) - 0.5 * d * math.log(s2) - 2.0 * math.log(n))
         b = torch.full((n,), 1.0 + s2, dtype=torch.float64, device=device)
     else:
         s2 = sigma.to(z.dtype).pow(2).contiguous()
@@ -202,5 +203,9 @@ def _sigma_per_point_or_float(sigma, z: Tensor):
             raise ValueError(f"sigma must be on z's device {z.device}, got {sigma.device}")
         _checks.require((torch.isfinite(sigma) & (sigma > 0)).all(), ValueError,
                         "sigma must hold positive, finite widths")
+        # The kernels take log(sigma_i^2 + sigma_j^2): keep it a normal number of z's dtype.
+        tiny = torch.finfo(z.dtype).tiny
+        _checks.require((sigma.to(z.dtype).pow(2) >= tiny).all(), ValueError,
+                        f"sigma must be at least {tiny ** 0.5:.3g} in {z.dtype} (its square must be a normal number)")
         return sigma.to(z.dtype)
     return _checks.positive_float("sigma", sigma)
