@@ -5,7 +5,9 @@ Every loss takes a batch of latents ``z`` of shape (n, D) and returns a differen
 work runs in fused C++/OpenMP or CUDA kernels (``gaussreg.backends()`` says which are
 built); ``gaussreg.reference`` holds the plain-PyTorch version of every formula.
 """
+from . import targets
 from ._native import backends
+from .losses.cdf_attraction import cdf_attraction
 from .losses.cramer_wold import cw_distance
 from .losses.gaussian_l2 import gaussian_l2, gaussian_l2_to_normal, mean_field_sigma
 from .losses.mmd import mmd
@@ -14,9 +16,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "backends",
+    "cdf_attraction",
     "cw_distance",
     "gaussian_l2",
     "gaussian_l2_to_normal",
     "mean_field_sigma",
     "mmd",
+    "targets",
 ]

@@ -12,6 +12,7 @@ namespace cpu {
 void bind_gaussian_l2(py::module_& m);
 void bind_mmd(py::module_& m);
 void bind_cramer_wold(py::module_& m);
+void bind_cdf_attraction(py::module_& m);
 }  // namespace cpu
 }  // namespace gaussreg
 
@@ -25,4 +26,5 @@ PYBIND11_MODULE(_C, m) {
   gaussreg::cpu::bind_gaussian_l2(m);
   gaussreg::cpu::bind_mmd(m);
   gaussreg::cpu::bind_cramer_wold(m);
+  gaussreg::cpu::bind_cdf_attraction(m);
 }

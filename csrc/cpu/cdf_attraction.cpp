@@ -1,0 +1,633 @@
+// CPU engine of the distances term of CDF attraction (SPEC 1): exact ranks of the
+// n' = n(n-1)/2 half squared distances d_ij, without ever holding them all.
+//
+// Forward, a sample sort over buckets:
+//   1. splitters: B - 1 keys taken from a strided sample of pairs, so buckets hold about
+//      n'/B keys whatever the sample's distribution (near the target or far from it);
+//   2. histogram pass: every d_ij is generated from coordinate differences and counted
+//      in its bucket, per row group (the groups' rows are fixed, so each group's writes
+//      go to cursors of its own in the later passes: no atomics, no dependence on threads);
+//   3. collection passes: consecutive buckets whose keys fit `capacity` entries are
+//      collected (d_ij regenerated), each bucket is sorted on its own (buckets run in
+//      parallel), and rank k = bucket start + position gives e = d_(k) - c'_k, stored as
+//      two bits per pair (p = 1) or one value (p = 2) at the pair's index. When all n'
+//      entries fit this is one pass; otherwise memory stays at `capacity` entries.
+// Ties are ranked by pair index (the sort key is (d, k)), so results do not depend on
+// the thread count.
+//
+// Backward: g_i = scale * sum_{j != i} s_ij (z_i - z_j) in blocks of 64 rows; the pairs
+// (j, i0..i0+63) with j < i0 are 64 consecutive bits, so the lower triangle is read one
+// word per j, the upper one along the rows. Each row is summed by one thread in a fixed
+// order: bitwise reproducible.
+#include "common/cdf_attraction.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/pair_index.h"
+
+#if defined(GAUSSREG_HAVE_OPENMP)
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+
+namespace gaussreg {
+namespace cpu {
+namespace {
+
+constexpr int64_t kRowBlock = 4;            // rows generated together (their loads are shared)
+constexpr uint64_t kBucketTarget = 16384;   // keys per bucket: one bucket's sort stays in L2
+constexpr uint64_t kMaxBuckets = uint64_t{1} << 18;
+constexpr uint64_t kSamplePerBucket = 32;
+constexpr int64_t kBackwardRows = 64;       // one bit-set word of the lower triangle
+
+// ---------------------------------------------------------------- sort entries
+
+template <typename T>
+struct KeyOf;
+template <>
+struct KeyOf<float> {
+  using type = uint32_t;
+};
+template <>
+struct KeyOf<double> {
+  using type = uint64_t;
+};
+
+// d >= 0, so the IEEE bit pattern orders like the value.
+template <typename T>
+typename KeyOf<T>::type key_bits(T v) {
+  typename KeyOf<T>::type k;
+  std::memcpy(&k, &v, sizeof v);
+  return k;
+}
+
+template <typename T>
+T key_value(uint64_t bits) {
+  typename KeyOf<T>::type k = static_cast<typename KeyOf<T>::type>(bits);
+  T v;
+  std::memcpy(&v, &k, sizeof v);
+  return v;
+}
+
+// float key and pair index < 2^32 in one integer: the sort compares one word.
+struct PackedEntries {
+  using Entry = uint64_t;
+  static Entry make(uint64_t key, uint64_t index) { return (key << 32) | index; }
+  static uint64_t key(Entry e) { return e >> 32; }
+  static uint64_t index(Entry e) { return e & 0xffffffffu; }
+};
+
+struct WideEntry {
+  uint64_t key, index;
+  bool operator<(const WideEntry& o) const { return key < o.key || (key == o.key && index < o.index); }
+};
+
+struct WideEntries {
+  using Entry = WideEntry;
+  static Entry make(uint64_t key, uint64_t index) { return {key, index}; }
+  static uint64_t key(const Entry& e) { return e.key; }
+  static uint64_t index(const Entry& e) { return e.index; }
+};
+
+template <typename T>
+bool packs(uint64_t pairs) {
+  return sizeof(T) == 4 && pairs <= (uint64_t{1} << 32);
+}
+
+// ---------------------------------------------------------------- sizes
+
+struct Plan {
+  uint64_t pairs, buckets, sample, groups;
+};
+
+Plan make_plan(int64_t n, uint64_t capacity, int threads) {
+  Plan plan;
+  plan.pairs = pair_count(static_cast<uint64_t>(n));
+  const uint64_t by_size = (plan.pairs + kBucketTarget - 1) / kBucketTarget;
+  // Buckets a quarter of a pass at most, so that sampling noise rarely overfills one.
+  const uint64_t by_capacity = capacity == 0 ? 1 : (4 * plan.pairs + capacity - 1) / capacity;
+  plan.buckets = std::min(kMaxBuckets, std::max<uint64_t>({1, by_size, by_capacity}));
+  plan.sample = std::min(plan.pairs, kSamplePerBucket * plan.buckets);
+  const uint64_t blocks = (static_cast<uint64_t>(n) + kRowBlock - 1) / kRowBlock;
+  plan.groups = std::max<uint64_t>(1, std::min<uint64_t>(4 * static_cast<uint64_t>(threads), blocks));
+  return plan;
+}
+
+// Key bits above the top 7 mantissa bits select a cell of the bucket lookup table:
+// 2^15 cells for float, 2^18 for double (the sign bit of a distance is always 0).
+template <typename T>
+constexpr int cell_shift() {
+  return sizeof(T) == 4 ? 16 : 45;
+}
+
+template <typename T>
+constexpr uint64_t cells_of() {
+  return uint64_t{1} << (8 * sizeof(T) - 1 - cell_shift<T>());
+}
+
+size_t align64(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+// The workspace, carved in this order.
+template <typename T>
+struct Workspace {
+  T* zt;              // D x n, transposed points
+  T* splitters;       // B - 1
+  T* sample;          // S
+  uint32_t* lut;      // cells + 1: splitters below each cell of key bits (see BucketFinder)
+  uint64_t* hist;     // G x B
+  uint64_t* cursor;   // G x B
+  uint64_t* base;     // B + 1
+  double* partial;    // B
+  void* entries;      // capacity
+};
+
+template <typename T>
+size_t workspace_layout(int64_t n, int64_t d, uint64_t capacity, const Plan& plan, char* base, Workspace<T>* out) {
+  const size_t entry = packs<T>(plan.pairs) ? sizeof(PackedEntries::Entry) : sizeof(WideEntries::Entry);
+  const size_t sizes[] = {
+      static_cast<size_t>(n * d) * sizeof(T),
+      (plan.buckets - 1) * sizeof(T),
+      plan.sample * sizeof(T),
+      (cells_of<T>() + 1) * sizeof(uint32_t),
+      plan.groups * plan.buckets * sizeof(uint64_t),
+      plan.groups * plan.buckets * sizeof(uint64_t),
+      (plan.buckets + 1) * sizeof(uint64_t),
+      plan.buckets * sizeof(double),
+      capacity * entry,
+  };
+  size_t offset = 0;
+  void* parts[9];
+  for (int i = 0; i < 9; ++i) {
+    parts[i] = base == nullptr ? nullptr : base + offset;
+    offset += align64(sizes[i]);
+  }
+  if (out != nullptr) {
+    *out = {static_cast<T*>(parts[0]),        static_cast<T*>(parts[1]),        static_cast<T*>(parts[2]),
+            static_cast<uint32_t*>(parts[3]), static_cast<uint64_t*>(parts[4]), static_cast<uint64_t*>(parts[5]),
+            static_cast<uint64_t*>(parts[6]), static_cast<double*>(parts[7]),   parts[8]};
+  }
+  return offset + 64;  // slack for aligning the base pointer
+}
+
+// ---------------------------------------------------------------- key generation
+
+template <typename T>
+T half_sq_distance(const T* a, const T* b, int64_t d) {
+  T acc = 0;
+  for (int64_t c = 0; c < d; ++c) {
+    const T diff = a[c] - b[c];
+    acc += diff * diff;
+  }
+  return T(0.5) * acc;
+}
+
+// Calls visit(i, j, d_ij) for every pair i < j with i in rows [i0, i0 + kRowBlock),
+// computing lanes of 64 bytes of j at once from the transposed points.
+template <typename T, typename Visit>
+void visit_block_pairs(const T* z, const T* zt, int64_t n, int64_t d, int64_t i0, Visit&& visit) {
+  constexpr int64_t W = 64 / sizeof(T);
+  const T* row[kRowBlock];
+  for (int64_t r = 0; r < kRowBlock; ++r) row[r] = z + std::min(i0 + r, n - 1) * d;
+  for (int64_t j0 = i0 + 1; j0 < n; j0 += W) {
+    T acc[kRowBlock][W] = {};
+    if (j0 + W <= n) {
+      for (int64_t c = 0; c < d; ++c) {
+        const T* col = zt + c * n + j0;
+        for (int64_t r = 0; r < kRowBlock; ++r) {
+          const T zi = row[r][c];
+          for (int64_t l = 0; l < W; ++l) {
+            const T diff = zi - col[l];
+            acc[r][l] += diff * diff;
+          }
+        }
+      }
+    } else {
+      for (int64_t c = 0; c < d; ++c) {
+        const T* col = zt + c * n + j0;
+        for (int64_t r = 0; r < kRowBlock; ++r) {
+          const T zi = row[r][c];
+          for (int64_t l = 0; l < n - j0; ++l) {
+            const T diff = zi - col[l];
+            acc[r][l] += diff * diff;
+          }
+        }
+      }
+    }
+    const int64_t width = std::min(W, n - j0);
+    for (int64_t r = 0; r < kRowBlock && i0 + r < n; ++r) {
+      const int64_t i = i0 + r;
+      for (int64_t l = std::max<int64_t>(0, i + 1 - j0); l < width; ++l) visit(i, j0 + l, T(0.5) * acc[r][l]);
+    }
+  }
+}
+
+// Row blocks are dealt to groups back and forth (0..G-1, G-1..0, ...) so that every group
+// gets long and short rows of the triangle alike.
+template <typename Fn>
+void for_group_blocks(uint64_t group, uint64_t groups, int64_t n, Fn&& fn) {
+  const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
+  const int64_t period = 2 * static_cast<int64_t>(groups);
+  const int64_t g = static_cast<int64_t>(group);
+  for (int64_t start = 0; start < blocks; start += period) {
+    const int64_t first = start + g, second = start + period - 1 - g;
+    if (first < blocks) fn(first * kRowBlock);
+    if (second < blocks && second != first) fn(second * kRowBlock);
+  }
+}
+
+// Bucket of a key = the number of splitters <= key. A branchy binary search over all
+// splitters mispredicts at every step; the table narrows it to the few splitters that
+// share the key's cell, which a short scan finishes.
+template <typename T>
+struct BucketFinder {
+  const T* splitters;
+  const uint32_t* lut;  // lut[c] = splitters in cells below c
+
+  static uint64_t cell(T key) { return static_cast<uint64_t>(key_bits(key)) >> cell_shift<T>(); }
+
+  uint64_t operator()(T key) const {
+    const uint64_t c = cell(key);
+    uint32_t b = lut[c];
+    const uint32_t end = lut[c + 1];
+    if (end - b > 16) return static_cast<uint64_t>(std::upper_bound(splitters + b, splitters + end, key) - splitters);
+    while (b < end && !(key < splitters[b])) ++b;
+    return b;
+  }
+};
+
+template <typename T>
+void build_bucket_table(const T* splitters, uint64_t count, uint32_t* lut) {
+  const uint64_t cells = cells_of<T>();
+  std::fill(lut, lut + cells + 1, uint32_t{0});
+  for (uint64_t s = 0; s < count; ++s) ++lut[BucketFinder<T>::cell(splitters[s]) + 1];
+  for (uint64_t c = 0; c < cells; ++c) lut[c + 1] += lut[c];
+}
+
+// ---------------------------------------------------------------- forward
+
+template <typename T>
+struct ForwardArgs {
+  const T* z;
+  int64_t n, d;
+  RankQuantiles<T> quantiles;
+  int p;
+  double* value;
+  uint64_t* pos_bits;  // p = 1: sgn(e) > 0
+  uint64_t* neg_bits;  // p = 1: sgn(e) < 0
+  T* residual;         // p = 2
+  T* sorted;           // optional: d_(k) by rank (tests, diagnostics)
+  uint64_t capacity;
+  int threads;
+};
+
+template <typename T>
+void transpose_points(const T* z, int64_t n, int64_t d, T* zt, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t c = 0; c < d; ++c)
+    for (int64_t i = 0; i < n; ++i) zt[c * n + i] = z[i * d + c];
+}
+
+template <typename T>
+void choose_splitters(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws) {
+  const uint64_t n = static_cast<uint64_t>(a.n);
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+  for (int64_t s = 0; s < static_cast<int64_t>(plan.sample); ++s) {
+    const auto k = static_cast<uint64_t>((static_cast<unsigned __int128>(2 * s + 1) * plan.pairs) / (2 * plan.sample));
+    const PairIJ ij = pair_of(n, k);
+    ws.sample[s] = half_sq_distance(a.z + ij.i * a.d, a.z + ij.j * a.d, a.d);
+  }
+  std::sort(ws.sample, ws.sample + plan.sample);
+  for (uint64_t b = 1; b < plan.buckets; ++b) ws.splitters[b - 1] = ws.sample[b * plan.sample / plan.buckets];
+  build_bucket_table(ws.splitters, plan.buckets - 1, ws.lut);
+}
+
+template <typename T>
+void count_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws) {
+  const BucketFinder<T> bucket_of{ws.splitters, ws.lut};
+#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
+  for (int64_t g = 0; g < static_cast<int64_t>(plan.groups); ++g) {
+    uint64_t* hist = ws.hist + g * plan.buckets;
+    std::fill(hist, hist + plan.buckets, uint64_t{0});
+    for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
+      visit_block_pairs(a.z, ws.zt, a.n, a.d, i0,
+                        [&](int64_t, int64_t, T key) { ++hist[bucket_of(key)]; });
+    });
+  }
+  ws.base[0] = 0;
+  for (uint64_t b = 0; b < plan.buckets; ++b) {
+    uint64_t total = 0;
+    for (uint64_t g = 0; g < plan.groups; ++g) total += ws.hist[g * plan.buckets + b];
+    ws.base[b + 1] = ws.base[b] + total;
+  }
+}
+
+// Buckets [b0, b1): regenerate every key, keep those in range, at per-group cursors.
+template <typename T, typename E>
+void collect_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws, uint64_t b0, uint64_t b1) {
+  auto* entries = static_cast<typename E::Entry*>(ws.entries);
+  for (uint64_t b = b0; b < b1; ++b) {
+    uint64_t at = ws.base[b] - ws.base[b0];
+    for (uint64_t g = 0; g < plan.groups; ++g) {
+      ws.cursor[g * plan.buckets + b] = at;
+      at += ws.hist[g * plan.buckets + b];
+    }
+  }
+  const BucketFinder<T> bucket_of{ws.splitters, ws.lut};
+  const uint64_t n = static_cast<uint64_t>(a.n);
+#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
+  for (int64_t g = 0; g < static_cast<int64_t>(plan.groups); ++g) {
+    uint64_t* cursor = ws.cursor + g * plan.buckets;
+    for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
+      visit_block_pairs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t i, int64_t j, T key) {
+        const uint64_t b = bucket_of(key);
+        if (b < b0 || b >= b1) return;
+        entries[cursor[b]++] = E::make(key_bits(key), pair_index(n, i, j));
+      });
+    });
+  }
+}
+
+template <typename T, typename E>
+void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws, uint64_t b0, uint64_t b1) {
+  auto* entries = static_cast<typename E::Entry*>(ws.entries);
+#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
+  for (int64_t b = static_cast<int64_t>(b0); b < static_cast<int64_t>(b1); ++b) {
+    auto* first = entries + (ws.base[b] - ws.base[b0]);
+    const uint64_t count = ws.base[b + 1] - ws.base[b];
+    std::sort(first, first + count);
+    double sum = 0.0, hint = 0.0;
+    for (uint64_t pos = 0; pos < count; ++pos) {
+      const T key = key_value<T>(E::key(first[pos]));
+      if (a.sorted != nullptr) a.sorted[ws.base[b] + pos] = key;
+      const T e = key - a.quantiles(ws.base[b] + pos, &hint);
+      sum += abs_power(e, a.p);
+      const uint64_t k = E::index(first[pos]);
+      if (a.p == 2) {
+        a.residual[k] = e;
+      } else if (e != T(0)) {
+        // Buckets interleave in pair index: neighbouring bits may belong to another thread.
+        __atomic_fetch_or((e > T(0) ? a.pos_bits : a.neg_bits) + (k >> 6), uint64_t{1} << (k & 63),
+                          __ATOMIC_RELAXED);
+      }
+    }
+    ws.partial[b] = sum;
+  }
+}
+
+template <typename T, typename E>
+void sort_all_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws) {
+  uint64_t b0 = 0;
+  while (b0 < plan.buckets) {
+    uint64_t b1 = b0;
+    while (b1 < plan.buckets && ws.base[b1 + 1] - ws.base[b0] <= a.capacity) ++b1;
+    if (b1 == b0) {
+      throw std::overflow_error("cdf_attraction: " + std::to_string(ws.base[b0 + 1] - ws.base[b0]) +
+                              " distances share one bucket, more than the " + std::to_string(a.capacity) +
+                              " a pass may hold (heavily tied distances); allow more sort memory");
+    }
+    collect_buckets<T, E>(a, plan, ws, b0, b1);
+    rank_buckets<T, E>(a, plan, ws, b0, b1);
+    b0 = b1;
+  }
+}
+
+template <typename T>
+void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes) {
+  const Plan plan = make_plan(a.n, a.capacity, a.threads);
+  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(workspace) + 63) / 64 * 64);
+  Workspace<T> ws;
+  if (workspace_layout<T>(a.n, a.d, a.capacity, plan, base, &ws) > ws_bytes)
+    throw std::invalid_argument("cdf_attraction: workspace smaller than cdf_pairs_workspace_bytes");
+  if (a.p == 1) {
+    const uint64_t words = bit_words(plan.pairs);
+    std::fill(a.pos_bits, a.pos_bits + words, uint64_t{0});
+    std::fill(a.neg_bits, a.neg_bits + words, uint64_t{0});
+  }
+  transpose_points(a.z, a.n, a.d, ws.zt, a.threads);
+  choose_splitters(a, plan, ws);
+  count_buckets(a, plan, ws);
+  if (packs<T>(plan.pairs))
+    sort_all_passes<T, PackedEntries>(a, plan, ws);
+  else
+    sort_all_passes<T, WideEntries>(a, plan, ws);
+  double total = 0.0;
+  for (uint64_t b = 0; b < plan.buckets; ++b) total += ws.partial[b];
+  *a.value = total;
+}
+
+// ---------------------------------------------------------------- backward
+
+template <typename T>
+struct BackwardArgs {
+  const T* z;
+  int64_t n, d;
+  int p;
+  const uint64_t* pos_bits;
+  const uint64_t* neg_bits;
+  const T* residual;
+  double scale;
+  T* grad;
+  int threads;
+};
+
+// acc += s * (zi - zj) over D coordinates.
+template <typename T>
+void add_scaled_difference(T* acc, const T* zi, const T* zj, T s, int64_t d) {
+  for (int64_t c = 0; c < d; ++c) acc[c] += s * (zi[c] - zj[c]);
+}
+
+template <typename T>
+void add_signed_difference(T* acc, const T* zi, const T* zj, bool negative, int64_t d) {
+  if (negative)
+    for (int64_t c = 0; c < d; ++c) acc[c] -= zi[c] - zj[c];
+  else
+    for (int64_t c = 0; c < d; ++c) acc[c] += zi[c] - zj[c];
+}
+
+// s_ij for `count` consecutive pair indices from `start`, applied to row `i`'s accumulator.
+template <typename T>
+void add_pair_run(const BackwardArgs<T>& a, T* acc, const T* zi, uint64_t start, int64_t count, int64_t j0) {
+  if (a.p == 2) {
+    for (int64_t t = 0; t < count; ++t)
+      add_scaled_difference(acc, zi, a.z + (j0 + t) * a.d, a.residual[start + t], a.d);
+    return;
+  }
+  for (int64_t t0 = 0; t0 < count; t0 += 64) {
+    const int width = static_cast<int>(std::min<int64_t>(64, count - t0));
+    for (int sign = 0; sign < 2; ++sign) {
+      uint64_t mask = extract_bits(sign ? a.neg_bits : a.pos_bits, start + t0, width);
+      while (mask) {
+        const int t = __builtin_ctzll(mask);
+        mask &= mask - 1;
+        add_signed_difference(acc, zi, a.z + (j0 + t0 + t) * a.d, sign != 0, a.d);
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_block(const BackwardArgs<T>& a, int64_t i0, T* acc) {
+  const uint64_t n = static_cast<uint64_t>(a.n);
+  const int64_t rows = std::min(kBackwardRows, a.n - i0);
+  std::fill(acc, acc + rows * a.d, T(0));
+  // Lower triangle, j < i0: pairs (j, i0 + r) are consecutive in r.
+  for (int64_t j = 0; j < i0; ++j) {
+    const uint64_t start = pair_index(n, j, i0);
+    const T* zj = a.z + j * a.d;
+    if (a.p == 2) {
+      for (int64_t r = 0; r < rows; ++r)
+        add_scaled_difference(acc + r * a.d, a.z + (i0 + r) * a.d, zj, a.residual[start + r], a.d);
+      continue;
+    }
+    for (int sign = 0; sign < 2; ++sign) {
+      uint64_t mask = extract_bits(sign ? a.neg_bits : a.pos_bits, start, static_cast<int>(rows));
+      while (mask) {
+        const int r = __builtin_ctzll(mask);
+        mask &= mask - 1;
+        add_signed_difference(acc + r * a.d, a.z + (i0 + r) * a.d, zj, sign != 0, a.d);
+      }
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = i0 + r;
+    T* acc_i = acc + r * a.d;
+    const T* zi = a.z + i * a.d;
+    for (int64_t j = i0; j < i; ++j) add_pair_run(a, acc_i, zi, pair_index(n, j, i), 1, j);
+    if (i + 1 < a.n) add_pair_run(a, acc_i, zi, pair_row_start(n, i), a.n - i - 1, i + 1);
+  }
+  const T scale = static_cast<T>(a.scale);
+  for (int64_t t = 0; t < rows * a.d; ++t) a.grad[i0 * a.d + t] = scale * acc[t];
+}
+
+template <typename T>
+void backward(const BackwardArgs<T>& a) {
+  const int64_t blocks = (a.n + kBackwardRows - 1) / kBackwardRows;
+#pragma omp parallel num_threads(a.threads)
+  {
+    std::vector<T> acc(static_cast<size_t>(kBackwardRows * a.d));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < blocks; ++b) backward_block(a, b * kBackwardRows, acc.data());
+  }
+}
+
+// ---------------------------------------------------------------- bindings
+
+template <typename T>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+template <typename T>
+RankQuantiles<T> rank_quantiles(int source, uintptr_t table, double df, uintptr_t values, int64_t count, uint64_t m) {
+  if (source < 0 || source > 2) throw std::invalid_argument("cdf_attraction: unknown quantile source");
+  return {static_cast<QuantileSource>(source), ptr<const T>(table), df, ptr<const double>(values), count, m};
+}
+
+template <typename T>
+void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, double df, uintptr_t values,
+                   int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual,
+                   uintptr_t sorted, uint64_t capacity, uintptr_t workspace, size_t ws_bytes, int threads) {
+  const ForwardArgs<T> a{ptr<const T>(z), n, d,
+                         rank_quantiles<T>(source, table, df, values, count, pair_count(static_cast<uint64_t>(n))),
+                         p, ptr<double>(value), ptr<uint64_t>(pos), ptr<uint64_t>(neg), ptr<T>(residual),
+                         ptr<T>(sorted), capacity, threads};
+  forward(a, ptr<void>(workspace), ws_bytes);
+}
+
+void check_sizes(int64_t n, int64_t d, int p, uint64_t capacity) {
+  if (n < 2 || d < 1) throw std::invalid_argument("cdf_attraction: needs n >= 2 points of D >= 1");
+  if (n >= (int64_t{1} << 31)) throw std::invalid_argument("cdf_attraction: n must be below 2^31");
+  if (p != 1 && p != 2) throw std::invalid_argument("cdf_attraction: p must be 1 or 2");
+  if (capacity == 0) throw std::invalid_argument("cdf_attraction: capacity must be positive");
+}
+
+}  // namespace
+
+void bind_cdf_attraction(py::module_& m) {
+  m.def(
+      "cdf_pairs_workspace_bytes",
+      [](int dtype, int64_t n, int64_t d, uint64_t capacity, int threads) {
+        check_sizes(n, d, 1, capacity);
+        const Plan plan = make_plan(n, capacity, threads);
+        return dtype == static_cast<int>(DType::Float32) ? workspace_layout<float>(n, d, capacity, plan, nullptr, nullptr)
+                                                         : workspace_layout<double>(n, d, capacity, plan, nullptr, nullptr);
+      },
+      "Workspace bytes of cdf_pairs_forward (dtype, n, d, capacity entries per pass, threads).");
+  m.def(
+      "cdf_pairs_entry_bytes",
+      [](int dtype, int64_t n) {
+        const uint64_t pairs = pair_count(static_cast<uint64_t>(n));
+        const bool packed = dtype == static_cast<int>(DType::Float32) && packs<float>(pairs);
+        return packed ? sizeof(PackedEntries::Entry) : sizeof(WideEntries::Entry);
+      },
+      "Bytes one sort entry takes (the unit of the capacity).");
+  m.def(
+      "cdf_pairs_forward",
+      [](int dtype, int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, double df, uintptr_t values,
+         int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual, uintptr_t sorted,
+         uint64_t capacity, uintptr_t workspace, size_t ws_bytes, int threads) {
+        check_sizes(n, d, p, capacity);
+        py::gil_scoped_release release;
+        if (dtype == static_cast<int>(DType::Float32))
+          forward_typed<float>(n, d, z, source, table, df, values, count, p, value, pos, neg, residual, sorted, capacity,
+                               workspace, ws_bytes, threads);
+        else
+          forward_typed<double>(n, d, z, source, table, df, values, count, p, value, pos, neg, residual, sorted, capacity,
+                                workspace, ws_bytes, threads);
+      },
+      "Sum over ranks of |d_(k) - c'_k|^p for contiguous (n, d) points; p = 1 writes sgn(e) as two bit sets "
+      "(pos, neg), p = 2 writes e, both at pair index k(i, j); `sorted` (optional) receives d_(k) by rank.");
+  m.def(
+      "cdf_pairs_backward",
+      [](int dtype, int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
+         double scale, uintptr_t grad, int threads) {
+        check_sizes(n, d, p, 1);
+        py::gil_scoped_release release;
+        if (dtype == static_cast<int>(DType::Float32))
+          backward(BackwardArgs<float>{ptr<const float>(z), n, d, p, ptr<const uint64_t>(pos),
+                                       ptr<const uint64_t>(neg), ptr<const float>(residual), scale, ptr<float>(grad),
+                                       threads});
+        else
+          backward(BackwardArgs<double>{ptr<const double>(z), n, d, p, ptr<const uint64_t>(pos),
+                                        ptr<const uint64_t>(neg), ptr<const double>(residual), scale,
+                                        ptr<double>(grad), threads});
+      },
+      "grad_i = scale * sum_{j != i} s_ij (z_i - z_j) with s from cdf_pairs_forward.");
+  m.def(
+      "chi2_quantile",
+      [](py::array_t<double, py::array::c_style | py::array::forcecast> lower,
+         py::array_t<double, py::array::c_style | py::array::forcecast> upper, double df) {
+        if (lower.size() != upper.size()) throw std::invalid_argument("lower and upper differ in size");
+        py::array_t<double> out(lower.size());
+        for (py::ssize_t i = 0; i < lower.size(); ++i) out.mutable_data()[i] = chi2_quantile(lower.data()[i], upper.data()[i], df);
+        return out;
+      },
+      "chi2_quantile(lower, upper, df) elementwise (common/chi2.h), upper = 1 - lower.");
+  m.def(
+      "pair_of",
+      [](uint64_t n, py::array_t<uint64_t, py::array::c_style | py::array::forcecast> k) {
+        py::array_t<uint64_t> out({k.size(), py::ssize_t{2}});
+        for (py::ssize_t t = 0; t < k.size(); ++t) {
+          const PairIJ ij = pair_of(n, k.data()[t]);
+          out.mutable_data()[2 * t] = ij.i;
+          out.mutable_data()[2 * t + 1] = ij.j;
+        }
+        return out;
+      },
+      "(i, j) of pair indices k (common/pair_index.h).");
+  m.def(
+      "pair_index",
+      [](uint64_t n, uint64_t i, uint64_t j) { return pair_index(n, i, j); }, "k(i, j) for i < j.");
+}
+
+}  // namespace cpu
+}  // namespace gaussreg

@@ -1,0 +1,197 @@
+"""The sorted-distances custom op of CDF attraction (SPEC 1).
+
+``cdf_pairs(z, ...)`` ranks the n' = n(n-1)/2 half squared distances d_ij exactly and
+returns, in float64, ``sum_k |d_(k) - c'_k|^p``, together with what the backward pass
+needs: sgn(e) as two bit sets (p = 1) or e itself (p = 2) at each pair's index, where
+e is the residual of the pair's rank. The compiled engines (``csrc/*/cdf_attraction.*``)
+never hold an n x n matrix; sort memory is bounded by ``capacity`` entries (several
+passes when n' entries do not fit).
+
+It is a ``torch.library.custom_op`` with a fake implementation and registered autograd,
+so torch.compile traces it. The gradient is SPEC's almost-everywhere gradient; its own
+derivative is refused (the ranks are piecewise constant, but the p = 2 residual is not).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _native
+
+SOURCE_TABLE, SOURCE_CHI2, SOURCE_EMPIRICAL = 0, 1, 2  # csrc/common/cdf_attraction.h
+
+
+def pair_count(n: int) -> int:
+    return n * (n - 1) // 2
+
+
+def _last_arg(device: torch.device) -> int:
+    return _native.num_threads() if device.type == "cpu" else _native.stream_handle(device)
+
+
+def supported(device: torch.device) -> bool:
+    """Whether the compiled module for ``device`` has this engine."""
+    module = _native.module_for(device)
+    return module is not None and hasattr(module, "cdf_pairs_forward")
+
+
+def entry_bytes(z: Tensor) -> int:
+    """Bytes of one sort entry (the unit of ``capacity``) for the points z."""
+    return entry_bytes_for(z.device, z.dtype, z.shape[0])
+
+
+def entry_bytes_for(device: torch.device, dtype: torch.dtype, n: int) -> int:
+    return int(_native.module_for(device).cdf_pairs_entry_bytes(_native.dtype_code(dtype), n))
+
+
+def workspace_bytes(z: Tensor, capacity: int) -> int:
+    """Working memory of one forward beyond its inputs: workspace plus outputs."""
+    module = _native.module_for(z.device)
+    n, d = z.shape
+    code = _native.dtype_code(z.dtype)
+    last = _native.num_threads() if z.device.type == "cpu" else 0
+    return int(module.cdf_pairs_workspace_bytes(code, n, d, capacity, last)) + _signs_bytes(z, 1)
+
+
+def _signs_shape(n: int, p: int) -> Tuple[int, ...]:
+    pairs = pair_count(n)
+    return (2, (pairs + 63) // 64) if p == 1 else (pairs,)
+
+
+def _signs_bytes(z: Tensor, p: int) -> int:
+    shape = _signs_shape(z.shape[0], p)
+    return (shape[0] * shape[1] * 8) if p == 1 else shape[0] * z.element_size()
+
+
+@torch.library.custom_op("gaussreg::cdf_pairs", mutates_args=())
+def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], df: float, p: int, capacity: int,
+                 want_sorted: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(sum_k |d_(k) - c'_k|^p in float64, signs or residuals, sorted d or an empty tensor)."""
+    _check_op_args(z, table, values, p, capacity)
+    device, dtype = z.device, z.dtype
+    n, d = z.shape
+    what = "cdf_attraction"
+    module = _native.module_for(device)
+    code = _native.dtype_code(dtype)
+    last = _last_arg(device)
+    ws_bytes = int(module.cdf_pairs_workspace_bytes(code, n, d, capacity, last if device.type == "cpu" else 0))
+    workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, device, what)
+    value = torch.zeros((), dtype=torch.float64, device=device)
+    signs = _native.empty(_signs_shape(n, p), torch.int64 if p == 1 else dtype, device, what)
+    sorted_values = _native.empty((pair_count(n) if want_sorted else 0,), dtype, device, what)
+    if table is not None:
+        source, table_ptr = SOURCE_TABLE, table.data_ptr()
+    else:
+        source, table_ptr = (SOURCE_CHI2, 0) if values is None else (SOURCE_EMPIRICAL, 0)
+    pos, neg, residual = (signs[0].data_ptr(), signs[1].data_ptr(), 0) if p == 1 else (0, 0, signs.data_ptr())
+    args = [code, n, d, z.data_ptr(), source, table_ptr, float(df),
+            0 if values is None else values.data_ptr(), 0 if values is None else values.shape[0],
+            p, value.data_ptr(), pos, neg, residual, sorted_values.data_ptr() if want_sorted else 0,
+            capacity, workspace.data_ptr(), ws_bytes]
+    try:
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                module.cdf_pairs_forward(*args, last)
+        else:
+            module.cdf_pairs_forward(*args, last)
+    except OverflowError as exc:  # std::overflow_error: a bucket of tied distances overflows a pass
+        raise MemoryError(f"gaussreg.cdf_attraction: {exc}") from exc
+    return value, signs, sorted_values
+
+
+def _check_op_args(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], p: int, capacity: int) -> None:
+    """The op's own contract (the front end guarantees it; direct callers get an error)."""
+    if not supported(z.device):
+        raise RuntimeError(f"gaussreg::cdf_pairs: no compiled engine for {z.device}")
+    if z.dtype not in (torch.float32, torch.float64) or z.dim() != 2 or not z.is_contiguous() or z.shape[0] < 2:
+        raise ValueError(f"gaussreg::cdf_pairs: z must be a contiguous (n >= 2, D) float32/float64 tensor, "
+                         f"got {z.dtype} {tuple(z.shape)}")
+    if p not in (1, 2) or capacity < 1:
+        raise ValueError(f"gaussreg::cdf_pairs: p must be 1 or 2 and capacity positive, got {p}, {capacity}")
+    if table is not None and (table.dtype != z.dtype or table.device != z.device or not table.is_contiguous()
+                              or table.shape != (pair_count(z.shape[0]),)):
+        raise ValueError("gaussreg::cdf_pairs: table must hold n(n-1)/2 contiguous values of z's dtype and device")
+    if values is not None and (values.dtype != torch.float64 or values.device != z.device or values.dim() != 1
+                               or not values.is_contiguous() or values.shape[0] < 1):
+        raise ValueError("gaussreg::cdf_pairs: values must be a sorted contiguous 1-D float64 tensor on z's device")
+
+
+@cdf_pairs_op.register_fake
+def _(z, table, values, df, p, capacity, want_sorted):
+    n = z.shape[0]
+    value = z.new_empty((), dtype=torch.float64)
+    signs = z.new_empty(_signs_shape(n, p), dtype=torch.int64 if p == 1 else z.dtype)
+    return value, signs, z.new_empty((pair_count(n) if want_sorted else 0,))
+
+
+@torch.library.custom_op("gaussreg::cdf_pairs_backward", mutates_args=())
+def cdf_pairs_backward_op(z: Tensor, signs: Tensor, p: int, grad_value: Tensor) -> Tensor:
+    """grad_value * d(sum_k |e_k|^p)/dz: sum_j s_ij (z_i - z_j) with s = sgn(e) or 2e (SPEC 1)."""
+    n, d = z.shape
+    grad = _native.empty((n, d), z.dtype, z.device, "cdf_attraction")
+    scale = float(grad_value) * (1.0 if p == 1 else 2.0)  # one host read of the incoming gradient
+    pos, neg, residual = (signs[0].data_ptr(), signs[1].data_ptr(), 0) if p == 1 else (0, 0, signs.data_ptr())
+    module = _native.module_for(z.device)
+    args = [_native.dtype_code(z.dtype), n, d, z.data_ptr(), p, pos, neg, residual, scale, grad.data_ptr()]
+    if z.device.type == "cuda":
+        with torch.cuda.device(z.device):
+            module.cdf_pairs_backward(*args, _last_arg(z.device))
+    else:
+        module.cdf_pairs_backward(*args, _last_arg(z.device))
+    return grad
+
+
+@cdf_pairs_backward_op.register_fake
+def _(z, signs, p, grad_value):
+    return torch.empty_like(z)
+
+
+def _setup_context(ctx, inputs, output):
+    z, _table, _values, _df, p, _capacity, _want_sorted = inputs
+    _, signs, _ = output
+    ctx.p = p
+    ctx.save_for_backward(z, signs)
+    ctx.mark_non_differentiable(signs, output[2])
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on the gradient; differentiating it again raises instead of silently
+    dropping the Hessian term (create_graph=True first derivatives still work)."""
+
+    @staticmethod
+    def forward(ctx, grad, z):
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError("gaussreg: second derivatives of cdf_attraction are not implemented "
+                           "(a gradient of the loss was differentiated again)")
+
+
+def _backward(ctx, g_value, _g_signs, _g_sorted):
+    z, signs = ctx.saved_tensors
+    grad = cdf_pairs_backward_op(z, signs, ctx.p, g_value)
+    if torch.is_grad_enabled():
+        grad = _FirstOrderOnly.apply(grad, z)
+    return grad, None, None, None, None, None, None
+
+
+torch.library.register_autograd("gaussreg::cdf_pairs", _backward, setup_context=_setup_context)
+
+
+def cdf_pairs(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], df: float, p: int,
+              capacity: int) -> Tensor:
+    """sum_k |d_(k) - c'_k|^p over the ranks of the half squared distances of z, float64, differentiable."""
+    value, _, _ = cdf_pairs_op(z, table, values, df, p, capacity, False)
+    return value
+
+
+def sorted_half_sq_distances(z: Tensor, capacity: Optional[int] = None) -> Tensor:
+    """All n' values ||z_i - z_j||^2 / 2 (i < j) in ascending order, by the compiled engine."""
+    z = z.detach().contiguous()
+    capacity = pair_count(z.shape[0]) if capacity is None else capacity
+    dummy_target = torch.zeros(1, dtype=torch.float64, device=z.device)  # a constant target: no quantile work
+    _, _, values = cdf_pairs_op(z, None, dummy_target, 0.0, 2, capacity, True)
+    return values

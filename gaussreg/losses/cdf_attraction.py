@@ -1,0 +1,179 @@
+"""CDF attraction of radii and pairwise distances to target quantiles (SPEC 1, Duda eq. 13-14).
+
+The radii term sorts n values and stays in torch. The distances term ranks all
+n' = n(n-1)/2 half squared distances exactly in the compiled engines
+(``csrc/*/cdf_attraction.*`` through ``_cdf_pairs``): distances generated straight into
+sort keys, bucketed sorts, signs kept as bits, one fused backward pass.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _checks, _native, reference
+from ..targets import Chi2, Empirical
+from . import _cdf_pairs
+
+
+def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: float = 1.0, p: int = 1,
+                   radii_target=None, distances_target=None, backend: str = "auto",
+                   max_sort_bytes: Optional[int] = None) -> Tensor:
+    r"""Attraction of the sorted radii and pair distances to target quantiles (SPEC 1).
+
+    .. math::
+        L = w_r \frac{1}{n}\sum_{i=1}^{n} |r_{(i)} - c_i|^p
+          + w_d \frac{1}{n'}\sum_{k=1}^{n'} |d_{(k)} - c'_k|^p
+
+    with r_i = ||z_i||^2, d_ij = ||z_i - z_j||^2 / 2 over the n' = n(n-1)/2 pairs i < j,
+    c_i = Q((i - 1/2)/n) and c'_k = Q'((k - 1/2)/n'). For z ~ N(0, I) both r and d are
+    chi-squared with D degrees of freedom, the default targets. With p = 1 the loss is the
+    area between the empirical and target CDFs and its gradient a sign,
+    dL/dz_i = w_r (2/n) sgn(e_i) z_i + w_d (1/n') sum_{j != i} sgn(e_ij)(z_i - z_j);
+    p = 2 replaces sgn(e) by 2e. Ranks are exact for every n' (no subsampled pairs).
+
+    Weight conventions: this function keeps value and gradient consistent. The paper's
+    gradient step, eq. (14), writes 2/n' for the distance term, i.e. twice the gradient of
+    eq. (13): use ``radii_weight=1, distances_weight=2`` to reproduce it, or
+    ``radii_weight=0.5, distances_weight=2`` for its Mathematica appendix (1/n radii, 2/n'
+    distances).
+
+    Args:
+        z: points (n, D), n >= 2, float16/bfloat16/float32/float64, CPU or CUDA.
+        radii_weight, distances_weight: finite weights of the two terms (0 skips a term).
+        p: 1 or 2.
+        radii_target, distances_target: targets with ``quantiles(m, device, dtype)``;
+            default ``gaussreg.targets.Chi2(D)``; ``gaussreg.targets.Empirical(values)``
+            for a target known by a sample.
+        backend: "auto", "native" or "reference" (plain PyTorch, O(n' D) memory).
+        max_sort_bytes: memory the distance sort may hold at once (entries plus the
+            quantile table); default a quarter of RAM on CPU, half the free memory on a
+            GPU. Below n' entries the engine sorts in several passes, regenerating the
+            distances each pass: slower, same exact result.
+
+    Returns:
+        0-dim tensor with z's dtype (float32 for half inputs).
+
+    Example:
+        >>> z = torch.randn(1000, 20, requires_grad=True)
+        >>> loss = gaussreg.cdf_attraction(z)
+        >>> loss.backward()
+    """
+    z = _checks.points("z", z)
+    device = z.device
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"cdf_attraction: z on device {device}; gaussreg computes on CPU and CUDA tensors only")
+    if isinstance(p, bool) or p not in (1, 2):
+        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    radii_weight = _finite_weight("radii_weight", radii_weight)
+    distances_weight = _finite_weight("distances_weight", distances_weight)
+    n, dim = z.shape
+    radii_target = _target("radii_target", radii_target, dim)
+    distances_target = _target("distances_target", distances_target, dim)
+    if max_sort_bytes is not None and (isinstance(max_sort_bytes, bool) or not isinstance(max_sort_bytes, int)
+                                       or max_sort_bytes < 1):
+        raise ValueError(f"max_sort_bytes must be a positive int (bytes), got {max_sort_bytes!r}")
+    dtype = _checks.compute_dtype(z)
+    native = _native.use_native(device, backend, "cdf_attraction") and _cdf_pairs.supported(device)
+    zc = z.to(dtype).contiguous()
+    _checks.finite("z", z)
+    if not native:
+        return reference.cdf_attraction(zc, radii_weight=radii_weight, distances_weight=distances_weight, p=p,
+                                        radii_target=radii_target, distances_target=distances_target)
+    loss = zc.sum() * 0.0  # keeps the graph (a zero gradient) when both weights are 0
+    if radii_weight != 0.0:
+        loss = loss + radii_weight * _radii_term(zc, radii_target, p)
+    if distances_weight != 0.0:
+        pairs = _cdf_pairs.pair_count(n)
+        loss = loss + distances_weight * (_distances_sum(zc, distances_target, p, max_sort_bytes) / pairs).to(dtype)
+    return loss
+
+
+def _finite_weight(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _target(name: str, target, dim: int):
+    if target is None:
+        return Chi2(dim)
+    if not callable(getattr(target, "quantiles", None)):
+        raise TypeError(f"{name} must have a method quantiles(m, device, dtype) (e.g. gaussreg.targets.Chi2), "
+                        f"got {type(target).__name__}")
+    return target
+
+
+def target_quantiles(name: str, target, m: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``target.quantiles(m, ...)`` checked: shape (m,), finite, on device, in dtype."""
+    values = target.quantiles(m, device, dtype)
+    if not isinstance(values, Tensor) or values.shape != (m,):
+        got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(f"{name}.quantiles({m}, ...) must return a tensor of shape ({m},), got {got}")
+    values = values.to(device=device, dtype=dtype)
+    _checks.require(torch.isfinite(values).all(), ValueError, f"{name}.quantiles returned NaN or Inf values")
+    return values
+
+
+def _radii_term(z: Tensor, target, p: int) -> Tensor:
+    """(1/n) sum_i |r_(i) - c_i|^p: sorting n values is cheap, so autograd does it."""
+    radii = (z * z).sum(1)
+    sorted_radii = radii.gather(0, torch.argsort(radii.detach()))
+    e = sorted_radii - target_quantiles("radii_target", target, z.shape[0], z.device, z.dtype)
+    return (e.abs() if p == 1 else e * e).mean()
+
+
+def _default_sort_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _distances_sum(z: Tensor, target, p: int, max_sort_bytes: Optional[int]) -> Tensor:
+    """sum_k |d_(k) - c'_k|^p (float64) by the compiled engine, within the sort budget."""
+    n = z.shape[0]
+    pairs = _cdf_pairs.pair_count(n)
+    from_table, capacity = _sort_plan(z.device, z.dtype, n, max_sort_bytes, isinstance(target, (Chi2, Empirical)))
+    table = values = None
+    df = 0.0
+    if from_table:
+        if not _checks.compiling():
+            _native.check_fits(pairs * z.element_size(), z.device, "cdf_attraction")
+        table = target_quantiles("distances_target", target, pairs, z.device, z.dtype).contiguous()
+    elif isinstance(target, Chi2):
+        df = target.df
+    else:
+        values = target.sorted_values.to(z.device).contiguous()
+    if not _checks.compiling():
+        _native.check_fits(_cdf_pairs.workspace_bytes(z, capacity), z.device, "cdf_attraction",
+                           "pass a smaller max_sort_bytes to sort in several passes")
+    return _cdf_pairs.cdf_pairs(z, table, values, df, p, capacity)
+
+
+@torch.compiler.assume_constant_result
+def _sort_plan(device: torch.device, dtype: torch.dtype, n: int, max_sort_bytes: Optional[int],
+               computable_per_rank: bool) -> Tuple[bool, int]:
+    """(quantiles from a table?, sort entries per pass) for n points within the budget.
+
+    A table is used when it takes at most half the budget; beyond that Chi2 and Empirical
+    targets are evaluated per rank inside the engine, and any other target must still
+    provide its table. The sort gets what the table leaves, at least one entry (the
+    engine then reports a bucket that cannot fit). Sizes only: torch.compile evaluates
+    this once while tracing.
+    """
+    pairs = _cdf_pairs.pair_count(n)
+    budget = _default_sort_bytes(device) if max_sort_bytes is None else max_sort_bytes
+    table_bytes = pairs * torch.empty((), dtype=dtype).element_size()
+    from_table = table_bytes <= budget // 2 or not computable_per_rank
+    entry = _cdf_pairs.entry_bytes_for(device, dtype, n)
+    left = budget - (table_bytes if from_table else 0)
+    return from_table, min(pairs, max(1, left // entry))
