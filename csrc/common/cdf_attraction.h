@@ -6,34 +6,54 @@
 #include <cmath>
 #include <cstdint>
 
-#include "chi2.h"
 #include "config.h"
 
 namespace gaussreg {
 
-// Where c'_k comes from, as gaussreg/losses/cdf_attraction.py numbers it.
-enum class QuantileSource : int { Table = 0, Chi2 = 1, Empirical = 2 };
+// Where c'_k comes from, as gaussreg/losses/_cdf_pairs.py numbers it.
+enum class QuantileSource : int { Table = 0, Anchors = 1, Empirical = 2 };
+
+// Exact quantiles at a few thousand anchor ranks (gaussreg.targets.chi2_anchors) and
+// their slopes dQ/dk; every other rank is a cubic Hermite interpolation between its two
+// anchors, within 1e-9 relative of the exact quantile: no table of n' values, no solve
+// per rank.
+struct HermiteAnchors {
+  const int64_t* rank;  // ascending, first 0, last m - 1
+  const double* x;
+  const double* slope;
+  int64_t count;
+
+  GAUSSREG_HD double operator()(uint64_t r) const {
+    const int64_t k = static_cast<int64_t>(r);
+    if (count == 1 || k >= rank[count - 1]) return x[count - 1];
+    int64_t lo = 0, hi = count - 1;  // rank[lo] <= k < rank[hi]
+    while (hi - lo > 1) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (rank[mid] <= k) lo = mid; else hi = mid;
+    }
+    // The same expression as gaussreg.targets.hermite_quantiles.
+    const double width = static_cast<double>(rank[hi] - rank[lo]);
+    const double t = static_cast<double>(k - rank[lo]) / width;
+    const double t2 = t * t, t3 = t2 * t;
+    return (2 * t3 - 3 * t2 + 1) * x[lo] + (t3 - 2 * t2 + t) * (slope[lo] * width) + (3 * t2 - 2 * t3) * x[hi] +
+           (t3 - t2) * (slope[hi] * width);
+  }
+};
 
 // The m target quantiles Q'((k - 1/2) / m), k = 1..m, read or computed by 0-based rank.
 template <typename T>
 struct RankQuantiles {
   QuantileSource source;
-  const T* table;        // Table: m values in the loss dtype
-  double df;             // Chi2: degrees of freedom
-  const double* values;  // Empirical: the reference sample, sorted
-  int64_t count;         //   and its size
+  const T* table;          // Table: m values in the loss dtype
+  HermiteAnchors anchors;  // Anchors
+  const double* values;    // Empirical: the reference sample, sorted
+  int64_t count;           //   and its size
   uint64_t m;
 
-  // `hint` carries the previous chi-squared quantile between calls for neighbouring ranks.
-  GAUSSREG_HD T operator()(uint64_t rank, double* hint) const {
+  GAUSSREG_HD T operator()(uint64_t rank) const {
     if (source == QuantileSource::Table) return table[rank];
-    const double lower = (static_cast<double>(rank) + 0.5) / static_cast<double>(m);
-    if (source == QuantileSource::Chi2) {
-      const double upper = (static_cast<double>(m - rank) - 0.5) / static_cast<double>(m);
-      *hint = chi2_quantile(lower, upper, df, *hint);
-      return static_cast<T>(*hint);
-    }
-    return static_cast<T>(empirical_quantile(lower));
+    if (source == QuantileSource::Anchors) return static_cast<T>(anchors(rank));
+    return static_cast<T>(empirical_quantile((static_cast<double>(rank) + 0.5) / static_cast<double>(m)));
   }
 
   // Hazen plotting positions: v_(i) sits at (i - 1/2)/N; linear in between, constant outside.

@@ -364,11 +364,11 @@ void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>&
     auto* first = entries + (ws.base[b] - ws.base[b0]);
     const uint64_t count = ws.base[b + 1] - ws.base[b];
     std::sort(first, first + count);
-    double sum = 0.0, hint = 0.0;
+    double sum = 0.0;
     for (uint64_t pos = 0; pos < count; ++pos) {
       const T key = key_value<T>(E::key(first[pos]));
       if (a.sorted != nullptr) a.sorted[ws.base[b] + pos] = key;
-      const T e = key - a.quantiles(ws.base[b] + pos, &hint);
+      const T e = key - a.quantiles(ws.base[b] + pos);
       sum += abs_power(e, a.p);
       const uint64_t k = E::index(first[pos]);
       if (a.p == 2) {
@@ -526,18 +526,26 @@ T* ptr(uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
 
+// `values`/`count` are the empirical sample, or for anchors the three arrays' first
+// pointer (ranks; x and slope follow as values + 8 count and + 16 count bytes) and length.
 template <typename T>
-RankQuantiles<T> rank_quantiles(int source, uintptr_t table, double df, uintptr_t values, int64_t count, uint64_t m) {
+RankQuantiles<T> rank_quantiles(int source, uintptr_t table, uintptr_t values, int64_t count, uint64_t m) {
   if (source < 0 || source > 2) throw std::invalid_argument("cdf_attraction: unknown quantile source");
-  return {static_cast<QuantileSource>(source), ptr<const T>(table), df, ptr<const double>(values), count, m};
+  HermiteAnchors anchors{nullptr, nullptr, nullptr, 0};
+  if (source == static_cast<int>(QuantileSource::Anchors)) {
+    const auto* base = ptr<const int64_t>(values);
+    anchors = {base, reinterpret_cast<const double*>(base + count), reinterpret_cast<const double*>(base + 2 * count),
+               count};
+  }
+  return {static_cast<QuantileSource>(source), ptr<const T>(table), anchors, ptr<const double>(values), count, m};
 }
 
 template <typename T>
-void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, double df, uintptr_t values,
+void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
                    int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual,
                    uintptr_t sorted, uint64_t capacity, uintptr_t workspace, size_t ws_bytes, int threads) {
   const ForwardArgs<T> a{ptr<const T>(z), n, d,
-                         rank_quantiles<T>(source, table, df, values, count, pair_count(static_cast<uint64_t>(n))),
+                         rank_quantiles<T>(source, table, values, count, pair_count(static_cast<uint64_t>(n))),
                          p, ptr<double>(value), ptr<uint64_t>(pos), ptr<uint64_t>(neg), ptr<T>(residual),
                          ptr<T>(sorted), capacity, threads};
   forward(a, ptr<void>(workspace), ws_bytes);
@@ -572,16 +580,16 @@ void bind_cdf_attraction(py::module_& m) {
       "Bytes one sort entry takes (the unit of the capacity).");
   m.def(
       "cdf_pairs_forward",
-      [](int dtype, int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, double df, uintptr_t values,
+      [](int dtype, int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
          int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual, uintptr_t sorted,
          uint64_t capacity, uintptr_t workspace, size_t ws_bytes, int threads) {
         check_sizes(n, d, p, capacity);
         py::gil_scoped_release release;
         if (dtype == static_cast<int>(DType::Float32))
-          forward_typed<float>(n, d, z, source, table, df, values, count, p, value, pos, neg, residual, sorted, capacity,
+          forward_typed<float>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted, capacity,
                                workspace, ws_bytes, threads);
         else
-          forward_typed<double>(n, d, z, source, table, df, values, count, p, value, pos, neg, residual, sorted, capacity,
+          forward_typed<double>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted, capacity,
                                 workspace, ws_bytes, threads);
       },
       "Sum over ranks of |d_(k) - c'_k|^p for contiguous (n, d) points; p = 1 writes sgn(e) as two bit sets "
@@ -602,16 +610,6 @@ void bind_cdf_attraction(py::module_& m) {
                                         ptr<double>(grad), threads});
       },
       "grad_i = scale * sum_{j != i} s_ij (z_i - z_j) with s from cdf_pairs_forward.");
-  m.def(
-      "chi2_quantile",
-      [](py::array_t<double, py::array::c_style | py::array::forcecast> lower,
-         py::array_t<double, py::array::c_style | py::array::forcecast> upper, double df) {
-        if (lower.size() != upper.size()) throw std::invalid_argument("lower and upper differ in size");
-        py::array_t<double> out(lower.size());
-        for (py::ssize_t i = 0; i < lower.size(); ++i) out.mutable_data()[i] = chi2_quantile(lower.data()[i], upper.data()[i], df);
-        return out;
-      },
-      "chi2_quantile(lower, upper, df) elementwise (common/chi2.h), upper = 1 - lower.");
   m.def(
       "pair_of",
       [](uint64_t n, py::array_t<uint64_t, py::array::c_style | py::array::forcecast> k) {

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .. import _native
 
-SOURCE_TABLE, SOURCE_CHI2, SOURCE_EMPIRICAL = 0, 1, 2  # csrc/common/cdf_attraction.h
+SOURCE_TABLE, SOURCE_ANCHORS, SOURCE_EMPIRICAL = 0, 1, 2  # csrc/common/cdf_attraction.h
 
 
 def pair_count(n: int) -> int:
@@ -66,10 +66,15 @@ def _signs_bytes(z: Tensor, p: int) -> int:
 
 
 @torch.library.custom_op("gaussreg::cdf_pairs", mutates_args=())
-def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], df: float, p: int, capacity: int,
-                 want_sorted: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """(sum_k |d_(k) - c'_k|^p in float64, signs or residuals, sorted d or an empty tensor)."""
-    _check_op_args(z, table, values, p, capacity)
+def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], anchors: Optional[Tensor], p: int,
+                 capacity: int, want_sorted: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(sum_k |d_(k) - c'_k|^p in float64, signs or residuals, sorted d or an empty tensor).
+
+    The target quantiles c' come from exactly one of: ``table`` (n' values in z's dtype),
+    ``values`` (a sorted float64 sample, interpolated per rank) or ``anchors`` (``pack_anchors``
+    of ``gaussreg.targets.chi2_anchors``, interpolated per rank).
+    """
+    _check_op_args(z, table, values, anchors, p, capacity)
     device, dtype = z.device, z.dtype
     n, d = z.shape
     what = "cdf_attraction"
@@ -82,12 +87,13 @@ def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], d
     signs = _native.empty(_signs_shape(n, p), torch.int64 if p == 1 else dtype, device, what)
     sorted_values = _native.empty((pair_count(n) if want_sorted else 0,), dtype, device, what)
     if table is not None:
-        source, table_ptr = SOURCE_TABLE, table.data_ptr()
+        source, table_ptr, array, count = SOURCE_TABLE, table.data_ptr(), 0, 0
+    elif anchors is not None:
+        source, table_ptr, array, count = SOURCE_ANCHORS, 0, anchors.data_ptr(), anchors.shape[0] // 3
     else:
-        source, table_ptr = (SOURCE_CHI2, 0) if values is None else (SOURCE_EMPIRICAL, 0)
+        source, table_ptr, array, count = SOURCE_EMPIRICAL, 0, values.data_ptr(), values.shape[0]
     pos, neg, residual = (signs[0].data_ptr(), signs[1].data_ptr(), 0) if p == 1 else (0, 0, signs.data_ptr())
-    args = [code, n, d, z.data_ptr(), source, table_ptr, float(df),
-            0 if values is None else values.data_ptr(), 0 if values is None else values.shape[0],
+    args = [code, n, d, z.data_ptr(), source, table_ptr, array, count,
             p, value.data_ptr(), pos, neg, residual, sorted_values.data_ptr() if want_sorted else 0,
             capacity, workspace.data_ptr(), ws_bytes]
     try:
@@ -97,11 +103,12 @@ def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], d
         else:
             module.cdf_pairs_forward(*args, last)
     except OverflowError as exc:  # std::overflow_error: a bucket of tied distances overflows a pass
-        raise MemoryError(f"gaussreg.cdf_attraction: {exc}") from exc
+        raise MemoryError(f"gaussreg.{exc}") from exc
     return value, signs, sorted_values
 
 
-def _check_op_args(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], p: int, capacity: int) -> None:
+def _check_op_args(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], anchors: Optional[Tensor], p: int,
+                   capacity: int) -> None:
     """The op's own contract (the front end guarantees it; direct callers get an error)."""
     if not supported(z.device):
         raise RuntimeError(f"gaussreg::cdf_pairs: no compiled engine for {z.device}")
@@ -116,10 +123,15 @@ def _check_op_args(z: Tensor, table: Optional[Tensor], values: Optional[Tensor],
     if values is not None and (values.dtype != torch.float64 or values.device != z.device or values.dim() != 1
                                or not values.is_contiguous() or values.shape[0] < 1):
         raise ValueError("gaussreg::cdf_pairs: values must be a sorted contiguous 1-D float64 tensor on z's device")
+    if anchors is not None and (anchors.dtype != torch.int64 or anchors.device != z.device or anchors.dim() != 1
+                                or not anchors.is_contiguous() or anchors.shape[0] < 3 or anchors.shape[0] % 3):
+        raise ValueError("gaussreg::cdf_pairs: anchors must be pack_anchors(...) on z's device")
+    if sum(t is not None for t in (table, values, anchors)) != 1:
+        raise ValueError("gaussreg::cdf_pairs: give exactly one of table, values and anchors")
 
 
 @cdf_pairs_op.register_fake
-def _(z, table, values, df, p, capacity, want_sorted):
+def _(z, table, values, anchors, p, capacity, want_sorted):
     n = z.shape[0]
     value = z.new_empty((), dtype=torch.float64)
     signs = z.new_empty(_signs_shape(n, p), dtype=torch.int64 if p == 1 else z.dtype)
@@ -149,7 +161,7 @@ def _(z, signs, p, grad_value):
 
 
 def _setup_context(ctx, inputs, output):
-    z, _table, _values, _df, p, _capacity, _want_sorted = inputs
+    z, _table, _values, _anchors, p, _capacity, _want_sorted = inputs
     _, signs, _ = output
     ctx.p = p
     ctx.save_for_backward(z, signs)
@@ -181,10 +193,16 @@ def _backward(ctx, g_value, _g_signs, _g_sorted):
 torch.library.register_autograd("gaussreg::cdf_pairs", _backward, setup_context=_setup_context)
 
 
-def cdf_pairs(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], df: float, p: int,
-              capacity: int) -> Tensor:
+def pack_anchors(anchors: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """(ranks, x, slope) of ``chi2_anchors`` as one int64 tensor, the layout the engines read."""
+    ranks, x, slope = anchors
+    return torch.cat([ranks, x.view(torch.int64), slope.view(torch.int64)])
+
+
+def cdf_pairs(z: Tensor, p: int, capacity: int, *, table: Optional[Tensor] = None, values: Optional[Tensor] = None,
+              anchors: Optional[Tensor] = None) -> Tensor:
     """sum_k |d_(k) - c'_k|^p over the ranks of the half squared distances of z, float64, differentiable."""
-    value, _, _ = cdf_pairs_op(z, table, values, df, p, capacity, False)
+    value, _, _ = cdf_pairs_op(z, table, values, anchors, p, capacity, False)
     return value
 
 
@@ -193,5 +211,5 @@ def sorted_half_sq_distances(z: Tensor, capacity: Optional[int] = None) -> Tenso
     z = z.detach().contiguous()
     capacity = pair_count(z.shape[0]) if capacity is None else capacity
     dummy_target = torch.zeros(1, dtype=torch.float64, device=z.device)  # a constant target: no quantile work
-    _, _, values = cdf_pairs_op(z, None, dummy_target, 0.0, 2, capacity, True)
+    _, _, values = cdf_pairs_op(z, None, dummy_target, None, 2, capacity, True)
     return values

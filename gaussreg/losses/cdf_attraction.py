@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, _native, reference
-from ..targets import Chi2, Empirical
+from ..targets import Chi2, Empirical, chi2_anchors
 from . import _cdf_pairs
 
 
@@ -49,10 +49,11 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
             default ``gaussreg.targets.Chi2(D)``; ``gaussreg.targets.Empirical(values)``
             for a target known by a sample.
         backend: "auto", "native" or "reference" (plain PyTorch, O(n' D) memory).
-        max_sort_bytes: memory the distance sort may hold at once (entries plus the
-            quantile table); default a quarter of RAM on CPU, half the free memory on a
-            GPU. Below n' entries the engine sorts in several passes, regenerating the
-            distances each pass: slower, same exact result.
+        max_sort_bytes: memory the distance sort may hold at once (its entries, and an
+            Empirical target's table when that takes at most half of it); default a
+            quarter of RAM on CPU, half the free memory on a GPU. Below n' entries the
+            engine sorts in several passes, regenerating the distances each pass: slower,
+            same exact result. Chi2 targets need no table beyond 65536 pairs.
 
     Returns:
         0-dim tensor with z's dtype (float32 for half inputs).
@@ -139,41 +140,57 @@ def _default_sort_bytes(device: torch.device) -> int:
 
 
 def _distances_sum(z: Tensor, target, p: int, max_sort_bytes: Optional[int]) -> Tensor:
-    """sum_k |d_(k) - c'_k|^p (float64) by the compiled engine, within the sort budget."""
+    """sum_k |d_(k) - c'_k|^p (float64) by the compiled engine, within the sort budget.
+
+    Chi2 targets beyond 65536 pairs pass their anchors (a few thousand exact quantiles)
+    and the engine interpolates each rank: no table of n' values. Empirical targets pass
+    their sample when a table would take more than half the budget. Every other target
+    provides its table.
+    """
     n = z.shape[0]
     pairs = _cdf_pairs.pair_count(n)
-    from_table, capacity = _sort_plan(z.device, z.dtype, n, max_sort_bytes, isinstance(target, (Chi2, Empirical)))
-    table = values = None
-    df = 0.0
+    if isinstance(target, Chi2):
+        table_policy = "never" if pairs > _EXACT_TABLE_MAX else "always"
+    else:
+        table_policy = "if_small" if isinstance(target, Empirical) else "always"
+    from_table, capacity = _sort_plan(z.device, z.dtype, n, max_sort_bytes, table_policy)
+    sources = {}
     if from_table:
         if not _checks.compiling():
             _native.check_fits(pairs * z.element_size(), z.device, "cdf_attraction")
-        table = target_quantiles("distances_target", target, pairs, z.device, z.dtype).contiguous()
+        sources["table"] = target_quantiles("distances_target", target, pairs, z.device, z.dtype).contiguous()
     elif isinstance(target, Chi2):
-        df = target.df
+        sources["anchors"] = _chi2_anchors(pairs, target.df, z.device)
     else:
-        values = target.sorted_values.to(z.device).contiguous()
+        sources["values"] = target.sorted_values.to(z.device).contiguous()
     if not _checks.compiling():
         _native.check_fits(_cdf_pairs.workspace_bytes(z, capacity), z.device, "cdf_attraction",
                            "pass a smaller max_sort_bytes to sort in several passes")
-    return _cdf_pairs.cdf_pairs(z, table, values, df, p, capacity)
+    return _cdf_pairs.cdf_pairs(z, p, capacity, **sources)
+
+
+_EXACT_TABLE_MAX = 1 << 16  # Chi2 tables this small are exact and cheap
+
+
+@torch.compiler.assume_constant_result
+def _chi2_anchors(pairs: int, df: float, device: torch.device) -> Tensor:
+    return _cdf_pairs.pack_anchors(chi2_anchors(pairs, df, device=device))
 
 
 @torch.compiler.assume_constant_result
 def _sort_plan(device: torch.device, dtype: torch.dtype, n: int, max_sort_bytes: Optional[int],
-               computable_per_rank: bool) -> Tuple[bool, int]:
+               table_policy: str) -> Tuple[bool, int]:
     """(quantiles from a table?, sort entries per pass) for n points within the budget.
 
-    A table is used when it takes at most half the budget; beyond that Chi2 and Empirical
-    targets are evaluated per rank inside the engine, and any other target must still
-    provide its table. The sort gets what the table leaves, at least one entry (the
-    engine then reports a bucket that cannot fit). Sizes only: torch.compile evaluates
-    this once while tracing.
+    ``table_policy``: "always", "never" (the engine evaluates each rank) or "if_small"
+    (a table when it takes at most half the budget, which the sort then shares). At least
+    one entry (the engine then reports a bucket that cannot fit). Sizes only:
+    torch.compile evaluates this once while tracing.
     """
     pairs = _cdf_pairs.pair_count(n)
     budget = _default_sort_bytes(device) if max_sort_bytes is None else max_sort_bytes
     table_bytes = pairs * torch.empty((), dtype=dtype).element_size()
-    from_table = table_bytes <= budget // 2 or not computable_per_rank
+    from_table = table_policy == "always" or (table_policy == "if_small" and table_bytes <= budget // 2)
     entry = _cdf_pairs.entry_bytes_for(device, dtype, n)
-    left = budget - (table_bytes if from_table else 0)
+    left = budget - (table_bytes if from_table and table_policy == "if_small" else 0)
     return from_table, min(pairs, max(1, left // entry))
