@@ -14,7 +14,7 @@ import torch
 
 from gaussreg import reference as ref
 from gaussreg import targets
-from gaussreg.targets import Chi2, Empirical, chi2_ppf, chi2_quantiles, clear_cache
+from gaussreg.targets import Chi2, Empirical, chi2_anchors, chi2_ppf, chi2_quantiles, clear_cache, hermite_quantiles
 
 from _helpers import assert_close
 
@@ -353,3 +353,23 @@ def test_empirical_cuda_matches_cpu():
 def test_docstring_examples_run(empty_cache):
     result = doctest.testmod(targets, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("df", (1, 2.5, 20, 64, 1024))
+def test_long_tables_interpolate_within_1e_9(df):
+    """Beyond 65536 quantiles the table interpolates between exact anchors: checked
+    against scipy at every rank of m = 200003 and at both ends and random ranks of
+    m = 8.6e9 (n' at n = 131072), where the tails reach 5.8e-11."""
+    m = 200_003
+    k = np.arange(1, m + 1)
+    expected = np.where(k - 0.5 <= m / 2, scipy.stats.chi2.ppf((k - 0.5) / m, df),
+                        scipy.stats.chi2.isf((m - k + 0.5) / m, df))
+    table = chi2_quantiles(m, df).numpy()
+    assert np.max(np.abs(table / expected - 1)) < 1e-8
+    m = 131072 * 131071 // 2
+    rng = np.random.default_rng(7)
+    ranks = np.unique(np.concatenate([np.arange(3000), m - 1 - np.arange(3000), rng.integers(0, m, 5000)]))
+    got = hermite_quantiles(chi2_anchors(m, df), torch.as_tensor(ranks)).numpy()
+    p, q = (ranks + 0.5) / m, (m - ranks - 0.5) / m
+    expected = np.where(p <= 0.5, scipy.stats.chi2.ppf(p, df), scipy.stats.chi2.isf(q, df))
+    assert np.max(np.abs(got / expected - 1)) < 1e-8

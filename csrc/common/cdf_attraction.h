@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 
 #include "config.h"
 
@@ -23,14 +24,23 @@ struct HermiteAnchors {
   const double* slope;
   int64_t count;
 
-  GAUSSREG_HD double operator()(uint64_t r) const {
+  // `segment` is a hint carried between calls: ranks visited in ascending order (a bucket's,
+  // a thread's run) advance it by a step or two instead of a binary search each.
+  GAUSSREG_HD double operator()(uint64_t r, int64_t* segment) const {
     const int64_t k = static_cast<int64_t>(r);
     if (count == 1 || k >= rank[count - 1]) return x[count - 1];
-    int64_t lo = 0, hi = count - 1;  // rank[lo] <= k < rank[hi]
-    while (hi - lo > 1) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (rank[mid] <= k) lo = mid; else hi = mid;
+    int64_t lo = *segment;
+    if (lo < 0 || lo >= count - 1 || rank[lo] > k) {
+      lo = 0;
+      int64_t hi = count - 1;  // rank[lo] <= k < rank[hi]
+      while (hi - lo > 1) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (rank[mid] <= k) lo = mid; else hi = mid;
+      }
     }
+    while (rank[lo + 1] <= k) ++lo;
+    *segment = lo;
+    const int64_t hi = lo + 1;
     // The same expression as gaussreg.targets.hermite_quantiles.
     const double width = static_cast<double>(rank[hi] - rank[lo]);
     const double t = static_cast<double>(k - rank[lo]) / width;
@@ -50,9 +60,10 @@ struct RankQuantiles {
   int64_t count;           //   and its size
   uint64_t m;
 
-  GAUSSREG_HD T operator()(uint64_t rank) const {
+  // `segment`: the anchors' hint (see HermiteAnchors); start it at -1.
+  GAUSSREG_HD T operator()(uint64_t rank, int64_t* segment) const {
     if (source == QuantileSource::Table) return table[rank];
-    if (source == QuantileSource::Anchors) return static_cast<T>(anchors(rank));
+    if (source == QuantileSource::Anchors) return static_cast<T>(anchors(rank, segment));
     return static_cast<T>(empirical_quantile((static_cast<double>(rank) + 0.5) / static_cast<double>(m)));
   }
 
@@ -66,6 +77,26 @@ struct RankQuantiles {
     return values[lo] + (position - static_cast<double>(lo)) * (values[hi] - values[lo]);
   }
 };
+
+// The quantile source of a binding call (host side): `values`/`count` are the empirical
+// sample, or for anchors the packed (ranks, x, slope) arrays of
+// gaussreg/losses/_cdf_pairs.pack_anchors, x and slope following the ranks at count and
+// 2 count words. Pointers arrive as integers.
+template <typename T>
+inline RankQuantiles<T> rank_quantiles(int source, uintptr_t table, uintptr_t values, int64_t count, uint64_t m) {
+  if (source < 0 || source > 2) throw std::invalid_argument("cdf_attraction: unknown quantile source");
+  const auto src = static_cast<QuantileSource>(source);
+  if (src == QuantileSource::Table && table == 0) throw std::invalid_argument("cdf_attraction: no quantile table");
+  if (src != QuantileSource::Table && (values == 0 || count < 1))
+    throw std::invalid_argument("cdf_attraction: no reference values or anchors");
+  HermiteAnchors anchors{nullptr, nullptr, nullptr, 0};
+  if (src == QuantileSource::Anchors) {
+    const auto* base = reinterpret_cast<const int64_t*>(values);
+    anchors = {base, reinterpret_cast<const double*>(base + count), reinterpret_cast<const double*>(base + 2 * count),
+               count};
+  }
+  return {src, reinterpret_cast<const T*>(table), anchors, reinterpret_cast<const double*>(values), count, m};
+}
 
 // |e|^p for p in {1, 2}, accumulated in double.
 template <typename T>

@@ -12,8 +12,10 @@
 //      parallel), and rank k = bucket start + position gives e = d_(k) - c'_k, stored as
 //      two bits per pair (p = 1) or one value (p = 2) at the pair's index. When all n'
 //      entries fit this is one pass; otherwise memory stays at `capacity` entries.
-// Ties are ranked by pair index (the sort key is (d, k)), so results do not depend on
-// the thread count.
+// Each bucket is sorted by key with a stable LSD radix sort over the bits its keys do
+// not share (two byte passes for a typical bucket). Ties keep the order in which the
+// fixed row groups wrote them: an order that depends on n only, so results do not
+// depend on the thread count or the sort budget.
 //
 // Backward: g_i = scale * sum_{j != i} s_ij (z_i - z_j) in blocks of 64 rows; the pairs
 // (j, i0..i0+63) with j < i0 are 64 consecutive bits, so the lower triangle is read one
@@ -44,6 +46,7 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kRowBlock = 4;            // rows generated together (their loads are shared)
+constexpr uint64_t kRowGroups = 64;
 constexpr uint64_t kBucketTarget = 16384;   // keys per bucket: one bucket's sort stays in L2
 constexpr uint64_t kMaxBuckets = uint64_t{1} << 18;
 constexpr uint64_t kSamplePerBucket = 32;
@@ -105,6 +108,23 @@ bool packs(uint64_t pairs) {
 
 // ---------------------------------------------------------------- sizes
 
+// One 64-byte register of T (16 floats or 8 doubles); GCC/Clang vector extensions keep
+// the accumulators in registers on any target.
+template <typename T>
+struct Simd {
+  typedef T type __attribute__((vector_size(64)));
+  static constexpr int64_t kLanes = 64 / sizeof(T);
+};
+
+constexpr int64_t kPanels = 2;  // vectors of j per row: 4 x 2 independent FMA chains hide the latency
+
+// Points per row of the transposed copy: padded with zeros so that every panel load is whole.
+template <typename T>
+int64_t padded_count(int64_t n) {
+  constexpr int64_t step = kPanels * Simd<T>::kLanes;
+  return (n + step - 1) / step * step;
+}
+
 struct Plan {
   uint64_t pairs, buckets, sample, groups;
 };
@@ -118,15 +138,20 @@ Plan make_plan(int64_t n, uint64_t capacity, int threads) {
   plan.buckets = std::min(kMaxBuckets, std::max<uint64_t>({1, by_size, by_capacity}));
   plan.sample = std::min(plan.pairs, kSamplePerBucket * plan.buckets);
   const uint64_t blocks = (static_cast<uint64_t>(n) + kRowBlock - 1) / kRowBlock;
-  plan.groups = std::max<uint64_t>(1, std::min<uint64_t>(4 * static_cast<uint64_t>(threads), blocks));
+  // A fixed number of groups (not one per thread): the order in which ties are collected
+  // must not depend on the thread count. 64 keeps up to ~16 threads balanced.
+  (void)threads;
+  plan.groups = std::max<uint64_t>(1, std::min<uint64_t>(kRowGroups, blocks));
   return plan;
 }
 
-// Key bits above the top 7 mantissa bits select a cell of the bucket lookup table:
-// 2^15 cells for float, 2^18 for double (the sign bit of a distance is always 0).
+// Key bits above the top 11 (float) or 8 (double) mantissa bits select a cell of the
+// bucket lookup table:
+// 2^19 cells for float and double (the sign bit of a distance is always 0); only the
+// few cells the keys fall in are ever read.
 template <typename T>
 constexpr int cell_shift() {
-  return sizeof(T) == 4 ? 16 : 45;
+  return sizeof(T) == 4 ? 12 : 44;
 }
 
 template <typename T>
@@ -139,7 +164,7 @@ size_t align64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 // The workspace, carved in this order.
 template <typename T>
 struct Workspace {
-  T* zt;              // D x n, transposed points
+  T* zt;              // D x padded n, transposed points
   T* splitters;       // B - 1
   T* sample;          // S
   uint32_t* lut;      // cells + 1: splitters below each cell of key bits (see BucketFinder)
@@ -154,7 +179,7 @@ template <typename T>
 size_t workspace_layout(int64_t n, int64_t d, uint64_t capacity, const Plan& plan, char* base, Workspace<T>* out) {
   const size_t entry = packs<T>(plan.pairs) ? sizeof(PackedEntries::Entry) : sizeof(WideEntries::Entry);
   const size_t sizes[] = {
-      static_cast<size_t>(n * d) * sizeof(T),
+      static_cast<size_t>(padded_count<T>(n) * d) * sizeof(T),
       (plan.buckets - 1) * sizeof(T),
       plan.sample * sizeof(T),
       (cells_of<T>() + 1) * sizeof(uint32_t),
@@ -190,42 +215,34 @@ T half_sq_distance(const T* a, const T* b, int64_t d) {
   return T(0.5) * acc;
 }
 
-// Calls visit(i, j, d_ij) for every pair i < j with i in rows [i0, i0 + kRowBlock),
-// computing lanes of 64 bytes of j at once from the transposed points.
+// Calls visit(i, j, d_ij) for every pair i < j with i in rows [i0, i0 + kRowBlock), from
+// coordinate differences, kPanels vectors of j at a time against the transposed points.
 template <typename T, typename Visit>
 void visit_block_pairs(const T* z, const T* zt, int64_t n, int64_t d, int64_t i0, Visit&& visit) {
-  constexpr int64_t W = 64 / sizeof(T);
+  using V = typename Simd<T>::type;
+  constexpr int64_t W = Simd<T>::kLanes;
+  const int64_t stride = padded_count<T>(n);
   const T* row[kRowBlock];
   for (int64_t r = 0; r < kRowBlock; ++r) row[r] = z + std::min(i0 + r, n - 1) * d;
-  for (int64_t j0 = i0 + 1; j0 < n; j0 += W) {
-    T acc[kRowBlock][W] = {};
-    if (j0 + W <= n) {
-      for (int64_t c = 0; c < d; ++c) {
-        const T* col = zt + c * n + j0;
-        for (int64_t r = 0; r < kRowBlock; ++r) {
-          const T zi = row[r][c];
-          for (int64_t l = 0; l < W; ++l) {
-            const T diff = zi - col[l];
-            acc[r][l] += diff * diff;
-          }
-        }
-      }
-    } else {
-      for (int64_t c = 0; c < d; ++c) {
-        const T* col = zt + c * n + j0;
-        for (int64_t r = 0; r < kRowBlock; ++r) {
-          const T zi = row[r][c];
-          for (int64_t l = 0; l < n - j0; ++l) {
-            const T diff = zi - col[l];
-            acc[r][l] += diff * diff;
-          }
+  for (int64_t j0 = (i0 + 1) / W * W; j0 < n; j0 += kPanels * W) {
+    V acc[kRowBlock][kPanels] = {};
+    for (int64_t c = 0; c < d; ++c) {
+      V col[kPanels];
+      std::memcpy(col, zt + c * stride + j0, sizeof col);
+      for (int64_t r = 0; r < kRowBlock; ++r) {
+        const T zi = row[r][c];
+        for (int64_t q = 0; q < kPanels; ++q) {
+          const V diff = zi - col[q];
+          acc[r][q] += diff * diff;
         }
       }
     }
-    const int64_t width = std::min(W, n - j0);
+    T out[kRowBlock][kPanels * W];
+    std::memcpy(out, acc, sizeof out);
+    const int64_t width = std::min(kPanels * W, n - j0);
     for (int64_t r = 0; r < kRowBlock && i0 + r < n; ++r) {
       const int64_t i = i0 + r;
-      for (int64_t l = std::max<int64_t>(0, i + 1 - j0); l < width; ++l) visit(i, j0 + l, T(0.5) * acc[r][l]);
+      for (int64_t l = std::max<int64_t>(0, i + 1 - j0); l < width; ++l) visit(i, j0 + l, T(0.5) * out[r][l]);
     }
   }
 }
@@ -291,9 +308,12 @@ struct ForwardArgs {
 
 template <typename T>
 void transpose_points(const T* z, int64_t n, int64_t d, T* zt, int threads) {
+  const int64_t stride = padded_count<T>(n);
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t c = 0; c < d; ++c)
-    for (int64_t i = 0; i < n; ++i) zt[c * n + i] = z[i * d + c];
+  for (int64_t c = 0; c < d; ++c) {
+    for (int64_t i = 0; i < n; ++i) zt[c * stride + i] = z[i * d + c];
+    for (int64_t i = n; i < stride; ++i) zt[c * stride + i] = T(0);
+  }
 }
 
 template <typename T>
@@ -356,19 +376,57 @@ void collect_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<
   }
 }
 
+// Stable sort of a bucket by key alone: LSD radix, one byte per pass, over the low bits
+// where its keys differ (the high ones are shared in a narrow bucket); insertion sort
+// when small. `scratch` holds `count` entries.
+template <typename E>
+void sort_bucket_by_key(typename E::Entry* a, uint64_t count, typename E::Entry* scratch) {
+  using Entry = typename E::Entry;
+  if (count < 2) return;
+  if (count <= 32) {
+    for (uint64_t i = 1; i < count; ++i) {
+      const Entry e = a[i];
+      uint64_t j = i;
+      for (; j > 0 && E::key(a[j - 1]) > E::key(e); --j) a[j] = a[j - 1];
+      a[j] = e;
+    }
+    return;
+  }
+  const uint64_t first = E::key(a[0]);
+  uint64_t differ = 0;
+  for (uint64_t i = 1; i < count; ++i) differ |= E::key(a[i]) ^ first;
+  const int bits = differ == 0 ? 0 : 64 - __builtin_clzll(differ);
+  Entry* from = a;
+  Entry* to = scratch;
+  for (int shift = 0; shift < bits; shift += 8) {
+    uint64_t offsets[257] = {};
+    for (uint64_t i = 0; i < count; ++i) ++offsets[((E::key(from[i]) >> shift) & 255) + 1];
+    for (int v = 0; v < 256; ++v) offsets[v + 1] += offsets[v];
+    for (uint64_t i = 0; i < count; ++i) to[offsets[(E::key(from[i]) >> shift) & 255]++] = from[i];
+    std::swap(from, to);
+  }
+  if (from != a) std::copy(from, from + count, a);
+}
+
 template <typename T, typename E>
 void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws, uint64_t b0, uint64_t b1) {
   auto* entries = static_cast<typename E::Entry*>(ws.entries);
-#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
+  uint64_t largest = 0;
+  for (uint64_t b = b0; b < b1; ++b) largest = std::max(largest, ws.base[b + 1] - ws.base[b]);
+#pragma omp parallel num_threads(a.threads)
+  {
+  std::vector<typename E::Entry> scratch(largest);
+#pragma omp for schedule(dynamic, 1)
   for (int64_t b = static_cast<int64_t>(b0); b < static_cast<int64_t>(b1); ++b) {
     auto* first = entries + (ws.base[b] - ws.base[b0]);
     const uint64_t count = ws.base[b + 1] - ws.base[b];
-    std::sort(first, first + count);
+    sort_bucket_by_key<E>(first, count, scratch.data());
     double sum = 0.0;
+    int64_t segment = -1;
     for (uint64_t pos = 0; pos < count; ++pos) {
       const T key = key_value<T>(E::key(first[pos]));
       if (a.sorted != nullptr) a.sorted[ws.base[b] + pos] = key;
-      const T e = key - a.quantiles(ws.base[b] + pos);
+      const T e = key - a.quantiles(ws.base[b] + pos, &segment);
       sum += abs_power(e, a.p);
       const uint64_t k = E::index(first[pos]);
       if (a.p == 2) {
@@ -380,6 +438,7 @@ void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>&
       }
     }
     ws.partial[b] = sum;
+  }
   }
 }
 
@@ -524,20 +583,6 @@ void backward(const BackwardArgs<T>& a) {
 template <typename T>
 T* ptr(uintptr_t address) {
   return reinterpret_cast<T*>(address);
-}
-
-// `values`/`count` are the empirical sample, or for anchors the three arrays' first
-// pointer (ranks; x and slope follow as values + 8 count and + 16 count bytes) and length.
-template <typename T>
-RankQuantiles<T> rank_quantiles(int source, uintptr_t table, uintptr_t values, int64_t count, uint64_t m) {
-  if (source < 0 || source > 2) throw std::invalid_argument("cdf_attraction: unknown quantile source");
-  HermiteAnchors anchors{nullptr, nullptr, nullptr, 0};
-  if (source == static_cast<int>(QuantileSource::Anchors)) {
-    const auto* base = ptr<const int64_t>(values);
-    anchors = {base, reinterpret_cast<const double*>(base + count), reinterpret_cast<const double*>(base + 2 * count),
-               count};
-  }
-  return {static_cast<QuantileSource>(source), ptr<const T>(table), anchors, ptr<const double>(values), count, m};
 }
 
 template <typename T>

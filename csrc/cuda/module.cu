@@ -9,6 +9,7 @@ namespace cuda {
 void bind_gaussian_l2(py::module_& m);
 void bind_mmd(py::module_& m);
 void bind_cramer_wold(py::module_& m);
+void bind_cdf_attraction(py::module_& m);
 }  // namespace cuda
 }  // namespace gaussreg
 
@@ -21,4 +22,5 @@ PYBIND11_MODULE(_cuda, m) {
   gaussreg::cuda::bind_gaussian_l2(m);
   gaussreg::cuda::bind_mmd(m);
   gaussreg::cuda::bind_cramer_wold(m);
+  gaussreg::cuda::bind_cdf_attraction(m);
 }

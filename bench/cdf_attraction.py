@@ -1,0 +1,101 @@
+"""CDF attraction (SPEC 1): time and memory vs n, compiled backend vs reference, next to a plain sort.
+
+Cases (D = ``--dim``; z ~ N(0, I), so the distances sit on their chi2_D target):
+
+=================  ======================================================================
+cdf_p1             ``gaussreg.cdf_attraction(z)``: p = 1, default Chi2(D) targets
+cdf_p2             ``gaussreg.cdf_attraction(z, p=2)``
+sort_yardstick     ``torch.sort`` of n' = n(n-1)/2 random float keys with their int64
+                   indices (CUB's key-value radix sort on a GPU): the sort every exact
+                   method needs, without generating the keys, the ranks' targets or the
+                   backward pass. It has no gradient; its forward+backward column is the
+                   sort alone.
+=================  ======================================================================
+
+Implementations:
+
+* ``native``: the compiled engine (``backend="native"``): distances generated into sort
+  keys, bucketed sorts, signs as bits, one fused backward pass; memory ~8-16 bytes per pair.
+* ``reference``: ``gaussreg.reference`` (``backend="reference"``): all n' pair differences
+  (n' x D), ``torch.argsort`` and autograd; not run above ``--ref-max-n``.
+
+Nothing here has a meaningful FLOP floor (a sort's cost is memory traffic and comparisons),
+so the floor columns are empty; compare native with the yardstick at the same n.
+
+Example:
+    python -m bench.cdf_attraction --n 1024 4096 --ref-max-n 4096
+    python -m bench.cdf_attraction --n 16384 --impls native --no-forward
+    python -m bench.cdf_attraction --device cuda --n 4096 16384 65536 131072 --ref-max-n 16384
+"""
+from __future__ import annotations
+
+import argparse
+from typing import List
+
+import torch
+
+import gaussreg
+from gaussreg.testing import random_points
+
+from . import _harness
+from ._harness import Case, Impl
+
+
+def _points(n, d, dtype, device, seed):
+    return (random_points(n, d, seed=seed, dtype=dtype, device=device, requires_grad=True),)
+
+
+def _keys(n, d, dtype, device, seed):
+    """n' = n(n-1)/2 float32 keys (the engine's key type for float32 points), no gradient."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    return (torch.rand(n * (n - 1) // 2, generator=g, dtype=torch.float32, device=device),)
+
+
+def _sort_pairs(keys):
+    values, indices = torch.sort(keys)
+    return values[-1] + indices[-1].to(values.dtype) * 0  # both outputs consumed
+
+
+def _reference_bytes(n, d, itemsize):
+    # pair differences and their squares (n' x D), kept for autograd, plus indices.
+    pairs = n * (n - 1) / 2
+    return pairs * (3 * d * itemsize + 40)
+
+
+def build_cases(args: argparse.Namespace, device: torch.device) -> List[Case]:
+    ref_max_n = args.ref_max_n if args.ref_max_n is not None else (16384 if device.type == "cuda" else 2048)
+    ref_note = f"n > --ref-max-n {ref_max_n} (O(n^2 D) memory and time)"
+    cases = []
+    for p in (1, 2):
+        impls = [
+            Impl("native", lambda z, p=p: gaussreg.cdf_attraction(z, p=p, backend="native")),
+            Impl("reference", lambda z, p=p: gaussreg.cdf_attraction(z, p=p, backend="reference"),
+                 max_n=ref_max_n, max_n_note=ref_note, bytes_needed=_reference_bytes),
+        ]
+        cases.append(Case(
+            name=f"cdf_p{p}", make_inputs=_points, impls=impls, oracle="reference",
+            size_oracles=("reference",), gate_rtol=1e-7,
+            description=f"cdf_attraction(z, p={p}), Chi2(D) targets"))
+    cases.append(Case(
+        name="sort_yardstick", make_inputs=_keys, impls=[Impl("torch_sort", _sort_pairs)], oracle="torch_sort",
+        size_oracles=(), description="torch.sort of n' float32 keys with int64 indices (no gradient)"))
+    return cases
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ref-max-n", type=int, default=None,
+                        help="largest n at which the reference runs (default 2048 on CPU: ~3 GB and ~10 s per "
+                             "call at 2048 x 64, ~10 GB at 4096; 16384 on CUDA)")
+
+
+def main(argv=None):
+    return _harness.main(
+        "cdf_attraction", "bench.cdf_attraction", build_cases, description=__doc__.split("\n\n")[0],
+        default_n={"cpu": [256, 512, 1024, 2048, 4096], "cuda": [1024, 4096, 16384, 65536]},
+        add_arguments=add_arguments, argv=argv,
+        notes=["native = compiled engine (exact ranks, bucketed sort); reference = gaussreg.reference "
+               "(n' x D differences, argsort, autograd); sort_yardstick = torch.sort of n' float32 keys"])
+
+
+if __name__ == "__main__":
+    main()

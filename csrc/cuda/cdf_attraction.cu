@@ -1,0 +1,999 @@
+// CUDA engine of the distances term of CDF attraction (SPEC 1): exact ranks of the
+// n' = n(n-1)/2 half squared distances d_ij, twin of csrc/cpu/cdf_attraction.cpp (same
+// contract, same bindings with the stream last instead of the thread count).
+//
+// Keys: d_ij is generated from coordinate differences (fma, coordinate order 0..D-1, as
+// the CPU loop contracts it) by one tiled kernel, 128 x 128 pairs per tile, 8 x 8 per
+// thread; what happens to each key is the "emitter" the kernel is instantiated with.
+//
+// Forward, one pass (capacity >= n'): keys are written at their pair index k, with k as
+// the value, and CUB's stable radix sort of (key, k) pairs ranks ties by k for free; the
+// rank kernel then reads rank r -> (d_(r), k) and writes e = d_(r) - c'_r (two bits or a
+// residual at k). This is one sort of n' key-value pairs plus streaming passes.
+//
+// Forward, several passes (capacity < n'), a sample sort bounded by `capacity` entries:
+//   1. splitters: B - 1 keys from a strided sample of pairs (as on the CPU);
+//   2. histogram: every key counted in its bucket (binary search among the splitters in
+//      shared memory, per-block counters flushed once); the counts come back to the host
+//      (the one synchronisation: pass boundaries and CUB's item counts are host values);
+//   3. per run of buckets fitting `capacity`: keys regenerated, those in range appended
+//      (atomic cursor: arbitrary order), sorted as composite keys (key bits << index bits
+//      | k, so ties are ranked by k whatever the append order), ranked from the run's base.
+//
+// Determinism: |e|^p is summed per fixed chunk of 2048 ranks (8 ranks per thread, 256
+// apart, then block_sum), chunks in rank order; a chunk split between two passes parks its
+// first terms in a carry buffer, so the value depends neither on the launch configuration
+// nor on how the ranks were cut into passes.
+//
+// Backward: g_i = scale * sum_{j != i} s_ij (z_i - z_j). A block owns 64 rows, a warp 8
+// rows with the lanes along D, and sweeps j in tiles of 32 whose s_ij are staged in shared
+// memory (from the bit sets or residuals, read along consecutive pair indices). Every
+// row's sum runs over j in increasing order in one thread with fma: bitwise reproducible,
+// and the same order as the CPU's.
+#include "common/cdf_attraction.h"
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cuda/std/tuple>
+#include <cuda_runtime.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/pair_index.h"
+#include "cuda/check.cuh"
+#include "cuda/reduce.cuh"
+
+namespace py = pybind11;
+
+namespace gaussreg {
+namespace cuda {
+namespace {
+
+constexpr int kTile = 128;        // rows and columns of pairs per key tile
+constexpr int kKeyThreads = 256;  // 16 x 16 threads, 8 x 8 pairs each
+constexpr int kMicro = 8;
+constexpr uint64_t kMaxTilesPerBlock = uint64_t{1} << 17;  // keeps a block's uint32 bucket counts below 2^32
+
+constexpr int kRankThreads = 256;
+constexpr int kRanksPerThread = 8;
+constexpr uint64_t kChunk = kRankThreads * kRanksPerThread;  // ranks per partial sum
+// The rank pass streams entries and scatters bits: occupancy matters more than registers.
+constexpr int kRankBlocksPerSm = 4;
+
+// Buckets: 16 per pass fill passes to ~15/16; at most 4096 so that the splitters and
+// counters (<= 48 KiB in double) fit in shared memory on every sm_80+ GPU.
+constexpr uint64_t kBucketsPerPass = 16;
+constexpr uint64_t kMaxBuckets = 4096;
+constexpr uint64_t kSamplePerBucket = 32;
+
+constexpr int kBackThreads = 256;
+constexpr int kBackRows = 64;  // 8 warps x 8 rows
+constexpr int kRowsPerWarp = 8;
+constexpr int kBackCols = 32;
+
+constexpr size_t kAlign = 256;  // CUB's own alignment for its buffers
+
+// ---------------------------------------------------------------- keys and entries
+
+// d >= 0, so the IEEE bits order like the values; the sign bit is always clear.
+template <typename T>
+struct KeyTraits;
+template <>
+struct KeyTraits<float> {
+  using Bits = uint32_t;
+  static constexpr int kBits = 31;
+  static __device__ Bits bits(float v) { return __float_as_uint(v); }
+  static __device__ float value(uint64_t b) { return __uint_as_float(static_cast<uint32_t>(b)); }
+  static __device__ float fused(float a, float b, float c) { return fmaf(a, b, c); }
+};
+template <>
+struct KeyTraits<double> {
+  using Bits = uint64_t;
+  static constexpr int kBits = 63;
+  static __device__ Bits bits(double v) { return static_cast<uint64_t>(__double_as_longlong(v)); }
+  static __device__ double value(uint64_t b) { return __longlong_as_double(static_cast<long long>(b)); }
+  static __device__ double fused(double a, double b, double c) { return fma(a, b, c); }
+};
+
+struct Entry {
+  uint64_t key_bits, index;
+};
+
+// The composite key of the passes when (key, index) needs more than 64 bits.
+struct WideKey {
+  uint64_t lo, hi;
+};
+struct WideKeyDecomposer {
+  __host__ __device__ ::cuda::std::tuple<uint64_t&, uint64_t&> operator()(WideKey& key) const {
+    return {key.hi, key.lo};
+  }
+};
+
+// (key << index_bits) | k as one radix-sortable key: uint64_t, or 128 bits split in two.
+template <typename C>
+struct Composite;
+template <>
+struct Composite<uint64_t> {
+  static __device__ uint64_t make(uint64_t bits, uint64_t k, int index_bits) { return (bits << index_bits) | k; }
+  static __device__ Entry split(uint64_t c, int index_bits) {
+    return {c >> index_bits, c & ((uint64_t{1} << index_bits) - 1)};
+  }
+  template <typename N>
+  static cudaError_t sort(void* temp, size_t& bytes, cub::DoubleBuffer<uint64_t>& keys, N count, int end_bit,
+                          cudaStream_t stream) {
+    return cub::DeviceRadixSort::SortKeys(temp, bytes, keys, count, 0, end_bit, stream);
+  }
+};
+template <>
+struct Composite<WideKey> {
+  // index_bits is in [1, 61], so both shifts stay below 64.
+  static __device__ WideKey make(uint64_t bits, uint64_t k, int index_bits) {
+    return {(bits << index_bits) | k, bits >> (64 - index_bits)};
+  }
+  static __device__ Entry split(const WideKey& c, int index_bits) {
+    return {(c.lo >> index_bits) | (c.hi << (64 - index_bits)), c.lo & ((uint64_t{1} << index_bits) - 1)};
+  }
+  template <typename N>
+  static cudaError_t sort(void* temp, size_t& bytes, cub::DoubleBuffer<WideKey>& keys, N count, int end_bit,
+                          cudaStream_t stream) {
+    return cub::DeviceRadixSort::SortKeys(temp, bytes, keys, count, WideKeyDecomposer{}, 0, end_bit, stream);
+  }
+};
+
+// Sorted entries of the one pass: keys and the pair indices that travelled with them.
+template <typename K, typename V>
+struct SortedPairs {
+  const K* keys;
+  const V* index;
+  __device__ Entry operator()(uint64_t pos) const { return {keys[pos], index[pos]}; }
+};
+
+template <typename C>
+struct SortedComposites {
+  const C* entries;
+  int index_bits;
+  __device__ Entry operator()(uint64_t pos) const { return Composite<C>::split(entries[pos], index_bits); }
+};
+
+// Runs f with the item count as uint32_t when it fits (CUB's fast 32-bit offsets), else uint64_t.
+template <typename F>
+auto with_count_type(uint64_t count, F&& f) {
+  if (count <= std::numeric_limits<uint32_t>::max()) return f(static_cast<uint32_t>(count));
+  return f(count);
+}
+
+// CUB temp bytes for any count up to `count`, whichever offset type with_count_type picks.
+template <typename Query>
+size_t sort_temp_up_to(uint64_t count, Query&& query) {
+  if (count <= std::numeric_limits<uint32_t>::max()) return query(static_cast<uint32_t>(count));
+  return std::max(query(std::numeric_limits<uint32_t>::max()), query(count));
+}
+
+int bit_width(uint64_t v) {
+  int bits = 0;
+  while (v != 0) ++bits, v >>= 1;
+  return bits;
+}
+
+// ---------------------------------------------------------------- plan and workspace
+
+struct Plan {
+  uint64_t pairs, capacity;
+  bool one_pass;
+  int index_bits;        // bits of the largest pair index (>= 1)
+  bool wide_index;       // one pass: pair indices need uint64_t
+  bool wide_composite;   // passes: (key, index) needs 128 bits
+  uint64_t buckets, sample, chunks;
+  size_t sort_temp, sample_temp;
+};
+
+template <typename T>
+size_t one_pass_sort_temp(const Plan& plan, cudaStream_t stream) {
+  using K = typename KeyTraits<T>::Bits;
+  auto query = [&](auto index_zero) {
+    using V = decltype(index_zero);
+    return sort_temp_up_to(plan.pairs, [&](auto count) {
+      cub::DoubleBuffer<K> keys(nullptr, nullptr);
+      cub::DoubleBuffer<V> values(nullptr, nullptr);
+      size_t bytes = 0;
+      check_cuda(cub::DeviceRadixSort::SortPairs(nullptr, bytes, keys, values, count, 0, KeyTraits<T>::kBits, stream),
+                 "cub::DeviceRadixSort::SortPairs (size)");
+      return bytes;
+    });
+  };
+  return plan.wide_index ? query(uint64_t{0}) : query(uint32_t{0});
+}
+
+template <typename T>
+size_t passes_sort_temp(const Plan& plan, cudaStream_t stream) {
+  auto query = [&](auto composite_zero) {
+    using C = decltype(composite_zero);
+    return sort_temp_up_to(plan.capacity, [&](auto count) {
+      cub::DoubleBuffer<C> keys(nullptr, nullptr);
+      size_t bytes = 0;
+      check_cuda(Composite<C>::sort(nullptr, bytes, keys, count, KeyTraits<T>::kBits + plan.index_bits, stream),
+                 "cub::DeviceRadixSort::SortKeys (size)");
+      return bytes;
+    });
+  };
+  return plan.wide_composite ? query(WideKey{}) : query(uint64_t{0});
+}
+
+template <typename T>
+size_t sample_sort_temp(const Plan& plan, cudaStream_t stream) {
+  using K = typename KeyTraits<T>::Bits;
+  cub::DoubleBuffer<K> keys(nullptr, nullptr);
+  size_t bytes = 0;
+  check_cuda(cub::DeviceRadixSort::SortKeys(nullptr, bytes, keys, static_cast<uint32_t>(plan.sample), 0,
+                                            KeyTraits<T>::kBits, stream),
+             "cub::DeviceRadixSort::SortKeys (size)");
+  return bytes;
+}
+
+template <typename T>
+Plan make_plan(int64_t n, uint64_t capacity, cudaStream_t stream) {
+  Plan plan{};
+  plan.pairs = pair_count(static_cast<uint64_t>(n));
+  plan.capacity = capacity;
+  plan.one_pass = capacity >= plan.pairs;
+  plan.index_bits = std::max(1, bit_width(plan.pairs - 1));
+  plan.wide_index = plan.pairs > (uint64_t{1} << 32);
+  plan.wide_composite = !(sizeof(T) == 4 && KeyTraits<T>::kBits + plan.index_bits <= 64);
+  plan.chunks = (plan.pairs + kChunk - 1) / kChunk;
+  if (plan.one_pass) {
+    plan.buckets = 1;
+    plan.sample = 0;
+    plan.sort_temp = one_pass_sort_temp<T>(plan, stream);
+  } else {
+    const uint64_t passes = (plan.pairs + capacity - 1) / capacity;
+    plan.buckets = kBucketsPerPass * std::min(passes, kMaxBuckets / kBucketsPerPass);
+    plan.sample = std::min(plan.pairs, kSamplePerBucket * plan.buckets);
+    plan.sort_temp = passes_sort_temp<T>(plan, stream);
+    plan.sample_temp = sample_sort_temp<T>(plan, stream);
+  }
+  return plan;
+}
+
+// One pass: entries[2] hold keys and indices[2] pair indices (CUB double buffers).
+// Passes: entries[2] hold composite keys; the sample, splitters, counts and carry follow.
+struct Workspace {
+  void* entries[2];
+  void* indices[2];
+  void* sort_temp;
+  void* sample[2];
+  void* sample_temp;
+  void* splitters;
+  unsigned long long* hist;
+  unsigned long long* cursor;
+  double* partials;
+  double* carry;  // 2 x kChunk terms of a chunk that straddles two passes
+};
+
+// Bytes of one sort entry: what `capacity` counts (the larger of the two modes' entries).
+size_t entry_bytes_of(bool is_float, uint64_t pairs) {
+  const size_t key = is_float ? 4 : 8;
+  const size_t index = pairs > (uint64_t{1} << 32) ? 8 : 4;
+  const int index_bits = std::max(1, bit_width(pairs - 1));
+  const size_t composite = is_float && 31 + index_bits <= 64 ? 8 : 16;
+  return std::max(2 * (key + index), 2 * composite);
+}
+
+template <typename T>
+size_t workspace_layout(const Plan& plan, char* base, Workspace* out) {
+  const size_t key = sizeof(typename KeyTraits<T>::Bits);
+  const size_t slots = plan.one_pass ? plan.pairs : plan.capacity;
+  const size_t entry = plan.one_pass ? key : (plan.wide_composite ? sizeof(WideKey) : sizeof(uint64_t));
+  const size_t index = plan.one_pass ? (plan.wide_index ? 8 : 4) : 0;
+  const size_t sizes[] = {
+      slots * entry,
+      slots * entry,
+      slots * index,
+      slots * index,
+      plan.sort_temp,
+      plan.sample * key,
+      plan.sample * key,
+      plan.sample_temp,
+      (plan.buckets - 1) * sizeof(T),
+      plan.buckets * sizeof(unsigned long long),
+      sizeof(unsigned long long),
+      plan.chunks * sizeof(double),
+      2 * kChunk * sizeof(double),
+  };
+  constexpr int kParts = sizeof(sizes) / sizeof(sizes[0]);
+  void* parts[kParts];
+  size_t offset = 0;
+  for (int i = 0; i < kParts; ++i) {
+    parts[i] = base == nullptr ? nullptr : base + offset;
+    offset += (sizes[i] + kAlign - 1) / kAlign * kAlign;
+  }
+  if (out != nullptr) {
+    *out = {{parts[0], parts[1]},
+            {parts[2], parts[3]},
+            parts[4],
+            {parts[5], parts[6]},
+            parts[7],
+            parts[8],
+            static_cast<unsigned long long*>(parts[9]),
+            static_cast<unsigned long long*>(parts[10]),
+            static_cast<double*>(parts[11]),
+            static_cast<double*>(parts[12])};
+  }
+  return offset + kAlign;  // slack for aligning the base pointer
+}
+
+// ---------------------------------------------------------------- key generation
+
+template <typename T>
+constexpr int kSlab = 64 / sizeof(T);  // coordinates staged per step: 64 bytes of each point
+
+template <typename T>
+using SlabRows = T[kSlab<T>][kTile + 1];  // (coordinate, point), padded against bank conflicts
+
+// Coordinates [c0, c0 + width) of points [row0, row0 + kTile), zero past n.
+template <typename T>
+__device__ void stage_slab(const T* __restrict__ z, int64_t n, int64_t d, int64_t row0, int64_t c0, int width,
+                           SlabRows<T>& slab) {
+  for (int e = threadIdx.x; e < kTile * width; e += kKeyThreads) {
+    const int r = e / width, c = e - r * width;
+    const int64_t row = row0 + r;
+    slab[c][r] = row < n ? z[row * d + c0 + c] : T(0);
+  }
+}
+
+// acc[r][s] += (z_i[c] - z_j[c])^2 over the slab, rows ty + 16 r against columns tx + 16 s.
+template <typename T>
+__device__ void accumulate_slab(const SlabRows<T>& rows, const SlabRows<T>& cols, int width, int ty, int tx,
+                                T (&acc)[kMicro][kMicro]) {
+#pragma unroll 2
+  for (int c = 0; c < width; ++c) {
+    T a[kMicro], b[kMicro];
+#pragma unroll
+    for (int r = 0; r < kMicro; ++r) a[r] = rows[c][ty + 16 * r];
+#pragma unroll
+    for (int s = 0; s < kMicro; ++s) b[s] = cols[c][tx + 16 * s];
+#pragma unroll
+    for (int r = 0; r < kMicro; ++r) {
+#pragma unroll
+      for (int s = 0; s < kMicro; ++s) {
+        const T diff = a[r] - b[s];
+        acc[r][s] = KeyTraits<T>::fused(diff, diff, acc[r][s]);
+      }
+    }
+  }
+}
+
+// Every d_ij (i < j) goes to emit(valid, k(i, j), d_ij); all threads call emit together
+// (valid = false outside the triangle), so emitters may use warp votes. Blocks stride over
+// the nb(nb+1)/2 tiles of the upper triangle, so per-block state is set up once.
+template <typename T, typename Emitter>
+__global__ void __launch_bounds__(kKeyThreads)
+pair_keys_kernel(const T* __restrict__ z, int64_t n, int64_t d, uint64_t tiles, Emitter emitter) {
+  __shared__ SlabRows<T> rows, cols;
+  extern __shared__ __align__(16) unsigned char emitter_smem[];
+  Emitter emit = emitter;
+  emit.begin(emitter_smem);
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const uint64_t nb = (static_cast<uint64_t>(n) + kTile - 1) / kTile;
+  for (uint64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const PairIJ tile = pair_of(nb + 1, t);  // pairs (bi, bj + 1) of nb + 1 items number the tiles bi <= bj
+    const int64_t i0 = static_cast<int64_t>(tile.i) * kTile, j0 = static_cast<int64_t>(tile.j - 1) * kTile;
+    T acc[kMicro][kMicro];
+#pragma unroll
+    for (int r = 0; r < kMicro; ++r)
+#pragma unroll
+      for (int s = 0; s < kMicro; ++s) acc[r][s] = T(0);
+    for (int64_t c0 = 0; c0 < d; c0 += kSlab<T>) {
+      const int width = static_cast<int>(d - c0 < kSlab<T> ? d - c0 : kSlab<T>);
+      __syncthreads();  // the previous slab has been read
+      stage_slab<T>(z, n, d, i0, c0, width, rows);
+      stage_slab<T>(z, n, d, j0, c0, width, cols);
+      __syncthreads();
+      accumulate_slab<T>(rows, cols, width, ty, tx, acc);
+    }
+#pragma unroll
+    for (int r = 0; r < kMicro; ++r) {
+      const int64_t i = i0 + ty + 16 * r;
+      const uint64_t row_start = i < n ? pair_row_start(static_cast<uint64_t>(n), static_cast<uint64_t>(i)) : 0;
+#pragma unroll
+      for (int s = 0; s < kMicro; ++s) {
+        const int64_t j = j0 + tx + 16 * s;
+        const bool valid = i < j && j < n;
+        emit(valid, row_start + static_cast<uint64_t>(j - i - 1), T(0.5) * acc[r][s]);
+      }
+    }
+  }
+  emit.end();
+}
+
+// One pass: key and pair index at position k, the input order of the stable sort.
+template <typename T, typename V>
+struct DirectEmitter {
+  typename KeyTraits<T>::Bits* keys;
+  V* index;
+  __device__ void begin(unsigned char*) {}
+  __device__ void end() {}
+  __device__ void operator()(bool valid, uint64_t k, T key) {
+    if (!valid) return;
+    keys[k] = KeyTraits<T>::bits(key);
+    index[k] = static_cast<V>(k);
+  }
+};
+
+// Bucket counts: bucket = number of splitters <= key (std::upper_bound, as on the CPU).
+template <typename T>
+struct HistogramEmitter {
+  const T* splitters;  // global, B - 1
+  int buckets;
+  unsigned long long* hist;  // global, B
+  T* shared_splitters;
+  unsigned int* counts;
+
+  static size_t shared_bytes(uint64_t buckets) { return (buckets - 1) * sizeof(T) + buckets * sizeof(unsigned int); }
+
+  __device__ void begin(unsigned char* smem) {
+    shared_splitters = reinterpret_cast<T*>(smem);
+    counts = reinterpret_cast<unsigned int*>(smem + (buckets - 1) * sizeof(T));
+    for (int b = threadIdx.x; b < buckets - 1; b += blockDim.x) shared_splitters[b] = splitters[b];
+    for (int b = threadIdx.x; b < buckets; b += blockDim.x) counts[b] = 0;
+    __syncthreads();
+  }
+  __device__ void operator()(bool valid, uint64_t, T key) {
+    if (!valid) return;
+    int lo = 0, hi = buckets - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if (key < shared_splitters[mid]) hi = mid; else lo = mid + 1;  // NaN sorts last, as with std::upper_bound
+    }
+    atomicAdd(&counts[lo], 1u);
+  }
+  __device__ void end() {
+    __syncthreads();
+    for (int b = threadIdx.x; b < buckets; b += blockDim.x)
+      if (counts[b] != 0) atomicAdd(&hist[b], static_cast<unsigned long long>(counts[b]));
+  }
+};
+
+// A pass: keys in [lowest, beyond) appended as composite keys; one atomic per warp.
+template <typename T, typename C>
+struct CollectEmitter {
+  C* out;
+  unsigned long long* cursor;
+  uint64_t capacity;
+  T lowest, beyond;
+  bool bounded;
+  int index_bits;
+  __device__ void begin(unsigned char*) {}
+  __device__ void end() {}
+  __device__ void operator()(bool valid, uint64_t k, T key) {
+    const bool keep = valid && !(key < lowest) && (!bounded || key < beyond);
+    const unsigned mask = __ballot_sync(0xffffffffu, keep);
+    if (mask == 0) return;
+    const int lane = threadIdx.x & 31, leader = __ffs(mask) - 1;
+    unsigned long long base = 0;
+    if (lane == leader) base = atomicAdd(cursor, static_cast<unsigned long long>(__popc(mask)));
+    base = __shfl_sync(0xffffffffu, base, leader);
+    const uint64_t pos = base + __popc(mask & ((1u << lane) - 1));
+    if (keep && pos < capacity) out[pos] = Composite<C>::make(KeyTraits<T>::bits(key), k, index_bits);
+  }
+};
+
+uint64_t key_tiles(int64_t n) {
+  const uint64_t nb = (static_cast<uint64_t>(n) + kTile - 1) / kTile;
+  return nb * (nb + 1) / 2;
+}
+
+template <typename Kernel>
+uint64_t resident_blocks(Kernel kernel, int threads, size_t shared) {
+  int device = 0, sms = 0, per_sm = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared),
+             "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  return static_cast<uint64_t>(std::max(per_sm, 1)) * static_cast<uint64_t>(std::max(sms, 1));
+}
+
+template <typename T, typename Emitter>
+void launch_pair_keys(const T* z, int64_t n, int64_t d, const Emitter& emit, size_t shared, cudaStream_t stream) {
+  auto kernel = pair_keys_kernel<T, Emitter>;
+  if (shared > 0)
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
+               "pair_keys_kernel shared memory");
+  const uint64_t tiles = key_tiles(n);
+  const uint64_t min_blocks = (tiles + kMaxTilesPerBlock - 1) / kMaxTilesPerBlock;
+  const uint64_t blocks = std::min(tiles, std::max(min_blocks, resident_blocks(kernel, kKeyThreads, shared)));
+  kernel<<<static_cast<unsigned>(blocks), kKeyThreads, shared, stream>>>(z, n, d, tiles, emit);
+  check_launch("pair_keys_kernel");
+}
+
+// ---------------------------------------------------------------- ranks
+
+template <typename T>
+struct RankArgs {
+  RankQuantiles<T> quantiles;
+  int p;
+  unsigned long long* pos_bits;  // p = 1: sgn(e) > 0
+  unsigned long long* neg_bits;  // p = 1: sgn(e) < 0
+  T* residual;                   // p = 2
+  T* sorted;                     // optional: d_(k) by rank
+  uint64_t pairs;
+};
+
+// e of rank r (entry at `pos` of the sorted pass) written out; returns |e|^p.
+template <typename T, typename Reader>
+__device__ double rank_one(const Reader& entries, const RankArgs<T>& a, uint64_t r, uint64_t pos, int64_t* segment) {
+  const Entry entry = entries(pos);
+  const T key = KeyTraits<T>::value(entry.key_bits);
+  const T e = key - a.quantiles(r, segment);
+  if (a.sorted != nullptr) a.sorted[r] = key;
+  if (a.p == 2) {
+    a.residual[entry.index] = e;
+  } else if (e != T(0)) {
+    // Integer OR: the bit sets come out the same whatever the order of the writes.
+    atomicOr((e > T(0) ? a.pos_bits : a.neg_bits) + (entry.index >> 6), 1ull << (entry.index & 63));
+  }
+  return abs_power(e, a.p);
+}
+
+// Ranks [r0, r1), whose entries sit at [0, r1 - r0) of the sorted buffer. Partial sums
+// per chunk of kChunk ranks; a chunk that this pass does not finish leaves its terms in
+// carry_out for the next pass, which reads them back from carry_in.
+template <typename T, typename Reader>
+__global__ void __launch_bounds__(kRankThreads, kRankBlocksPerSm)
+rank_kernel(Reader entries, RankArgs<T> a, uint64_t r0, uint64_t r1, const double* __restrict__ carry_in,
+            double* __restrict__ carry_out, double* __restrict__ partials) {
+  const uint64_t first = r0 / kChunk, last = (r1 - 1) / kChunk;
+  for (uint64_t c = first + blockIdx.x; c <= last; c += gridDim.x) {
+    const uint64_t start = c * kChunk, end = std::min(start + kChunk, a.pairs);
+    const bool closes = end <= r1;
+    double sum = 0.0;
+    int64_t segment = -1;  // the anchors' hint: this thread's ranks ascend
+    for (int q = 0; q < kRanksPerThread; ++q) {
+      const uint64_t r = start + static_cast<uint64_t>(q) * kRankThreads + threadIdx.x;  // a warp reads 32 in a row
+      if (r >= end || r >= r1) break;
+      const double term = r < r0 ? carry_in[r - start] : rank_one(entries, a, r, r - r0, &segment);
+      if (closes) sum += term; else carry_out[r - start] = term;
+    }
+    if (closes) {  // block-uniform
+      const double total = block_sum(sum);
+      if (threadIdx.x == 0) partials[c] = total;
+    }
+  }
+}
+
+template <typename T, typename Reader>
+void launch_rank(const Reader& entries, const RankArgs<T>& a, uint64_t r0, uint64_t r1, int pass, const Workspace& ws,
+                 cudaStream_t stream) {
+  const uint64_t chunks = (r1 - 1) / kChunk - r0 / kChunk + 1;
+  const uint64_t blocks = std::min<uint64_t>(chunks, uint64_t{1} << 30);
+  const double* carry_in = ws.carry + (pass & 1) * kChunk;
+  double* carry_out = ws.carry + ((pass + 1) & 1) * kChunk;
+  rank_kernel<T, Reader><<<static_cast<unsigned>(blocks), kRankThreads, 0, stream>>>(entries, a, r0, r1, carry_in,
+                                                                                     carry_out, ws.partials);
+  check_launch("rank_kernel");
+}
+
+// ---------------------------------------------------------------- forward
+
+template <typename T>
+struct ForwardArgs {
+  const T* z;
+  int64_t n, d;
+  RankArgs<T> ranks;
+  double* value;
+  uint64_t capacity;
+};
+
+template <typename T, typename V>
+void rank_in_one_pass(const ForwardArgs<T>& a, const Plan& plan, const Workspace& ws, cudaStream_t stream) {
+  using K = typename KeyTraits<T>::Bits;
+  cub::DoubleBuffer<K> keys(static_cast<K*>(ws.entries[0]), static_cast<K*>(ws.entries[1]));
+  cub::DoubleBuffer<V> index(static_cast<V*>(ws.indices[0]), static_cast<V*>(ws.indices[1]));
+  launch_pair_keys(a.z, a.n, a.d, DirectEmitter<T, V>{keys.Current(), index.Current()}, 0, stream);
+  with_count_type(plan.pairs, [&](auto count) {
+    size_t bytes = plan.sort_temp;
+    check_cuda(cub::DeviceRadixSort::SortPairs(ws.sort_temp, bytes, keys, index, count, 0, KeyTraits<T>::kBits, stream),
+               "cub::DeviceRadixSort::SortPairs");
+  });
+  launch_rank(SortedPairs<K, V>{keys.Current(), index.Current()}, a.ranks, 0, plan.pairs, 0, ws, stream);
+}
+
+template <typename T>
+__device__ T half_sq_distance(const T* a, const T* b, int64_t d) {
+  T acc = 0;
+  for (int64_t c = 0; c < d; ++c) {
+    const T diff = a[c] - b[c];
+    acc = KeyTraits<T>::fused(diff, diff, acc);
+  }
+  return T(0.5) * acc;
+}
+
+// Pairs k = floor((2s + 1) n' / 2S), s < S: spread evenly over all pairs, as on the CPU.
+template <typename T>
+__global__ void sample_keys_kernel(const T* __restrict__ z, int64_t n, int64_t d, uint64_t pairs, uint64_t sample,
+                                   typename KeyTraits<T>::Bits* __restrict__ out) {
+  const uint64_t s = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (s >= sample) return;
+  const auto k = static_cast<uint64_t>((static_cast<unsigned __int128>(2 * s + 1) * pairs) / (2 * sample));
+  const PairIJ ij = pair_of(static_cast<uint64_t>(n), k);
+  out[s] = KeyTraits<T>::bits(half_sq_distance(z + ij.i * d, z + ij.j * d, d));
+}
+
+template <typename T>
+__global__ void pick_splitters_kernel(const typename KeyTraits<T>::Bits* __restrict__ sorted, uint64_t sample,
+                                      uint64_t buckets, T* __restrict__ splitters) {
+  const uint64_t b = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x + 1;
+  if (b < buckets) splitters[b - 1] = KeyTraits<T>::value(sorted[b * sample / buckets]);
+}
+
+template <typename T>
+void choose_splitters(const ForwardArgs<T>& a, const Plan& plan, const Workspace& ws, cudaStream_t stream) {
+  using K = typename KeyTraits<T>::Bits;
+  cub::DoubleBuffer<K> sample(static_cast<K*>(ws.sample[0]), static_cast<K*>(ws.sample[1]));
+  sample_keys_kernel<T><<<static_cast<unsigned>((plan.sample + 255) / 256), 256, 0, stream>>>(
+      a.z, a.n, a.d, plan.pairs, plan.sample, sample.Current());
+  check_launch("sample_keys_kernel");
+  size_t bytes = plan.sample_temp;
+  check_cuda(cub::DeviceRadixSort::SortKeys(ws.sample_temp, bytes, sample, static_cast<uint32_t>(plan.sample), 0,
+                                            KeyTraits<T>::kBits, stream),
+             "cub::DeviceRadixSort::SortKeys (sample)");
+  pick_splitters_kernel<T><<<static_cast<unsigned>((plan.buckets + 255) / 256), 256, 0, stream>>>(
+      sample.Current(), plan.sample, plan.buckets, static_cast<T*>(ws.splitters));
+  check_launch("pick_splitters_kernel");
+}
+
+// Bucket counts and splitters, brought to the host: the forward's one synchronisation,
+// since pass boundaries and CUB's item counts must be host values.
+template <typename T>
+void count_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace& ws, cudaStream_t stream,
+                   std::vector<uint64_t>* base, std::vector<T>* splitters) {
+  const size_t hist_bytes = plan.buckets * sizeof(unsigned long long);
+  check_cuda(cudaMemsetAsync(ws.hist, 0, hist_bytes, stream), "zero bucket counts");
+  const HistogramEmitter<T> emit{static_cast<const T*>(ws.splitters), static_cast<int>(plan.buckets), ws.hist,
+                                 nullptr, nullptr};
+  launch_pair_keys(a.z, a.n, a.d, emit, HistogramEmitter<T>::shared_bytes(plan.buckets), stream);
+  std::vector<unsigned long long> counts(plan.buckets);
+  splitters->resize(plan.buckets - 1);
+  check_cuda(cudaMemcpyAsync(counts.data(), ws.hist, hist_bytes, cudaMemcpyDeviceToHost, stream), "bucket counts");
+  check_cuda(cudaMemcpyAsync(splitters->data(), ws.splitters, splitters->size() * sizeof(T), cudaMemcpyDeviceToHost,
+                             stream),
+             "splitters");
+  check_cuda(cudaStreamSynchronize(stream), "histogram pass");
+  base->assign(plan.buckets + 1, 0);
+  for (uint64_t b = 0; b < plan.buckets; ++b) (*base)[b + 1] = (*base)[b] + counts[b];
+  if ((*base)[plan.buckets] != plan.pairs)
+    throw std::runtime_error("cdf_attraction (CUDA): the histogram counted " + std::to_string((*base)[plan.buckets]) +
+                             " distances, expected " + std::to_string(plan.pairs));
+}
+
+// Buckets [b0, b1) as one pass: collect, sort, rank from base[b0].
+template <typename T, typename C>
+void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace& ws, const std::vector<uint64_t>& base,
+                  const std::vector<T>& splitters, uint64_t b0, uint64_t b1, int pass, cudaStream_t stream) {
+  const uint64_t count = base[b1] - base[b0];
+  cub::DoubleBuffer<C> entries(static_cast<C*>(ws.entries[0]), static_cast<C*>(ws.entries[1]));
+  check_cuda(cudaMemsetAsync(ws.cursor, 0, sizeof(unsigned long long), stream), "zero pass cursor");
+  const bool bounded = b1 < plan.buckets;
+  const CollectEmitter<T, C> emit{entries.Current(), ws.cursor, plan.capacity,
+                                  b0 > 0 ? splitters[b0 - 1] : T(0), bounded ? splitters[b1 - 1] : T(0),
+                                  bounded, plan.index_bits};
+  launch_pair_keys(a.z, a.n, a.d, emit, 0, stream);
+  const int end_bit = KeyTraits<T>::kBits + plan.index_bits;
+  with_count_type(count, [&](auto items) {
+    size_t need = 0;
+    check_cuda(Composite<C>::sort(nullptr, need, entries, items, end_bit, stream), "cub::DeviceRadixSort (size)");
+    if (need > plan.sort_temp)
+      throw std::runtime_error("cdf_attraction (CUDA): CUB needs more sort memory than planned");
+    size_t bytes = plan.sort_temp;
+    check_cuda(Composite<C>::sort(ws.sort_temp, bytes, entries, items, end_bit, stream),
+               "cub::DeviceRadixSort::SortKeys");
+  });
+  launch_rank(SortedComposites<C>{entries.Current(), plan.index_bits}, a.ranks, base[b0], base[b1], pass, ws, stream);
+}
+
+template <typename T, typename C>
+void rank_in_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace& ws, cudaStream_t stream) {
+  choose_splitters(a, plan, ws, stream);
+  std::vector<uint64_t> base;
+  std::vector<T> splitters;
+  count_buckets(a, plan, ws, stream, &base, &splitters);
+  int pass = 0;
+  for (uint64_t b0 = 0; b0 < plan.buckets;) {
+    uint64_t b1 = b0;
+    while (b1 < plan.buckets && base[b1 + 1] - base[b0] <= plan.capacity) ++b1;
+    if (b1 == b0) {
+      throw std::overflow_error("cdf_attraction: " + std::to_string(base[b0 + 1] - base[b0]) +
+                                " distances share one bucket, more than the " + std::to_string(plan.capacity) +
+                                " a pass may hold (heavily tied distances, or fewer than n'/" +
+                                std::to_string(kMaxBuckets) + " entries per pass); allow more sort memory");
+    }
+    if (base[b1] > base[b0]) rank_buckets<T, C>(a, plan, ws, base, splitters, b0, b1, pass++, stream);
+    b0 = b1;
+  }
+}
+
+template <typename T>
+void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes, cudaStream_t stream) {
+  const Plan plan = make_plan<T>(a.n, a.capacity, stream);
+  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(workspace) + kAlign - 1) / kAlign * kAlign);
+  Workspace ws;
+  const size_t need = workspace_layout<T>(plan, base, &ws);
+  if (workspace == nullptr || need > ws_bytes)
+    throw std::invalid_argument("cdf_attraction: workspace of " + std::to_string(ws_bytes) + " bytes, need " +
+                                std::to_string(need) + " (cdf_pairs_workspace_bytes)");
+  if (a.ranks.p == 1) {
+    const size_t bytes = bit_words(plan.pairs) * sizeof(uint64_t);
+    check_cuda(cudaMemsetAsync(a.ranks.pos_bits, 0, bytes, stream), "zero sign bits");
+    check_cuda(cudaMemsetAsync(a.ranks.neg_bits, 0, bytes, stream), "zero sign bits");
+  }
+  if (plan.one_pass) {
+    if (plan.wide_index)
+      rank_in_one_pass<T, uint64_t>(a, plan, ws, stream);
+    else
+      rank_in_one_pass<T, uint32_t>(a, plan, ws, stream);
+  } else if constexpr (sizeof(T) == 8) {
+    rank_in_passes<T, WideKey>(a, plan, ws, stream);  // 63 key bits leave no room for the index
+  } else {
+    if (plan.wide_composite)
+      rank_in_passes<T, WideKey>(a, plan, ws, stream);
+    else
+      rank_in_passes<T, uint64_t>(a, plan, ws, stream);
+  }
+  sum_partials_kernel<<<1, 256, 0, stream>>>(ws.partials, static_cast<long long>(plan.chunks), 1.0, a.value);
+  check_launch("sum_partials_kernel");
+}
+
+// ---------------------------------------------------------------- backward
+
+template <typename T>
+struct BackwardArgs {
+  const T* z;
+  int64_t n, d;
+  int p;
+  const unsigned long long* pos_bits;
+  const unsigned long long* neg_bits;
+  const T* residual;
+  T scale;
+  T* grad;
+};
+
+template <typename T>
+constexpr int kWeightPad = 16 / sizeof(T);  // keeps rows 16-byte aligned for vector loads
+
+// s_ij: sgn(e) from the bit sets (p = 1) or e (p = 2) at k(min, max); 0 off the pairs.
+template <typename T>
+__device__ T pair_weight(const BackwardArgs<T>& a, int64_t i, int64_t j) {
+  if (i == j || i >= a.n || j >= a.n) return T(0);
+  const uint64_t n = static_cast<uint64_t>(a.n);
+  const uint64_t k = i < j ? pair_index(n, i, j) : pair_index(n, j, i);
+  if (a.p == 2) return a.residual[k];
+  const unsigned long long bit = 1ull << (k & 63);
+  if (a.pos_bits[k >> 6] & bit) return T(1);
+  return (a.neg_bits[k >> 6] & bit) ? T(-1) : T(0);
+}
+
+// weights[jj][r] = s(i0 + r, j0 + jj). Left of the diagonal, k(j, i0 + r) runs along r;
+// elsewhere k(i, j0 + jj) runs along jj: the lanes follow whichever is consecutive.
+template <typename T>
+__device__ void stage_weights(const BackwardArgs<T>& a, int64_t i0, int64_t j0,
+                              T (&weights)[kBackCols][kBackRows + kWeightPad<T>]) {
+  if (j0 + kBackCols <= i0) {
+    for (int e = threadIdx.x; e < kBackCols * kBackRows; e += kBackThreads) {
+      const int r = e % kBackRows, jj = e / kBackRows;
+      weights[jj][r] = pair_weight(a, i0 + r, j0 + jj);
+    }
+  } else {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int q = 0; q < kRowsPerWarp; ++q) {
+      const int r = warp * kRowsPerWarp + q;
+      weights[lane][r] = pair_weight(a, i0 + r, j0 + lane);
+    }
+  }
+}
+
+__device__ __forceinline__ void load_row_weights(const float* p, float (&s)[kRowsPerWarp]) {
+  const float4 lo = reinterpret_cast<const float4*>(p)[0], hi = reinterpret_cast<const float4*>(p)[1];
+  s[0] = lo.x, s[1] = lo.y, s[2] = lo.z, s[3] = lo.w, s[4] = hi.x, s[5] = hi.y, s[6] = hi.z, s[7] = hi.w;
+}
+
+__device__ __forceinline__ void load_row_weights(const double* p, double (&s)[kRowsPerWarp]) {
+#pragma unroll
+  for (int h = 0; h < kRowsPerWarp / 2; ++h) {
+    const double2 v = reinterpret_cast<const double2*>(p)[h];
+    s[2 * h] = v.x, s[2 * h + 1] = v.y;
+  }
+}
+
+// Rows [i0, i0 + 64), coordinates in chunks of 32 * DPL (DPL per lane, kept in registers).
+template <typename T, int DPL>
+__global__ void __launch_bounds__(kBackThreads) signed_differences_kernel(BackwardArgs<T> a) {
+  constexpr int W = 32 * DPL;
+  __shared__ __align__(16) T weights[kBackCols][kBackRows + kWeightPad<T>];
+  __shared__ T cols[kBackCols][W];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kBackRows;
+  const int64_t first_row = i0 + warp * kRowsPerWarp;
+  for (int64_t c0 = 0; c0 < a.d; c0 += W) {
+    T zi[kRowsPerWarp][DPL], acc[kRowsPerWarp][DPL];
+#pragma unroll
+    for (int q = 0; q < kRowsPerWarp; ++q) {
+#pragma unroll
+      for (int u = 0; u < DPL; ++u) {
+        const int64_t i = first_row + q, c = c0 + lane + 32 * u;
+        zi[q][u] = i < a.n && c < a.d ? a.z[i * a.d + c] : T(0);
+        acc[q][u] = T(0);
+      }
+    }
+    for (int64_t j0 = 0; j0 < a.n; j0 += kBackCols) {
+      __syncthreads();  // the previous tile has been read
+      for (int e = threadIdx.x; e < kBackCols * W; e += kBackThreads) {
+        const int jj = e / W, c = e % W;
+        const int64_t j = j0 + jj;
+        cols[jj][c] = j < a.n && c0 + c < a.d ? a.z[j * a.d + c0 + c] : T(0);
+      }
+      stage_weights(a, i0, j0, weights);
+      __syncthreads();
+      const int width = static_cast<int>(a.n - j0 < kBackCols ? a.n - j0 : kBackCols);
+      for (int jj = 0; jj < width; ++jj) {
+        T zj[DPL], s[kRowsPerWarp];
+#pragma unroll
+        for (int u = 0; u < DPL; ++u) zj[u] = cols[jj][lane + 32 * u];
+        load_row_weights(&weights[jj][warp * kRowsPerWarp], s);
+        // Branch-free: s = 0 adds an exact zero, as skipping the pair would.
+#pragma unroll
+        for (int q = 0; q < kRowsPerWarp; ++q)
+#pragma unroll
+          for (int u = 0; u < DPL; ++u) acc[q][u] = KeyTraits<T>::fused(s[q], zi[q][u] - zj[u], acc[q][u]);
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < kRowsPerWarp; ++q) {
+#pragma unroll
+      for (int u = 0; u < DPL; ++u) {
+        const int64_t i = first_row + q, c = c0 + lane + 32 * u;
+        if (i < a.n && c < a.d) a.grad[i * a.d + c] = a.scale * acc[q][u];
+      }
+    }
+  }
+}
+
+template <typename T, int DPL>
+void launch_backward(const BackwardArgs<T>& a, cudaStream_t stream) {
+  const int64_t blocks = (a.n + kBackRows - 1) / kBackRows;
+  signed_differences_kernel<T, DPL><<<static_cast<unsigned>(blocks), kBackThreads, 0, stream>>>(a);
+  check_launch("signed_differences_kernel");
+}
+
+// Coordinates per lane: enough for D in one chunk up to 128 (float) or 64 (double);
+// larger D loops over chunks (the weights are staged again per chunk).
+template <typename T>
+void backward(const BackwardArgs<T>& a, cudaStream_t stream) {
+  if (a.d <= 32) return launch_backward<T, 1>(a, stream);
+  if constexpr (sizeof(T) == 4) {
+    if (a.d > 64) return launch_backward<T, 4>(a, stream);
+  }
+  launch_backward<T, 2>(a, stream);
+}
+
+// ---------------------------------------------------------------- bindings
+
+template <typename T>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+cudaStream_t stream_of(uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
+
+void check_sizes(int64_t n, int64_t d, int p, uint64_t capacity) {
+  if (n < 2 || d < 1) throw std::invalid_argument("cdf_attraction: needs n >= 2 points of D >= 1");
+  if (n >= (int64_t{1} << 31)) throw std::invalid_argument("cdf_attraction: n must be below 2^31");
+  if (p != 1 && p != 2) throw std::invalid_argument("cdf_attraction: p must be 1 or 2");
+  if (capacity == 0) throw std::invalid_argument("cdf_attraction: capacity must be positive");
+}
+
+bool is_float(int dtype) {
+  if (dtype != static_cast<int>(DType::Float32) && dtype != static_cast<int>(DType::Float64))
+    throw std::invalid_argument("dtype code " + std::to_string(dtype) + " is neither float32 (0) nor float64 (1)");
+  return dtype == static_cast<int>(DType::Float32);
+}
+
+template <typename T>
+void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
+                   int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual,
+                   uintptr_t sorted, uint64_t capacity, uintptr_t workspace, size_t ws_bytes, uintptr_t stream) {
+  const uint64_t pairs = pair_count(static_cast<uint64_t>(n));
+  if (z == 0 || value == 0) throw std::invalid_argument("cdf_attraction: no points or no output for the value");
+  if ((p == 1 && (pos == 0 || neg == 0)) || (p == 2 && residual == 0))
+    throw std::invalid_argument("cdf_attraction: no output for the signs (p = 1) or residuals (p = 2)");
+  const RankArgs<T> ranks{rank_quantiles<T>(source, table, values, count, pairs),
+                          p,
+                          ptr<unsigned long long>(pos),
+                          ptr<unsigned long long>(neg),
+                          ptr<T>(residual),
+                          ptr<T>(sorted),
+                          pairs};
+  forward(ForwardArgs<T>{ptr<const T>(z), n, d, ranks, ptr<double>(value), capacity}, ptr<void>(workspace), ws_bytes,
+          stream_of(stream));
+}
+
+template <typename T>
+void backward_typed(int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
+                    double scale, uintptr_t grad, uintptr_t stream) {
+  if (z == 0 || grad == 0 || (p == 1 && (pos == 0 || neg == 0)) || (p == 2 && residual == 0))
+    throw std::invalid_argument("cdf_attraction: backward needs the points, the gradient, and the signs or residuals");
+  backward(BackwardArgs<T>{ptr<const T>(z), n, d, p, ptr<const unsigned long long>(pos),
+                           ptr<const unsigned long long>(neg), ptr<const T>(residual), static_cast<T>(scale),
+                           ptr<T>(grad)},
+           stream_of(stream));
+}
+
+}  // namespace
+
+// @param dtype 0 float32, 1 float64; z contiguous (n, d) on the current device.
+// @param capacity sort entries resident at once (units of cdf_pairs_entry_bytes): >= n'
+//        ranks in one CUB sort, fewer in passes of at most `capacity` entries.
+// @note Everything runs on `stream`; the forward in passes synchronises it once, after
+//       its histogram (pass boundaries are host values). Errors: std::invalid_argument,
+//       std::overflow_error (a bucket of tied distances larger than a pass), std::runtime_error.
+void bind_cdf_attraction(py::module_& m) {
+  m.def(
+      "cdf_pairs_workspace_bytes",
+      [](int dtype, int64_t n, int64_t d, uint64_t capacity, uintptr_t stream) {
+        check_sizes(n, d, 1, capacity);
+        const cudaStream_t s = stream_of(stream);
+        if (is_float(dtype)) return workspace_layout<float>(make_plan<float>(n, capacity, s), nullptr, nullptr);
+        return workspace_layout<double>(make_plan<double>(n, capacity, s), nullptr, nullptr);
+      },
+      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("capacity"), py::arg("stream"),
+      "Workspace bytes of cdf_pairs_forward: min(capacity, n') sort entries, CUB's temporary storage, and "
+      "per-2048-rank partial sums.");
+  m.def(
+      "cdf_pairs_entry_bytes",
+      [](int dtype, int64_t n) { return entry_bytes_of(is_float(dtype), pair_count(static_cast<uint64_t>(n))); },
+      py::arg("dtype"), py::arg("n"),
+      "Bytes one sort entry takes (the unit of the capacity), CUB's double buffer included.");
+  m.def(
+      "cdf_pairs_forward",
+      [](int dtype, int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
+         int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual, uintptr_t sorted,
+         uint64_t capacity, uintptr_t workspace, size_t ws_bytes, uintptr_t stream) {
+        check_sizes(n, d, p, capacity);
+        const bool single = is_float(dtype);
+        py::gil_scoped_release release;
+        if (single)
+          forward_typed<float>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted, capacity,
+                               workspace, ws_bytes, stream);
+        else
+          forward_typed<double>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted,
+                                capacity, workspace, ws_bytes, stream);
+      },
+      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("source"), py::arg("table"),
+      py::arg("values"), py::arg("count"), py::arg("p"), py::arg("value"), py::arg("pos"), py::arg("neg"),
+      py::arg("residual"), py::arg("sorted"), py::arg("capacity"), py::arg("workspace"), py::arg("ws_bytes"),
+      py::arg("stream"),
+      "Sum over ranks of |d_(k) - c'_k|^p for contiguous (n, d) points; p = 1 writes sgn(e) as two bit sets "
+      "(pos, neg), p = 2 writes e, both at pair index k(i, j); `sorted` (optional) receives d_(k) by rank.");
+  m.def(
+      "cdf_pairs_backward",
+      [](int dtype, int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
+         double scale, uintptr_t grad, uintptr_t stream) {
+        check_sizes(n, d, p, 1);
+        const bool single = is_float(dtype);
+        py::gil_scoped_release release;
+        if (single)
+          backward_typed<float>(n, d, z, p, pos, neg, residual, scale, grad, stream);
+        else
+          backward_typed<double>(n, d, z, p, pos, neg, residual, scale, grad, stream);
+      },
+      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("p"), py::arg("pos"), py::arg("neg"),
+      py::arg("residual"), py::arg("scale"), py::arg("grad"), py::arg("stream"),
+      "grad_i = scale * sum_{j != i} s_ij (z_i - z_j) with s from cdf_pairs_forward.");
+}
+
+}  // namespace cuda
+}  // namespace gaussreg
