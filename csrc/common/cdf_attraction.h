@@ -98,6 +98,14 @@ inline RankQuantiles<T> rank_quantiles(int source, uintptr_t table, uintptr_t va
   return {src, reinterpret_cast<const T*>(table), anchors, reinterpret_cast<const double*>(values), count, m};
 }
 
+// The sizes every binding call checks before touching memory.
+inline void check_cdf_pairs_sizes(int64_t n, int64_t d, int p, uint64_t capacity) {
+  if (n < 2 || d < 1) throw std::invalid_argument("cdf_attraction: needs n >= 2 points of D >= 1");
+  if (n >= (int64_t{1} << 31)) throw std::invalid_argument("cdf_attraction: n must be below 2^31");
+  if (p != 1 && p != 2) throw std::invalid_argument("cdf_attraction: p must be 1 or 2");
+  if (capacity == 0) throw std::invalid_argument("cdf_attraction: capacity must be positive");
+}
+
 // |e|^p for p in {1, 2}, accumulated in double.
 template <typename T>
 GAUSSREG_HD double abs_power(T e, int p) {

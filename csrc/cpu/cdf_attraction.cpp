@@ -596,20 +596,13 @@ void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t tabl
   forward(a, ptr<void>(workspace), ws_bytes);
 }
 
-void check_sizes(int64_t n, int64_t d, int p, uint64_t capacity) {
-  if (n < 2 || d < 1) throw std::invalid_argument("cdf_attraction: needs n >= 2 points of D >= 1");
-  if (n >= (int64_t{1} << 31)) throw std::invalid_argument("cdf_attraction: n must be below 2^31");
-  if (p != 1 && p != 2) throw std::invalid_argument("cdf_attraction: p must be 1 or 2");
-  if (capacity == 0) throw std::invalid_argument("cdf_attraction: capacity must be positive");
-}
-
 }  // namespace
 
 void bind_cdf_attraction(py::module_& m) {
   m.def(
       "cdf_pairs_workspace_bytes",
       [](int dtype, int64_t n, int64_t d, uint64_t capacity, int threads) {
-        check_sizes(n, d, 1, capacity);
+        check_cdf_pairs_sizes(n, d, 1, capacity);
         const Plan plan = make_plan(n, capacity, threads);
         return dtype == static_cast<int>(DType::Float32) ? workspace_layout<float>(n, d, capacity, plan, nullptr, nullptr)
                                                          : workspace_layout<double>(n, d, capacity, plan, nullptr, nullptr);
@@ -628,7 +621,7 @@ void bind_cdf_attraction(py::module_& m) {
       [](int dtype, int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
          int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual, uintptr_t sorted,
          uint64_t capacity, uintptr_t workspace, size_t ws_bytes, int threads) {
-        check_sizes(n, d, p, capacity);
+        check_cdf_pairs_sizes(n, d, p, capacity);
         py::gil_scoped_release release;
         if (dtype == static_cast<int>(DType::Float32))
           forward_typed<float>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted, capacity,
@@ -643,7 +636,7 @@ void bind_cdf_attraction(py::module_& m) {
       "cdf_pairs_backward",
       [](int dtype, int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
          double scale, uintptr_t grad, int threads) {
-        check_sizes(n, d, p, 1);
+        check_cdf_pairs_sizes(n, d, p, 1);
         py::gil_scoped_release release;
         if (dtype == static_cast<int>(DType::Float32))
           backward(BackwardArgs<float>{ptr<const float>(z), n, d, p, ptr<const uint64_t>(pos),

@@ -448,7 +448,9 @@ struct HistogramEmitter {
     int lo = 0, hi = buckets - 1;
     while (lo < hi) {
       const int mid = (lo + hi) >> 1;
-      if (key < shared_splitters[mid]) hi = mid; else lo = mid + 1;  // NaN sorts last, as with std::upper_bound
+      // On the bit patterns, the order the sort uses (also for NaN), so that the collect
+      // passes put every counted key in the same bucket.
+      if (KeyTraits<T>::bits(key) < KeyTraits<T>::bits(shared_splitters[mid])) hi = mid; else lo = mid + 1;
     }
     atomicAdd(&counts[lo], 1u);
   }
@@ -471,7 +473,8 @@ struct CollectEmitter {
   __device__ void begin(unsigned char*) {}
   __device__ void end() {}
   __device__ void operator()(bool valid, uint64_t k, T key) {
-    const bool keep = valid && !(key < lowest) && (!bounded || key < beyond);
+    const auto bits = KeyTraits<T>::bits(key);  // the histogram's comparison, see HistogramEmitter
+    const bool keep = valid && !(bits < KeyTraits<T>::bits(lowest)) && (!bounded || bits < KeyTraits<T>::bits(beyond));
     const unsigned mask = __ballot_sync(0xffffffffu, keep);
     if (mask == 0) return;
     const int lane = threadIdx.x & 31, leader = __ffs(mask) - 1;
@@ -889,13 +892,6 @@ T* ptr(uintptr_t address) {
 
 cudaStream_t stream_of(uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
 
-void check_sizes(int64_t n, int64_t d, int p, uint64_t capacity) {
-  if (n < 2 || d < 1) throw std::invalid_argument("cdf_attraction: needs n >= 2 points of D >= 1");
-  if (n >= (int64_t{1} << 31)) throw std::invalid_argument("cdf_attraction: n must be below 2^31");
-  if (p != 1 && p != 2) throw std::invalid_argument("cdf_attraction: p must be 1 or 2");
-  if (capacity == 0) throw std::invalid_argument("cdf_attraction: capacity must be positive");
-}
-
 bool is_float(int dtype) {
   if (dtype != static_cast<int>(DType::Float32) && dtype != static_cast<int>(DType::Float64))
     throw std::invalid_argument("dtype code " + std::to_string(dtype) + " is neither float32 (0) nor float64 (1)");
@@ -944,7 +940,7 @@ void bind_cdf_attraction(py::module_& m) {
   m.def(
       "cdf_pairs_workspace_bytes",
       [](int dtype, int64_t n, int64_t d, uint64_t capacity, uintptr_t stream) {
-        check_sizes(n, d, 1, capacity);
+        check_cdf_pairs_sizes(n, d, 1, capacity);
         const cudaStream_t s = stream_of(stream);
         if (is_float(dtype)) return workspace_layout<float>(make_plan<float>(n, capacity, s), nullptr, nullptr);
         return workspace_layout<double>(make_plan<double>(n, capacity, s), nullptr, nullptr);
@@ -962,7 +958,7 @@ void bind_cdf_attraction(py::module_& m) {
       [](int dtype, int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
          int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual, uintptr_t sorted,
          uint64_t capacity, uintptr_t workspace, size_t ws_bytes, uintptr_t stream) {
-        check_sizes(n, d, p, capacity);
+        check_cdf_pairs_sizes(n, d, p, capacity);
         const bool single = is_float(dtype);
         py::gil_scoped_release release;
         if (single)
@@ -982,7 +978,7 @@ void bind_cdf_attraction(py::module_& m) {
       "cdf_pairs_backward",
       [](int dtype, int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
          double scale, uintptr_t grad, uintptr_t stream) {
-        check_sizes(n, d, p, 1);
+        check_cdf_pairs_sizes(n, d, p, 1);
         const bool single = is_float(dtype);
         py::gil_scoped_release release;
         if (single)

@@ -48,11 +48,17 @@ def entry_bytes_for(device: torch.device, dtype: torch.dtype, n: int) -> int:
 
 def workspace_bytes(z: Tensor, capacity: int) -> int:
     """Working memory of one forward beyond its inputs: workspace plus outputs."""
+    return _engine_workspace_bytes(z, capacity) + _signs_bytes(z, 1)
+
+
+def _engine_workspace_bytes(z: Tensor, capacity: int) -> int:
     module = _native.module_for(z.device)
     n, d = z.shape
     code = _native.dtype_code(z.dtype)
-    last = _native.num_threads() if z.device.type == "cpu" else 0
-    return int(module.cdf_pairs_workspace_bytes(code, n, d, capacity, last)) + _signs_bytes(z, 1)
+    if z.device.type == "cuda":
+        with torch.cuda.device(z.device):  # the CUDA module asks CUB for sizes on the current device
+            return int(module.cdf_pairs_workspace_bytes(code, n, d, capacity, 0))
+    return int(module.cdf_pairs_workspace_bytes(code, n, d, capacity, _native.num_threads()))
 
 
 def _signs_shape(n: int, p: int) -> Tuple[int, ...]:
@@ -81,7 +87,7 @@ def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], a
     module = _native.module_for(device)
     code = _native.dtype_code(dtype)
     last = _last_arg(device)
-    ws_bytes = int(module.cdf_pairs_workspace_bytes(code, n, d, capacity, last if device.type == "cpu" else 0))
+    ws_bytes = _engine_workspace_bytes(z, capacity)
     workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, device, what)
     value = torch.zeros((), dtype=torch.float64, device=device)
     signs = _native.empty(_signs_shape(n, p), torch.int64 if p == 1 else dtype, device, what)
