@@ -1,0 +1,82 @@
+"""One small forward+backward call of every compiled kernel: the program compute-sanitizer runs.
+
+Each case uses odd sizes (rows that do not fill a tile, D not a multiple of a vector) so
+that edge paths run, and ends with a device synchronisation so that a fault surfaces at
+its case. Nothing is compared here (the tests do that); a case passes when it returns a
+finite value and finite gradients.
+
+    python3 -m bench.kernel_smoke --device cuda            # what bench/gpu_check.sh sanitizes
+    python3 -m bench.kernel_smoke --device cpu             # the same cases on the CPU (CI runs this)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, List, Tuple
+
+import torch
+
+import gaussreg
+from gaussreg.losses import _cdf_pairs
+from gaussreg.testing import random_points
+
+
+def _points(device, dtype, n, d, seed):
+    return random_points(n, d, seed=seed, dtype=dtype, device=device, requires_grad=True)
+
+
+def _cases() -> List[Tuple[str, Callable[[List[torch.Tensor]], torch.Tensor], List[Tuple[int, int]]]]:
+    """(name, loss of the point tensors, their (n, D) shapes)."""
+    def few_entries(p, entries):
+        return entries * _cdf_pairs.entry_bytes(p)
+
+    small, other = (37, 5), (29, 5)
+    return [
+        ("gaussian_l2_to_normal", lambda z: gaussreg.gaussian_l2_to_normal(z, 1.0), [small]),
+        ("gaussian_l2_to_normal per point", lambda z: gaussreg.gaussian_l2_to_normal(
+            z, torch.linspace(0.5, 1.5, z.shape[0], dtype=z.dtype, device=z.device)), [small]),
+        ("gaussian_l2", lambda x, y: gaussreg.gaussian_l2(x, y), [small, other]),
+        ("mmd imq", lambda z, y: gaussreg.mmd(z, y), [small, other]),
+        ("mmd rbf", lambda z, y: gaussreg.mmd(z, y, kernel="rbf"), [small, other]),
+        ("cw_distance approx", lambda z: gaussreg.cw_distance(z), [small]),
+        ("cw_distance exact", lambda z: gaussreg.cw_distance(z, kernel="exact"), [small]),
+        ("cdf_attraction p=1, table", lambda z: gaussreg.cdf_attraction(z), [(301, 7)]),
+        ("cdf_attraction p=2, table", lambda z: gaussreg.cdf_attraction(z, p=2), [(301, 7)]),
+        ("cdf_attraction p=1, anchors", lambda z: gaussreg.cdf_attraction(z), [(400, 9)]),
+        ("cdf_attraction p=2, passes", lambda z: gaussreg.cdf_attraction(z, p=2, max_sort_bytes=few_entries(z, 9000)),
+         [(400, 9)]),
+    ]
+
+
+def run(device: torch.device, dtypes) -> int:
+    failures = 0
+    for dtype in dtypes:
+        for name, loss_of, shapes in _cases():
+            try:
+                points = [_points(device, dtype, n, d, seed) for seed, (n, d) in enumerate(shapes)]
+                loss = loss_of(*points)
+                grads = torch.autograd.grad(loss, points)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in grads)
+                note = "" if finite else "non-finite value or gradient"
+            except Exception as exc:  # report every case, then fail
+                finite, note = False, f"{type(exc).__name__}: {exc}"
+            failures += not finite
+            print(f"{'ok  ' if finite else 'FAIL'} {str(dtype):14s} {name}{'' if finite else ': ' + note}", flush=True)
+    return failures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    failures = run(device, [getattr(torch, d) for d in args.dtypes])
+    print(f"{failures} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
