@@ -60,14 +60,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from . import floors
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 _MEM_TAG = "@@bench-mem "  # prefix of the memory worker's result lines on stdout
 
-FLOOR_NOTE = ("floor = FLOP count / the rate of a {size}^3 {dtype} matmul timed on this device in this run "
-              "(best of {repeats}): an achievable-peak proxy, not the datasheet peak; "
-              "'x floor' = measured / floor")
+FLOOR_NOTE = ("floor = max(FLOPs / the rate of a {size}^3 {dtype} matmul, bytes / the bandwidth of a {copy_mib} MiB "
+              "copy), both timed on this device in this run (best of {repeats}; bench/floors.py counts FLOPs and "
+              "bytes): achievable-peak proxies, not datasheet peaks; 'x floor' = measured / floor")
 
 
 # ---------------------------------------------------------------------------
@@ -109,8 +111,8 @@ class Case:
         make_inputs: ``(n, d, dtype, device, seed) -> tuple of tensors``; tensors that should
             receive gradients have ``requires_grad=True``. Different seeds give the rotated sets.
         impls: the implementations compared.
-        flops: ``(n, d, backward) -> FLOPs`` of one call (forward+backward when ``backward``),
-            or None for no FLOP/s and floor columns.
+        cost: ``(n, d, itemsize, backward) -> floors.Cost(flops, bytes)`` of one call
+            (forward+backward when ``backward``), or None for no FLOP/s and floor columns.
         oracle: name of the impl that the float64 small-case check compares against.
         size_oracles: impl names tried in order for the float64 run at each timed size.
         gate_rtol: tolerance of the float64 small-case check (value relative to the
@@ -121,7 +123,7 @@ class Case:
     name: str
     make_inputs: Callable[[int, int, torch.dtype, torch.device, int], Tuple[torch.Tensor, ...]]
     impls: List[Impl]
-    flops: Optional[Callable[[int, int, bool], float]] = None
+    cost: Optional[Callable[[int, int, int, bool], "floors.Cost"]] = None
     oracle: str = "reference"
     size_oracles: Sequence[str] = ("reference",)
     gate_rtol: float = 1e-9
@@ -296,6 +298,18 @@ def measure_matmul_rate(device: torch.device, dtype: torch.dtype, size: int, rep
     return 2.0 * size ** 3 / best
 
 
+def measure_copy_bandwidth(device: torch.device, nbytes: int, repeats: int = 3) -> float:
+    """Bytes/s of a device-to-device copy of ``nbytes``, counting bytes read plus bytes written."""
+    src = torch.rand(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    fn = lambda: dst.copy_(src)  # noqa: E731
+    _time_once(fn, device)
+    best = min(_time_once(fn, device) for _ in range(repeats))
+    del src, dst
+    _release(device)
+    return 2.0 * (nbytes // 4) * 4 / best
+
+
 def metadata(family: str, args: argparse.Namespace, device: torch.device) -> dict:
     try:
         import gaussreg
@@ -341,7 +355,8 @@ def make_parser(family: str, description: str, default_n: Dict[str, List[int]]) 
     axes = p.add_argument_group("axes")
     axes.add_argument("--n", type=int, nargs="+", default=None,
                       help=f"sizes (default: CPU {default_n['cpu']}, CUDA {default_n['cuda']})")
-    axes.add_argument("--dim", type=int, default=64, help="dimension D (default 64)")
+    axes.add_argument("--dim", type=int, nargs="+", default=[64], help="dimension(s) D (default 64); several make a "
+                      "sweep over D")
     axes.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="default float32")
     axes.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:K")
     axes.add_argument("--cases", nargs="+", default=None, metavar="NAME", help="only these cases")
@@ -391,7 +406,8 @@ def make_parser(family: str, description: str, default_n: Dict[str, List[int]]) 
 CSV_FIELDS = [
     "case", "impl", "n", "d", "dtype", "device", "status", "note", "check",
     "repeats", "fb_median_s", "fb_iqr_s", "fb_min_s", "fwd_median_s", "fwd_iqr_s", "fwd_min_s",
-    "fb_flops", "fb_gflops", "fb_floor_s", "fb_x_floor", "fwd_flops", "fwd_gflops", "fwd_floor_s", "fwd_x_floor",
+    "fb_flops", "fb_bytes", "fb_gflops", "fb_floor_s", "fb_x_floor", "fb_bound",
+    "fwd_flops", "fwd_bytes", "fwd_gflops", "fwd_floor_s", "fwd_x_floor", "fwd_bound",
     "peak_mem_bytes", "mem_method", "size_oracle", "val_err", "grad_err",
 ]
 
@@ -411,6 +427,7 @@ class _Ctx:
     dtype: torch.dtype
     dim: int
     rate: Optional[float]
+    bandwidth: Optional[float] = None
     gate: Dict[Tuple[str, str], Tuple[Optional[bool], str]] = field(default_factory=dict)
     gate_errors: Dict[Tuple[str, str], str] = field(default_factory=dict)
 
@@ -489,9 +506,10 @@ def _repeat(fn_of_inputs: Callable, sets: List[Tuple[torch.Tensor, ...]], ctx: _
 
 def _measure(case: Case, impl: Impl, n: int, ctx: _Ctx, oracle_cache: dict, stopped: Dict[str, str]) -> dict:
     args, device = ctx.args, ctx.device
-    flops_fb = case.flops(n, ctx.dim, True) if case.flops else None
-    flops_fwd = case.flops(n, ctx.dim, False) if case.flops else None
-    fields: dict = {"fb_flops": flops_fb, "fwd_flops": flops_fwd}
+    itemsize = torch.empty((), dtype=ctx.dtype).element_size()
+    costs = {mode: case.cost(n, ctx.dim, itemsize, mode == "fb") if case.cost else None for mode in ("fb", "fwd")}
+    fields: dict = {f"{mode}_{what}": getattr(cost, what) if cost else None
+                    for mode, cost in costs.items() for what in ("flops", "bytes")}
     sets: List[Tuple[torch.Tensor, ...]] = []
     try:
         sets = [tuple(case.make_inputs(n, ctx.dim, ctx.dtype, device, seed)) for seed in range(max(1, args.rotate))]
@@ -541,13 +559,17 @@ def _measure(case: Case, impl: Impl, n: int, ctx: _Ctx, oracle_cache: dict, stop
     finally:
         del sets
         _release(device)
-    for mode in ("fb", "fwd"):
-        med, flops = fields.get(f"{mode}_median_s"), fields.get(f"{mode}_flops")
-        if med and flops:
-            fields[f"{mode}_gflops"] = flops / med / 1e9
-            if ctx.rate:
-                fields[f"{mode}_floor_s"] = flops / ctx.rate
-                fields[f"{mode}_x_floor"] = med / fields[f"{mode}_floor_s"]
+    for mode, cost in costs.items():
+        med = fields.get(f"{mode}_median_s")
+        if not med or cost is None:
+            continue
+        if cost.flops:
+            fields[f"{mode}_gflops"] = cost.flops / med / 1e9
+        if ctx.rate and ctx.bandwidth:
+            floor = floors.floor_seconds(cost, ctx.rate, ctx.bandwidth)
+            if floor > 0:
+                fields.update({f"{mode}_floor_s": floor, f"{mode}_x_floor": med / floor,
+                               f"{mode}_bound": floors.bound(cost, ctx.rate, ctx.bandwidth)})
     return _row(case, impl, n, ctx, "ok", "", **fields)
 
 
@@ -652,7 +674,7 @@ def _memory_worker(cases: List[Case], args: argparse.Namespace, device: torch.de
     """Subprocess side: the extra resident memory of one forward+backward per planned (case, impl, n)."""
     spec = json.loads(args.mem_worker)
     impls = {(c.name, i.name): (c, i) for c in cases for i in c.impls}
-    dtype, dim = _DTYPES[args.dtype], args.dim
+    dtype, dim = _DTYPES[args.dtype], spec["dim"]
     use_hwm = spec["method"] == "hwm" and _reset_peak_rss()
     # Without the reset, the peak is the process's own high-water mark: VmHWM, which starts
     # afresh at exec. (ru_maxrss does not: Linux carries the forking parent's RSS into the
@@ -698,7 +720,7 @@ def _memory_worker(cases: List[Case], args: argparse.Namespace, device: torch.de
         _malloc_trim()
 
 
-def _memory_cpu(family_module: str, cases: List[Case], rows: List[dict], args: argparse.Namespace) -> None:
+def _memory_cpu(family_module: str, cases: List[Case], rows: List[dict], args: argparse.Namespace, dim: int) -> None:
     """Parent side: fill peak_mem_bytes of the ok rows from fresh subprocesses (see --mem-isolation)."""
     scope = args.mem_isolation
     if scope != "call" and not _reset_peak_rss():
@@ -724,7 +746,8 @@ def _memory_cpu(family_module: str, cases: List[Case], rows: List[dict], args: a
 
     for batch in batches:
         while batch:
-            spec = {"plan": batch, "method": "maxrss" if scope == "call" else "hwm", "method_scope": scope}
+            spec = {"plan": batch, "method": "maxrss" if scope == "call" else "hwm", "method_scope": scope,
+                    "dim": dim}
             cmd = [sys.executable, "-m", family_module, *args._argv, "--_mem-worker", json.dumps(spec)]
             started, done = None, set()
             try:
@@ -784,7 +807,7 @@ def _fmt(value, spec: str) -> str:
 
 
 def format_table(rows: List[dict]) -> str:
-    head = ["case", "impl", "n", "fb med ms", "IQR", "min", "fwd med ms", "GFLOP/s", "floor ms", "x floor",
+    head = ["case", "impl", "n", "D", "fb med ms", "IQR", "min", "fwd med ms", "GFLOP/s", "floor ms", "x floor",
             "peak MiB", "val err", "grad err", "status / note"]
     lines = []
     for r in rows:
@@ -792,7 +815,7 @@ def format_table(rows: List[dict]) -> str:
         if r["status"] == "ok" and r["note"]:
             note += f" ({r['note']})"
         lines.append([
-            r["case"], r["impl"], "-" if r["n"] is None else str(r["n"]),
+            r["case"], r["impl"], "-" if r["n"] is None else str(r["n"]), str(r["d"]),
             _ms(r["fb_median_s"]), _ms(r["fb_iqr_s"]), _ms(r["fb_min_s"]), _ms(r["fwd_median_s"]),
             _fmt(r["fb_gflops"], ".1f"), _ms(r["fb_floor_s"]), _fmt(r["fb_x_floor"], ".1f"),
             _fmt(None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20, ".1f"),
@@ -833,8 +856,8 @@ def write_outputs(family: str, meta: dict, rows: List[dict], args: argparse.Name
     return paths
 
 
-def plot(path: Path, meta: dict, rows: List[dict], floor_fn: Optional[Dict[str, Callable[[int], float]]]) -> bool:
-    """Forward+backward time vs n (log-log), one panel per case, one line per impl, plus the floor."""
+def plot(path: Path, meta: dict, rows: List[dict], floor_fn: Optional[Dict[str, Callable[[int, int], float]]]) -> bool:
+    """Forward+backward time vs n (log-log), one panel per case and D, one line per impl, plus the floor."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -842,12 +865,13 @@ def plot(path: Path, meta: dict, rows: List[dict], floor_fn: Optional[Dict[str, 
     except ImportError:
         print("matplotlib is not installed: skipped the plot (pip install matplotlib to get it)")
         return False
-    cases = list(dict.fromkeys(r["case"] for r in rows))
-    ncols = min(3, len(cases))
-    nrows = math.ceil(len(cases) / ncols)
+    panels = list(dict.fromkeys((r["case"], r["d"]) for r in rows))
+    several_d = len({d for _, d in panels}) > 1
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), squeeze=False)
-    for ax, case in zip(axes.flat, cases):
-        case_rows = [r for r in rows if r["case"] == case]
+    for ax, (case, d) in zip(axes.flat, panels):
+        case_rows = [r for r in rows if r["case"] == case and r["d"] == d]
         for impl in dict.fromkeys(r["impl"] for r in case_rows):
             pts = sorted((r["n"], r["fb_median_s"]) for r in case_rows
                          if r["impl"] == impl and r["status"] == "ok" and r["fb_median_s"])
@@ -855,15 +879,15 @@ def plot(path: Path, meta: dict, rows: List[dict], floor_fn: Optional[Dict[str, 
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
         ns = sorted({r["n"] for r in case_rows if r["n"] is not None})
         if floor_fn and case in floor_fn and ns:
-            ax.plot(ns, [floor_fn[case](n) for n in ns], "k--", linewidth=1, label="floor (FLOPs / matmul rate)")
+            ax.plot(ns, [floor_fn[case](n, d) for n in ns], "k--", linewidth=1, label="floor (bench/floors.py)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_title(case)
+        ax.set_title(f"{case}, D = {d}" if several_d else case)
         ax.set_xlabel("n")
         ax.set_ylabel("forward+backward time [s]")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(cases):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(f"{meta['family']}: {meta['device']} ({meta['threads']} threads), D={meta.get('dim')}, "
                  f"{meta.get('dtype')}; torch {meta['torch']}, gaussreg {meta['gaussreg']}, "
@@ -924,10 +948,10 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
     dtype = _DTYPES[args.dtype]
     sizes = sorted(args.n or default_n["cuda" if device.type == "cuda" else "cpu"])
     meta = metadata(family, args, device)
-    meta.update(dim=args.dim, dtype=args.dtype, sizes=sizes)
+    meta.update(dim=args.dim[0] if len(args.dim) == 1 else args.dim, dtype=args.dtype, sizes=sizes)
     print(f"{family}: {meta['device']} ({device.type}, {meta['threads']} threads) | torch {meta['torch']} | "
           f"gaussreg {meta['gaussreg']} | commit {meta['git_commit'][:12]} | {meta['date']}")
-    print(f"D={args.dim} {args.dtype}, n={sizes}, repeats={args.repeats} (>= {args.min_repeats}, "
+    print(f"D={','.join(map(str, args.dim))} {args.dtype}, n={sizes}, repeats={args.repeats} (>= {args.min_repeats}, "
           f"row budget {args.row_budget:g} s), warm-up {args.warmup}, {args.rotate} rotated input sets")
     load = meta["loadavg_at_start"]
     meta["warnings"] = []
@@ -939,21 +963,30 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
                "; OpenMP's default spin-then-sleep waiting makes barrier-heavy code much slower when threads "
                "are descheduled (OMP_WAIT_POLICY=passive in the environment reduces that)"))
         print("warning: " + meta["warnings"][-1])
-    rate = None
+    rate = bandwidth = None
     if not args.no_floor:
         size = args.peak_size or (8192 if device.type == "cuda" else 4096)
+        copy_mib = 1024 if device.type == "cuda" else 256
         rate = measure_matmul_rate(device, dtype, size)
+        bandwidth = measure_copy_bandwidth(device, copy_mib << 20)
         meta["matmul_rate_flops"] = rate
-        meta["floor_note"] = FLOOR_NOTE.format(size=size, dtype=args.dtype, repeats=3)
+        meta["copy_bandwidth_bytes_per_s"] = bandwidth
+        meta["floor_note"] = FLOOR_NOTE.format(size=size, dtype=args.dtype, repeats=3, copy_mib=copy_mib)
         print(f"matmul rate: {rate / 1e9:.1f} GFLOP/s ({size}^3 {args.dtype}"
               + (", TF32 off" if device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32 else "")
-              + ") -- an achievable-peak proxy for the floor, not the datasheet peak")
-    ctx = _Ctx(args=args, device=device, dtype=dtype, dim=args.dim, rate=rate)
+              + f"); copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write) -- achievable-peak proxies for "
+              "the floor, not datasheet peaks")
     t0 = time.perf_counter()
-    rows = run_cases(cases, ctx, sizes)
-    if device.type == "cpu" and not args.no_memory:
-        print("\nmemory (fresh subprocesses, after all timings):", flush=True)
-        _memory_cpu(module, cases, rows, args)
+    rows = []
+    for dim in args.dim:
+        ctx = _Ctx(args=args, device=device, dtype=dtype, dim=dim, rate=rate, bandwidth=bandwidth)
+        if len(args.dim) > 1:
+            print(f"\n######## D = {dim}", flush=True)
+        dim_rows = run_cases(cases, ctx, sizes)
+        if device.type == "cpu" and not args.no_memory:
+            print("\nmemory (fresh subprocesses, after all timings):", flush=True)
+            _memory_cpu(module, cases, dim_rows, args, dim)
+        rows += dim_rows
     meta["wall_s"] = time.perf_counter() - t0
     meta["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta["notes"] = list(notes)
@@ -974,8 +1007,10 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
           f"at end {_load(meta['loadavg_at_end'])} on {meta['cpu_count']} CPUs")
     if not args.no_save:
         floor_fn = None
-        if rate and cases and all(c.flops for c in cases):
-            floor_fn = {c.name: (lambda n, c=c: c.flops(n, args.dim, True) / rate) for c in cases}
+        if rate and bandwidth:
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            floor_fn = {c.name: (lambda n, d, c=c: floors.floor_seconds(c.cost(n, d, itemsize, True), rate, bandwidth))
+                        for c in cases if c.cost}
         for p in write_outputs(family, meta, rows, args, floor_fn):
             print(f"wrote {p}")
     return rows

@@ -19,8 +19,9 @@ Implementations:
 * ``reference``: ``gaussreg.reference`` (``backend="reference"``): all n' pair differences
   (n' x D), ``torch.argsort`` and autograd; not run above ``--ref-max-n``.
 
-Nothing here has a meaningful FLOP floor (a sort's cost is memory traffic and comparisons),
-so the floor columns are empty; compare native with the yardstick at the same n.
+The floor (``bench/floors.py``) counts the pair distances' arithmetic and each sort key
+written and read once; no exact method can beat it, and a real sort needs several passes
+over its keys, so compare native with the yardstick at the same n as well.
 
 Example:
     python -m bench.cdf_attraction --n 1024 4096 --ref-max-n 4096
@@ -37,7 +38,7 @@ import torch
 import gaussreg
 from gaussreg.testing import random_points
 
-from . import _harness
+from . import _harness, floors
 from ._harness import Case, Impl
 
 
@@ -73,11 +74,12 @@ def build_cases(args: argparse.Namespace, device: torch.device) -> List[Case]:
                  max_n=ref_max_n, max_n_note=ref_note, bytes_needed=_reference_bytes),
         ]
         cases.append(Case(
-            name=f"cdf_p{p}", make_inputs=_points, impls=impls, oracle="reference",
+            name=f"cdf_p{p}", make_inputs=_points, impls=impls, oracle="reference", cost=floors.cdf_attraction_cost,
             size_oracles=("reference",), gate_rtol=1e-7,
             description=f"cdf_attraction(z, p={p}), Chi2(D) targets"))
     cases.append(Case(
         name="sort_yardstick", make_inputs=_keys, impls=[Impl("torch_sort", _sort_pairs)], oracle="torch_sort",
+        cost=floors.sort_yardstick_cost,
         size_oracles=(), description="torch.sort of n' float32 keys with int64 indices (no gradient)"))
     return cases
 

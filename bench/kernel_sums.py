@@ -45,7 +45,9 @@ distances by explicit differences does different arithmetic; the count is a yard
 not a census, and "x floor" below 1 is possible in principle.
 
 The floor time is this count divided by the rate of a large matmul measured in the same
-run on the same device (``--peak-size``): an achievable-peak proxy, not the datasheet peak.
+run on the same device (``--peak-size``), or the bytes that must move (each point tensor
+read, each gradient written) over the bandwidth of a large copy, whichever is larger
+(``bench/floors.py``): achievable-peak proxies, not datasheet peaks.
 
 Example:
     python -m bench.kernel_sums --n 256 512 --repeats 3
@@ -65,7 +67,7 @@ from torch import Tensor
 import gaussreg
 from gaussreg.testing import random_points
 
-from . import _harness
+from . import _harness, floors
 from ._harness import Case, Impl
 
 MMD_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # gaussreg.mmd's default scales
@@ -331,23 +333,9 @@ def _sample_and_prior(n, d, dtype, device, seed):
     return z, y
 
 
-# (forward, forward+backward) multiples of n^2 D; see the module docstring.
-FLOP_UNITS = {
-    "gaussian_l2_to_normal": (2, 4),
-    "gaussian_l2": (6, 14),
-    "mmd_imq": (6, 10),
-    "mmd_rbf": (6, 10),
-    "cw_approx": (2, 4),
-}
-
 # Pair sums (n x n each, m = n) whose (n, n, D) difference tensor the reference builds;
 # autograd keeps the ones with a gradient alive until backward.
 REFERENCE_PAIR_SUMS = {"gaussian_l2_to_normal": 1, "gaussian_l2": 3, "mmd_imq": 3, "mmd_rbf": 3, "cw_approx": 1}
-
-
-def _flops(case: str):
-    fwd, fb = FLOP_UNITS[case]
-    return lambda n, d, backward: float(fb if backward else fwd) * n * n * d
 
 
 def _reference_bytes(case: str):
@@ -415,14 +403,14 @@ def build_cases(args: argparse.Namespace, device: torch.device) -> List[Case]:
         if name == "gaussian_l2":
             impls.append(Impl("geomloss", _geomloss_gaussian_l2(), unavailable=geomloss_missing))
         cases.append(Case(
-            name=name, make_inputs=make_inputs, impls=impls, flops=_flops(name),
+            name=name, make_inputs=make_inputs, impls=impls, cost=floors.COSTS[name],
             oracle="reference", size_oracles=("native", "reference"),
             # At D = 64 and sigma = 1 the off-diagonal Gaussian kernel values are ~e^-32, so
             # gaussian_l2's gradient is ~1e-10 and a float64 peer built on torch.cdist (whose
             # diagonal distance is ~1e-7, not 0) is off by ~1e-9 relative: correct, not exact.
             # Formula errors show up at 1e-3 or more.
             gate_rtol=1e-7,
-            description=f"{description}; FLOPs (fwd+bwd) = {FLOP_UNITS[name][1]} n^2 D"))
+            description=f"{description}; FLOPs (fwd+bwd) = {floors.COSTS[name](1, 1, 4, True).flops:g} n^2 D"))
     return cases
 
 

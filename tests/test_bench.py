@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import cdf_attraction as bench_cdf  # noqa: E402
-from bench import kernel_smoke, kernel_sums  # noqa: E402
+from bench import floors, kernel_smoke, kernel_sums  # noqa: E402
 
 TINY = ["--repeats", "1", "--min-repeats", "1", "--warmup", "0", "--rotate", "1", "--no-memory", "--no-plot",
         "--check-n", "33", "--peak-size", "256"]
@@ -30,28 +30,50 @@ def _run_family(main, out: Path, extra):
     return rows, record
 
 
-@pytest.mark.parametrize("main, extra", [
-    (bench_cdf.main, ["--ref-max-n", "48"]),
-    (kernel_sums.main, ["--ref-max-n", "48", "--cdist-max-n", "48"]),
+@pytest.mark.parametrize("main, extra, dims", [
+    (bench_cdf.main, ["--ref-max-n", "48", "--dim", "3", "5"], {3, 5}),
+    (kernel_sums.main, ["--ref-max-n", "48", "--cdist-max-n", "48"], {64}),
 ], ids=["cdf_attraction", "kernel_sums"])
-def test_family_runs_and_writes_its_schema(tmp_path, main, extra):
+def test_family_runs_and_writes_its_schema(tmp_path, main, extra, dims):
     rows, record = _run_family(main, tmp_path, extra)
     meta = record["meta"]
     for key in ("family", "date", "device", "torch", "gaussreg", "git_commit", "threads", "sizes", "dim", "dtype",
-                "matmul_rate_flops"):
+                "matmul_rate_flops", "copy_bandwidth_bytes_per_s"):
         assert key in meta, f"metadata lacks {key}"
-    assert meta["sizes"] == [32, 48] and meta["matmul_rate_flops"] > 0
+    assert meta["sizes"] == [32, 48] and meta["matmul_rate_flops"] > 0 and meta["copy_bandwidth_bytes_per_s"] > 0
+    assert {r["d"] for r in rows} == dims
     assert record["rows"] == json.loads(json.dumps(rows, default=str))
     timed = [r for r in rows if r["status"] == "ok"]
     assert {r["impl"] for r in timed} >= {"native", "reference"}
     for r in timed:
         assert r["fb_median_s"] > 0 and r["repeats"] >= 1, r
+        assert r["fb_floor_s"] > 0 and r["fb_x_floor"] > 0 and r["fb_bound"] in ("compute", "memory"), r
         if r["impl"] == "native":
             # The gate compared it with the reference in float64 before timing it.
             assert r["check"].startswith("f64 n=33"), r["check"]
             assert r["val_err"] is not None and r["val_err"] < 1e-4, r
     csv_lines = (tmp_path / f"{meta['family']}.csv").read_text().splitlines()
     assert csv_lines[0].startswith("# family:") and any(line.startswith("case,impl,n,") for line in csv_lines)
+
+
+def test_floors_by_hand():
+    # gaussian_l2_to_normal, n = 10, D = 3, float32: 4 n^2 D FLOPs; z read and its gradient written.
+    assert floors.COSTS["gaussian_l2_to_normal"](10, 3, 4, True) == (1200.0, 240.0)
+    assert floors.COSTS["gaussian_l2_to_normal"](10, 3, 4, False) == (600.0, 120.0)
+    # mmd with a given prior sample, float64: 10 n^2 D; z and y read, z's gradient written.
+    assert floors.COSTS["mmd_imq"](10, 3, 8, True) == (3000.0, 720.0)
+    # gaussian_l2: 14 n^2 D; x and y read, both gradients written.
+    assert floors.COSTS["gaussian_l2"](2, 5, 4, True) == (280.0, 160.0)
+    # cdf_attraction, n = 4 (n' = 6), D = 2, float32. Forward: 3 n' D = 36 FLOPs; the points
+    # (32 bytes) and each key written and read (2 * 6 * 4 = 48). Backward adds 4 n' D = 48
+    # FLOPs, 2 bits per pair (1.5 bytes), the points read again and the gradient written (64).
+    assert floors.cdf_attraction_cost(4, 2, 4, False) == (36.0, 80.0)
+    assert floors.cdf_attraction_cost(4, 2, 4, True) == (84.0, 145.5)
+    assert floors.sort_yardstick_cost(4, 99, 4, True) == (0.0, 96.0)
+    cost = floors.Cost(1e9, 1e9)
+    assert floors.floor_seconds(cost, 1e12, 1e10) == pytest.approx(0.1)
+    assert floors.bound(cost, 1e12, 1e10) == "memory"
+    assert floors.bound(floors.Cost(1e12, 1.0), 1e12, 1e10) == "compute"
 
 
 def test_kernel_smoke_cases_run_on_cpu(capsys):
@@ -68,3 +90,15 @@ def test_gpu_check_script_parses_and_refuses_unknown_stages(tmp_path):
                             env=dict(os.environ, OUT=str(tmp_path)), timeout=120)
     assert result.returncode == 2
     assert "unknown stage no-such-stage" in (tmp_path / "summary.txt").read_text()
+
+
+def test_gaussreg_bench_command_runs_a_family(tmp_path, capsys):
+    from gaussreg import cli
+
+    args = ["bench", "cdf_attraction", "--n", "24", "--ref-max-n", "24", "--out", str(tmp_path)] + TINY + ["--no-floor"]
+    assert cli.main(args) == 0
+    record = json.loads((tmp_path / "cdf_attraction.json").read_text())
+    assert {r["impl"] for r in record["rows"] if r["status"] == "ok"} == {"native", "reference", "torch_sort"}
+    assert cli.main(["bench", "no_such_family"]) == 2
+    assert "known: kernel_sums, cdf_attraction" in capsys.readouterr().err
+    assert cli.main(["no-such-command"]) == 2

@@ -1,0 +1,43 @@
+"""Run benchmark families: ``python -m bench [FAMILY ...] [OPTIONS]`` (also ``gaussreg bench``).
+
+With no FAMILY every family runs, one after the other, with the same OPTIONS (those of
+the shared harness: ``--n``, ``--dim``, ``--device``, ``--dtype``, ``--repeats``, ...);
+a family's own options (``--ref-max-n``, ``--cdist-max-n``) need that family named alone.
+``python -m bench kernel_sums --help`` lists a family's options.
+
+    python -m bench --n 256 1024 --repeats 3           # every family, CPU
+    python -m bench cdf_attraction --device cuda --n 16384 --ref-max-n 16384
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import List, Optional
+
+FAMILIES = {
+    "kernel_sums": "bench.kernel_sums",  # SPEC 3, 4, 5: gaussian_l2*, mmd, cw_distance
+    "cdf_attraction": "bench.cdf_attraction",  # SPEC 1
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = []
+    while argv and not argv[0].startswith("-"):
+        names.append(argv.pop(0))
+    if not names and argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        print("families: " + ", ".join(FAMILIES))
+        return 0
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        print(f"unknown benchmark famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+              f"known: {', '.join(FAMILIES)}", file=sys.stderr)
+        return 2
+    for name in names or list(FAMILIES):
+        importlib.import_module(FAMILIES[name]).main(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The ``gaussreg`` command: ``gaussreg bench ...`` (more subcommands as they land).
+
+``gaussreg bench`` runs the benchmark families of ``bench/`` (see ``python -m bench
+--help``); they ship with the source tree, not with a wheel, so it needs the package
+installed from a checkout (``pip install -e .``) or run from one.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+USAGE = """usage: gaussreg COMMAND [ARGS]
+
+commands:
+  bench [FAMILY ...] [OPTIONS]   time the losses against reference.py and peers (python -m bench --help)
+"""
+
+
+def _source_root() -> Optional[Path]:
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (root / "bench" / "_harness.py").is_file():
+            return root
+    return None
+
+
+def bench(argv: List[str]) -> int:
+    root = _source_root()
+    if root is None:
+        print("gaussreg bench: the benchmark scripts (bench/) ship with the source tree, not with the wheel; "
+              "clone the repository and run it there, or install with `pip install -e .`", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from bench.__main__ import main as bench_main
+
+    return bench_main(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "bench":
+        return bench(rest)
+    print(f"gaussreg: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
