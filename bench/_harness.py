@@ -12,7 +12,8 @@ Everything else lives here and is the same for every family:
   cannot run): the ``val err`` / ``grad err`` columns (informational).
 * **Timing.** Warm-up, then the median, IQR and minimum of repeats, cycling through
   ``--rotate`` different input tensors so that warm caches do not flatter;
-  forward+backward, and forward-only under ``torch.no_grad``. ``time.perf_counter`` on
+  forward+backward, and forward-only under ``torch.no_grad``; backward as the difference
+  of the two medians (``bwd_est_s``). ``time.perf_counter`` on
   CPU; CUDA events with ``torch.cuda.synchronize`` before each timed call on GPU.
 * **Memory.** CPU: the extra resident memory of one forward+backward call beyond its
   inputs, measured after all timings in a fresh subprocess (``--mem-isolation run``, the
@@ -405,7 +406,7 @@ def make_parser(family: str, description: str, default_n: Dict[str, List[int]]) 
 
 CSV_FIELDS = [
     "case", "impl", "n", "d", "dtype", "device", "status", "note", "check",
-    "repeats", "fb_median_s", "fb_iqr_s", "fb_min_s", "fwd_median_s", "fwd_iqr_s", "fwd_min_s",
+    "repeats", "fb_median_s", "fb_iqr_s", "fb_min_s", "fwd_median_s", "fwd_iqr_s", "fwd_min_s", "bwd_est_s",
     "fb_flops", "fb_bytes", "fb_gflops", "fb_floor_s", "fb_x_floor", "fb_bound",
     "fwd_flops", "fwd_bytes", "fwd_gflops", "fwd_floor_s", "fwd_x_floor", "fwd_bound",
     "peak_mem_bytes", "mem_method", "size_oracle", "val_err", "grad_err",
@@ -543,6 +544,9 @@ def _measure(case: Case, impl: Impl, n: int, ctx: _Ctx, oracle_cache: dict, stop
             fwd = _repeat(lambda s: _forward_only(impl, s), sets, ctx, first=1)
             st = _stats(fwd)
             fields.update(fwd_median_s=st["median"], fwd_iqr_s=st["iqr"], fwd_min_s=st["min"])
+            # Backward alone, as the difference of the medians: timing it directly would need a
+            # retained graph, which changes what the forward keeps alive.
+            fields["bwd_est_s"] = max(fields["fb_median_s"] - st["median"], 0.0)
         if device.type == "cuda" and not args.no_memory:
             inputs = sets[0]
             _clear_grads(inputs)

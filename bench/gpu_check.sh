@@ -17,8 +17,9 @@
 #
 # Everything lands under $OUT (the device tool's output folder; ./gpu_check_out elsewhere),
 # within the tool's limits on files coming back (8 files): summary.txt (one line a stage,
-# printed last), one log per stage, and bench_results.tgz with the JSON/CSV/PNG to unpack
-# into bench/results/. Each stage has a time limit so that one stuck stage cannot use up
+# printed last), one log per stage, and bench_results.tgz with the JSON/CSV/PNG. Back on
+# the development machine: `tar xzf bench_results.tgz -C bench/results/<device-slug>/`
+# (the slug is in each JSON's meta), then `python3 -m bench.report --write-readme`, commit. Each stage has a time limit so that one stuck stage cannot use up
 # the 10-minute call; all four together can pass 10 minutes, so split them over two or
 # three calls (the build stays on a held machine). The exit status is that of the first
 # failing stage.

@@ -48,6 +48,7 @@ def test_family_runs_and_writes_its_schema(tmp_path, main, extra, dims):
     for r in timed:
         assert r["fb_median_s"] > 0 and r["repeats"] >= 1, r
         assert r["fb_floor_s"] > 0 and r["fb_x_floor"] > 0 and r["fb_bound"] in ("compute", "memory"), r
+        assert r["fwd_median_s"] > 0 and r["bwd_est_s"] >= 0, r
         if r["impl"] == "native":
             # The gate compared it with the reference in float64 before timing it.
             assert r["check"].startswith("f64 n=33"), r["check"]
@@ -102,3 +103,35 @@ def test_gaussreg_bench_command_runs_a_family(tmp_path, capsys):
     assert cli.main(["bench", "no_such_family"]) == 2
     assert "known: kernel_sums, cdf_attraction" in capsys.readouterr().err
     assert cli.main(["no-such-command"]) == 2
+
+
+def _row(case, impl, n, seconds, **extra):
+    row = {"case": case, "impl": impl, "n": n, "d": 8, "status": "ok", "fb_median_s": seconds,
+           "peak_mem_bytes": None, "fb_x_floor": None}
+    row.update(extra)
+    return row
+
+
+def test_report_table_by_hand():
+    from bench import report
+
+    record = {"meta": {"family": "demo", "device": "Box", "threads": 2, "dtype": "float32", "torch": "2.x",
+                       "git_commit": "abcdef0123", "date": "2026-11-21T00:00:00"},
+              "rows": [_row("loss", "native", 64, 0.010, peak_mem_bytes=2**20, fb_x_floor=2.5),
+                       _row("loss", "reference", 64, 0.300, peak_mem_bytes=3 * 2**30),
+                       _row("loss", "native", 128, 0.040),
+                       dict(_row("loss", "reference", 128, None), status="skipped"),
+                       _row("sort", "torch_sort", 64, 0.020)]}
+    table = report.family_table(record, "x.json").splitlines()
+    assert table[2] == ("| case | n | D | compiled | reference / compiled | sort / compiled | compiled / floor | "
+                        "extra memory: compiled / reference |")
+    # n = 64 is the largest n where the reference ran too: 0.3 / 0.01 = 30x, the sort 2x.
+    assert table[4] == "| loss | 64 | 8 | 10 ms | 30x | 2x | 2.5 | 1 MiB / 3.0 GiB |"
+
+
+def test_readme_tables_are_generated_from_the_committed_results():
+    from bench import report
+
+    readme = (ROOT / "README.md").read_text()
+    assert report.replace_block(readme, report.render()) == readme, (
+        "README.md's performance tables differ from bench/results: run python -m bench.report --write-readme")
