@@ -5,7 +5,7 @@ Every loss takes a batch of latents ``z`` of shape (n, D) and returns a differen
 work runs in fused C++/OpenMP or CUDA kernels (``gaussreg.backends()`` says which are
 built); ``gaussreg.reference`` holds the plain-PyTorch version of every formula.
 """
-from . import targets
+from . import nn, targets
 from ._native import backends
 from .losses.cdf_attraction import cdf_attraction
 from .losses.cramer_wold import cw_distance
@@ -22,5 +22,6 @@ __all__ = [
     "gaussian_l2_to_normal",
     "mean_field_sigma",
     "mmd",
+    "nn",
     "targets",
 ]

@@ -434,3 +434,20 @@ def test_cuda_sorted_keys_and_multi_pass():
     few = gaussreg.cdf_attraction(zc, max_sort_bytes=_entries_for(zc, pairs // 6))
     assert_close(few, one, 1e-5, 0, what="CUDA multi-pass value")
 
+
+
+def test_huge_finite_points_never_give_nan():
+    # Squares of such points overflow float32 to inf (an honest inf loss); nothing may
+    # turn that, or a sum over the points, into NaN.
+    z = random_points(50, 4, seed=1, dtype=torch.float32) * 1e37
+    for weights in ((1.0, 1.0), (0.0, 0.0), (0.0, 1.0)):
+        value = gaussreg.cdf_attraction(z, radii_weight=weights[0], distances_weight=weights[1])
+        assert not torch.isnan(value), weights
+    assert float(gaussreg.cdf_attraction(z, radii_weight=0.0, distances_weight=0.0)) == 0.0
+
+
+def test_zero_weights_give_zero_and_a_zero_gradient():
+    z = random_points(10, 3, seed=1, requires_grad=True)
+    value = gaussreg.cdf_attraction(z, radii_weight=0.0, distances_weight=0.0)
+    value.backward()
+    assert float(value) == 0.0 and bool((z.grad == 0).all())

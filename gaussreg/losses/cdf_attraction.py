@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _checks, _native, reference
+from ..distributed import maybe_gather
 from ..targets import Chi2, Empirical, chi2_anchors
 from . import _cdf_pairs
 
 
 def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: float = 1.0, p: int = 1,
                    radii_target=None, distances_target=None, backend: str = "auto",
-                   max_sort_bytes: Optional[int] = None) -> Tensor:
+                   max_sort_bytes: Optional[int] = None, process_group=None) -> Tensor:
     r"""Attraction of the sorted radii and pair distances to target quantiles (SPEC 1).
 
     .. math::
@@ -55,6 +57,8 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
             engine sorts in several passes, regenerating the distances each pass: slower,
             same exact result. Chi2 targets need no table beyond 65536 pairs.
 
+        process_group: compute the loss on the global batch of all ranks (a
+            ``torch.distributed`` group, or "world"); see ``gaussreg.distributed``.
     Returns:
         0-dim tensor with z's dtype (float32 for half inputs).
 
@@ -64,6 +68,7 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
         >>> loss.backward()
     """
     z = _checks.points("z", z)
+    (z,) = maybe_gather(process_group, z)
     device = z.device
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"cdf_attraction: z on device {device}; gaussreg computes on CPU and CUDA tensors only")
@@ -78,19 +83,33 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
                                        or max_sort_bytes < 1):
         raise ValueError(f"max_sort_bytes must be a positive int (bytes), got {max_sort_bytes!r}")
     dtype = _checks.compute_dtype(z)
-    native = _native.use_native(device, backend, "cdf_attraction") and _cdf_pairs.supported(device)
+    native = _native.use_native(device, backend, "cdf_attraction") and _engine_built(device, backend)
     zc = z.to(dtype).contiguous()
     _checks.finite("z", z)
     if not native:
         return reference.cdf_attraction(zc, radii_weight=radii_weight, distances_weight=distances_weight, p=p,
                                         radii_target=radii_target, distances_target=distances_target)
-    loss = zc.sum() * 0.0  # keeps the graph (a zero gradient) when both weights are 0
+    terms = []
     if radii_weight != 0.0:
-        loss = loss + radii_weight * _radii_term(zc, radii_target, p)
+        terms.append(radii_weight * _radii_term(zc, radii_target, p))
     if distances_weight != 0.0:
         pairs = _cdf_pairs.pair_count(n)
-        loss = loss + distances_weight * (_distances_sum(zc, distances_target, p, max_sort_bytes) / pairs).to(dtype)
-    return loss
+        terms.append(distances_weight * (_distances_sum(zc, distances_target, p, max_sort_bytes) / pairs).to(dtype))
+    if not terms:  # both weights 0: a zero that keeps the graph (zero gradient)
+        return (zc * 0.0).sum()
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
+def _engine_built(device: torch.device, backend: str) -> bool:
+    """The compiled module imports but may predate this engine (a stale build): say so."""
+    if _cdf_pairs.supported(device):
+        return True
+    message = (f"gaussreg.cdf_attraction: the compiled module for {device} has no cdf_attraction engine "
+               "(built from older sources); rebuild with pip install . ")
+    if backend == "native":
+        raise RuntimeError(message)
+    warnings.warn(message + "- falling back to the slow pure-PyTorch reference", RuntimeWarning, stacklevel=3)
+    return False
 
 
 def _finite_weight(name: str, value) -> float:

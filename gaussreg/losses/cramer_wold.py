@@ -15,13 +15,14 @@ from torch import Tensor
 
 from .. import _checks, reference
 from . import _pair_sum
+from ..distributed import maybe_gather
 from ._front import prepare_points, squared_norms
 
 _STEM = "cramer_wold"
 
 
 def cw_distance(z: Tensor, *, gamma: Optional[float] = None, kernel: str = "approx", log: bool = False,
-                backend: str = "auto") -> Tensor:
+                backend: str = "auto", process_group=None) -> Tensor:
     r"""Squared Cramer-Wold distance between the sample and N(0, I) (SPEC 5).
 
     .. math::
@@ -40,6 +41,8 @@ def cw_distance(z: Tensor, *, gamma: Optional[float] = None, kernel: str = "appr
         kernel: "approx" or "exact".  log: return log(d_cw^2), the CWAE training loss.
         backend: "auto", "native" or "reference".
 
+        process_group: compute the loss on the global batch of all ranks (a
+            ``torch.distributed`` group, or "world"); see ``gaussreg.distributed``.
     Returns:
         0-dim tensor with z's dtype (float32 for half inputs).
 
@@ -52,6 +55,7 @@ def cw_distance(z: Tensor, *, gamma: Optional[float] = None, kernel: str = "appr
         raise TypeError(f"log must be a bool, got {type(log).__name__}")
     min_dim = 2 if kernel == "approx" else 1
     (z,), device, dtype, native = prepare_points("cw_distance", _STEM, backend, min_dim=min_dim, z=z)
+    (z,) = maybe_gather(process_group, z)
     n, d = z.shape
     gamma = (4.0 / (3.0 * n)) ** 0.4 if gamma is None else _checks.positive_float("gamma", gamma)
     if not native:

@@ -14,12 +14,14 @@ from torch import Tensor
 
 from .. import _checks, reference
 from . import _pair_sum
+from ..distributed import maybe_gather
 from ._front import prepare_points, squared_norms
 
 _STEM = "gaussian_l2"
 
 
-def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, backend: str = "auto") -> Tensor:
+def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, backend: str = "auto",
+                          process_group=None) -> Tensor:
     r"""Squared L2 distance between the Gaussian-smoothed sample and N(0, I) (SPEC 3, eq. 9).
 
     Each point z_i is replaced by N(z_i, sigma_i^2 I); the loss is the squared L2 distance
@@ -39,6 +41,8 @@ def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, 
             computed from ``z.detach()``.
         backend: "auto" (compiled kernels when built), "native" or "reference".
 
+        process_group: compute the loss on the global batch of all ranks (a
+            ``torch.distributed`` group, or "world"); see ``gaussreg.distributed``.
     Returns:
         0-dim tensor with z's dtype (float32 for half inputs).
 
@@ -52,6 +56,10 @@ def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, 
         >>> loss.backward()
     """
     (z,), device, dtype, native = prepare_points("gaussian_l2_to_normal", _STEM, backend, z=z)
+    if isinstance(sigma, Tensor):
+        z, sigma = maybe_gather(process_group, z, sigma)  # per-point widths travel with their points
+    else:
+        (z,) = maybe_gather(process_group, z)
     n, d = z.shape
     sigma = _sigma_per_point_or_float(sigma, z)
     if not native:
@@ -75,7 +83,7 @@ def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, 
     return (pair_term + 1.0 - point_term).to(dtype)
 
 
-def gaussian_l2(x: Tensor, y: Tensor, sigma: float = 1.0, *, backend: str = "auto") -> Tensor:
+def gaussian_l2(x: Tensor, y: Tensor, sigma: float = 1.0, *, backend: str = "auto", process_group=None) -> Tensor:
     r"""Squared L2 distance between two Gaussian-smoothed samples (SPEC 3, eq. 7).
 
     .. math::
@@ -89,6 +97,8 @@ def gaussian_l2(x: Tensor, y: Tensor, sigma: float = 1.0, *, backend: str = "aut
         sigma: positive float, the smoothing width of every point.
         backend: "auto", "native" or "reference".
 
+        process_group: compute the loss on the global batch of all ranks (a
+            ``torch.distributed`` group, or "world"); see ``gaussreg.distributed``.
     Returns:
         0-dim tensor, differentiable in x and y.
 
@@ -98,6 +108,7 @@ def gaussian_l2(x: Tensor, y: Tensor, sigma: float = 1.0, *, backend: str = "aut
     """
     sigma = _checks.positive_float("sigma", sigma)
     (x, y), device, dtype, native = prepare_points("gaussian_l2", _STEM, backend, x=x, y=y)
+    x, y = maybe_gather(process_group, x, y)
     if not native:
         return reference.gaussian_l2(x, y, sigma)
     n, m = x.shape[0], y.shape[0]

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .. import _checks, reference
 from . import _pair_sum
+from ..distributed import maybe_gather
 from ._front import prepare_points, squared_norms
 
 _STEM = "mmd"
@@ -21,7 +22,7 @@ DEFAULT_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 def mmd(z: Tensor, prior_sample: Union[Tensor, str, None] = None, *, kernel: str = "imq",
         scales: Sequence[float] = DEFAULT_SCALES, generator: Optional[torch.Generator] = None,
-        backend: str = "auto") -> Tensor:
+        backend: str = "auto", process_group=None) -> Tensor:
     r"""Unbiased MMD^2 between z and a sample of the N(0, I) prior (SPEC 4, WAE-MMD).
 
     .. math::
@@ -41,6 +42,8 @@ def mmd(z: Tensor, prior_sample: Union[Tensor, str, None] = None, *, kernel: str
         generator: torch.Generator for the prior draw (reproducibility).
         backend: "auto", "native" or "reference".
 
+        process_group: compute the loss on the global batch of all ranks (a
+            ``torch.distributed`` group, or "world"); see ``gaussreg.distributed``.
     Returns:
         0-dim tensor (may be slightly negative: the estimator is unbiased), differentiable
         in z and in a given prior_sample.
@@ -62,6 +65,9 @@ def mmd(z: Tensor, prior_sample: Union[Tensor, str, None] = None, *, kernel: str
     if prior_sample is not None and not analytic and y_in is None:
         raise TypeError(f"prior_sample must be a tensor (m, D), None or 'analytic', got {type(prior_sample).__name__}")
     (z, y), device, dtype, native = prepare_points("mmd", _STEM, backend, z=z, prior_sample=y_in)
+    # A drawn prior sample is drawn after the gather, at the global size, by each rank from
+    # its own generator: seed it alike on every rank for the same loss everywhere.
+    z, y = maybe_gather(process_group, z, y)
     if prior_sample is None:
         y = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=device)
     if not native:

@@ -1,0 +1,97 @@
+"""Global-batch losses under DistributedDataParallel: every rank's latents, differentiably.
+
+A distribution loss on one rank's batch only sees n/world_size points; the statistic of
+the global batch needs all of them. ``gather_rows(z, group)`` returns the concatenation
+of every rank's ``z`` (rank order; local batch sizes may differ) and routes gradients
+back so that, after DDP averages the parameter gradients over the ranks, each one equals
+the gradient of the single-process loss on the concatenated batch:
+
+every rank computes the same loss L(Z) on the same Z, so rank r's backward must return
+sum over ranks of dL_s/dz_r = world_size * dL/dz_r to its encoder, and DDP's division by
+world_size cancels the factor. (Returning only the rank's own dL/dz_r -- what a plain
+all-gather with a slicing backward does -- leaves every gradient world_size times too
+small: the classic bug.) The backward is therefore an all-reduce (sum) of the incoming
+gradient followed by the rank's own rows.
+
+The losses take ``process_group=`` (a group, or ``"world"`` for the default one) and call
+this on their point tensors.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def _group(process_group):
+    return None if process_group == "world" else process_group
+
+
+def check_group(process_group) -> None:
+    """A usable process group: torch.distributed initialized, a group object or "world"."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("process_group given but torch.distributed is not initialized "
+                           "(call torch.distributed.init_process_group first)")
+    if process_group != "world" and not isinstance(process_group, dist.ProcessGroup):
+        raise TypeError(f"process_group must be a torch.distributed.ProcessGroup or 'world', "
+                        f"got {type(process_group).__name__}")
+
+
+def _all_shapes(z: Tensor, group) -> List[List[int]]:
+    """(n, D) of every rank, gathered first so that uneven batches and mismatched D are caught."""
+    mine = torch.tensor(list(z.shape), dtype=torch.int64, device=z.device)
+    shapes = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(shapes, mine, group=group)
+    return [s.tolist() for s in shapes]
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, group) -> Tensor:
+        shapes = _all_shapes(z, group)
+        dims = {tuple(s[1:]) for s in shapes}
+        if len(dims) != 1:  # every rank sees the same shapes, so every rank raises: no hang
+            raise ValueError(f"process_group: the ranks' points differ in dimension: shapes {shapes}")
+        sizes = [s[0] for s in shapes]
+        widest = max(sizes)
+        padded = z.new_zeros((widest,) + tuple(z.shape[1:]))
+        padded[: z.shape[0]] = z
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded, group=group)
+        ctx.group, ctx.sizes, ctx.rank = group, sizes, dist.get_rank(group)
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        start = sum(ctx.sizes[: ctx.rank])
+        return total[start: start + ctx.sizes[ctx.rank]], None
+
+
+def gather_rows(z: Tensor, process_group="world") -> Tensor:
+    """All ranks' ``z`` (n_r, ...) concatenated along dim 0 in rank order, differentiable.
+
+    Every rank must call it (a collective). Gradients: see the module docstring; after
+    DDP's averaging they equal the single-process gradient on the concatenated batch.
+
+    Args:
+        z: this rank's tensor; the other dims must match across ranks.
+        process_group: a ``torch.distributed.ProcessGroup`` or "world".
+
+    Example (in each of the DDP processes)::
+
+        z_all = gaussreg.distributed.gather_rows(encoder(x))   # (sum of n_r, D)
+    """
+    check_group(process_group)
+    return _GatherRows.apply(z, _group(process_group))
+
+
+def maybe_gather(process_group, *tensors: Optional[Tensor]):
+    """The tensors gathered over ``process_group`` (None entries stay None), or as given when it is None."""
+    if process_group is None:
+        return tensors
+    check_group(process_group)
+    return tuple(None if t is None else _GatherRows.apply(t, _group(process_group)) for t in tensors)

@@ -1,0 +1,165 @@
+"""``torch.nn.Module`` wrappers of the losses: options fixed at construction, ``forward(z)``.
+
+Every module takes ``process_group=`` (a ``torch.distributed`` group or "world") to compute
+its loss on the global batch of all DDP ranks (``gaussreg.distributed``).
+
+Each module holds a loss's keyword options and calls the functional loss (same values,
+gradients, errors and backends); ``Regularizer`` sums weighted losses and returns the
+parts for logging.
+
+    >>> reg = Regularizer(cdf=(1.0, CDFAttraction()), cw=(0.5, CramerWold(log=True)))
+    >>> z = torch.randn(256, 8, requires_grad=True)
+    >>> total, parts = reg(z)
+    >>> sorted(parts)
+    ['cdf', 'cw']
+    >>> total.backward()
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .losses.cdf_attraction import cdf_attraction
+from .losses.cramer_wold import cw_distance
+from .losses.gaussian_l2 import gaussian_l2, gaussian_l2_to_normal
+from .losses.mmd import DEFAULT_SCALES, mmd
+
+__all__ = ["CDFAttraction", "CramerWold", "GaussianL2", "GaussianL2ToNormal", "MMD", "Regularizer"]
+
+
+class _Loss(torch.nn.Module):
+    """A loss with its options: ``forward(*points)`` is ``loss(*points, **options)``."""
+
+    def __init__(self, **options):
+        super().__init__()
+        self.options = options
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={_short_repr(v)}" for k, v in self.options.items())
+
+
+def _short_repr(value) -> str:
+    if isinstance(value, Tensor):
+        return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype})"
+    return repr(value)
+
+
+class CDFAttraction(_Loss):
+    """``cdf_attraction`` (SPEC 1): sorted radii and pair distances attracted to target quantiles.
+
+    >>> CDFAttraction(distances_weight=2.0)(torch.randn(100, 4)).shape
+    torch.Size([])
+    """
+
+    def __init__(self, *, radii_weight: float = 1.0, distances_weight: float = 1.0, p: int = 1, radii_target=None,
+                 distances_target=None, backend: str = "auto", max_sort_bytes: Optional[int] = None,
+                 process_group=None):
+        super().__init__(radii_weight=radii_weight, distances_weight=distances_weight, p=p, radii_target=radii_target,
+                         distances_target=distances_target, backend=backend, max_sort_bytes=max_sort_bytes,
+                         process_group=process_group)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return cdf_attraction(z, **self.options)
+
+
+class GaussianL2ToNormal(_Loss):
+    """``gaussian_l2_to_normal`` (SPEC 3): L2 distance of the smoothed sample to N(0, I).
+
+    >>> GaussianL2ToNormal(sigma="mean_field")(torch.randn(100, 4)).shape
+    torch.Size([])
+    """
+
+    def __init__(self, sigma: Union[float, Tensor, str] = 1.0, *, backend: str = "auto", process_group=None):
+        super().__init__(sigma=sigma, backend=backend, process_group=process_group)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return gaussian_l2_to_normal(z, **self.options)
+
+
+class GaussianL2(_Loss):
+    """``gaussian_l2`` (SPEC 3): L2 distance between two smoothed samples, ``forward(x, y)``.
+
+    >>> GaussianL2(sigma=0.5)(torch.randn(100, 4), torch.randn(80, 4)).shape
+    torch.Size([])
+    """
+
+    def __init__(self, sigma: float = 1.0, *, backend: str = "auto", process_group=None):
+        super().__init__(sigma=sigma, backend=backend, process_group=process_group)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return gaussian_l2(x, y, **self.options)
+
+
+class MMD(_Loss):
+    """``mmd`` (SPEC 4, WAE-MMD): ``forward(z, prior_sample=None)``; without a prior sample
+    one is drawn from N(0, I) with ``generator`` at each call (or ``"analytic"`` for rbf).
+
+    >>> MMD(kernel="imq")(torch.randn(100, 4)).shape
+    torch.Size([])
+    """
+
+    def __init__(self, *, kernel: str = "imq", scales: Sequence[float] = DEFAULT_SCALES,
+                 generator: Optional[torch.Generator] = None, backend: str = "auto", process_group=None):
+        super().__init__(kernel=kernel, scales=tuple(scales), generator=generator, backend=backend,
+                         process_group=process_group)
+
+    def forward(self, z: Tensor, prior_sample: Union[Tensor, str, None] = None) -> Tensor:
+        return mmd(z, prior_sample, **self.options)
+
+
+class CramerWold(_Loss):
+    """``cw_distance`` (SPEC 5, CWAE): Cramer-Wold distance to N(0, I); ``log=True`` is the CWAE loss.
+
+    >>> CramerWold(log=True)(torch.randn(100, 4)).shape
+    torch.Size([])
+    """
+
+    def __init__(self, *, gamma: Optional[float] = None, kernel: str = "approx", log: bool = False,
+                 backend: str = "auto", process_group=None):
+        super().__init__(gamma=gamma, kernel=kernel, log=log, backend=backend, process_group=process_group)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return cw_distance(z, **self.options)
+
+
+class Regularizer(torch.nn.Module):
+    """A weighted sum of losses on the same latents: ``forward(z) -> (total, parts)``.
+
+    ``parts`` maps each name to its unweighted value, detached (for logging); ``total``
+    is ``sum(weight * value)`` and carries the gradient.
+
+    Args:
+        **terms: ``name=(weight, module)`` with a finite real weight and a module whose
+            ``forward(z)`` returns a 0-dim loss (e.g. ``CDFAttraction()``).
+
+    >>> reg = Regularizer(cdf=(1.0, CDFAttraction()), mmd=(10.0, MMD()))
+    >>> total, parts = reg(torch.randn(128, 6))
+    >>> total.shape, sorted(parts)
+    (torch.Size([]), ['cdf', 'mmd'])
+    """
+
+    def __init__(self, **terms: Tuple[float, torch.nn.Module]):
+        super().__init__()
+        if not terms:
+            raise ValueError("Regularizer needs at least one term: name=(weight, module)")
+        self.weights: Dict[str, float] = {}
+        self.terms = torch.nn.ModuleDict()
+        for name, term in terms.items():
+            if not (isinstance(term, tuple) and len(term) == 2 and isinstance(term[1], torch.nn.Module)):
+                raise TypeError(f"Regularizer term {name!r} must be (weight, module), got {term!r}")
+            weight = term[0]
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight != weight \
+                    or abs(weight) == float("inf"):
+                raise ValueError(f"Regularizer term {name!r}: weight must be a finite real number, got {weight!r}")
+            self.weights[name] = float(weight)
+            self.terms[name] = term[1]
+
+    def forward(self, z: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        values = {name: module(z) for name, module in self.terms.items()}
+        total = sum(self.weights[name] * value for name, value in values.items())
+        return total, {name: value.detach() for name, value in values.items()}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}: weight={w:g}" for name, w in self.weights.items())

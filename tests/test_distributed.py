@@ -1,0 +1,121 @@
+"""Global-batch losses under DDP (gloo, CPU): each rank's parameter gradients after DDP's
+averaging equal the single-process gradients on the concatenated batch, exactly, for 2
+and 3 processes with uneven local batches. The classic bug, a gradient off by a factor
+of world_size, is reproduced with a plain all-gather to show that the check sees it."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from _helpers import assert_close
+
+import gaussreg
+from gaussreg.testing import random_points
+
+SIZES = {2: [23, 31], 3: [17, 30, 9]}  # uneven on purpose
+
+
+def _losses(process_group, prior):
+    """name -> loss of the latents z; `prior` is this rank's share of a given prior sample."""
+    return {
+        "cdf_p1": lambda z: gaussreg.cdf_attraction(z, process_group=process_group),
+        "cdf_p2": lambda z: gaussreg.cdf_attraction(z, p=2, process_group=process_group),
+        "cw": lambda z: gaussreg.cw_distance(z, log=True, process_group=process_group),
+        "l2": lambda z: gaussreg.gaussian_l2_to_normal(z, 0.8, process_group=process_group),
+        "mmd": lambda z: gaussreg.mmd(z, prior, process_group=process_group),
+    }
+
+
+def _data(total):
+    return random_points(total, 6, seed=11), random_points(total, 4, seed=12)
+
+
+def _model():
+    torch.manual_seed(0)  # the same initial weights in every process
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4)).double()
+
+
+class _PlainGather(torch.autograd.Function):
+    """The classic bug: all-gather forward, own slice of the local gradient backward (no sum)."""
+
+    @staticmethod
+    def forward(ctx, z, sizes, rank):
+        widest = max(sizes)
+        padded = z.new_zeros((widest, z.shape[1]))
+        padded[: z.shape[0]] = z
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        ctx.start, ctx.size = sum(sizes[:rank]), sizes[rank]
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad[ctx.start: ctx.start + ctx.size], None, None
+
+
+def _worker(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        sizes = SIZES[world]
+        x_all, prior_all = _data(sum(sizes))
+        rows = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+        model = _model()
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        results = {}
+        for name, loss in _losses("world", prior_all[rows]).items():
+            ddp.zero_grad()
+            value = loss(ddp(x_all[rows]))
+            value.backward()
+            results[name] = (value.detach(), [p.grad.clone() for p in model.parameters()])
+        ddp.zero_grad()
+        plain = gaussreg.cw_distance(_PlainGather.apply(ddp(x_all[rows]), sizes, rank), log=True)
+        plain.backward()
+        results["plain_gather_cw"] = (plain.detach(), [p.grad.clone() for p in model.parameters()])
+        mismatch = torch.zeros(5, 4 + rank, dtype=torch.float64)  # D differs across ranks
+        try:
+            gaussreg.cw_distance(mismatch, process_group="world")
+            results["mismatch"] = "no error"
+        except ValueError as exc:
+            results["mismatch"] = str(exc)
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _single_process(world):
+    x_all, prior_all = _data(sum(SIZES[world]))
+    model = _model()
+    results = {}
+    for name, loss in _losses(None, prior_all).items():
+        model.zero_grad()
+        value = loss(model(x_all))
+        value.backward()
+        results[name] = (value.detach(), [p.grad.clone() for p in model.parameters()])
+    return results
+
+
+@pytest.mark.parametrize("world", (2, 3))
+def test_ddp_gradients_equal_the_single_process_gradient(tmp_path, world):
+    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    expected = _single_process(world)
+    for rank in range(world):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        for name, (value, grads) in expected.items():
+            assert_close(got[name][0], value, 1e-12, 1e-15, what=f"rank {rank} {name} value")
+            for g, h in zip(got[name][1], grads):
+                # The factor is what breaks in practice: compare norms first, then entries.
+                ratio = float(g.norm() / h.norm())
+                assert abs(ratio - 1) < 1e-9, f"rank {rank} {name}: gradient is {ratio:.6g} x the single-process one"
+                assert_close(g, h, 1e-9, 1e-12 * float(h.abs().max()), what=f"rank {rank} {name} gradient")
+        # The plain all-gather's gradient is 1/world_size of the right one: the check would see it.
+        plain = got["plain_gather_cw"][1]
+        for g, h in zip(plain, expected["cw"][1]):
+            assert_close(g * world, h, 1e-9, 1e-12 * float(h.abs().max()), what="plain gather x world_size")
+        assert "differ in dimension" in got["mismatch"]
+
+
+def test_process_group_needs_an_initialized_backend():
+    with pytest.raises(RuntimeError, match="not initialized"):
+        gaussreg.cw_distance(random_points(10, 3), process_group="world")
