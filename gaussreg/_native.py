@@ -44,6 +44,18 @@ def _built(name: str) -> bool:
     return importlib.util.find_spec(f"gaussreg.{name}") is not None
 
 
+def _preload() -> None:
+    """Import the built modules with gaussreg itself (errors recorded, never raised).
+
+    Loading on first use would run importlib inside a torch.compile trace when a compiled
+    model is the first caller, which dynamo refuses (a graph break, an error under
+    fullgraph=True). The modules only define functions at import: no CUDA call is made.
+    """
+    for name in ("_C", "_cuda"):
+        if _built(name):
+            _load(name)
+
+
 def backends() -> dict:
     """What was built and what can run here.
 
@@ -164,3 +176,6 @@ def empty(shape, dtype: torch.dtype, device: torch.device, what: str) -> torch.T
 
 def stream_handle(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
+
+
+_preload()

@@ -9,19 +9,19 @@ from gaussreg.targets import Chi2
 from gaussreg.testing import random_points
 
 
-def _generator():
-    return torch.Generator().manual_seed(3)
+def _generator(device="cpu"):
+    return torch.Generator(device=device).manual_seed(3)
 
 
 MODULES = {
-    "cdf": (lambda: gnn.CDFAttraction(p=2, distances_weight=2.0),
+    "cdf": (lambda device="cpu": gnn.CDFAttraction(p=2, distances_weight=2.0),
             lambda z: gaussreg.cdf_attraction(z, p=2, distances_weight=2.0)),
-    "l2_normal": (lambda: gnn.GaussianL2ToNormal(sigma=0.7), lambda z: gaussreg.gaussian_l2_to_normal(z, 0.7)),
-    "l2_mean_field": (lambda: gnn.GaussianL2ToNormal(sigma="mean_field"),
+    "l2_normal": (lambda device="cpu": gnn.GaussianL2ToNormal(sigma=0.7), lambda z: gaussreg.gaussian_l2_to_normal(z, 0.7)),
+    "l2_mean_field": (lambda device="cpu": gnn.GaussianL2ToNormal(sigma="mean_field"),
                       lambda z: gaussreg.gaussian_l2_to_normal(z, "mean_field")),
-    "mmd": (lambda: gnn.MMD(kernel="rbf", generator=_generator()),
+    "mmd": (lambda device="cpu": gnn.MMD(kernel="rbf", generator=_generator(device)),
             lambda z: gaussreg.mmd(z, kernel="rbf", generator=_generator())),
-    "cw": (lambda: gnn.CramerWold(log=True), lambda z: gaussreg.cw_distance(z, log=True)),
+    "cw": (lambda device="cpu": gnn.CramerWold(log=True), lambda z: gaussreg.cw_distance(z, log=True)),
 }
 
 
@@ -33,6 +33,30 @@ def test_module_equals_functional(name):
     v_fn, g_fn = value_and_grads(functional, [z])
     assert_close(v_mod, v_fn, 0, 0, what=f"{name} value")
     assert_close(g_mod[0], g_fn[0], 0, 0, what=f"{name} gradient")
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_repeated_calls_are_bitwise_identical(name):
+    make_module, _ = MODULES[name]
+    z = random_points(300, 6, seed=3, dtype=torch.float32)
+    first = value_and_grads(make_module(), [z])
+    again = value_and_grads(make_module(), [z])
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1][0], again[1][0])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_cuda_deterministic_mode_repeats_bitwise(name):
+    make_module, _ = MODULES[name]
+    z = random_points(300, 6, seed=3, dtype=torch.float32, device="cuda")
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = value_and_grads(make_module("cuda"), [z])
+        again = value_and_grads(make_module("cuda"), [z])
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1][0], again[1][0])
 
 
 def test_two_sample_modules():
@@ -120,3 +144,19 @@ def test_docstring_examples_run():
 
     results = doctest.testmod(gnn, extraglobs={"torch": torch})
     assert results.attempted > 0 and results.failed == 0
+
+
+def test_a_compiled_loss_can_be_the_first_call_of_a_process():
+    """The compiled modules load with gaussreg, not inside the first (traced) call."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import torch, gaussreg\n"
+            "z = torch.randn(300, 4, dtype=torch.float64, requires_grad=True)\n"
+            "f = lambda z: gaussreg.cdf_attraction(z) + gaussreg.gaussian_l2_to_normal(z) + gaussreg.mmd(z)\n"
+            "torch.compile(f, fullgraph=True, backend='aot_eager')(z).backward()\n"
+            "print('ok', bool(torch.isfinite(z.grad).all()))\n")
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root)
+    assert result.returncode == 0 and result.stdout.strip() == "ok True", result.stderr[-2000:]
