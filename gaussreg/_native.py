@@ -49,11 +49,14 @@ def _preload() -> None:
 
     Loading on first use would run importlib inside a torch.compile trace when a compiled
     model is the first caller, which dynamo refuses (a graph break, an error under
-    fullgraph=True). The modules only define functions at import: no CUDA call is made.
+    fullgraph=True).
     """
-    for name in ("_C", "_cuda"):
-        if _built(name):
-            _load(name)
+    if _built("_C"):
+        _load("_C")
+    # The CUDA module links the CUDA runtime statically; loaded without a GPU it was seen to
+    # hang some processes at exit (torchrun workers), so it loads only where it can run.
+    if _built("_cuda") and torch.cuda.is_available():
+        _load("_cuda")
 
 
 def backends() -> dict:

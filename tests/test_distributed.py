@@ -88,6 +88,9 @@ def _worker(rank, world, init_file, out_dir):
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    # Skip the interpreter's teardown: there the DDP reducer's destructor can deadlock with
+    # gloo's worker thread over the GIL (torch 2.13; see examples/ddp_train.py).
+    os._exit(0)
 
 
 def _single_process(world):

@@ -113,6 +113,24 @@ def test_autocast_bfloat16_computes_in_float32(name):
     assert z.grad.dtype == torch.bfloat16 and bool(torch.isfinite(encoder.weight.grad).all())
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("half", (torch.float16, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_cuda_autocast_computes_in_float32(name, half):
+    make_module, _ = MODULES[name]
+    encoder = torch.nn.Linear(6, 5).cuda()
+    x = random_points(48, 6, seed=4, dtype=torch.float32, device="cuda")
+    with torch.autocast("cuda", dtype=half):
+        z = encoder(x)
+        assert z.dtype == half
+        z.retain_grad()
+        loss = make_module("cuda")(z)
+    assert loss.dtype == torch.float32
+    assert_close(loss, make_module("cuda")(z.detach().float()), 0, 0, what="value vs float32 of the same latents")
+    loss.backward()
+    assert z.grad.dtype == half and bool(torch.isfinite(encoder.weight.grad).all())
+
+
 def test_compiled_model_and_regularizer_match_eager():
     torch._dynamo.reset()
     torch.manual_seed(0)
