@@ -52,7 +52,9 @@ GAUSSREG_HD T vexp(T x) {
   return exp(x);
 #else
   using B = FloatBits<T>;
-  const T xc = x < B::kMinExpArg ? T(B::kMinExpArg) : (x > B::kMaxExpArg ? T(B::kMaxExpArg) : x);
+  // NaN goes to the clamp too (x >= min is false for it): converting a NaN k to an integer
+  // is undefined; the NaN is given back at the end.
+  const T xc = x >= B::kMinExpArg ? (x > B::kMaxExpArg ? T(B::kMaxExpArg) : x) : T(B::kMinExpArg);
   const T kf = std::nearbyint(xc * T(1.4426950408889634));
   // Cody-Waite split of ln2 keeps r exact to working precision.
   const T r = (xc - kf * T(0.693145751953125)) - kf * T(1.4286068203094173e-06);
@@ -92,6 +94,7 @@ GAUSSREG_HD T vexp(T x) {
   T y = (p * scale1) * scale2;
   y = x < B::kMinExpArg ? T(0) : y;
   y = x > B::kMaxExpArg ? std::numeric_limits<T>::infinity() : y;
+  y = x == x ? y : x;
   return y;
 #endif
 }
@@ -109,7 +112,9 @@ GAUSSREG_HD T vlog(T x) {
   // Exponent counted from sqrt(1/2), so that the remaining mantissa lands in [sqrt(1/2), sqrt(2)).
   const I shifted = bits - float_to_bits<T>(T(0.70710678118654752));
   const I e = shifted >> B::kMantissa;
-  const T m = bits_to_float<T>(bits - (e << B::kMantissa));
+  // e * 2^kMantissa, not e << kMantissa: e is negative for x < sqrt(1/2), and a left shift
+  // of a negative value is undefined before C++20 (UBSan flags it). Same machine code.
+  const T m = bits_to_float<T>(bits - e * (I(1) << B::kMantissa));
   const T s = (m - T(1)) / (m + T(1));
   const T s2 = s * s;
   T p;
