@@ -104,19 +104,22 @@ def module_for(device: torch.device):
     return None
 
 
-def use_native(device: torch.device, backend: str, what: str) -> bool:
+def use_native(device: torch.device, backend: str, what: str, entry: Optional[str] = None) -> bool:
     """Whether to run the compiled kernels (True) or reference.py (False).
 
     ``backend`` is "auto" (compiled when available, else the reference with a warning),
-    "native" (compiled or an error that names the fix) or "reference".
+    "native" (compiled or an error that names the fix) or "reference". ``entry``: a
+    function the module must have (a module built from older sources lacks newer engines).
     """
     if backend == "reference":
         return False
     if backend not in ("auto", "native"):
         raise ValueError(f"backend must be 'auto', 'native' or 'reference', got {backend!r}")
-    if module_for(device) is not None:
+    module = module_for(device)
+    if module is not None and (entry is None or hasattr(module, entry)):
         return True
-    why = _missing_reason(device)
+    why = (_missing_reason(device) if module is None else
+           f"the compiled module has no {entry} (built from older sources); {_REBUILD_HINT}")
     if backend == "native":
         raise RuntimeError(f"gaussreg.{what}: no compiled backend for device {device}: {why}")
     if (device.type, what) not in _warned_fallback:
@@ -179,6 +182,16 @@ def empty(shape, dtype: torch.dtype, device: torch.device, what: str) -> torch.T
 
 def stream_handle(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
+
+
+def launch(fn, device: torch.device, *args):
+    """Call a compiled entry point with its last argument: the OpenMP thread count on the
+    CPU; on CUDA the current stream, with the tensors' device made current (the kernels
+    launch on the current device: multi-GPU)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return fn(*args, stream_handle(device))
+    return fn(*args, num_threads())
 
 
 _preload()

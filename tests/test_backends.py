@@ -282,3 +282,21 @@ def test_missing_cpu_module_falls_back_or_names_the_fix(monkeypatch):
     assert_close(fallback, gaussreg.reference.gaussian_l2_to_normal(z), 0, 0)
     with pytest.raises(RuntimeError, match="reinstall"):
         gaussreg.gaussian_l2_to_normal(z, backend="native")
+
+
+def test_a_module_without_a_newer_engine_is_reported():
+    """A module built from older sources lacks newer entry points: native names the fix,
+    auto falls back to the reference with a warning."""
+    import warnings
+
+    from gaussreg import _native
+
+    cpu = torch.device("cpu")
+    with pytest.raises(RuntimeError, match="no no_such_engine .*older sources"):
+        _native.use_native(cpu, "native", "demo_loss", entry="no_such_engine")
+    _native._warned_fallback.discard(("cpu", "demo_loss"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _native.use_native(cpu, "auto", "demo_loss", entry="no_such_engine") is False
+    assert any("no_such_engine" in str(w.message) for w in caught)
+    assert _native.use_native(cpu, "native", "demo_loss", entry="cdf_pairs_forward") is True

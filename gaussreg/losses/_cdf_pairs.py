@@ -27,10 +27,6 @@ def pair_count(n: int) -> int:
     return n * (n - 1) // 2
 
 
-def _last_arg(device: torch.device) -> int:
-    return _native.num_threads() if device.type == "cpu" else _native.stream_handle(device)
-
-
 def supported(device: torch.device) -> bool:
     """Whether the compiled module for ``device`` has this engine."""
     module = _native.module_for(device)
@@ -54,11 +50,9 @@ def workspace_bytes(z: Tensor, capacity: int) -> int:
 def _engine_workspace_bytes(z: Tensor, capacity: int) -> int:
     module = _native.module_for(z.device)
     n, d = z.shape
-    code = _native.dtype_code(z.dtype)
-    if z.device.type == "cuda":
-        with torch.cuda.device(z.device):  # the CUDA module asks CUB for sizes on the current device
-            return int(module.cdf_pairs_workspace_bytes(code, n, d, capacity, 0))
-    return int(module.cdf_pairs_workspace_bytes(code, n, d, capacity, _native.num_threads()))
+    # On CUDA the module asks CUB for sizes on the current device: launch makes it z's.
+    return int(_native.launch(module.cdf_pairs_workspace_bytes, z.device, _native.dtype_code(z.dtype), n, d,
+                              capacity))
 
 
 def _signs_shape(n: int, p: int) -> Tuple[int, ...]:
@@ -86,7 +80,6 @@ def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], a
     what = "cdf_attraction"
     module = _native.module_for(device)
     code = _native.dtype_code(dtype)
-    last = _last_arg(device)
     ws_bytes = _engine_workspace_bytes(z, capacity)
     workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, device, what)
     value = torch.zeros((), dtype=torch.float64, device=device)
@@ -103,11 +96,7 @@ def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], a
             p, value.data_ptr(), pos, neg, residual, sorted_values.data_ptr() if want_sorted else 0,
             capacity, workspace.data_ptr(), ws_bytes]
     try:
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                module.cdf_pairs_forward(*args, last)
-        else:
-            module.cdf_pairs_forward(*args, last)
+        _native.launch(module.cdf_pairs_forward, device, *args)
     except OverflowError as exc:  # std::overflow_error: a bucket of tied distances overflows a pass
         raise MemoryError(f"gaussreg.{exc}") from exc
     return value, signs, sorted_values
@@ -153,11 +142,7 @@ def cdf_pairs_backward_op(z: Tensor, signs: Tensor, p: int, grad_value: Tensor) 
     pos, neg, residual = (signs[0].data_ptr(), signs[1].data_ptr(), 0) if p == 1 else (0, 0, signs.data_ptr())
     module = _native.module_for(z.device)
     args = [_native.dtype_code(z.dtype), n, d, z.data_ptr(), p, pos, neg, residual, scale, grad.data_ptr()]
-    if z.device.type == "cuda":
-        with torch.cuda.device(z.device):
-            module.cdf_pairs_backward(*args, _last_arg(z.device))
-    else:
-        module.cdf_pairs_backward(*args, _last_arg(z.device))
+    _native.launch(module.cdf_pairs_backward, z.device, *args)
     return grad
 
 

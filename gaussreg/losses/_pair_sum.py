@@ -64,13 +64,7 @@ def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Option
         out_y.data_ptr() if want_y else 0,
         workspace.data_ptr(), ws_bytes,
     ]
-    forward = getattr(module, f"{stem}_forward")
-    if device.type == "cuda":
-        # The kernels launch on the current device: make it the tensors' one (multi-GPU).
-        with torch.cuda.device(device):
-            forward(*args, _native.stream_handle(device))
-    else:
-        forward(*args, threads)
+    _native.launch(getattr(module, f"{stem}_forward"), device, *args)
     return value, out_x, out_y
 
 

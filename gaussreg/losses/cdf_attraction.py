@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numbers
 import os
-import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -83,7 +82,7 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
                                        or max_sort_bytes < 1):
         raise ValueError(f"max_sort_bytes must be a positive int (bytes), got {max_sort_bytes!r}")
     dtype = _checks.compute_dtype(z)
-    native = _native.use_native(device, backend, "cdf_attraction") and _engine_built(device, backend)
+    native = _native.use_native(device, backend, "cdf_attraction", entry="cdf_pairs_forward")
     zc = z.to(dtype).contiguous()
     _checks.finite("z", z)
     if not native:
@@ -98,18 +97,6 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
     if not terms:  # both weights 0: a zero that keeps the graph (zero gradient)
         return (zc * 0.0).sum()
     return terms[0] if len(terms) == 1 else terms[0] + terms[1]
-
-
-def _engine_built(device: torch.device, backend: str) -> bool:
-    """The compiled module imports but may predate this engine (a stale build): say so."""
-    if _cdf_pairs.supported(device):
-        return True
-    message = (f"gaussreg.cdf_attraction: the compiled module for {device} has no cdf_attraction engine "
-               "(built from older sources); rebuild with pip install . ")
-    if backend == "native":
-        raise RuntimeError(message)
-    warnings.warn(message + "- falling back to the slow pure-PyTorch reference", RuntimeWarning, stacklevel=3)
-    return False
 
 
 def _finite_weight(name: str, value) -> float:
