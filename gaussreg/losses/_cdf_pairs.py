@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import _native
+from ._autograd import first_order_only
 
 SOURCE_TABLE, SOURCE_ANCHORS, SOURCE_EMPIRICAL = 0, 1, 2  # csrc/common/cdf_attraction.h
 
@@ -159,25 +160,10 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(signs, output[2])
 
 
-class _FirstOrderOnly(torch.autograd.Function):
-    """Identity on the gradient; differentiating it again raises instead of silently
-    dropping the Hessian term (create_graph=True first derivatives still work)."""
-
-    @staticmethod
-    def forward(ctx, grad, z):
-        return grad.clone()
-
-    @staticmethod
-    def backward(ctx, *_):
-        raise RuntimeError("gaussreg: second derivatives of cdf_attraction are not implemented "
-                           "(a gradient of the loss was differentiated again)")
-
-
 def _backward(ctx, g_value, _g_signs, _g_sorted):
     z, signs = ctx.saved_tensors
     grad = cdf_pairs_backward_op(z, signs, ctx.p, g_value)
-    if torch.is_grad_enabled():
-        grad = _FirstOrderOnly.apply(grad, z)
+    grad = first_order_only(grad, "cdf_attraction", z)
     return grad, None, None, None, None, None, None
 
 

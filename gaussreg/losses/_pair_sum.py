@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import _native
+from ._autograd import first_order_only
 
 # Kernel kinds of each stem, as the enums in csrc/common/<stem>.h number them.
 GAUSS_EXP_SUM, GAUSS_PER_POINT = 0, 1
@@ -111,27 +112,8 @@ def _setup_context(ctx, inputs, output):
     ctx.has_y = y is not None
     ctx.save_for_backward(grad_x, grad_y)
     ctx.mark_non_differentiable(grad_x, grad_y)
-    # The points, so that a create_graph backward can tie the gradient to them (see _FirstOrderOnly).
+    # The points, so that a create_graph backward can tie the gradient to them (see _autograd.FirstOrderOnly).
     ctx.inputs_for_graph = tuple(t for t in (x, y) if t is not None and t.requires_grad)
-
-
-class _FirstOrderOnly(torch.autograd.Function):
-    """Identity on a precomputed gradient whose own derivative is not implemented.
-
-    Under ``create_graph=True`` the pair-sum gradient must not look differentiable with
-    a silently missing Hessian term: differentiating through it raises instead. Graphs
-    that only differentiate other terms twice keep working.
-    """
-
-    @staticmethod
-    def forward(ctx, grad, stem, *inputs):
-        ctx.stem = stem
-        return grad.clone()
-
-    @staticmethod
-    def backward(ctx, *_):
-        raise RuntimeError(f"gaussreg: second derivatives of the {ctx.stem} losses are not implemented "
-                           "(a gradient of the loss was differentiated again)")
 
 
 def _backward(ctx, g_value, _g_grad_x, _g_grad_y):
@@ -141,10 +123,11 @@ def _backward(ctx, g_value, _g_grad_x, _g_grad_y):
                            "(the input did not require grad at forward time)")
     # d(sum k)/dx_i = sum_j k'(t_ij) * 2 (x_i - y_j): the kernels return the sum without the 2.
     scale = (2.0 * g_value).to(grad_x.dtype)
-    if torch.is_grad_enabled():  # create_graph=True: keep the graph honest about what it lacks
-        grad_x = _FirstOrderOnly.apply(grad_x, ctx.stem, *ctx.inputs_for_graph)
-        if ctx.want[1]:
-            grad_y = _FirstOrderOnly.apply(grad_y, ctx.stem, *ctx.inputs_for_graph)
+    # create_graph=True: keep the graph honest about what it lacks
+    what = f"the {ctx.stem} losses"
+    grad_x = first_order_only(grad_x, what, *ctx.inputs_for_graph)
+    if ctx.want[1]:
+        grad_y = first_order_only(grad_y, what, *ctx.inputs_for_graph)
     gx = grad_x * scale if ctx.needs_input_grad[0] else None
     gy = grad_y * scale if ctx.want[1] else None
     return gx, gy, None, None, None, None, None, None, None
