@@ -8,20 +8,31 @@ built); ``gaussreg.reference`` holds the plain-PyTorch version of every formula.
 from . import nn, targets
 from ._native import backends
 from .losses.cdf_attraction import cdf_attraction
+from .losses.coordinate_cdf_attraction import coordinate_cdf_attraction
 from .losses.cramer_wold import cw_distance
+from .losses.epps_pulley import epps_pulley
 from .losses.gaussian_l2 import gaussian_l2, gaussian_l2_to_normal, mean_field_sigma
+from .losses.gmm import GaussianMixture, gmm_cov_loss, gmm_ks_loss, gmm_loss_weights
 from .losses.mmd import mmd
+from .losses.sliced_wasserstein import sliced_wasserstein
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GaussianMixture",
     "backends",
     "cdf_attraction",
+    "coordinate_cdf_attraction",
     "cw_distance",
+    "epps_pulley",
     "gaussian_l2",
     "gaussian_l2_to_normal",
+    "gmm_cov_loss",
+    "gmm_ks_loss",
+    "gmm_loss_weights",
     "mean_field_sigma",
     "mmd",
     "nn",
+    "sliced_wasserstein",
     "targets",
 ]

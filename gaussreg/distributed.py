@@ -95,3 +95,47 @@ def maybe_gather(process_group, *tensors: Optional[Tensor]):
         return tensors
     check_group(process_group)
     return tuple(None if t is None else _GatherRows.apply(t, _group(process_group)) for t in tensors)
+
+
+def broadcast_from_first(t: Tensor, process_group) -> Tensor:
+    """A copy of the group's first rank's ``t`` on every rank (not differentiable).
+
+    Random directions (sliced losses) must be the same on every rank for the global
+    statistic to be one statistic; drawing them per rank with unsynchronised generators
+    would silently mix different losses.
+    """
+    check_group(process_group)
+    group = _group(process_group)
+    source = 0 if group is None else dist.get_global_rank(group, 0)
+    out = t.detach().contiguous().clone()
+    dist.broadcast(out, src=source, group=group)
+    return out
+
+
+class _SumOverRanks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: Tensor, group) -> Tensor:
+        ctx.group = group
+        total = t.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        # Every rank holds the same loss of the same total: the sum over ranks of their
+        # gradients is world_size * dL/dt, which DDP's averaging turns back into dL/dt.
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        return total, None
+
+
+def sum_over_ranks(t: Tensor, process_group="world") -> Tensor:
+    """The sum over ranks of ``t`` (same shape on every rank), differentiable.
+
+    For statistics that are sums of per-point terms (e.g. ``epps_pulley``'s cos/sin sums):
+    reducing the sums gives the exact global statistic without gathering the points.
+    Gradients follow the convention of ``gather_rows`` (equal to the single-process
+    gradient after DDP's averaging).
+    """
+    check_group(process_group)
+    return _SumOverRanks.apply(t, _group(process_group))

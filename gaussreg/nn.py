@@ -22,11 +22,16 @@ import torch
 from torch import Tensor
 
 from .losses.cdf_attraction import cdf_attraction
+from .losses.coordinate_cdf_attraction import coordinate_cdf_attraction
 from .losses.cramer_wold import cw_distance
+from .losses.epps_pulley import epps_pulley
 from .losses.gaussian_l2 import gaussian_l2, gaussian_l2_to_normal
+from .losses.gmm import GaussianMixture, gmm_cov_loss, gmm_ks_loss
 from .losses.mmd import DEFAULT_SCALES, mmd
+from .losses.sliced_wasserstein import sliced_wasserstein
 
-__all__ = ["CDFAttraction", "CramerWold", "GaussianL2", "GaussianL2ToNormal", "MMD", "Regularizer"]
+__all__ = ["CDFAttraction", "CoordinateCDFAttraction", "CramerWold", "EppsPulley", "GMMCov", "GMMKS", "GaussianL2",
+           "GaussianL2ToNormal", "MMD", "Regularizer", "SlicedWasserstein"]
 
 
 class _Loss(torch.nn.Module):
@@ -122,6 +127,103 @@ class CramerWold(_Loss):
 
     def forward(self, z: Tensor) -> Tensor:
         return cw_distance(z, **self.options)
+
+
+class CoordinateCDFAttraction(_Loss):
+    """``coordinate_cdf_attraction`` (SPEC 2): each coordinate's ranks attracted to a marginal's quantiles.
+
+    >>> CoordinateCDFAttraction(marginal="torus", bits=4)(torch.rand(100, 4)).shape
+    torch.Size([])
+    """
+
+    def __init__(self, *, marginal: str = "normal", bits: Optional[int] = None, p: int = 2, backend: str = "auto",
+                 process_group=None):
+        super().__init__(marginal=marginal, bits=bits, p=p, backend=backend, process_group=process_group)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return coordinate_cdf_attraction(z, **self.options)
+
+
+class SlicedWasserstein(_Loss):
+    """``sliced_wasserstein`` (SPEC 6, SWAE): ``forward(z, prior_sample=None)``; fresh random
+    directions from ``generator`` at each call unless ``directions`` is fixed.
+
+    >>> SlicedWasserstein(num_projections=32)(torch.randn(100, 4)).shape
+    torch.Size([])
+    """
+
+    def __init__(self, *, num_projections: int = 50, p: int = 2, generator: Optional[torch.Generator] = None,
+                 directions: Optional[Tensor] = None, backend: str = "auto", process_group=None):
+        super().__init__(num_projections=num_projections, p=p, generator=generator, directions=directions,
+                         backend=backend, process_group=process_group)
+
+    def forward(self, z: Tensor, prior_sample: Optional[Tensor] = None) -> Tensor:
+        return sliced_wasserstein(z, prior_sample=prior_sample, **self.options)
+
+
+class EppsPulley(_Loss):
+    """``epps_pulley`` (SPEC 7b, SIGReg): sliced characteristic-function test statistic against N(0, 1).
+
+    >>> EppsPulley(num_slices=64)(torch.randn(100, 4)).shape
+    torch.Size([])
+    """
+
+    def __init__(self, *, num_slices: int = 256, t_max: float = 3.0, num_points: int = 17,
+                 generator: Optional[torch.Generator] = None, directions: Optional[Tensor] = None,
+                 backend: str = "auto", process_group=None):
+        super().__init__(num_slices=num_slices, t_max=t_max, num_points=num_points, generator=generator,
+                         directions=directions, backend=backend, process_group=process_group)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return epps_pulley(z, **self.options)
+
+
+class _MixtureLoss(_Loss):
+    """A GMM-prior loss; the prior's tensors are buffers, so ``module.to(device)`` moves them."""
+
+    def __init__(self, prior: GaussianMixture, **options):
+        super().__init__(**options)
+        if not isinstance(prior, GaussianMixture):
+            raise TypeError(f"prior must be a gaussreg.GaussianMixture, got {type(prior).__name__}")
+        self.register_buffer("means", prior.means.detach().clone())
+        self.register_buffer("stds", prior.stds.detach().clone())
+        self.register_buffer("weights", prior.weights.detach().clone())
+
+    @property
+    def prior(self) -> GaussianMixture:
+        return GaussianMixture._trusted(self.means, self.stds, self.weights)  # validated at construction
+
+    def extra_repr(self) -> str:
+        prior = f"prior=GaussianMixture(K={self.means.shape[0]}, D={self.means.shape[1]})"
+        return ", ".join([prior] + [f"{k}={_short_repr(v)}" for k, v in self.options.items()])
+
+
+class GMMKS(_MixtureLoss):
+    """``gmm_ks_loss`` (SPEC 7): marginal CDFs of z against a Gaussian-mixture prior's.
+
+    >>> GMMKS(GaussianMixture.separated(3, 4))(torch.randn(100, 4)).shape
+    torch.Size([])
+    """
+
+    def __init__(self, prior: GaussianMixture, *, backend: str = "auto", process_group=None):
+        super().__init__(prior, backend=backend, process_group=process_group)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return gmm_ks_loss(z, self.prior, **self.options)
+
+
+class GMMCov(_MixtureLoss):
+    """``gmm_cov_loss`` (SPEC 7): sample covariance of z against a Gaussian-mixture prior's.
+
+    >>> GMMCov(GaussianMixture.separated(3, 4))(torch.randn(100, 4)).shape
+    torch.Size([])
+    """
+
+    def __init__(self, prior: GaussianMixture, *, process_group=None):
+        super().__init__(prior, process_group=process_group)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return gmm_cov_loss(z, self.prior, **self.options)
 
 
 class Regularizer(torch.nn.Module):

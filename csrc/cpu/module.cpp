@@ -13,6 +13,8 @@ void bind_gaussian_l2(py::module_& m);
 void bind_mmd(py::module_& m);
 void bind_cramer_wold(py::module_& m);
 void bind_cdf_attraction(py::module_& m);
+void bind_segmented(py::module_& m);
+void bind_epps_pulley(py::module_& m);
 }  // namespace cpu
 }  // namespace gaussreg
 
@@ -27,4 +29,6 @@ PYBIND11_MODULE(_C, m) {
   gaussreg::cpu::bind_mmd(m);
   gaussreg::cpu::bind_cramer_wold(m);
   gaussreg::cpu::bind_cdf_attraction(m);
+  gaussreg::cpu::bind_segmented(m);
+  gaussreg::cpu::bind_epps_pulley(m);
 }

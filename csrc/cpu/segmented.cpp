@@ -1,0 +1,224 @@
+// CPU engine of the segmented-sort losses (SPEC 2, 6, 7): many independent sorts of n
+// values (one per column of z, or per projection direction), each followed by a pass
+// over the ranks.
+//
+// Segments are contiguous (the Python side passes z^T or the (L, n) projections), so a
+// segment is sorted by one thread, in L2 for n up to ~10^5, with no synchronisation;
+// OpenMP hands out segments dynamically. Each segment: (ordered key, row) entries, a
+// stable LSD radix sort by key (ties keep row order, so ranks depend on the data only),
+// then one pass by rank that writes what the loss needs at each row's own position.
+// Sums are per segment, in rank order, added in segment order: bitwise reproducible for
+// any thread count.
+#include "common/segmented.h"
+
+#include <pybind11/pybind11.h>
+
+#include <cstring>
+#include <vector>
+
+#include "common/config.h"
+#include "cpu/radix_sort.h"
+
+#if defined(GAUSSREG_HAVE_OPENMP)
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+
+namespace gaussreg {
+namespace cpu {
+namespace {
+
+// float keys pack with a 32-bit row into one word; double keys need two.
+template <typename T>
+struct SegmentEntries;
+template <>
+struct SegmentEntries<float> {
+  using type = PackedEntries;
+};
+template <>
+struct SegmentEntries<double> {
+  using type = WideEntries;
+};
+
+template <typename T>
+std::size_t entry_bytes() {
+  return sizeof(typename SegmentEntries<T>::type::Entry);
+}
+
+int clamp_threads(int requested, int64_t segments) {
+  const int64_t t = requested < 1 ? 1 : requested;
+  return static_cast<int>(t < segments ? t : segments);
+}
+
+// Per thread: the entries of one segment and the radix sort's scratch.
+template <typename T>
+std::size_t workspace_bytes(int64_t segments, int64_t n, int threads) {
+  return static_cast<std::size_t>(clamp_threads(threads, segments)) * 2 * static_cast<std::size_t>(n) *
+         entry_bytes<T>();
+}
+
+template <typename T>
+T value_of_entry(uint64_t key) {
+  return value_of_ordered<T>(static_cast<typename OrderedBits<T>::type>(key));
+}
+
+// Sorts every segment (keys: the values, or v mod 1 on the torus) and hands each sorted
+// segment to visit(segment, entries) on the thread that sorted it.
+template <typename T, typename Visit>
+void for_each_sorted_segment(const T* values, int64_t segments, int64_t n, bool torus, void* workspace,
+                             std::size_t ws_bytes, int threads, Visit&& visit) {
+  using E = typename SegmentEntries<T>::type;
+  using Entry = typename E::Entry;
+  const int team = clamp_threads(threads, segments);
+  if (ws_bytes < workspace_bytes<T>(segments, n, team))
+    throw std::invalid_argument("segmented sort: workspace too small");
+  Entry* all = static_cast<Entry*>(workspace);
+#pragma omp parallel num_threads(team)
+  {
+#if defined(GAUSSREG_HAVE_OPENMP)
+    const int me = omp_get_thread_num();
+#else
+    const int me = 0;
+#endif
+    Entry* entries = all + static_cast<std::size_t>(me) * 2 * n;
+    Entry* scratch = entries + n;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t s = 0; s < segments; ++s) {
+      const T* v = values + s * n;
+      for (int64_t i = 0; i < n; ++i) {
+        const T key = torus ? torus_wrap(v[i]) : v[i];
+        entries[i] = E::make(ordered_bits(key), static_cast<uint64_t>(i));
+      }
+      sort_bucket_by_key<E>(entries, static_cast<uint64_t>(n), scratch);
+      visit(s, entries);
+    }
+  }
+}
+
+template <typename T>
+struct SortedGapsArgs {
+  const T* values;
+  int64_t segments, n;
+  bool torus;
+  RankTargets<T> targets;
+  int p;
+  double* value;    // out: sum over all elements of |e|^p
+  T* slope;         // out (segments, n): d|e|^p/de at each value's own position
+  T* sorted_slope;  // optional out (segments, n): the same by rank (gradient of rank targets)
+  int threads;
+};
+
+// SPEC 2 / 6: e = key_(r) - t_r per rank r of each segment (wrapped on the torus).
+template <typename T>
+void sorted_gaps(const SortedGapsArgs<T>& a, void* workspace, std::size_t ws_bytes) {
+  using E = typename SegmentEntries<T>::type;
+  std::vector<double> per_segment(static_cast<std::size_t>(a.segments), 0.0);
+  for_each_sorted_segment<T>(a.values, a.segments, a.n, a.torus, workspace, ws_bytes, a.threads,
+                             [&](int64_t s, const typename E::Entry* entries) {
+    double sum = 0.0;
+    T* slope = a.slope + s * a.n;
+    for (int64_t r = 0; r < a.n; ++r) {
+      const T key = value_of_entry<T>(E::key(entries[r]));
+      const T e = segment_residual(key, a.targets(s, r), a.torus);
+      sum += residual_power(e, a.p);
+      const T g = residual_slope(e, a.p);
+      slope[E::index(entries[r])] = g;
+      if (a.sorted_slope != nullptr) a.sorted_slope[s * a.n + r] = g;
+    }
+    per_segment[s] = sum;
+  });
+  double total = 0.0;
+  for (double s : per_segment) total += s;
+  *a.value = total;
+}
+
+// SPEC 7: #{i' : v_i' <= v_i} per value (ties counted together, -0 equal to +0).
+template <typename T>
+void counts_at_or_below(const T* values, int64_t segments, int64_t n, int64_t* counts, void* workspace,
+                        std::size_t ws_bytes, int threads) {
+  using E = typename SegmentEntries<T>::type;
+  for_each_sorted_segment<T>(values, segments, n, false, workspace, ws_bytes, threads,
+                             [&](int64_t s, const typename E::Entry* entries) {
+    int64_t* out = counts + s * n;
+    int64_t run = 0;
+    while (run < n) {
+      const T key = value_of_entry<T>(E::key(entries[run]));
+      int64_t end = run + 1;
+      while (end < n && value_of_entry<T>(E::key(entries[end])) == key) ++end;
+      for (int64_t r = run; r < end; ++r) out[E::index(entries[r])] = end;
+      run = end;
+    }
+  });
+}
+
+template <typename T>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+bool is_float(int dtype) { return dtype == static_cast<int>(DType::Float32); }
+
+template <typename T>
+void forward_typed(int64_t segments, int64_t n, uintptr_t values, bool torus, int targets_kind, uintptr_t targets,
+                   int p, uintptr_t value, uintptr_t slope, uintptr_t sorted_slope, uintptr_t workspace,
+                   std::size_t ws_bytes, int threads) {
+  const SortedGapsArgs<T> a{ptr<const T>(values), segments, n, torus,
+                            RankTargets<T>{static_cast<SegmentTargets>(targets_kind), ptr<const T>(targets), n},
+                            p, ptr<double>(value), ptr<T>(slope), ptr<T>(sorted_slope), threads};
+  sorted_gaps(a, ptr<void>(workspace), ws_bytes);
+}
+
+}  // namespace
+
+void bind_segmented(py::module_& m) {
+  m.def(
+      "segmented_workspace_bytes",
+      [](int dtype, int64_t segments, int64_t n, int threads) {
+        check_segmented_sizes(segments, n, 1);
+        return is_float(dtype) ? workspace_bytes<float>(segments, n, threads)
+                               : workspace_bytes<double>(segments, n, threads);
+      },
+      py::arg("dtype"), py::arg("segments"), py::arg("n"), py::arg("num_threads"),
+      "Workspace bytes of segmented_forward and segmented_counts.");
+  m.def(
+      "segmented_forward",
+      [](int dtype, int64_t segments, int64_t n, uintptr_t values, bool torus, int targets_kind, uintptr_t targets,
+         int p, uintptr_t value, uintptr_t slope, uintptr_t sorted_slope, uintptr_t workspace, std::size_t ws_bytes,
+         int threads) {
+        check_segmented_sizes(segments, n, p);
+        if (targets_kind != 0 && targets_kind != 1)
+          throw std::invalid_argument("segmented_forward: targets_kind must be 0 (shared) or 1 (per segment)");
+        py::gil_scoped_release release;
+        if (is_float(dtype))
+          forward_typed<float>(segments, n, values, torus, targets_kind, targets, p, value, slope, sorted_slope,
+                               workspace, ws_bytes, threads);
+        else
+          forward_typed<double>(segments, n, values, torus, targets_kind, targets, p, value, slope, sorted_slope,
+                                workspace, ws_bytes, threads);
+      },
+      py::arg("dtype"), py::arg("segments"), py::arg("n"), py::arg("values"), py::arg("torus"),
+      py::arg("targets_kind"), py::arg("targets"), py::arg("p"), py::arg("value"), py::arg("slope"),
+      py::arg("sorted_slope"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("num_threads"),
+      "Sort each contiguous segment of n values; value = sum |key_(r) - t_r|^p (wrapped residual on the torus), "
+      "slope[s, i] = d|e|^p/de at value i, sorted_slope (optional, 0 skips) the same by rank.");
+  m.def(
+      "segmented_counts",
+      [](int dtype, int64_t segments, int64_t n, uintptr_t values, uintptr_t counts, uintptr_t workspace,
+         std::size_t ws_bytes, int threads) {
+        check_segmented_sizes(segments, n, 1);
+        py::gil_scoped_release release;
+        if (is_float(dtype))
+          counts_at_or_below<float>(ptr<const float>(values), segments, n, ptr<int64_t>(counts), ptr<void>(workspace),
+                                    ws_bytes, threads);
+        else
+          counts_at_or_below<double>(ptr<const double>(values), segments, n, ptr<int64_t>(counts),
+                                     ptr<void>(workspace), ws_bytes, threads);
+      },
+      py::arg("dtype"), py::arg("segments"), py::arg("n"), py::arg("values"), py::arg("counts"), py::arg("workspace"),
+      py::arg("workspace_bytes"), py::arg("num_threads"),
+      "counts[s, i] = #{i' : v[s, i'] <= v[s, i]} (int64) for each contiguous segment of n values.");
+}
+
+}  // namespace cpu
+}  // namespace gaussreg

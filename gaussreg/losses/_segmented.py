@@ -1,0 +1,187 @@
+"""The segmented-sort custom ops behind SPEC 2, 6 and 7: many independent sorts of n values.
+
+A segment is one row of a contiguous (S, n) tensor: a column of z (passed as z^T), or
+one direction's projections (computed as theta @ z^T). Two ops:
+
+- ``gaussreg::sorted_gaps(values, targets, torus, p, want_sorted_slope)`` ranks every
+  segment and returns, in float64, ``sum_{s,r} |v_(r)s - t_rs|^p`` (the wrapped residual
+  on the torus), with the slope d|e|^p/de at each value's own position (the backward is
+  one multiply) and, when asked, the same slope by rank (the gradient of per-segment
+  targets such as a prior sample's sorted projections). ``targets`` is (n,) shared by all
+  segments, or (S, n).
+- ``gaussreg::segment_counts(values)``: #{i' : v_i' <= v_i} per value (int64), ties
+  counted together: the empirical CDF of SPEC 7 at the sample itself.
+
+Both are ``torch.library.custom_op``s with fake implementations, so torch.compile traces
+them; the engines are ``csrc/cpu/segmented.cpp`` and ``csrc/cuda/segmented.cu``.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _checks, _native
+from ._autograd import first_order_only
+
+TARGETS_SHARED, TARGETS_PER_SEGMENT = 0, 1  # csrc/common/segmented.h SegmentTargets
+
+
+def supported(device: torch.device) -> bool:
+    module = _native.module_for(device)
+    return module is not None and hasattr(module, "segmented_forward")
+
+
+def workspace_bytes(values: Tensor) -> int:
+    """Working memory of one call beyond its inputs and outputs."""
+    segments, n = values.shape
+    module = _native.module_for(values.device)
+    return int(_native.launch(module.segmented_workspace_bytes, values.device, _native.dtype_code(values.dtype),
+                              segments, n))
+
+
+def output_bytes(values: Tensor, want_sorted_slope: bool) -> int:
+    """The slope outputs the forward allocates."""
+    return values.numel() * values.element_size() * (2 if want_sorted_slope else 1)
+
+
+def _check_values(op: str, values: Tensor) -> None:
+    if not supported(values.device):
+        raise RuntimeError(f"gaussreg::{op}: no compiled engine for {values.device}")
+    if values.dtype not in (torch.float32, torch.float64) or values.dim() != 2 or not values.is_contiguous() \
+            or values.shape[0] < 1 or values.shape[1] < 1:
+        raise ValueError(f"gaussreg::{op}: values must be a contiguous non-empty (segments, n) float32/float64 "
+                         f"tensor, got {values.dtype} {tuple(values.shape)}")
+
+
+def _check_targets(values: Tensor, targets: Tensor, p: int) -> int:
+    segments, n = values.shape
+    if targets.dtype != values.dtype or targets.device != values.device or not targets.is_contiguous():
+        raise ValueError("gaussreg::sorted_gaps: targets must be contiguous, with the values' dtype and device")
+    if targets.shape == (n,):
+        kind = TARGETS_SHARED
+    elif targets.shape == (segments, n):
+        kind = TARGETS_PER_SEGMENT
+    else:
+        raise ValueError(f"gaussreg::sorted_gaps: targets must have shape ({n},) or ({segments}, {n}), "
+                         f"got {tuple(targets.shape)}")
+    if p not in (1, 2):
+        raise ValueError(f"gaussreg::sorted_gaps: p must be 1 or 2, got {p}")
+    return kind
+
+
+def _workspace(values: Tensor, what: str) -> Tuple[Tensor, int]:
+    nbytes = workspace_bytes(values)
+    return _native.empty((max(nbytes, 1),), torch.uint8, values.device, what), nbytes
+
+
+@torch.library.custom_op("gaussreg::sorted_gaps", mutates_args=())
+def sorted_gaps_op(values: Tensor, targets: Tensor, torus: bool, p: int,
+                   want_sorted_slope: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(sum |e|^p in float64, slope by position (S, n), slope by rank (S, n) or empty)."""
+    _check_values("sorted_gaps", values)
+    kind = _check_targets(values, targets, p)
+    segments, n = values.shape
+    device, what = values.device, "sorted_gaps"
+    workspace, ws_bytes = _workspace(values, what)
+    value = torch.zeros((), dtype=torch.float64, device=device)
+    slope = _native.empty((segments, n), values.dtype, device, what)
+    sorted_slope = _native.empty((segments, n) if want_sorted_slope else (0,), values.dtype, device, what)
+    module = _native.module_for(device)
+    _native.launch(module.segmented_forward, device, _native.dtype_code(values.dtype), segments, n,
+                   values.data_ptr(), torus, kind, targets.data_ptr(), p, value.data_ptr(), slope.data_ptr(),
+                   sorted_slope.data_ptr() if want_sorted_slope else 0, workspace.data_ptr(), ws_bytes)
+    return value, slope, sorted_slope
+
+
+@sorted_gaps_op.register_fake
+def _(values, targets, torus, p, want_sorted_slope):
+    value = values.new_empty((), dtype=torch.float64)
+    sorted_shape = tuple(values.shape) if want_sorted_slope else (0,)
+    return value, torch.empty_like(values), values.new_empty(sorted_shape)
+
+
+def _setup_context(ctx, inputs, output):
+    values, targets, _torus, p, want_sorted_slope = inputs
+    _, slope, sorted_slope = output
+    ctx.targets_per_segment = targets.dim() == 2
+    ctx.want_sorted_slope = want_sorted_slope
+    ctx.p = p
+    ctx.save_for_backward(slope, sorted_slope, values)
+    ctx.mark_non_differentiable(slope, sorted_slope)
+
+
+def _backward(ctx, g_value, _g_slope, _g_sorted_slope):
+    slope, sorted_slope, values = ctx.saved_tensors
+    g = g_value.to(slope.dtype)
+    if ctx.p == 2:  # the slope 2e depends on the values: its derivative is not provided
+        what = "the sorted-gap losses with p = 2 (coordinate_cdf_attraction, sliced_wasserstein)"
+        slope = first_order_only(slope, what, values)
+        sorted_slope = first_order_only(sorted_slope, what, values)
+    # p = 1: the slope sgn(e) is piecewise constant, so its derivative is 0 almost everywhere.
+    grad_values = slope * g if ctx.needs_input_grad[0] else None
+    grad_targets = None
+    if ctx.needs_input_grad[1]:
+        if not (ctx.targets_per_segment and ctx.want_sorted_slope):
+            raise RuntimeError("gaussreg::sorted_gaps: the targets' gradient needs per-segment targets and "
+                               "want_sorted_slope=True at forward time")
+        grad_targets = sorted_slope * (-g)
+    return grad_values, grad_targets, None, None, None
+
+
+torch.library.register_autograd("gaussreg::sorted_gaps", _backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("gaussreg::segment_counts", mutates_args=())
+def segment_counts_op(values: Tensor) -> Tensor:
+    """counts[s, i] = #{i' : values[s, i'] <= values[s, i]}, int64 (S, n)."""
+    _check_values("segment_counts", values)
+    segments, n = values.shape
+    device, what = values.device, "segment_counts"
+    workspace, ws_bytes = _workspace(values, what)
+    counts = _native.empty((segments, n), torch.int64, device, what)
+    module = _native.module_for(device)
+    _native.launch(module.segmented_counts, device, _native.dtype_code(values.dtype), segments, n,
+                   values.data_ptr(), counts.data_ptr(), workspace.data_ptr(), ws_bytes)
+    return counts
+
+
+@segment_counts_op.register_fake
+def _(values):
+    return values.new_empty(values.shape, dtype=torch.int64)
+
+
+def sorted_gaps(values: Tensor, targets: Tensor, *, torus: bool = False, p: int = 2) -> Tensor:
+    """sum over segments and ranks of |v_(r) - t_r|^p in float64, differentiable in values
+    and (per-segment targets) in targets."""
+    want_sorted_slope = targets.dim() == 2 and targets.requires_grad and torch.is_grad_enabled()
+    value, _, _ = sorted_gaps_op(values, targets, torus, p, want_sorted_slope)
+    return value
+
+
+def prepare_points(what: str, backend: str, **named: Optional[Tensor]
+                             ) -> List[Tuple[Optional[Tensor], torch.device, bool]]:
+    """Validated point tensors (None skipped) in the compute dtype, with their device and
+    whether the compiled engine runs: [(tensor, device, native), ...] in the order given."""
+    present = {k: v for k, v in named.items() if v is not None}
+    device = _checks.same_device(**present)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{what}: {', '.join(present)} on device {device}; "
+                         "gaussreg computes on CPU and CUDA tensors only")
+    items = list(present.items())
+    for k, v in items[1:]:
+        _checks.same_dim(items[0][0], items[0][1], k, v)
+    dtype = _checks.compute_dtype(*present.values())
+    native = _native.use_native(device, backend, what, entry="segmented_forward")
+    for k, v in present.items():
+        _checks.finite(k, v)
+    return [(None if v is None else v.to(dtype), device, native) for v in named.values()]
+
+
+def check_fits(values: Tensor, want_sorted_slope: bool, what: str) -> None:
+    """MemoryError naming the bytes when the sort's workspace and outputs cannot fit."""
+    if _checks.compiling():
+        return
+    needed = workspace_bytes(values) + output_bytes(values, want_sorted_slope)
+    _native.check_fits(needed, values.device, what)

@@ -1,0 +1,190 @@
+"""Sliced Epps-Pulley statistic (SPEC 7b; the SIGReg regularizer of LeJEPA).
+
+Linear in n: after the projections (one matrix product), the engine
+(``csrc/*/epps_pulley.*``) makes one pass over them, accumulating the sums of
+cos(t_k u) and sin(t_k u) for every knot from a single sincos per projection; the
+statistic is assembled from those (S, K) sums. Under a process group the sums are
+reduced over the ranks: the exact global statistic without gathering points.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .. import _checks, _native, reference
+from ..distributed import check_group, sum_over_ranks
+from . import _segmented
+from ._autograd import first_order_only
+from .sliced_wasserstein import unit_directions
+
+MAX_POINTS = 64  # csrc/common/epps_pulley.h kEppsPulleyMaxKnots
+
+
+def epps_pulley(z: Tensor, *, num_slices: int = 256, t_max: float = 3.0, num_points: int = 17,
+                generator: Optional[torch.Generator] = None, directions: Optional[Tensor] = None,
+                backend: str = "auto", process_group=None) -> Tensor:
+    r"""Sliced Epps-Pulley statistic: characteristic functions of 1-D projections vs N(0, 1) (SPEC 7b).
+
+    .. math::
+        EP_l = n \sum_{k=0}^{K-1} w_k \Big[\big(\tfrac{1}{n}\textstyle\sum_i \cos(t_k u_{il})
+               - e^{-t_k^2/2}\big)^2 + \big(\tfrac{1}{n}\textstyle\sum_i \sin(t_k u_{il})\big)^2\Big],
+        \qquad L = \frac{1}{S}\sum_{l=1}^{S} EP_l
+
+    with u_il = z_i . a_l for S unit directions a_l, knots t_k = k T/(K-1) and trapezoid
+    weights w_k = 2 Delta e^{-t_k^2/2} (halved at both ends), Delta = T/(K-1): the
+    weighted squared distance between the empirical and the N(0, 1) characteristic
+    functions on [-T, T], scaled by n (the Epps-Pulley test statistic). Cost O(n S (D + K))
+    with one sincos per projection; memory O(n S).
+
+    Args:
+        z: points (n, D), n >= 1, float16/bfloat16/float32/float64, CPU or CUDA.
+        num_slices: S, the number of random directions (ignored when ``directions`` is given).
+        t_max: T > 0, the integration range.
+        num_points: K in [2, 64], the knots on [0, T].
+        generator: torch.Generator on z's device for the directions.
+        directions: (S, D) directions to use instead of random ones (normalized here).
+        backend: "auto", "native" or "reference".
+        process_group: the statistic of the global batch of all ranks: the cos/sin sums are
+            reduced over the ranks (n is the global batch size); the directions are the
+            group's first rank's.
+    Returns:
+        0-dim tensor with z's dtype (float32 for half inputs).
+
+    Example:
+        >>> z = torch.randn(4096, 64, requires_grad=True)
+        >>> gaussreg.epps_pulley(z, num_slices=512, generator=torch.Generator().manual_seed(0)).backward()
+    """
+    z = _checks.points("z", z, min_rows=1)
+    t_max = _checks.positive_float("t_max", t_max)
+    if isinstance(num_points, bool) or not isinstance(num_points, numbers.Integral) \
+            or not 2 <= num_points <= MAX_POINTS:
+        raise ValueError(f"num_points must be an int in [2, {MAX_POINTS}], got {num_points!r}")
+    if process_group is not None:
+        check_group(process_group)
+    ((zc, device, native),) = _segmented.prepare_points("epps_pulley", backend, z=z)
+    slices = unit_directions("num_slices", num_slices, zc, generator, directions, process_group)
+    if not native and process_group is None:
+        return reference.epps_pulley(zc, t_max=t_max, num_points=int(num_points), directions=slices)
+    delta = t_max / (num_points - 1)
+    projections = slices @ zc.t()  # (S, n): each slice's projections contiguous
+    if native:
+        cos_sums, sin_sums = moments(projections, int(num_points), delta)
+    else:
+        cos_sums, sin_sums = _moments_by_torch(projections, int(num_points), delta)
+    n = zc.shape[0]
+    if process_group is not None:
+        cos_sums, sin_sums = sum_over_ranks(torch.stack((cos_sums, sin_sums)), process_group).unbind(0)
+        n = _global_count(n, device, process_group)
+    return statistic(cos_sums, sin_sums, n, delta).to(zc.dtype)
+
+
+def knot_weights(num_points: int, delta: float, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """(t_k, w_k) in float64: knots k delta and trapezoid weights 2 delta exp(-t^2/2), halved at the ends."""
+    knots = torch.arange(num_points, dtype=torch.float64, device=device) * delta
+    weights = 2.0 * delta * torch.exp(-knots.pow(2) / 2)
+    weights[0] *= 0.5
+    weights[-1] *= 0.5
+    return knots, weights
+
+
+def statistic(cos_sums: Tensor, sin_sums: Tensor, n: int, delta: float) -> Tensor:
+    """mean over slices of EP_l from the (S, K) float64 sums of cos(t_k u) and sin(t_k u)."""
+    knots, weights = knot_weights(cos_sums.shape[1], delta, cos_sums.device)
+    normal_cf = torch.exp(-knots.pow(2) / 2)
+    squared_gap = (cos_sums / n - normal_cf).pow(2) + (sin_sums / n).pow(2)
+    return (n * (squared_gap @ weights)).mean()
+
+
+def _global_count(n: int, device: torch.device, process_group) -> int:
+    count = torch.tensor([n], dtype=torch.int64, device=device)
+    dist.all_reduce(count, group=None if process_group == "world" else process_group)
+    return int(count.item())
+
+
+def _moments_by_torch(u: Tensor, num_points: int, delta: float) -> Tuple[Tensor, Tensor]:
+    """The sums of the plain-PyTorch path, one knot at a time (O(n S) memory)."""
+    knots, _ = knot_weights(num_points, delta, u.device)
+    u64 = u.double()
+    cos_sums = torch.stack([torch.cos(t * u64).sum(1) for t in knots], dim=1)
+    sin_sums = torch.stack([torch.sin(t * u64).sum(1) for t in knots], dim=1)
+    return cos_sums, sin_sums
+
+
+# ---------------------------------------------------------------- the custom ops
+
+
+def _check_moments_args(u: Tensor, num_points: int) -> None:
+    module = _native.module_for(u.device)
+    if module is None or not hasattr(module, "epps_pulley_forward"):
+        raise RuntimeError(f"gaussreg::epps_pulley_moments: no compiled engine for {u.device}")
+    if u.dtype not in (torch.float32, torch.float64) or u.dim() != 2 or not u.is_contiguous() or u.numel() == 0:
+        raise ValueError(f"gaussreg::epps_pulley_moments: u must be a contiguous non-empty (S, n) float32/float64 "
+                         f"tensor, got {u.dtype} {tuple(u.shape)}")
+    if not 2 <= num_points <= MAX_POINTS:
+        raise ValueError(f"gaussreg::epps_pulley_moments: num_points must be in [2, {MAX_POINTS}]")
+
+
+@torch.library.custom_op("gaussreg::epps_pulley_moments", mutates_args=())
+def moments_op(u: Tensor, num_points: int, delta: float) -> Tuple[Tensor, Tensor]:
+    """(sum_i cos(k delta u_li), sum_i sin(k delta u_li)), each (S, K) float64."""
+    _check_moments_args(u, num_points)
+    slices, n = u.shape
+    cos_sums = _native.empty((slices, num_points), torch.float64, u.device, "epps_pulley")
+    sin_sums = _native.empty((slices, num_points), torch.float64, u.device, "epps_pulley")
+    module = _native.module_for(u.device)
+    _native.launch(module.epps_pulley_forward, u.device, _native.dtype_code(u.dtype), slices, n, u.data_ptr(),
+                   num_points, delta, cos_sums.data_ptr(), sin_sums.data_ptr())
+    return cos_sums, sin_sums
+
+
+@moments_op.register_fake
+def _(u, num_points, delta):
+    shape = (u.shape[0], num_points)
+    return u.new_empty(shape, dtype=torch.float64), u.new_empty(shape, dtype=torch.float64)
+
+
+@torch.library.custom_op("gaussreg::epps_pulley_moments_backward", mutates_args=())
+def moments_backward_op(u: Tensor, grad_cos: Tensor, grad_sin: Tensor, num_points: int, delta: float) -> Tensor:
+    """dL/du from dL/d(cos sums) and dL/d(sin sums)."""
+    _check_moments_args(u, num_points)
+    slices, n = u.shape
+    grad_u = _native.empty((slices, n), u.dtype, u.device, "epps_pulley")
+    grad_cos = grad_cos.to(torch.float64).contiguous()
+    grad_sin = grad_sin.to(torch.float64).contiguous()
+    module = _native.module_for(u.device)
+    _native.launch(module.epps_pulley_backward, u.device, _native.dtype_code(u.dtype), slices, n, u.data_ptr(),
+                   num_points, delta, grad_cos.data_ptr(), grad_sin.data_ptr(), grad_u.data_ptr())
+    return grad_u
+
+
+@moments_backward_op.register_fake
+def _(u, grad_cos, grad_sin, num_points, delta):
+    return torch.empty_like(u)
+
+
+def _setup_context(ctx, inputs, output):
+    u, num_points, delta = inputs
+    ctx.num_points, ctx.delta = num_points, delta
+    ctx.save_for_backward(u)
+
+
+def _backward(ctx, grad_cos, grad_sin):
+    (u,) = ctx.saved_tensors
+    zeros = None
+    if grad_cos is None or grad_sin is None:
+        zeros = torch.zeros((u.shape[0], ctx.num_points), dtype=torch.float64, device=u.device)
+    grad = moments_backward_op(u, zeros if grad_cos is None else grad_cos, zeros if grad_sin is None else grad_sin,
+                               ctx.num_points, ctx.delta)
+    return first_order_only(grad, "epps_pulley", u), None, None
+
+
+torch.library.register_autograd("gaussreg::epps_pulley_moments", _backward, setup_context=_setup_context)
+
+
+def moments(u: Tensor, num_points: int, delta: float) -> Tuple[Tensor, Tensor]:
+    """The (S, K) float64 sums of cos(t_k u) and sin(t_k u) over each slice's n projections."""
+    return moments_op(u, num_points, delta)

@@ -1,0 +1,107 @@
+"""Sliced Wasserstein distance to N(0, I) or to a prior sample (SPEC 6, SWAE of Kolouri et al.).
+
+The L projections are one matrix product, theta @ z^T, laid out as L contiguous
+segments; the segmented engine (``_segmented``) sorts each one and takes the residual to
+its targets in the same pass.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _checks, reference
+from ..distributed import broadcast_from_first, maybe_gather
+from . import _segmented
+from .coordinate_cdf_attraction import rank_targets
+
+
+def sliced_wasserstein(z: Tensor, *, num_projections: int = 50, p: int = 2, prior_sample: Optional[Tensor] = None,
+                       generator: Optional[torch.Generator] = None, directions: Optional[Tensor] = None,
+                       backend: str = "auto", process_group=None) -> Tensor:
+    r"""Sliced Wasserstein-p distance, to the p-th power, between z and N(0, I) (SPEC 6).
+
+    .. math::
+        SW = \frac{1}{L}\sum_{l=1}^{L} \frac{1}{n}\sum_{i=1}^{n} |u_{(i)l} - v_{(i)l}|^p,
+        \qquad u_{il} = z_i \cdot \theta_l
+
+    with theta_l uniform on the unit sphere, u_(i)l the sorted projections and v_(i)l the
+    exact N(0, 1) quantiles Phi^{-1}((i - 1/2)/n) -- the projections of N(0, I) are N(0, 1),
+    so no prior sample is needed and the loss has no sampling noise -- or the sorted
+    projections of ``prior_sample`` (same n) when given. The directions are held constant.
+
+    Args:
+        z: points (n, D), n >= 1, float16/bfloat16/float32/float64, CPU or CUDA.
+        num_projections: L, the number of random directions (ignored when
+            ``directions`` is given).
+        p: 1 or 2.
+        prior_sample: None, or a sample (n, D) of any prior (differentiable too).
+        generator: torch.Generator on z's device for the directions (reproducibility).
+        directions: (L, D) directions to use instead of random ones (normalized here).
+        backend: "auto", "native" or "reference".
+        process_group: compute the loss on the global batch of all ranks (a
+            ``torch.distributed`` group, or "world"); the directions are then taken from the
+            group's first rank so every rank computes the same statistic.
+    Returns:
+        0-dim tensor with z's dtype (float32 for half inputs).
+
+    Example:
+        >>> z = torch.randn(1024, 16, requires_grad=True)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> gaussreg.sliced_wasserstein(z, num_projections=128, generator=g).backward()
+    """
+    z = _checks.points("z", z, min_rows=1)
+    if prior_sample is not None:
+        prior_sample = _checks.points("prior_sample", prior_sample, min_rows=1)
+    if isinstance(p, bool) or p not in (1, 2):
+        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    z, prior_sample = maybe_gather(process_group, z, prior_sample)
+    if prior_sample is not None and prior_sample.shape[0] != z.shape[0]:
+        raise ValueError(f"prior_sample must have as many points as z (its sorted projections are the targets), "
+                         f"got {prior_sample.shape[0]} and {z.shape[0]}")
+    (zc, device, native), (prior, _, _) = _segmented.prepare_points("sliced_wasserstein", backend, z=z,
+                                                                    prior_sample=prior_sample)
+    theta = unit_directions("num_projections", num_projections, zc, generator, directions, process_group)
+    if not native:
+        return reference.sliced_wasserstein(zc, p=p, prior_sample=prior, directions=theta)
+    n, count = zc.shape[0], theta.shape[0]
+    projections = theta @ zc.t()  # (L, n): each direction's projections contiguous
+    if prior is None:
+        targets = rank_targets(n, "normal", None, device, zc.dtype)
+    else:
+        targets = torch.sort(theta @ prior.t(), dim=1).values.contiguous()
+    _segmented.check_fits(projections, prior is not None and prior.requires_grad, "sliced_wasserstein")
+    total = _segmented.sorted_gaps(projections, targets, p=p)
+    return (total / (n * count)).to(zc.dtype)
+
+
+def unit_directions(count_name: str, count, like: Tensor, generator: Optional[torch.Generator],
+                    directions: Optional[Tensor], process_group=None) -> Tensor:
+    """(L, D) unit rows in like's dtype and device: ``directions`` normalized, or L standard
+    normal draws normalized (uniform on the sphere), drawn as reference.py draws them; under
+    a process group, the first rank's. Held constant (detached)."""
+    dim = like.shape[1]
+    if directions is None:
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+            raise ValueError(f"{count_name} must be a positive int, got {count!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator is not None and generator.device.type != like.device.type:
+            raise ValueError(f"generator is on {generator.device} but z is on {like.device}: "
+                             "pass a generator of z's device")
+        raw = torch.randn(int(count), dim, generator=generator, dtype=like.dtype, device=like.device)
+    else:
+        if not isinstance(directions, Tensor) or not directions.is_floating_point() or directions.dim() != 2:
+            raise ValueError("directions must be a 2-D floating tensor (L, D)")
+        if directions.shape[1] != dim or directions.shape[0] < 1:
+            raise ValueError(f"directions must have shape (L >= 1, {dim}), got {tuple(directions.shape)}")
+        raw = directions.detach().to(device=like.device, dtype=like.dtype)
+        _checks.finite("directions", raw)
+    norms = raw.norm(dim=1, keepdim=True)
+    _checks.require((norms > 0).all(), ValueError, "directions must not contain a zero row")
+    unit = raw / norms
+    if process_group is not None:
+        unit = broadcast_from_first(unit, process_group)
+    return unit
