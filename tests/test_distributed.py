@@ -24,7 +24,29 @@ def _losses(process_group, prior):
         "cw": lambda z: gaussreg.cw_distance(z, log=True, process_group=process_group),
         "l2": lambda z: gaussreg.gaussian_l2_to_normal(z, 0.8, process_group=process_group),
         "mmd": lambda z: gaussreg.mmd(z, prior, process_group=process_group),
+        "coord_torus": lambda z: gaussreg.coordinate_cdf_attraction(z, marginal="torus", process_group=process_group),
+        "swae_prior": lambda z: gaussreg.sliced_wasserstein(z, p=1, prior_sample=prior, directions=_directions(),
+                                                            process_group=process_group),
+        # Each rank seeds differently: the directions must still be the first rank's.
+        "swae_random": lambda z: gaussreg.sliced_wasserstein(z, num_projections=9, generator=_rank_generator(),
+                                                             process_group=process_group),
+        "epps_pulley": lambda z: gaussreg.epps_pulley(z, num_slices=9, generator=_rank_generator(),
+                                                      process_group=process_group),
+        "gmm_ks": lambda z: gaussreg.gmm_ks_loss(z, _mixture(), process_group=process_group),
     }
+
+
+def _directions():
+    return random_points(7, 4, seed=13)
+
+
+def _mixture():
+    return gaussreg.GaussianMixture.separated(3, 4, distance=3.0, dtype=torch.float64)
+
+
+def _rank_generator():
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return torch.Generator().manual_seed(5 + rank)
 
 
 def _data(total):
