@@ -16,29 +16,10 @@ namespace gaussreg {
 // Knots per call are bounded so the CUDA kernel keeps its K running sums in registers.
 constexpr int kEppsPulleyMaxKnots = 64;
 
-// Calls visit(k, cos(k delta u), sin(k delta u)) for k = 0..K-1. Each rotation adds about
-// one rounding, so after K <= 64 steps the error stays below 1e-13 in double.
-template <typename Visit>
-GAUSSREG_HD void visit_knots(double u, double delta, int knots, Visit&& visit) {
-  double s1, c1;
-#if defined(__CUDA_ARCH__)
-  sincos(delta * u, &s1, &c1);
-#else
-  s1 = std::sin(delta * u);
-  c1 = std::cos(delta * u);
-#endif
-  double c = 1.0, s = 0.0;
-  for (int k = 0; k < knots; ++k) {
-    visit(k, c, s);
-    const double next_c = c * c1 - s * s1;
-    s = s * c1 + c * s1;
-    c = next_c;
-  }
-}
-
-// visit_knots with the knot loop unrolled to the compile-time bound MaxKnots (knots past
-// `knots` are not visited), so that a CUDA caller receives a constant k and can keep
-// per-knot sums in registers. The same rotations in the same order as visit_knots.
+// Calls visit(k, cos(k delta u), sin(k delta u)) for k = 0..knots-1 (knots <= MaxKnots).
+// Each rotation adds about one rounding, so after K <= 64 steps the error stays below 1e-13
+// in double. On CUDA the knot loop is unrolled to the compile-time bound, so a caller
+// receives a constant k and can keep per-knot sums in registers.
 template <int MaxKnots, typename Visit>
 GAUSSREG_HD void visit_knots_unrolled(double u, double delta, int knots, Visit&& visit) {
   double s1, c1;
@@ -59,6 +40,12 @@ GAUSSREG_HD void visit_knots_unrolled(double u, double delta, int knots, Visit&&
     s = s * c1 + c * s1;
     c = next_c;
   }
+}
+
+// The same rotations for any knots <= kEppsPulleyMaxKnots (the CPU engine, the CUDA backward).
+template <typename Visit>
+GAUSSREG_HD void visit_knots(double u, double delta, int knots, Visit&& visit) {
+  visit_knots_unrolled<kEppsPulleyMaxKnots>(u, delta, knots, visit);
 }
 
 inline void check_epps_pulley_sizes(int64_t slices, int64_t n, int knots) {

@@ -10,6 +10,8 @@ void bind_gaussian_l2(py::module_& m);
 void bind_mmd(py::module_& m);
 void bind_cramer_wold(py::module_& m);
 void bind_cdf_attraction(py::module_& m);
+void bind_segmented(py::module_& m);
+void bind_epps_pulley(py::module_& m);
 }  // namespace cuda
 }  // namespace gaussreg
 
@@ -23,4 +25,6 @@ PYBIND11_MODULE(_cuda, m) {
   gaussreg::cuda::bind_mmd(m);
   gaussreg::cuda::bind_cramer_wold(m);
   gaussreg::cuda::bind_cdf_attraction(m);
+  gaussreg::cuda::bind_segmented(m);
+  gaussreg::cuda::bind_epps_pulley(m);
 }
