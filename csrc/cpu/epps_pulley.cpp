@@ -20,6 +20,10 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kChunk = 2048;
+// Below this many projections a call takes microseconds: waking a thread team costs more.
+constexpr int64_t kParallelMinValues = int64_t{1} << 14;
+
+int team_for(int requested, int64_t values) { return values < kParallelMinValues ? 1 : requested; }
 
 template <typename T>
 struct MomentsArgs {
@@ -38,7 +42,7 @@ void moments(const MomentsArgs<T>& a) {
   const int64_t tasks = a.slices * chunks;
   const int64_t K = a.knots;
   std::vector<double> partial(static_cast<std::size_t>(tasks * 2 * K), 0.0);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(a.threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team_for(a.threads, a.slices * a.n))
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t l = task / chunks, first = (task % chunks) * kChunk;
     const int64_t last = first + kChunk < a.n ? first + kChunk : a.n;
@@ -80,7 +84,7 @@ struct MomentsBackwardArgs {
 template <typename T>
 void moments_backward(const MomentsBackwardArgs<T>& a) {
   const int64_t total = a.slices * a.n;
-#pragma omp parallel for schedule(static) num_threads(a.threads)
+#pragma omp parallel for schedule(static) num_threads(team_for(a.threads, total))
   for (int64_t idx = 0; idx < total; ++idx) {
     const int64_t l = idx / a.n;
     const double* gc = a.grad_cos + l * a.knots;

@@ -46,7 +46,12 @@ std::size_t entry_bytes() {
   return sizeof(typename SegmentEntries<T>::type::Entry);
 }
 
-int clamp_threads(int requested, int64_t segments) {
+// Below this many values a call takes microseconds: waking a thread team costs more (and
+// much more when other processes share the cores).
+constexpr int64_t kParallelMinValues = int64_t{1} << 15;
+
+int clamp_threads(int requested, int64_t segments, int64_t n) {
+  if (segments * n < kParallelMinValues) return 1;
   const int64_t t = requested < 1 ? 1 : requested;
   return static_cast<int>(t < segments ? t : segments);
 }
@@ -54,7 +59,7 @@ int clamp_threads(int requested, int64_t segments) {
 // Per thread: the entries of one segment and the radix sort's scratch.
 template <typename T>
 std::size_t workspace_bytes(int64_t segments, int64_t n, int threads) {
-  return static_cast<std::size_t>(clamp_threads(threads, segments)) * 2 * static_cast<std::size_t>(n) *
+  return static_cast<std::size_t>(clamp_threads(threads, segments, n)) * 2 * static_cast<std::size_t>(n) *
          entry_bytes<T>();
 }
 
@@ -70,7 +75,7 @@ void for_each_sorted_segment(const T* values, int64_t segments, int64_t n, bool 
                              std::size_t ws_bytes, int threads, Visit&& visit) {
   using E = typename SegmentEntries<T>::type;
   using Entry = typename E::Entry;
-  const int team = clamp_threads(threads, segments);
+  const int team = clamp_threads(threads, segments, n);
   if (ws_bytes < workspace_bytes<T>(segments, n, team))
     throw std::invalid_argument("segmented sort: workspace too small");
   Entry* all = static_cast<Entry*>(workspace);
