@@ -17,6 +17,7 @@ from typing import List, Optional
 FAMILIES = {
     "kernel_sums": "bench.kernel_sums",  # SPEC 3, 4, 5: gaussian_l2*, mmd, cw_distance
     "cdf_attraction": "bench.cdf_attraction",  # SPEC 1
+    "segmented": "bench.segmented",  # SPEC 2, 6, 7, 7b: coordinate, SWAE, GMM KS, Epps-Pulley
 }
 
 

@@ -78,11 +78,56 @@ def sort_yardstick_cost(n: int, d: int, itemsize: int, backward: bool) -> Cost:
     return Cost(0.0, 16.0 * pairs(n))
 
 
+# Segmented losses (SPEC 2, 6, 7, 7b). Sorting n values per segment needs at least one read
+# of the values and one write of the gradient; projections add their matrix products.
+SWAE_PROJECTIONS = 128
+EPPS_PULLEY_SLICES = 256
+EPPS_PULLEY_KNOTS = 17
+
+
+def coordinate_cost(n: int, d: int, itemsize: int, backward: bool) -> Cost:
+    return Cost(0.0, float(n) * d * itemsize * (2 if backward else 1))
+
+
+def sliced_wasserstein_cost(n: int, d: int, itemsize: int, backward: bool) -> Cost:
+    projections = float(n) * SWAE_PROJECTIONS
+    flops = 2.0 * n * d * SWAE_PROJECTIONS * (2 if backward else 1)
+    moved = (float(n) * d + projections) * itemsize * (2 if backward else 1)
+    return Cost(flops, moved)
+
+
+def epps_pulley_cost(n: int, d: int, itemsize: int, backward: bool) -> Cost:
+    projections = float(n) * EPPS_PULLEY_SLICES
+    flops = 2.0 * n * d * EPPS_PULLEY_SLICES * (2 if backward else 1)
+    flops += projections * EPPS_PULLEY_KNOTS * (6.0 if backward else 4.0)  # rotations, sums
+    moved = (float(n) * d + projections) * itemsize * (2 if backward else 1)
+    return Cost(flops, moved)
+
+
+def gmm_ks_cost(n: int, d: int, itemsize: int, backward: bool) -> Cost:
+    return Cost(0.0, float(n) * d * itemsize * (2 if backward else 1))
+
+
+def sort_columns_cost(n: int, d: int, itemsize: int, backward: bool) -> Cost:
+    return Cost(0.0, float(n) * d * (2 * itemsize + 8))  # values read; values and int64 indices written
+
+
+def projection_cost(n: int, d: int, itemsize: int, backward: bool) -> Cost:
+    return Cost(2.0 * n * d * EPPS_PULLEY_SLICES, (float(n) * d + 2.0 * n * EPPS_PULLEY_SLICES) * itemsize)
+
+
 COSTS: Dict[str, Callable[[int, int, int, bool], Cost]] = {
     **{case: pair_sum_cost(case) for case in _PAIR_SUMS},
     "cdf_p1": cdf_attraction_cost,
     "cdf_p2": cdf_attraction_cost,
     "sort_yardstick": sort_yardstick_cost,
+    "coord_normal": coordinate_cost,
+    "coord_torus_bits4": coordinate_cost,
+    "swae": sliced_wasserstein_cost,
+    "epps_pulley": epps_pulley_cost,
+    "gmm_ks": gmm_ks_cost,
+    "sort_dim0_yardstick": sort_columns_cost,
+    "projection_yardstick": projection_cost,
 }
 
 
