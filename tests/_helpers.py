@@ -312,3 +312,13 @@ def op_inputs(dtype, n=13, m=9, d=5, seed=3):
     px = (0.5 + torch.rand(n, generator=g, dtype=torch.float64)).to(dtype)
     py = (0.5 + torch.rand(m, generator=g, dtype=torch.float64)).to(dtype)
     return x, y, px, py
+
+
+def check_compiled_matches_eager(fn: Callable, z: torch.Tensor, rtol: float = 1e-6) -> None:
+    """torch.compile(fn, fullgraph=True) gives eager's value and gradient on z."""
+    eager_z, compiled_z = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    eager, got = fn(eager_z), torch.compile(fn, fullgraph=True)(compiled_z)
+    eager.backward()
+    got.backward()
+    assert_close(got, eager, rtol, rtol * 1e-3, what="compiled value")
+    assert_close(compiled_z.grad, eager_z.grad, rtol, rtol * 1e-3, what="compiled gradient")

@@ -12,10 +12,10 @@ import gaussreg
 from gaussreg import reference as ref
 from gaussreg.losses import _segmented
 from gaussreg.losses.coordinate_cdf_attraction import rank_targets
-from gaussreg.testing import LAYOUTS, random_points, with_layout
+from gaussreg.testing import LAYOUTS, random_points
 
-from _helpers import (FLOAT_DTYPES, assert_close, check_cuda_parity, check_layout, check_repeatable,
-                      check_thread_independent, compare_with_reference, half_precision_check)
+from _helpers import (FLOAT_DTYPES, assert_close, check_compiled_matches_eager, check_cuda_parity, check_layout,
+                      check_repeatable, check_thread_independent, compare_with_reference, half_precision_check)
 
 TARGETS = [("normal", None), ("uniform", None), ("torus", None), ("uniform", 4), ("torus", 3)]
 SHAPES = [(n, d) for n in (2, 3, 100, 1000) for d in (1, 2, 50)]
@@ -156,15 +156,7 @@ def test_opcheck_sorted_gaps_and_counts():
 
 
 def test_compile_fullgraph_matches_eager():
-    z = _points(300, 6, "torus", seed=7, dtype=torch.float32)
-    loss = _loss("torus", 4, 2)
-    compiled = torch.compile(loss, fullgraph=True)
-    z1, z2 = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
-    eager, got = loss(z1), compiled(z2)
-    eager.backward()
-    got.backward()
-    assert_close(got, eager, 1e-6, 1e-9, what="compiled value")
-    assert_close(z2.grad, z1.grad, 1e-6, 1e-9, what="compiled gradient")
+    check_compiled_matches_eager(_loss("torus", 4, 2), _points(300, 6, "torus", seed=7, dtype=torch.float32))
 
 
 # ---------------------------------------------------------------- torus and quantization

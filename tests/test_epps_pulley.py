@@ -14,8 +14,8 @@ from gaussreg import reference as ref
 from gaussreg.losses import epps_pulley as ep
 from gaussreg.testing import LAYOUTS, random_points
 
-from _helpers import (FLOAT_DTYPES, assert_close, check_cuda_parity, check_layout, check_repeatable,
-                      check_thread_independent, compare_with_reference, half_precision_check)
+from _helpers import (FLOAT_DTYPES, assert_close, check_compiled_matches_eager, check_cuda_parity, check_layout,
+                      check_repeatable, check_thread_independent, compare_with_reference, half_precision_check)
 
 SHAPES = [(n, s) for n in (1, 2, 3, 100, 1000) for s in (1, 2, 50)]
 
@@ -153,14 +153,8 @@ def test_opcheck_moments():
 
 def test_compile_fullgraph_matches_eager():
     theta = _directions(16, 6).float()
-    loss = lambda z: gaussreg.epps_pulley(z, directions=theta)  # noqa: E731
-    z = random_points(300, 6, seed=7, dtype=torch.float32)
-    z1, z2 = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
-    eager, got = loss(z1), torch.compile(loss, fullgraph=True)(z2)
-    eager.backward()
-    got.backward()
-    assert_close(got, eager, 1e-6, 1e-9, what="compiled value")
-    assert_close(z2.grad, z1.grad, 1e-6, 1e-9, what="compiled gradient")
+    check_compiled_matches_eager(lambda z: gaussreg.epps_pulley(z, directions=theta),
+                                 random_points(300, 6, seed=7, dtype=torch.float32))
 
 
 def test_double_backward_refused():

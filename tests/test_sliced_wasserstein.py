@@ -12,8 +12,8 @@ import gaussreg
 from gaussreg import reference as ref
 from gaussreg.testing import LAYOUTS, random_points
 
-from _helpers import (FLOAT_DTYPES, assert_close, check_cuda_parity, check_layout, check_repeatable,
-                      check_thread_independent, compare_with_reference, half_precision_check)
+from _helpers import (FLOAT_DTYPES, assert_close, check_compiled_matches_eager, check_cuda_parity, check_layout,
+                      check_repeatable, check_thread_independent, compare_with_reference, half_precision_check)
 
 SHAPES = [(n, L) for n in (2, 3, 100, 1000) for L in (1, 2, 50)]
 
@@ -145,14 +145,8 @@ def test_bad_options_raise(kwargs, error, match):
 
 def test_compile_fullgraph_matches_eager():
     theta = _directions(16, 6).float()
-    loss = lambda z: gaussreg.sliced_wasserstein(z, p=1, directions=theta)  # noqa: E731
-    z = random_points(300, 6, seed=7, dtype=torch.float32)
-    z1, z2 = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
-    eager, got = loss(z1), torch.compile(loss, fullgraph=True)(z2)
-    eager.backward()
-    got.backward()
-    assert_close(got, eager, 1e-6, 1e-9, what="compiled value")
-    assert_close(z2.grad, z1.grad, 1e-6, 1e-9, what="compiled gradient")
+    check_compiled_matches_eager(lambda z: gaussreg.sliced_wasserstein(z, p=1, directions=theta),
+                                 random_points(300, 6, seed=7, dtype=torch.float32))
 
 
 def test_repeatable_and_thread_independent(restore_threads):

@@ -530,11 +530,6 @@ void backward(const BackwardArgs<T>& a) {
 // ---------------------------------------------------------------- bindings
 
 template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
-template <typename T>
 void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
                    int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual,
                    uintptr_t sorted, uint64_t capacity, uintptr_t workspace, size_t ws_bytes, int threads) {

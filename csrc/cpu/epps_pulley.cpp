@@ -97,11 +97,6 @@ void moments_backward(const MomentsBackwardArgs<T>& a) {
   }
 }
 
-template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
 int threads_of(int requested) { return requested < 1 ? 1 : requested; }
 
 }  // namespace

@@ -158,13 +158,6 @@ void counts_at_or_below(const T* values, int64_t segments, int64_t n, int64_t* c
 }
 
 template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
-bool is_float(int dtype) { return dtype == static_cast<int>(DType::Float32); }
-
-template <typename T>
 void forward_typed(int64_t segments, int64_t n, uintptr_t values, bool torus, int targets_kind, uintptr_t targets,
                    int p, uintptr_t value, uintptr_t slope, uintptr_t sorted_slope, uintptr_t workspace,
                    std::size_t ws_bytes, int threads) {

@@ -886,19 +886,6 @@ void backward(const BackwardArgs<T>& a, cudaStream_t stream) {
 // ---------------------------------------------------------------- bindings
 
 template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
-cudaStream_t stream_of(uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
-
-bool is_float(int dtype) {
-  if (dtype != static_cast<int>(DType::Float32) && dtype != static_cast<int>(DType::Float64))
-    throw std::invalid_argument("dtype code " + std::to_string(dtype) + " is neither float32 (0) nor float64 (1)");
-  return dtype == static_cast<int>(DType::Float32);
-}
-
-template <typename T>
 void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
                    int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual,
                    uintptr_t sorted, uint64_t capacity, uintptr_t workspace, size_t ws_bytes, uintptr_t stream) {

@@ -3,6 +3,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include <stdexcept>
 #include <string>
 
@@ -16,6 +18,9 @@ inline void check_cuda(cudaError_t err, const char* what) {
 // After a launch: a bad configuration shows up here; faults in the kernel surface at the
 // next synchronising call, as usual in CUDA (no device sync in the core).
 inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
+
+// The stream crosses the Python boundary as an integer (torch's cuda_stream handle).
+inline cudaStream_t stream_of(std::uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
 
 }  // namespace cuda
 }  // namespace gaussreg

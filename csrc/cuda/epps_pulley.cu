@@ -163,19 +163,6 @@ void moments_backward(const T* u, int64_t slices, int64_t n, int knots, double d
 
 // ---------------------------------------------------------------- bindings
 
-template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
-cudaStream_t stream_of(uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
-
-bool is_float(int dtype) {
-  if (dtype != static_cast<int>(DType::Float32) && dtype != static_cast<int>(DType::Float64))
-    throw std::invalid_argument("dtype code " + std::to_string(dtype) + " is neither float32 (0) nor float64 (1)");
-  return dtype == static_cast<int>(DType::Float32);
-}
-
 }  // namespace
 
 // @param dtype 0 float32, 1 float64; u contiguous (slices, n) on the current device; the

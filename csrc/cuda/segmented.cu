@@ -351,19 +351,6 @@ void counts_at_or_below(const T* values, int64_t segments, int64_t n, int64_t* c
 // ---------------------------------------------------------------- bindings
 
 template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
-cudaStream_t stream_of(uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
-
-bool is_float(int dtype) {
-  if (dtype != static_cast<int>(DType::Float32) && dtype != static_cast<int>(DType::Float64))
-    throw std::invalid_argument("dtype code " + std::to_string(dtype) + " is neither float32 (0) nor float64 (1)");
-  return dtype == static_cast<int>(DType::Float32);
-}
-
-template <typename T>
 size_t workspace_bytes_typed(int64_t segments, int64_t n, uintptr_t stream) {
   return workspace_layout<T>(make_plan<T>(segments, n, stream_of(stream)), nullptr, nullptr);
 }
