@@ -13,7 +13,7 @@
 #   test      pytest -m cuda (the CUDA parity tests), then the CPU suite's quick files
 #   sanitize  compute-sanitizer memcheck and racecheck on bench/kernel_smoke.py (one small
 #             forward+backward of every CUDA kernel, float32 and float64)
-#   bench     bench.kernel_sums and bench.cdf_attraction on the GPU
+#   bench     bench.kernel_sums, bench.cdf_attraction and bench.segmented on the GPU
 #
 # Everything lands under $OUT (the device tool's output folder; ./gpu_check_out elsewhere),
 # within the tool's limits on files coming back (8 files): summary.txt (one line a stage,
@@ -51,7 +51,8 @@ build() {
 
 tests() {
   python3 -m pytest -q -m cuda tests &&
-    python3 -m pytest -q tests/test_cdf_attraction.py tests/test_targets.py tests/test_backends.py
+    python3 -m pytest -q tests/test_cdf_attraction.py tests/test_targets.py tests/test_backends.py \
+      tests/test_coordinate_cdf_attraction.py tests/test_sliced_wasserstein.py tests/test_epps_pulley.py tests/test_gmm.py
 }
 
 sanitize() {
@@ -69,7 +70,8 @@ benches() {
   mkdir -p "$results"
   python3 -m bench.cdf_attraction --device cuda --n 4096 16384 65536 131072 --ref-max-n 16384 \
     --repeats 5 --timeout 120 --out "$results" &&
-    python3 -m bench.kernel_sums --device cuda --n 4096 16384 65536 --ref-max-n 8192 --out "$results"
+    python3 -m bench.kernel_sums --device cuda --n 4096 16384 65536 --ref-max-n 8192 --out "$results" &&
+    python3 -m bench.segmented --device cuda --n 16384 65536 262144 --dim 128 512 --slices 1024 --ref-max-n 65536 --out "$results"
   local rc=$?
   tar czf "$OUT/bench_results.tgz" -C "$results" . && rm -rf "$results"
   return "$rc"

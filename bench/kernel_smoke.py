@@ -45,6 +45,15 @@ def _cases() -> List[Tuple[str, Callable[[List[torch.Tensor]], torch.Tensor], Li
         ("cdf_attraction p=1, anchors", lambda z: gaussreg.cdf_attraction(z), [(400, 9)]),
         ("cdf_attraction p=2, passes", lambda z: gaussreg.cdf_attraction(z, p=2, max_sort_bytes=few_entries(z, 9000)),
          [(400, 9)]),
+        ("coordinate normal p=1", lambda z: gaussreg.coordinate_cdf_attraction(z, p=1), [(301, 7)]),
+        ("coordinate torus bits=3", lambda z: gaussreg.coordinate_cdf_attraction(z, marginal="torus", bits=3),
+         [(301, 7)]),
+        ("sliced_wasserstein prior", lambda z, y: gaussreg.sliced_wasserstein(z, prior_sample=y, num_projections=33),
+         [(301, 7), (301, 7)]),
+        ("epps_pulley 17 knots", lambda z: gaussreg.epps_pulley(z, num_slices=40), [(301, 7)]),
+        ("epps_pulley 40 knots", lambda z: gaussreg.epps_pulley(z, num_slices=3, num_points=40), [(301, 7)]),
+        ("gmm_ks_loss", lambda z: gaussreg.gmm_ks_loss(z, gaussreg.GaussianMixture.separated(
+            3, 7, dtype=z.dtype, device=z.device)), [(301, 7)]),
     ]
 
 

@@ -6,11 +6,11 @@ Cases (D = ``--dim``; z ~ N(0, I)):
 coord_normal          ``coordinate_cdf_attraction(z)``: normal marginal, p = 2
 coord_torus_bits4     ``coordinate_cdf_attraction(z, marginal="torus", bits=4)``
 swae                  ``sliced_wasserstein(z)`` with 128 seeded directions, N(0, 1) targets
-epps_pulley           ``epps_pulley(z)`` with 256 seeded slices, 17 knots
+epps_pulley           ``epps_pulley(z)`` with 256 (``--slices``) seeded slices, 17 knots
 gmm_ks                ``gmm_ks_loss(z, prior)``, prior ``GaussianMixture.separated(min(8, D), D)``
 sort_dim0_yardstick   ``torch.sort(z, dim=0)``: values and indices of every column, no
                       gradient -- what the coordinate losses are measured against
-projection_yardstick  the (256, D) x (D, n) product that makes Epps-Pulley's projections,
+projection_yardstick  the (S, D) x (D, n) product that makes Epps-Pulley's projections,
                       plus one read of them (no gradient)
 ====================  ===================================================================
 
@@ -75,7 +75,7 @@ def _loss_cases():
         "swae": (f"sliced_wasserstein(z), {floors.SWAE_PROJECTIONS} directions",
                  lambda z, b: gaussreg.sliced_wasserstein(
                      z, directions=_directions(z, floors.SWAE_PROJECTIONS), backend=b)),
-        "epps_pulley": (f"epps_pulley(z), {floors.EPPS_PULLEY_SLICES} slices, {floors.EPPS_PULLEY_KNOTS} knots",
+        "epps_pulley": (f"epps_pulley(z), S slices (--slices), {floors.EPPS_PULLEY_KNOTS} knots",
                         lambda z, b: gaussreg.epps_pulley(z, num_points=floors.EPPS_PULLEY_KNOTS,
                                                           directions=_directions(z, floors.EPPS_PULLEY_SLICES),
                                                           backend=b)),
@@ -85,6 +85,7 @@ def _loss_cases():
 
 
 def build_cases(args: argparse.Namespace, device: torch.device) -> List[Case]:
+    floors.EPPS_PULLEY_SLICES = args.slices  # the floors and the yardstick count the same slices
     ref_max_n = args.ref_max_n if args.ref_max_n is not None else 65536
     ref_note = f"n > --ref-max-n {ref_max_n}"
     cases = []
@@ -106,6 +107,8 @@ def build_cases(args: argparse.Namespace, device: torch.device) -> List[Case]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--slices", type=int, default=floors.EPPS_PULLEY_SLICES,
+                        help="Epps-Pulley slices S (default %(default)s; the projection yardstick uses the same)")
     parser.add_argument("--ref-max-n", type=int, default=None,
                         help="largest n at which the reference runs (default 65536; its Epps-Pulley holds a "
                              "(17, n, 256) tensor: 1.1 GiB in float32 at n = 65536)")
