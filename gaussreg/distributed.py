@@ -15,6 +15,12 @@ gradient followed by the rank's own rows.
 
 The losses take ``process_group=`` (a group, or ``"world"`` for the default one) and call
 this on their point tensors.
+
+Under ``torch.compile`` the same collectives go through torch's functional collectives
+(traceable, ``fullgraph=True`` works): the all-gather's backward is a reduce-scatter of
+the summed gradient, the same convention. Shapes must be static in a graph, so there the
+ranks' local batches must have equal sizes (checked in the graph: a mismatch raises
+instead of gathering wrong rows); eager calls take uneven sizes.
 """
 from __future__ import annotations
 
@@ -22,11 +28,36 @@ from typing import List, Optional
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 from torch import Tensor
+
+# The autograd-aware functional all-gather is all_gather_single_autograd from torch 2.12
+# on, all_gather_tensor_autograd before (same operation).
+_all_gather_autograd = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
 
 
 def _group(process_group):
     return None if process_group == "world" else process_group
+
+
+def _traceable_group(group):
+    return dist.group.WORLD if group is None else group
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _gather_equal_rows(z: Tensor, group) -> Tensor:
+    """The all-gather of ``gather_rows`` inside a compiled graph (equal local sizes)."""
+    group = _traceable_group(group)
+    world = dist.get_world_size(group)
+    mine = torch.tensor(list(z.shape), dtype=torch.int64, device=z.device)
+    shapes = funcol.all_gather_tensor(mine, 0, group).view(world, -1)
+    torch._assert_async((shapes == mine).all(),
+                        "process_group under torch.compile: every rank's points must have the same shape (equal "
+                        "local batch sizes, e.g. drop_last=True); uneven batches work in eager mode")
+    return _all_gather_autograd(z.contiguous(), 0, group)
 
 
 def check_group(process_group) -> None:
@@ -86,6 +117,8 @@ def gather_rows(z: Tensor, process_group="world") -> Tensor:
         z_all = gaussreg.distributed.gather_rows(encoder(x))   # (sum of n_r, D)
     """
     check_group(process_group)
+    if _compiling():
+        return _gather_equal_rows(z, _group(process_group))
     return _GatherRows.apply(z, _group(process_group))
 
 
@@ -94,7 +127,7 @@ def maybe_gather(process_group, *tensors: Optional[Tensor]):
     if process_group is None:
         return tensors
     check_group(process_group)
-    return tuple(None if t is None else _GatherRows.apply(t, _group(process_group)) for t in tensors)
+    return tuple(None if t is None else gather_rows(t, process_group) for t in tensors)
 
 
 def broadcast_from_first(t: Tensor, process_group) -> Tensor:
@@ -106,6 +139,8 @@ def broadcast_from_first(t: Tensor, process_group) -> Tensor:
     """
     check_group(process_group)
     group = _group(process_group)
+    if _compiling():  # the first block of an all-gather: no source rank to look up in the graph
+        return funcol.all_gather_tensor(t.detach().contiguous(), 0, _traceable_group(group))[: t.shape[0]]
     source = 0 if group is None else dist.get_global_rank(group, 0)
     out = t.detach().contiguous().clone()
     dist.broadcast(out, src=source, group=group)
@@ -138,4 +173,19 @@ def sum_over_ranks(t: Tensor, process_group="world") -> Tensor:
     gradient after DDP's averaging).
     """
     check_group(process_group)
+    if _compiling():  # gathered then summed: the gather's backward gives every rank the summed gradient
+        group = _traceable_group(_group(process_group))
+        parts = _all_gather_autograd(t.contiguous()[None], 0, group)
+        return parts.sum(0)
     return _SumOverRanks.apply(t, _group(process_group))
+
+
+def total_count(n: int, device: torch.device, process_group="world") -> int:
+    """The sum over ranks of n (under torch.compile: n times the world size, equal batches)."""
+    check_group(process_group)
+    group = _group(process_group)
+    if _compiling():
+        return n * dist.get_world_size(_traceable_group(group))
+    count = torch.tensor([n], dtype=torch.int64, device=device)
+    dist.all_reduce(count, group=group)
+    return int(count.item())

@@ -36,6 +36,18 @@ def _losses(process_group, prior):
     }
 
 
+def _compilable_losses(process_group="world"):
+    """Losses compiled with fullgraph=True under a process group (no user generator: dynamo
+    cannot trace one)."""
+    theta = _directions()
+    return {
+        "cdf_p2": lambda z: gaussreg.cdf_attraction(z, p=2, process_group=process_group),
+        "swae": lambda z: gaussreg.sliced_wasserstein(z, directions=theta, process_group=process_group),
+        "epps_pulley": lambda z: gaussreg.epps_pulley(z, directions=theta, process_group=process_group),
+        "cw": lambda z: gaussreg.cw_distance(z, log=True, process_group=process_group),
+    }
+
+
 def _directions():
     return random_points(7, 4, seed=13)
 
@@ -91,12 +103,20 @@ def _worker(rank, world, init_file, out_dir):
             value = loss(ddp(x_all[rows]))
             value.backward()
             results[name] = (value.detach(), [p.grad.clone() for p in model.parameters()])
-        # Under torch.compile the gather is a graph break (torch.distributed calls); the rest compiles.
-        ddp.zero_grad()
-        compiled = torch.compile(lambda z: gaussreg.cdf_attraction(z, p=2, process_group="world"), backend="aot_eager")
-        value = compiled(ddp(x_all[rows]))
-        value.backward()
-        results["compiled_cdf_p2"] = (value.detach(), [p.grad.clone() for p in model.parameters()])
+        # torch.compile(fullgraph=True): functional collectives, equal local batches (the first
+        # min(sizes) rows of each rank's batch); uneven batches must raise, not gather wrong rows.
+        equal = min(sizes)
+        for name, loss in _compilable_losses().items():
+            ddp.zero_grad()
+            compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+            value = compiled(ddp(x_all[rows][:equal]))
+            value.backward()
+            results[f"compiled_{name}"] = (value.detach(), [p.grad.clone() for p in model.parameters()])
+        try:
+            torch.compile(_compilable_losses()["cdf_p2"], fullgraph=True, backend="aot_eager")(ddp(x_all[rows]))
+            results["compiled_uneven"] = "no error"
+        except RuntimeError as exc:
+            results["compiled_uneven"] = str(exc)
         ddp.zero_grad()
         plain = gaussreg.cw_distance(_PlainGather.apply(ddp(x_all[rows]), sizes, rank), log=True)
         plain.backward()
@@ -127,10 +147,27 @@ def _single_process(world):
     return results
 
 
+def _single_process_equal_batches(world):
+    """The compiled losses on one process: each rank's first min(sizes) rows, concatenated."""
+    sizes = SIZES[world]
+    x_all, _ = _data(sum(sizes))
+    starts = [sum(sizes[:r]) for r in range(world)]
+    x = torch.cat([x_all[s: s + min(sizes)] for s in starts])
+    model = _model()
+    results = {}
+    for name, loss in _compilable_losses(None).items():
+        model.zero_grad()
+        value = loss(model(x))
+        value.backward()
+        results[name] = (value.detach(), [p.grad.clone() for p in model.parameters()])
+    return results
+
+
 @pytest.mark.parametrize("world", (2, 3))
 def test_ddp_gradients_equal_the_single_process_gradient(tmp_path, world):
     mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
     expected = _single_process(world)
+    expected_equal = _single_process_equal_batches(world)
     for rank in range(world):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         for name, (value, grads) in expected.items():
@@ -140,10 +177,12 @@ def test_ddp_gradients_equal_the_single_process_gradient(tmp_path, world):
                 ratio = float(g.norm() / h.norm())
                 assert abs(ratio - 1) < 1e-9, f"rank {rank} {name}: gradient is {ratio:.6g} x the single-process one"
                 assert_close(g, h, 1e-9, 1e-12 * float(h.abs().max()), what=f"rank {rank} {name} gradient")
-        compiled_value, compiled_grads = got["compiled_cdf_p2"]
-        assert_close(compiled_value, expected["cdf_p2"][0], 1e-12, 1e-15, what="compiled value")
-        for g, h in zip(compiled_grads, expected["cdf_p2"][1]):
-            assert_close(g, h, 1e-9, 1e-12 * float(h.abs().max()), what=f"rank {rank} compiled gradient")
+        for name, (value, grads) in expected_equal.items():
+            compiled_value, compiled_grads = got[f"compiled_{name}"]
+            assert_close(compiled_value, value, 1e-12, 1e-15, what=f"rank {rank} compiled {name} value")
+            for g, h in zip(compiled_grads, grads):
+                assert_close(g, h, 1e-9, 1e-12 * float(h.abs().max()), what=f"rank {rank} compiled {name} gradient")
+        assert "equal local batch sizes" in got["compiled_uneven"], got["compiled_uneven"]
         # The plain all-gather's gradient is 1/world_size of the right one: the check would see it.
         plain = got["plain_gather_cw"][1]
         for g, h in zip(plain, expected["cw"][1]):

@@ -12,11 +12,10 @@ import numbers
 from typing import Optional, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from .. import _checks, _native, reference
-from ..distributed import check_group, sum_over_ranks
+from ..distributed import check_group, sum_over_ranks, total_count
 from . import _segmented
 from ._autograd import first_order_only
 from .sliced_wasserstein import unit_directions
@@ -78,7 +77,7 @@ def epps_pulley(z: Tensor, *, num_slices: int = 256, t_max: float = 3.0, num_poi
     n = zc.shape[0]
     if process_group is not None:
         cos_sums, sin_sums = sum_over_ranks(torch.stack((cos_sums, sin_sums)), process_group).unbind(0)
-        n = _global_count(n, device, process_group)
+        n = total_count(n, device, process_group)
     return statistic(cos_sums, sin_sums, n, delta).to(zc.dtype)
 
 
@@ -97,12 +96,6 @@ def statistic(cos_sums: Tensor, sin_sums: Tensor, n: int, delta: float) -> Tenso
     normal_cf = torch.exp(-knots.pow(2) / 2)
     squared_gap = (cos_sums / n - normal_cf).pow(2) + (sin_sums / n).pow(2)
     return (n * (squared_gap @ weights)).mean()
-
-
-def _global_count(n: int, device: torch.device, process_group) -> int:
-    count = torch.tensor([n], dtype=torch.int64, device=device)
-    dist.all_reduce(count, group=None if process_group == "world" else process_group)
-    return int(count.item())
 
 
 def _moments_by_torch(u: Tensor, num_points: int, delta: float) -> Tuple[Tensor, Tensor]:
