@@ -170,6 +170,15 @@ def test_ks_distances_matches_scipy(n, d, engine, monkeypatch):
     assert result.l1 == pytest.approx(np.abs(np.sort(values) - quantiles).mean(), rel=1e-7)
 
 
+def test_ks_distances_sorted_in_several_passes(monkeypatch):
+    """A sort budget below n' entries: the engine sorts in passes, same statistic and gap."""
+    z = normal(300, 5, seed=2)
+    expected = dg.ks_distances(z)
+    monkeypatch.setattr(dg, "_default_sort_bytes", lambda device: 100_000)
+    result = dg.ks_distances(z)
+    assert result.statistic == expected.statistic and result.l1 == pytest.approx(expected.l1, rel=1e-12)
+
+
 def test_ks_bracketing_blocks_is_exact(monkeypatch):
     """The block bounds of long inputs prune but never change the supremum."""
     monkeypatch.setattr(dg, "_KS_DIRECT_MAX", 50)
@@ -211,6 +220,14 @@ def test_ks_rejects_non_gaussian():
 def test_bhep_matches_loop(beta):
     z = normal(13, 3, seed=3) + 0.2
     assert dg.bhep(z, beta).statistic == pytest.approx(loop_bhep(z.numpy(), beta), rel=1e-10)
+
+
+def test_bhep_small_on_normal_samples_large_otherwise():
+    # E bhep under N(0, I) is O(1/n) (n * bhep has a limit law); shifted or uniform samples keep a gap.
+    null = [dg.bhep(normal(200, 3, seed), 1.0).statistic for seed in SEEDS_NULL]
+    assert max(null) < 0.02
+    assert dg.bhep(normal(200, 3) + 1.0, 1.0).statistic > 0.1
+    assert dg.bhep(uniform(200, 3), 1.0).statistic > 0.05
 
 
 @pytest.mark.parametrize("n,d", [(15, 2), (25, 3), (30, 1)])
