@@ -254,16 +254,19 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"Mardia b1 about D(D+2)(D+4)/n = {d * (d + 2) * (d + 4) / n:.1f}, b2 about D(D+2) = {d * (d + 2)}, "
           "HZ p-value uniform on (0, 1):\n")
     print(table(results))
-    written = [os.path.join(args.out, "demo.json")]
-    if not args.no_plots:
-        figure_1(results, os.path.join(args.out, "fig1.png"), d)
-        written.insert(0, os.path.join(args.out, "fig1.png"))
-        if any(results.get(k, {}).get("status") == "ok" for k in ("normal", "cdf")):
-            figure_2(results, os.path.join(args.out, "fig2.png"))
-            written.insert(1, os.path.join(args.out, "fig2.png"))
-    summary = {"settings": dict(vars(args)), "seconds": elapsed,
-               "methods": {k: {key: value for key, value in r.items() if key != "samples"} | {"label": m.label}
-                           for m in methods for k, r in [(m.key, results[m.key])]}}
+    written = []
+    ran = {key for key, result in results.items() if result["status"] == "ok"}
+    if not args.no_plots and ran:
+        written.append(os.path.join(args.out, "fig1.png"))
+        figure_1(results, written[-1], d)
+        if ran & {"normal", "cdf"}:
+            written.append(os.path.join(args.out, "fig2.png"))
+            figure_2(results, written[-1])
+    written.append(os.path.join(args.out, "demo.json"))
+    summary = {"settings": dict(vars(args)), "seconds": elapsed, "methods": {}}
+    for method in methods:
+        kept = {key: value for key, value in results[method.key].items() if key != "samples"}  # no tensors in JSON
+        summary["methods"][method.key] = {**kept, "label": method.label}
     with open(written[-1], "w") as handle:
         json.dump(summary, handle, indent=1)
     print(f"\nwrote {', '.join(written)}; {time.perf_counter() - start:.1f}s wall, "
