@@ -5,7 +5,7 @@ Every loss takes a batch of latents ``z`` of shape (n, D) and returns a differen
 work runs in fused C++/OpenMP or CUDA kernels (``gaussreg.backends()`` says which are
 built); ``gaussreg.reference`` holds the plain-PyTorch version of every formula.
 """
-from . import nn, targets
+from . import diagnostics, nn, targets
 from ._native import backends
 from .losses.cdf_attraction import cdf_attraction
 from .losses.coordinate_cdf_attraction import coordinate_cdf_attraction
@@ -24,6 +24,7 @@ __all__ = [
     "cdf_attraction",
     "coordinate_cdf_attraction",
     "cw_distance",
+    "diagnostics",
     "epps_pulley",
     "gaussian_l2",
     "gaussian_l2_to_normal",

@@ -1,4 +1,7 @@
-"""The ``gaussreg`` command: ``gaussreg bench ...`` (more subcommands as they land).
+"""The ``gaussreg`` command: ``gaussreg demo``, ``gaussreg train`` and ``gaussreg bench``.
+
+``gaussreg demo`` reproduces Duda's Fig. 1 (``gaussreg.demo``); ``gaussreg train`` trains
+an autoencoder on the digits of scikit-learn or a ``.npy`` file (``gaussreg.train``).
 
 ``gaussreg bench`` runs the benchmark families of ``bench/`` (see ``python -m bench
 --help``); they ship with the source tree, not with a wheel, so it needs the package
@@ -13,6 +16,8 @@ from typing import List, Optional
 USAGE = """usage: gaussreg COMMAND [ARGS]
 
 commands:
+  demo [OPTIONS]                 each regularizer alone from uniform [-1,1]^20: fig1.png + a diagnostics table
+  train [OPTIONS]                an autoencoder on sklearn's digits (or --data file.npy) with --reg ...
   bench [FAMILY ...] [OPTIONS]   time the losses against reference.py and peers (python -m bench --help)
 """
 
@@ -45,6 +50,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "bench":
         return bench(rest)
+    if command == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(rest)
+    if command == "train":
+        from .train import main as train_main
+
+        return train_main(rest)
     print(f"gaussreg: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 
