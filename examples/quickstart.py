@@ -33,6 +33,14 @@ def losses(generator_seed: int):
         ("cw_distance(approx)", lambda z, b: gaussreg.cw_distance(z, backend=b), True),
         ("cw_distance(exact)", lambda z, b: gaussreg.cw_distance(z, kernel="exact", backend=b), False),
         ("cdf_attraction(p=1)", lambda z, b: gaussreg.cdf_attraction(z, backend=b), True),
+        ("coordinate_cdf_attraction(normal)", lambda z, b: gaussreg.coordinate_cdf_attraction(z, backend=b), True),
+        ("coordinate_cdf_attraction(torus,4)", lambda z, b: gaussreg.coordinate_cdf_attraction(
+            z, marginal="torus", bits=4, backend=b), True),
+        ("sliced_wasserstein(50 directions)", lambda z, b: gaussreg.sliced_wasserstein(
+            z, generator=seeded(), backend=b), True),
+        ("epps_pulley(256 slices)", lambda z, b: gaussreg.epps_pulley(z, generator=seeded(), backend=b), True),
+        ("gmm_ks_loss(4 components)", lambda z, b: gaussreg.gmm_ks_loss(
+            z, gaussreg.GaussianMixture.separated(4, z.shape[1], dtype=z.dtype), backend=b), True),
     ]
 
 
