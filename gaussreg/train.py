@@ -129,8 +129,6 @@ class Autoencoder(nn.Module):
 def mixture_prior(components: int, latent_dim: int, device):
     """A GaussianMixture of ``components`` unit-variance components with means 4 apart or more:
     +-4 e_i on the axes (up to 2D components), equal weights."""
-    if components > 2 * latent_dim:
-        raise SystemExit(f"gaussreg train: --gmm-components {components} needs --latent-dim >= {math.ceil(components / 2)}")
     axes = torch.eye(latent_dim)
     means = torch.cat([axes, -axes])[:components] * 4.0
     stds = torch.ones(components, latent_dim)
@@ -256,6 +254,8 @@ def _check_args(args, p: argparse.ArgumentParser) -> None:
         p.error(f"--lr must be positive, got {args.lr}")
     if args.reg_weight is not None and not (args.reg_weight >= 0 and math.isfinite(args.reg_weight)):
         p.error(f"--reg-weight must be >= 0 and finite, got {args.reg_weight}")
+    if args.reg == "gmm" and args.gmm_components > 2 * args.latent_dim:  # the means sit at +-4 on the axes
+        p.error(f"--gmm-components {args.gmm_components} needs --latent-dim >= {math.ceil(args.gmm_components / 2)}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -156,7 +156,7 @@ def test_cli_usage_lists_the_commands(capsys):
 def test_train_tiny_every_reg(reg, tmp_path, capsys):
     pytest.importorskip("sklearn")
     plots = [] if reg == "cdf" else ["--no-plots"]  # the PNGs once: drawing them is most of the time
-    code = train.main(TINY_TRAIN + ["--reg", reg, "--out", str(tmp_path)] + plots)
+    code = train.main(TINY_TRAIN + ["--reg", reg, "--gmm-components", "4", "--out", str(tmp_path)] + plots)
     out = capsys.readouterr().out
     if train.missing(reg):
         assert code == 2 and "not available yet" in out
@@ -168,6 +168,12 @@ def test_train_tiny_every_reg(reg, tmp_path, capsys):
     for name in ("train_samples.png", "train_cdfs.png"):
         assert (tmp_path / name).exists() == (reg == "cdf")
         assert reg != "cdf" or (tmp_path / name).stat().st_size > 5000
+
+
+def test_train_rejects_more_components_than_the_latent_space_holds(capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.main(TINY_TRAIN + ["--reg", "gmm", "--gmm-components", "5"])
+    assert stop.value.code == 2 and "needs --latent-dim >= 3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("reg", ["swae", "coord", "gmm"])

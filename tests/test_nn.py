@@ -22,6 +22,12 @@ MODULES = {
     "mmd": (lambda device="cpu": gnn.MMD(kernel="rbf", generator=_generator(device)),
             lambda z: gaussreg.mmd(z, kernel="rbf", generator=_generator())),
     "cw": (lambda device="cpu": gnn.CramerWold(log=True), lambda z: gaussreg.cw_distance(z, log=True)),
+    "coord": (lambda device="cpu": gnn.CoordinateCDFAttraction(marginal="torus", bits=3, p=1),
+              lambda z: gaussreg.coordinate_cdf_attraction(z, marginal="torus", bits=3, p=1)),
+    "swae": (lambda device="cpu": gnn.SlicedWasserstein(num_projections=20, generator=_generator(device)),
+             lambda z: gaussreg.sliced_wasserstein(z, num_projections=20, generator=_generator())),
+    "epps_pulley": (lambda device="cpu": gnn.EppsPulley(num_slices=20, generator=_generator(device)),
+                    lambda z: gaussreg.epps_pulley(z, num_slices=20, generator=_generator())),
 }
 
 

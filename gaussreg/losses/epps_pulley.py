@@ -18,7 +18,7 @@ from .. import _checks, _native, reference
 from ..distributed import check_group, sum_over_ranks, total_count
 from . import _segmented
 from ._autograd import first_order_only
-from .sliced_wasserstein import unit_directions
+from .sliced_wasserstein import project, unit_directions
 
 MAX_POINTS = 64  # csrc/common/epps_pulley.h kEppsPulleyMaxKnots
 
@@ -69,7 +69,7 @@ def epps_pulley(z: Tensor, *, num_slices: int = 256, t_max: float = 3.0, num_poi
     if not native and process_group is None:
         return reference.epps_pulley(zc, t_max=t_max, num_points=int(num_points), directions=slices)
     delta = t_max / (num_points - 1)
-    projections = slices @ zc.t()  # (S, n): each slice's projections contiguous
+    projections = project(slices, zc)  # (S, n): each slice's projections contiguous
     if native:
         cos_sums, sin_sums = moments(projections, int(num_points), delta)
     else:

@@ -67,14 +67,22 @@ def sliced_wasserstein(z: Tensor, *, num_projections: int = 50, p: int = 2, prio
     if not native:
         return reference.sliced_wasserstein(zc, p=p, prior_sample=prior, directions=theta)
     n, count = zc.shape[0], theta.shape[0]
-    projections = theta @ zc.t()  # (L, n): each direction's projections contiguous
+    projections = project(theta, zc)
     if prior is None:
         targets = rank_targets(n, "normal", None, device, zc.dtype)
     else:
-        targets = torch.sort(theta @ prior.t(), dim=1).values.contiguous()
+        targets = torch.sort(project(theta, prior), dim=1).values.contiguous()
     _segmented.check_fits(projections, prior is not None and prior.requires_grad, "sliced_wasserstein")
     total = _segmented.sorted_gaps(projections, targets, p=p)
     return (total / (n * count)).to(zc.dtype)
+
+
+def project(directions: Tensor, points: Tensor) -> Tensor:
+    """(L, n) projections directions @ points^T, each direction's row contiguous, in the
+    points' dtype: autocast is off here (it would make the matmul bfloat16/float16, and the
+    losses compute in float32 or float64)."""
+    with torch.autocast(device_type=points.device.type, enabled=False):
+        return directions @ points.t()
 
 
 def unit_directions(count_name: str, count, like: Tensor, generator: Optional[torch.Generator],
