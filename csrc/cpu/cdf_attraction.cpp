@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "common/pair_index.h"
+#include "common/segmented.h"  // OrderedBits: the unsigned integer of a key's width
 #include "cpu/radix_sort.h"
 
 #if defined(GAUSSREG_HAVE_OPENMP)
@@ -55,28 +56,17 @@ constexpr int64_t kBackwardRows = 64;       // one bit-set word of the lower tri
 
 // ---------------------------------------------------------------- sort entries
 
-template <typename T>
-struct KeyOf;
-template <>
-struct KeyOf<float> {
-  using type = uint32_t;
-};
-template <>
-struct KeyOf<double> {
-  using type = uint64_t;
-};
-
 // d >= 0, so the IEEE bit pattern orders like the value.
 template <typename T>
-typename KeyOf<T>::type key_bits(T v) {
-  typename KeyOf<T>::type k;
+typename OrderedBits<T>::type key_bits(T v) {
+  typename OrderedBits<T>::type k;
   std::memcpy(&k, &v, sizeof v);
   return k;
 }
 
 template <typename T>
 T key_value(uint64_t bits) {
-  typename KeyOf<T>::type k = static_cast<typename KeyOf<T>::type>(bits);
+  typename OrderedBits<T>::type k = static_cast<typename OrderedBits<T>::type>(bits);
   T v;
   std::memcpy(&v, &k, sizeof v);
   return v;
