@@ -9,9 +9,10 @@ from .. import _checks, _native
 from . import _pair_sum
 
 
-def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, **named: Optional[torch.Tensor]
-                   ) -> Tuple[List[Optional[torch.Tensor]], torch.device, torch.dtype, bool]:
-    """Validate the point tensors in ``named`` (None entries skipped) for loss ``what``.
+def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, optional: Tuple[str, ...] = (),
+                   **named: Optional[torch.Tensor]) -> Tuple[List[Optional[torch.Tensor]], torch.device, torch.dtype, bool]:
+    """Validate the point tensors in ``named`` for loss ``what`` (a None entry is skipped
+    when its name is in ``optional``, and a TypeError naming it otherwise).
 
     Returns the tensors converted to the compute dtype (the promoted dtype of all of them,
     float32 for half inputs; autograd carries gradients back to each input's dtype) in the
@@ -20,7 +21,7 @@ def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, **na
     NaN/Inf scan and the dtype conversion, so an impossible request fails at once instead
     of scanning or copying a huge (e.g. expanded) tensor.
     """
-    present = {k: _checks.points(k, v) for k, v in named.items() if v is not None}
+    present = {k: _checks.points(k, v) for k, v in named.items() if v is not None or k not in optional}
     for k, v in present.items():
         if v.shape[1] < min_dim:
             raise ValueError(f"{what} needs D >= {min_dim}, got {k} with D = {v.shape[1]}")

@@ -107,7 +107,6 @@ def gaussian_l2(x: Tensor, y: Tensor, sigma: float = 1.0, *, backend: str = "aut
         >>> gaussreg.gaussian_l2(x, y, sigma=0.5)
     """
     sigma = _checks.positive_float("sigma", sigma)
-    _checks.points("y", y)  # required (prepare_points skips None entries)
     (x, y), device, dtype, native = prepare_points("gaussian_l2", _STEM, backend, x=x, y=y)
     x, y = maybe_gather(process_group, x, y)
     if not native:
