@@ -74,6 +74,8 @@ def require(condition: torch.Tensor, error: type, message: str) -> None:
 
 def finite(name: str, value: torch.Tensor) -> None:
     """Reject NaN/Inf once per call (one reduction on the tensor's device)."""
+    if value.numel() == 0:  # nothing to scan (and amax has no identity on an empty tensor)
+        return
     # max and min propagate NaN and expose +/-Inf: two plain reductions instead of
     # isfinite's elementwise passes (5x cheaper on a (4096, 64) batch).
     extremes = torch.stack((value.detach().amax(), value.detach().amin()))

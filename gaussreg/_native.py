@@ -159,13 +159,23 @@ def _device_capacity(device: torch.device) -> Optional[int]:
         return None
 
 
-def check_fits(nbytes: int, device: torch.device, what: str, option: str = "") -> None:
-    """Raise MemoryError naming the bytes when a request cannot fit on ``device`` at all."""
+def check_fits(nbytes: int, device: torch.device, what: str, option: str = "", floor: Optional[tuple] = None) -> None:
+    """Raise MemoryError naming the bytes when a request cannot fit on ``device`` at all.
+
+    ``option``: how to lower the need (e.g. a multi-pass mode), named in the message.
+    ``floor``: ``(bytes, why)``, what the request needs whatever the option; when even that
+    cannot fit, the message says so (and why) instead of naming an option that cannot help.
+    """
     capacity = _device_capacity(device)
-    if capacity is not None and nbytes > capacity:
-        hint = f"; {option}" if option else ""
-        raise MemoryError(f"gaussreg.{what}: needs {nbytes} bytes ({nbytes / 2**30:.1f} GiB) of working memory "
-                          f"on {device}, more than its {capacity} bytes{hint}")
+    if capacity is None or nbytes <= capacity:
+        return
+    message = (f"gaussreg.{what}: needs {nbytes} bytes ({nbytes / 2**30:.1f} GiB) of working memory "
+               f"on {device}, more than its {capacity} bytes")
+    if floor is not None and floor[0] > capacity:
+        message += f"; it needs at least {floor[0]} bytes ({floor[0] / 2**30:.1f} GiB) whatever the options: {floor[1]}"
+    elif option:
+        message += f"; {option}"
+    raise MemoryError(message)
 
 
 def empty(shape, dtype: torch.dtype, device: torch.device, what: str) -> torch.Tensor:

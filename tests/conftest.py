@@ -15,6 +15,21 @@ from _helpers import FLOAT_DTYPES, HALF_DTYPES, SEEDS, cuda_ok  # noqa: E402
 
 import gaussreg.testing  # noqa: E402
 
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the property tests skip themselves without hypothesis
+    settings = None
+
+if settings is not None:
+    # CI: a fixed, derandomized set of examples (reproducible, bounded time, no example
+    # database); HYPOTHESIS_PROFILE=thorough for a long random search by hand.
+    _quiet = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+    settings.register_profile("ci", max_examples=80, deadline=None, derandomize=True, database=None,
+                              print_blob=True, suppress_health_check=_quiet)
+    settings.register_profile("thorough", max_examples=1000, deadline=None, print_blob=True,
+                              suppress_health_check=_quiet)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 
 def pytest_collection_modifyitems(config, items):
     marked = [item for item in items if "cuda" in item.keywords]

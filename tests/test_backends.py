@@ -260,10 +260,21 @@ def test_mean_field_sigma_dtypes_and_shapes():
     (lambda: gaussreg.mean_field_sigma(torch.tensor([1.0]), True), ValueError),
     (lambda: gaussreg.mean_field_sigma(torch.tensor([1.0]), 2.5), ValueError),
     (lambda: gaussreg.mean_field_sigma([1.0, 2.0], 3), TypeError),
-], ids=["negative", "nan", "inf", "dim0", "dim_bool", "dim_float", "list"])
+    (lambda: gaussreg.mean_field_sigma(torch.ones(2, dtype=torch.complex64), 3), TypeError),
+    (lambda: gaussreg.mean_field_sigma(torch.ones(2, dtype=torch.bool), 3), TypeError),
+], ids=["negative", "nan", "inf", "dim0", "dim_bool", "dim_float", "list", "complex", "bool"])
 def test_mean_field_sigma_errors(call, exc):
     with pytest.raises(exc):
         call()
+
+
+def test_mean_field_sigma_empty_and_huge_radii():
+    """Regressions: an empty r gave amax's RuntimeError; r beyond ~1e77 (D = 3) gave inf,
+    the bracket's upper end (1 + r^2/D)^2 overflowing although sigma ~ r / sqrt(D) is finite."""
+    assert gaussreg.mean_field_sigma(torch.ones(0, dtype=torch.float64), 3).shape == (0,)
+    r = torch.tensor([1e6, 1e100, 1e150, 1e153], dtype=torch.float64)
+    for d in (1, 3, 1024):
+        assert_close(gaussreg.mean_field_sigma(r, d), ref.mean_field_sigma(r, d), 1e-10, 0, what=f"D={d}")
 
 
 # ---------------------------------------------------------------------------

@@ -285,6 +285,18 @@ def test_bad_options(kwargs, error, match):
         gaussreg.cdf_attraction(random_points(10, 3), **kwargs)
 
 
+def test_integral_options_of_other_types():
+    """Regressions: p=2.0 passed the check (2.0 == 2) and then failed inside the custom op
+    with a schema RuntimeError; a numpy integer max_sort_bytes was refused."""
+    z = random_points(30, 3, seed=2)
+    for p in (1, 2):
+        assert_identical(gaussreg.cdf_attraction(z, p=float(p)), gaussreg.cdf_attraction(z, p=p), what=f"p={p}.0")
+        assert_identical(gaussreg.cdf_attraction(z, p=np.int64(p)), gaussreg.cdf_attraction(z, p=p), what="np p")
+    budget = _entries_for(z, 100)
+    assert_identical(gaussreg.cdf_attraction(z, max_sort_bytes=np.int64(budget)),
+                     gaussreg.cdf_attraction(z, max_sort_bytes=budget), what="numpy max_sort_bytes")
+
+
 def test_bad_target_output():
     class WrongLength:
         def quantiles(self, m, device, dtype):

@@ -333,6 +333,15 @@ BAD_CALLS = {
                             ValueError, "sigma"),
     "xy_sigma_zero": (lambda: gaussreg.gaussian_l2(_z(), _z(), 0.0), ValueError, "sigma"),
     "xy_sigma_string": (lambda: gaussreg.gaussian_l2(_z(), _z(), "mean_field"), TypeError, "sigma"),
+    # regressions (issue 8): an AttributeError for a missing y; integer, bool and complex
+    # per-point widths were taken (complex failed deep in torch)
+    "y_none": (lambda: gaussreg.gaussian_l2(_z(), None), TypeError, "y must be a torch.Tensor"),
+    "sigma_int_tensor": (lambda: gaussreg.gaussian_l2_to_normal(_z(), torch.ones(6, dtype=torch.int64)),
+                         TypeError, "sigma.*floating"),
+    "sigma_bool_tensor": (lambda: gaussreg.gaussian_l2_to_normal(_z(), torch.ones(6, dtype=torch.bool)),
+                          TypeError, "sigma.*floating"),
+    "sigma_complex_tensor": (lambda: gaussreg.gaussian_l2_to_normal(_z(), torch.ones(6, dtype=torch.complex64)),
+                             TypeError, "sigma.*floating"),
     # backend
     "backend_bogus": (lambda: gaussreg.gaussian_l2_to_normal(_z(), backend="bogus"), ValueError, "backend"),
     "xy_backend_bogus": (lambda: gaussreg.gaussian_l2(_z(), _z(), backend="bogus"), ValueError, "backend"),

@@ -43,17 +43,24 @@ def entry_bytes_for(device: torch.device, dtype: torch.dtype, n: int) -> int:
     return int(_native.module_for(device).cdf_pairs_entry_bytes(_native.dtype_code(dtype), n))
 
 
-def workspace_bytes(z: Tensor, capacity: int) -> int:
+def workspace_bytes(z: Tensor, capacity: int, p: int) -> int:
     """Working memory of one forward beyond its inputs: workspace plus outputs."""
-    return _engine_workspace_bytes(z, capacity) + _signs_bytes(z, 1)
+    return workspace_bytes_for(z.device, z.dtype, z.shape[0], z.shape[1], capacity, p)
+
+
+def workspace_bytes_for(device: torch.device, dtype: torch.dtype, n: int, d: int, capacity: int, p: int) -> int:
+    """``workspace_bytes`` from the sizes alone (checked before z is copied or scanned)."""
+    return _engine_workspace_bytes_for(device, dtype, n, d, capacity) + signs_bytes(n, p, dtype)
 
 
 def _engine_workspace_bytes(z: Tensor, capacity: int) -> int:
-    module = _native.module_for(z.device)
-    n, d = z.shape
+    return _engine_workspace_bytes_for(z.device, z.dtype, z.shape[0], z.shape[1], capacity)
+
+
+def _engine_workspace_bytes_for(device: torch.device, dtype: torch.dtype, n: int, d: int, capacity: int) -> int:
+    module = _native.module_for(device)
     # On CUDA the module asks CUB for sizes on the current device: launch makes it z's.
-    return int(_native.launch(module.cdf_pairs_workspace_bytes, z.device, _native.dtype_code(z.dtype), n, d,
-                              capacity))
+    return int(_native.launch(module.cdf_pairs_workspace_bytes, device, _native.dtype_code(dtype), n, d, capacity))
 
 
 def _signs_shape(n: int, p: int) -> Tuple[int, ...]:
@@ -61,9 +68,10 @@ def _signs_shape(n: int, p: int) -> Tuple[int, ...]:
     return (2, (pairs + 63) // 64) if p == 1 else (pairs,)
 
 
-def _signs_bytes(z: Tensor, p: int) -> int:
-    shape = _signs_shape(z.shape[0], p)
-    return (shape[0] * shape[1] * 8) if p == 1 else shape[0] * z.element_size()
+def signs_bytes(n: int, p: int, dtype: torch.dtype) -> int:
+    """What the forward keeps for the backward: sgn(e) as 2 bits a pair (p = 1), e itself (p = 2)."""
+    shape = _signs_shape(n, p)
+    return (shape[0] * shape[1] * 8) if p == 1 else shape[0] * torch.empty((), dtype=dtype).element_size()
 
 
 @torch.library.custom_op("gaussreg::cdf_pairs", mutates_args=())

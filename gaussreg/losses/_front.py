@@ -9,18 +9,19 @@ from .. import _checks, _native
 from . import _pair_sum
 
 
-def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, **named: Optional[torch.Tensor]
-                   ) -> Tuple[List[Optional[torch.Tensor]], torch.device, torch.dtype, bool]:
-    """Validate the point tensors in ``named`` (None entries skipped) for loss ``what``.
+def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, optional: Tuple[str, ...] = (),
+                   **named: Optional[torch.Tensor]) -> Tuple[List[Optional[torch.Tensor]], torch.device, torch.dtype, bool]:
+    """Validate the point tensors in ``named`` for loss ``what`` (a None entry is skipped
+    when its name is in ``optional``, and a TypeError naming it otherwise).
 
     Returns the tensors converted to the compute dtype (the promoted dtype of all of them,
     float32 for half inputs; autograd carries gradients back to each input's dtype) in the
     order given, their device, the output dtype (the first tensor's: float32 for half
     inputs) and whether the compiled backend runs. Memory is checked before the
-    NaN/Inf scan, so an impossible request fails at once instead of scanning a huge
-    (e.g. expanded) tensor.
+    NaN/Inf scan and the dtype conversion, so an impossible request fails at once instead
+    of scanning or copying a huge (e.g. expanded) tensor.
     """
-    present = {k: _checks.points(k, v) for k, v in named.items() if v is not None}
+    present = {k: _checks.points(k, v) for k, v in named.items() if v is not None or k not in optional}
     for k, v in present.items():
         if v.shape[1] < min_dim:
             raise ValueError(f"{what} needs D >= {min_dim}, got {k} with D = {v.shape[1]}")
@@ -34,13 +35,19 @@ def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, **na
     dtype = _checks.compute_dtype(*present.values())
     out_dtype = _checks.compute_dtype(items[0][1])
     native = _native.use_native(device, backend, what)
-    converted = [None if v is None else v.to(dtype) for v in named.values()]
     if native and not _checks.compiling():  # sizes are static under compile; the op still reports OOM
-        points = [t for t in converted if t is not None]
-        second = points[1] if len(points) > 1 else None
-        _native.check_fits(_pair_sum.workspace_bytes(stem, points[0], second), device, what)
+        # From the sizes, before any copy: the inputs converted to the compute dtype, then the
+        # largest pair sum's workspace and every pair sum's gradient buffers (kept for backward).
+        elem = torch.empty((), dtype=dtype).element_size()
+        sizes = [tuple(v.shape) for v in present.values()]
+        copies = sum(r * c * elem for (r, c), v in zip(sizes, present.values()) if v.dtype != dtype)
+        n, d = sizes[0]
+        m = sizes[1][0] if len(sizes) > 1 else 0
+        need = copies + _pair_sum.workspace_bytes(stem, device, dtype, n, m, d, grad_copies=2 if m else 1)
+        _native.check_fits(need, device, what)
     for k, v in present.items():
         _checks.finite(k, v)
+    converted = [None if v is None else v.to(dtype) for v in named.values()]
     return converted, device, out_dtype, native
 
 

@@ -26,14 +26,15 @@ MMD_IMQ, MMD_RBF = 0, 1
 CW_APPROX, CW_EXACT = 0, 1
 
 
-def workspace_bytes(stem: str, x: Tensor, y: Optional[Tensor]) -> int:
-    """Bytes of working memory one pair sum needs beyond its inputs (workspace + outputs)."""
-    module = _native.module_for(x.device)
-    n, d = x.shape
-    m = 0 if y is None else y.shape[0]
-    threads = _native.num_threads() if x.device.type == "cpu" else 1
-    ws = getattr(module, f"{stem}_workspace_bytes")(_native.dtype_code(x.dtype), n, m, d, threads)
-    grads = (n + m) * d * x.element_size()
+def workspace_bytes(stem: str, device: torch.device, dtype: torch.dtype, n: int, m: int, d: int,
+                    grad_copies: int = 1) -> int:
+    """Bytes of working memory beyond the inputs: one pair sum's workspace (x of n points
+    against y of m points, m = 0 for x with itself) plus ``grad_copies`` sets of gradient
+    buffers for the n + m points (a loss of several pair sums keeps each one's)."""
+    module = _native.module_for(device)
+    threads = _native.num_threads() if device.type == "cpu" else 1
+    ws = getattr(module, f"{stem}_workspace_bytes")(_native.dtype_code(dtype), n, m, d, threads)
+    grads = grad_copies * (n + m) * d * torch.empty((), dtype=dtype).element_size()
     return int(ws) + grads
 
 

@@ -71,20 +71,25 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
     device = z.device
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"cdf_attraction: z on device {device}; gaussreg computes on CPU and CUDA tensors only")
-    if isinstance(p, bool) or p not in (1, 2):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or p not in (1, 2):
         raise ValueError(f"p must be 1 or 2, got {p!r}")
+    p = int(p)  # 2.0 is 2; the compiled op takes an int
     radii_weight = _finite_weight("radii_weight", radii_weight)
     distances_weight = _finite_weight("distances_weight", distances_weight)
     n, dim = z.shape
     radii_target = _target("radii_target", radii_target, dim)
     distances_target = _target("distances_target", distances_target, dim)
-    if max_sort_bytes is not None and (isinstance(max_sort_bytes, bool) or not isinstance(max_sort_bytes, int)
-                                       or max_sort_bytes < 1):
-        raise ValueError(f"max_sort_bytes must be a positive int (bytes), got {max_sort_bytes!r}")
+    if max_sort_bytes is not None:
+        if isinstance(max_sort_bytes, bool) or not isinstance(max_sort_bytes, numbers.Integral) or max_sort_bytes < 1:
+            raise ValueError(f"max_sort_bytes must be a positive int (bytes), got {max_sort_bytes!r}")
+        max_sort_bytes = int(max_sort_bytes)
     dtype = _checks.compute_dtype(z)
     native = _native.use_native(device, backend, "cdf_attraction", entry="cdf_pairs_forward")
-    zc = z.to(dtype).contiguous()
+    if native and distances_weight != 0.0 and not _checks.compiling():
+        # Before the copy and the NaN/Inf scan: an impossible request fails at once.
+        _check_memory(z, dtype, p, distances_target, max_sort_bytes)
     _checks.finite("z", z)
+    zc = z.to(dtype).contiguous()
     if not native:
         return reference.cdf_attraction(zc, radii_weight=radii_weight, distances_weight=distances_weight, p=p,
                                         radii_target=radii_target, distances_target=distances_target)
@@ -145,33 +150,65 @@ def _default_sort_bytes(device: torch.device) -> int:
         return 4 << 30
 
 
+def _table_policy(target, pairs: int) -> str:
+    """How the engine gets the target quantiles (see ``_sort_plan``)."""
+    if isinstance(target, Chi2):
+        return "never" if pairs > _EXACT_TABLE_MAX else "always"
+    return "if_small" if isinstance(target, Empirical) else "always"
+
+
+def _check_memory(z: Tensor, dtype: torch.dtype, p: int, target, max_sort_bytes: Optional[int]) -> None:
+    """MemoryError naming the bytes when the distances term cannot fit, from the sizes alone.
+
+    Counted: the copy of z in the compute dtype (when z is not already a contiguous tensor
+    of it), a quantile table, the engine's workspace (sort entries within the budget) and
+    what the forward keeps for the backward (2 bits a pair for p = 1, a value a pair for
+    p = 2). The message names max_sort_bytes when a smaller budget would fit, and says
+    what cannot shrink otherwise.
+    """
+    n, d = z.shape
+    device = z.device
+    pairs = _cdf_pairs.pair_count(n)
+    elem = torch.empty((), dtype=dtype).element_size()
+    policy = _table_policy(target, pairs)
+    from_table, capacity = _sort_plan(device, dtype, n, max_sort_bytes, policy)
+    copy = n * d * elem if (z.dtype != dtype or not z.is_contiguous()) else 0
+    table = pairs * elem if from_table else 0
+    signs = _cdf_pairs.signs_bytes(n, p, dtype)
+    need = copy + table + _cdf_pairs.workspace_bytes_for(device, dtype, n, d, capacity, p)
+    # Whatever max_sort_bytes: the kept signs/residuals, the points' copies (z in the compute
+    # dtype, its transposed copy in the engine) and a table the target requires.
+    floor = signs + copy + n * d * elem + (table if policy == "always" else 0)
+    kept = "2 bits per pair for p = 1" if p == 1 else f"{elem} bytes per pair for p = 2 (p = 1 keeps 2 bits)"
+    why = (f"the backward keeps {signs} bytes for the n(n-1)/2 = {pairs} pairs ({kept})"
+           + (f" and the target's table of {pairs} quantiles takes {pairs * elem} bytes" if policy == "always"
+              and table else "") + "; use fewer points")
+    # A budget that leaves room for the rest: half of what the floor leaves of the device.
+    room = (_native._device_capacity(device) or need) - floor
+    budget = max(_cdf_pairs.entry_bytes_for(device, dtype, n), room // 2)
+    _native.check_fits(need, device, "cdf_attraction",
+                       f"pass max_sort_bytes={budget} (or less) to sort the distances in several passes",
+                       floor=(floor, why))
+
+
 def _distances_sum(z: Tensor, target, p: int, max_sort_bytes: Optional[int]) -> Tensor:
     """sum_k |d_(k) - c'_k|^p (float64) by the compiled engine, within the sort budget.
 
     Chi2 targets beyond 65536 pairs pass their anchors (a few thousand exact quantiles)
     and the engine interpolates each rank: no table of n' values. Empirical targets pass
     their sample when a table would take more than half the budget. Every other target
-    provides its table.
+    provides its table. Memory was checked by ``_check_memory``.
     """
     n = z.shape[0]
     pairs = _cdf_pairs.pair_count(n)
-    if isinstance(target, Chi2):
-        table_policy = "never" if pairs > _EXACT_TABLE_MAX else "always"
-    else:
-        table_policy = "if_small" if isinstance(target, Empirical) else "always"
-    from_table, capacity = _sort_plan(z.device, z.dtype, n, max_sort_bytes, table_policy)
+    from_table, capacity = _sort_plan(z.device, z.dtype, n, max_sort_bytes, _table_policy(target, pairs))
     sources = {}
     if from_table:
-        if not _checks.compiling():
-            _native.check_fits(pairs * z.element_size(), z.device, "cdf_attraction")
         sources["table"] = target_quantiles("distances_target", target, pairs, z.device, z.dtype).contiguous()
     elif isinstance(target, Chi2):
         sources["anchors"] = _chi2_anchors(pairs, target.df, z.device)
     else:
         sources["values"] = target.sorted_values.to(z.device).contiguous()
-    if not _checks.compiling():
-        _native.check_fits(_cdf_pairs.workspace_bytes(z, capacity), z.device, "cdf_attraction",
-                           "pass a smaller max_sort_bytes to sort in several passes")
     return _cdf_pairs.cdf_pairs(z, p, capacity, **sources)
 
 

@@ -148,6 +148,8 @@ def mean_field_sigma(r: Tensor, dim: int, approx: bool = False) -> Tensor:
     """
     if not isinstance(r, Tensor):
         raise TypeError(f"r must be a torch.Tensor of radii, got {type(r).__name__}")
+    if r.is_complex() or r.dtype == torch.bool:
+        raise TypeError(f"r must be a real tensor of radii, got dtype {r.dtype}")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be a positive integer, got {dim!r}")
     out_dtype = r.dtype if r.is_floating_point() else torch.get_default_dtype()
@@ -182,7 +184,7 @@ def _exact_mean_field_sigma(r: Tensor, dim: int) -> Tensor:
     # Lower end just above where the right side vanishes; upper end well past eq. (12)'s guess.
     lower = torch.clamp(r2 / dim - 1.0, min=0.0)
     lo = torch.log(torch.where(lower > 0, lower * (1 + 1e-12) + 1e-300, torch.full_like(lower, 1e-12)))
-    hi = torch.log(4.0 * (1.0 + r2 / dim) ** 2 + 4.0)
+    hi = torch.logaddexp(math.log(4.0) + 2.0 * torch.log1p(r2 / dim), torch.full_like(r2, math.log(4.0)))
     # Fixed iteration counts, no data-dependent exit: the same work eagerly and under
     # torch.compile. Widening where the upper end is still left of the root (a safeguard:
     # the start above already lies right of it in every case tried).
@@ -204,6 +206,9 @@ def _sigma_per_point_or_float(sigma, z: Tensor):
         _checks.choice("sigma", sigma, ("mean_field",))
         return mean_field_sigma(z.detach().norm(dim=1), d).to(z.dtype)
     if isinstance(sigma, Tensor):
+        if not sigma.is_floating_point():
+            raise TypeError(f"sigma must be a float, 'mean_field' or a floating-point tensor of shape ({n},), "
+                            f"got dtype {sigma.dtype}")
         _checks.no_grad_option("sigma", sigma)
         if sigma.dim() == 0:
             return _checks.positive_float("sigma", float(sigma))

@@ -1,0 +1,199 @@
+"""Hostile inputs (issue 8, item 2), over every loss of the table in _loss_cases.py.
+
+Each bad point tensor (NaN, +/-Inf, empty, 1-D, 3-D, integer, bool, complex, a list, a
+numpy array, a tensor requiring grad on another device, mismatched D) and each bad option
+must raise TypeError or ValueError whose message names the argument; afterwards the
+library must still compute the right value and gradients. Views that are valid input
+(transposed, sliced, offset, expanded with stride 0, overlapping rows) must give what
+reference.py gives on the same view, gradients flowing back to the viewed tensor.
+"""
+import re
+
+import pytest
+import torch
+from _helpers import assert_close
+from _loss_cases import CASE_IDS, CASES, LossCase, points_for, value_and_grads
+
+import gaussreg
+from gaussreg.losses import _cdf_pairs, _pair_sum
+
+
+def _with(value):
+    def make(t):
+        t = t.clone()
+        t[1, 0] = value
+        return t
+    return make
+
+
+NAN_OR_INF = "{arg} contains NaN or Inf"
+TOO_FEW = "{arg} needs at least 2 points"
+NOT_2D = "{arg} must be a 2-D tensor"
+NOT_FLOAT = "{arg} must be a floating-point tensor"
+NOT_TENSOR = r"{arg} must be a (torch\.Tensor|tensor)"
+
+# name -> (make the bad value from a valid float64 point tensor, exception, message regex)
+BAD_POINTS = {
+    "nan": (_with(float("nan")), ValueError, NAN_OR_INF),
+    "+inf": (_with(float("inf")), ValueError, NAN_OR_INF),
+    "-inf": (_with(-float("inf")), ValueError, NAN_OR_INF),
+    "nan_bfloat16": (lambda t: _with(float("nan"))(t).bfloat16(), ValueError, NAN_OR_INF),
+    "inf_float32_requires_grad": (lambda t: _with(float("inf"))(t).float().requires_grad_(), ValueError,
+                                  NAN_OR_INF),
+    "nan_in_a_transposed_view": (lambda t: _with(float("nan"))(t).t().contiguous().t(), ValueError, NAN_OR_INF),
+    "empty_rows": (lambda t: t[:0], ValueError, TOO_FEW),
+    "one_row": (lambda t: t[:1], ValueError, TOO_FEW),
+    "empty_columns": (lambda t: t[:, :0], ValueError, r"{arg} needs at least 1 dimension.*D = 0"),
+    "empty_both": (lambda t: t[:0, :0], ValueError, TOO_FEW),
+    "rank0": (lambda t: t[0, 0], ValueError, NOT_2D),
+    "rank1": (lambda t: t[:, 0], ValueError, NOT_2D),
+    "rank3": (lambda t: t[None], ValueError, NOT_2D),
+    "rank3_batch": (lambda t: torch.stack([t, t]), ValueError, NOT_2D),
+    "int64": (lambda t: t.long(), TypeError, NOT_FLOAT),
+    "int32": (lambda t: t.int(), TypeError, NOT_FLOAT),
+    "uint8": (lambda t: t.abs().to(torch.uint8), TypeError, NOT_FLOAT),
+    "bool": (lambda t: t > 0, TypeError, NOT_FLOAT),
+    "complex64": (lambda t: t.to(torch.complex64), TypeError, NOT_FLOAT),
+    "complex128": (lambda t: t.to(torch.complex128), TypeError, NOT_FLOAT),
+    "list": (lambda t: t.tolist(), TypeError, NOT_TENSOR),
+    "numpy": (lambda t: t.numpy(), TypeError, NOT_TENSOR),
+    "none": (lambda t: None, TypeError, NOT_TENSOR),
+    "meta_requires_grad": (lambda t: torch.empty(t.shape, device="meta", requires_grad=True), ValueError,
+                           r"\b{arg}\b.*meta"),
+}
+
+
+def _arg_cases():
+    out = []
+    for case in CASES:
+        for k, arg in enumerate(case.args):
+            for bad in BAD_POINTS:
+                if bad == "none" and arg in case.optional_args:
+                    continue
+                out.append(pytest.param(case, k, bad, id=f"{case.name}-{arg}-{bad}"))
+    return out
+
+
+def _still_works(case: LossCase) -> None:
+    """After an error: the right value and gradients on valid input."""
+    points = points_for(case, n=7, d=3, seed=11)
+    value, grads = value_and_grads(case.call, points)
+    ref_value, ref_grads = value_and_grads(case.reference, points)
+    assert_close(value, ref_value, 1e-9, 1e-12 * case.term_size, what=f"{case.name} value after an error")
+    for g, h in zip(grads, ref_grads):
+        assert_close(g, h, 1e-9, 1e-12 * case.term_size + 1e-9 * float(h.abs().max()),
+                     what=f"{case.name} gradient after an error")
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("case, position, bad", _arg_cases())
+def test_bad_point_argument_is_named(case, position, bad):
+    make, error, pattern = BAD_POINTS[bad]
+    points = points_for(case, n=7, d=3, seed=1)
+    points[position] = make(points[position])
+    with pytest.raises(error, match=pattern.format(arg=re.escape(case.args[position]))):
+        case.call(*points)
+    _still_works(case)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("case", [c for c in CASES if len(c.args) == 2], ids=lambda c: c.name)
+def test_mismatched_dimensions_are_named(case):
+    x, y = points_for(case, n=7, d=3, seed=1)
+    with pytest.raises(ValueError, match=rf"{case.args[0]} and {case.args[1]} must have the same dimension D"):
+        case.call(x, torch.cat([y, y[:, :1]], 1))
+    _still_works(case)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("case", [c for c in CASES if c.min_dim > 1], ids=lambda c: c.name)
+def test_too_few_dimensions(case):
+    with pytest.raises(ValueError, match=rf"D >= {case.min_dim}, got {case.args[0]} with D = 1"):
+        case.call(*points_for(case, n=7, d=1, seed=1))
+    _still_works(case)
+
+
+def _option_cases():
+    return [pytest.param(case, k, id=f"{case.name}-{k}-{'-'.join(f'{a}={v!r}'[:30] for a, v in opt.items())}")
+            for case in CASES for k, (opt, _, _) in enumerate(case.bad_options)]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("case, index", _option_cases())
+def test_bad_option_is_named(case, index):
+    options, error, pattern = case.bad_options[index]
+    points = points_for(case, n=5, d=3, seed=2)
+    with pytest.raises(error, match=pattern):
+        case.call(*points, **options)
+    _still_works(case)
+
+
+# ---------------------------------------------------------------------------
+# Views that are valid input: the reference on the same view, gradients into the base
+# ---------------------------------------------------------------------------
+
+
+def _view(layout: str, t: torch.Tensor):
+    """(base leaf, function base -> a view holding t's values in ``layout``)."""
+    n, d = t.shape
+    if layout == "transposed":
+        return t.t().contiguous(), lambda b: b.t()
+    if layout == "sliced":
+        base = torch.zeros(2 * n + 1, 3 * d, dtype=t.dtype)
+        base[1::2, ::3] = t
+        return base, lambda b: b[1::2, ::3]
+    if layout == "offset":
+        base = torch.zeros(n + 3, d + 2, dtype=t.dtype)
+        base[2:2 + n, 1:1 + d] = t
+        return base, lambda b: b[2:2 + n, 1:1 + d]
+    if layout == "expanded_rows":  # stride 0 along the points: n equal points
+        return t[:1].clone(), lambda b: b.expand(n, d)
+    if layout == "expanded_columns":  # stride 0 along the coordinates: points on the diagonal
+        return t[:, :1].clone(), lambda b: b.expand(n, d)
+    if layout == "overlapping_rows":  # rows sharing memory: z_ij = b[i + j]
+        base = torch.randn(n + d - 1, dtype=t.dtype, generator=torch.Generator().manual_seed(n))
+        return base, lambda b: b.as_strided((n, d), (1, 1))
+    raise ValueError(layout)
+
+
+VIEW_LAYOUTS = ("transposed", "sliced", "offset", "expanded_rows", "expanded_columns", "overlapping_rows")
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("layout", VIEW_LAYOUTS)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_views_match_the_reference(case, layout):
+    points = points_for(case, n=9, d=4, seed=3)
+    bases, makers = zip(*(_view(layout, p) for p in points))
+
+    def through(fn):
+        return lambda *leaves: fn(*(make(b) for make, b in zip(makers, leaves)))
+
+    value, grads = value_and_grads(through(case.call), bases)
+    ref_value, ref_grads = value_and_grads(through(case.reference), bases)
+    assert_close(value, ref_value, 1e-9, 1e-12 * case.term_size, what=f"{layout} value")
+    for g, h in zip(grads, ref_grads):
+        # For ranked losses the equal points of expanded_rows are tied; the gradient of the
+        # base (1, D) is the sum over them, which does not depend on the order of ties.
+        assert_close(g, h, 1e-9, 1e-12 * case.term_size + 1e-9 * float(h.abs().max()), what=f"{layout} gradient")
+
+
+# ---------------------------------------------------------------------------
+# Errors raised inside the compiled engines and by the custom ops' own checks
+# ---------------------------------------------------------------------------
+
+
+def test_engine_errors_leave_the_library_working(one_thread):
+    z = torch.zeros(200, 3, dtype=torch.float64)  # 19900 tied distances in one bucket
+    for _ in range(3):
+        with pytest.raises(MemoryError, match="share one bucket"):
+            gaussreg.cdf_attraction(z, max_sort_bytes=_cdf_pairs.entry_bytes(z) * 1000)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="gaussreg::pair_sum: x must be"):
+        _pair_sum.pair_sum_op(x.long(), None, None, None, "mmd", _pair_sum.MMD_IMQ, [1.0], False, False)
+    with pytest.raises(ValueError, match="gaussreg::cdf_pairs: z must be"):
+        _cdf_pairs.cdf_pairs_op(x[:1], None, torch.zeros(1, dtype=torch.float64), None, 1, 1, False)
+    with pytest.raises(ValueError, match="dtype code"):  # the C++ boundary's own check
+        gaussreg._C.mmd_workspace_bytes(7, 5, 0, 3, 1)
+    for case in CASES:
+        _still_works(case)
