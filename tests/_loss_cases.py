@@ -31,6 +31,7 @@ class LossCase:
     args: Tuple[str, ...] = ("z",)          # the point arguments' names, as errors must name them
     optional_args: Tuple[str, ...] = ()     # point arguments that may be None (a default applies)
     min_dim: int = 1                        # smaller D raises ValueError
+    min_rows: int = 2                       # fewer points raise ValueError (1: no pairs involved)
     ranked: bool = False                    # sort-based: ties may be ranked in any order (SPEC 1)
     second_order: bool = False              # True: gradgradcheck passes; False: refused with an error
     bad_options: Tuple[BadOption, ...] = ()
@@ -155,6 +156,50 @@ def _regularizer(**extra):
                                    cw=(1.3, gaussreg.nn.CramerWold(kernel="exact", **extra)))
 
 
+_COORD_BAD = (
+    (dict(marginal="cauchy"), ValueError, "marginal"),
+    (dict(marginal="normal", bits=3), ValueError, "bits"),
+    (dict(marginal="uniform", bits=0), ValueError, "bits"),
+    (dict(marginal="torus", bits=2.0), TypeError, "bits"),
+    (dict(p=3), ValueError, "p must be 1 or 2"),
+    (dict(backend="bogus"), ValueError, "backend"),
+)
+_SLICED_BAD = (
+    (dict(p=0), ValueError, "p must be 1 or 2"),
+    (dict(generator=3), TypeError, "generator"),
+    (dict(directions=torch.zeros(3, 4, dtype=torch.float64)), ValueError, "directions"),
+    (dict(backend="bogus"), ValueError, "backend"),
+)
+_EP_BAD = (
+    (dict(num_points=1), ValueError, "num_points"),
+    (dict(num_points=65), ValueError, "num_points"),
+    (dict(t_max=-1.0), ValueError, "t_max"),
+    (dict(backend="bogus"), ValueError, "backend"),
+)
+
+
+def _directions(z, count=7):
+    """Fixed directions of z's width (bad inputs: any width, the error about z comes first)."""
+    d = z.shape[1] if isinstance(z, torch.Tensor) and z.dim() == 2 else 4
+    return torch.randn(count, max(d, 1), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+
+def _mixture(z):
+    d = z.shape[1] if isinstance(z, torch.Tensor) and z.dim() == 2 and z.shape[1] >= 1 else 4
+    g = torch.Generator().manual_seed(6)
+    means = torch.randn(3, d, generator=g, dtype=torch.float64)
+    stds = 0.5 + torch.rand(3, d, generator=g, dtype=torch.float64)
+    return means, stds, torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+
+
+def _gmm_ks(z, **extra):
+    means, stds, weights = _mixture(z)
+    prior = gaussreg.GaussianMixture(means, stds, weights)
+    if isinstance(z, torch.Tensor) and z.is_floating_point() and not z.is_complex():
+        prior = prior.to(dtype=z.dtype if z.dtype in (torch.float32, torch.float64) else torch.float32)
+    return gaussreg.gmm_ks_loss(z, prior, **{"backend": "native", **extra})
+
+
 _MMD_ARGS = ("z", "prior_sample")
 _BIG_TIE_BUCKET = ((MemoryError, "share one bucket"),)  # documented: the budget is below a bucket of ties
 
@@ -198,6 +243,22 @@ CASES: List[LossCase] = [
          lambda z: ref.cw_distance(z, log=True, gamma=0.8), min_dim=2, term_size=1e3),
     case("cw_distance_exact", _with_backend(gaussreg.cw_distance, kernel="exact"),
          lambda z: ref.cw_distance(z, kernel="exact"), term_size=10.0),
+    case("coordinate_normal_p2", _with_backend(gaussreg.coordinate_cdf_attraction),
+         lambda z: ref.coordinate_cdf_attraction(z), ranked=True, bad_options=_COORD_BAD, huge_rows=0,
+         min_rows=1),
+    case("coordinate_torus_bits3_p2", _with_backend(gaussreg.coordinate_cdf_attraction, marginal="torus", bits=3),
+         lambda z: ref.coordinate_cdf_attraction(z, marginal="torus", bits=3), ranked=True, huge_rows=0,
+         min_rows=1),
+    case("sliced_wasserstein_p2",
+         lambda z, **kw: gaussreg.sliced_wasserstein(z, **{"directions": _directions(z), "backend": "native", **kw}),
+         lambda z: ref.sliced_wasserstein(z, directions=_directions(z)), ranked=True, bad_options=_SLICED_BAD,
+         huge_rows=0, min_rows=1),
+    case("epps_pulley",
+         lambda z, **kw: gaussreg.epps_pulley(z, **{"directions": _directions(z), "backend": "native", **kw}),
+         lambda z: ref.epps_pulley(z, directions=_directions(z)), bad_options=_EP_BAD, term_size=10.0,
+         huge_rows=0, min_rows=1),
+    case("gmm_ks_loss", _gmm_ks, lambda z: ref.gmm_ks_loss(z, *_mixture(z)), second_order=True, huge_rows=0,
+         min_rows=1),
     # The nn modules: the same engines behind module objects (options fixed at construction).
     case("nn.CDFAttraction", _module_call(lambda **kw: gaussreg.nn.CDFAttraction(p=2, **kw)),
          lambda z: _ref_cdf(z, p=2), ranked=True, backend_option=False, huge_rows=2**22),
