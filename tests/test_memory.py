@@ -52,6 +52,20 @@ def test_impossible_request_is_a_memory_error_before_any_work(case, position, dt
     _still_works(case)
 
 
+def test_estimates_count_every_buffer_kept():
+    """Regression: the kernel-sum estimate counted one set of gradient buffers; the two-sample
+    losses keep those of three pair sums (2 (n + m) D values), and mmd's drawn prior adds
+    its sample (n D)."""
+    n, d = 2**36, 64
+    huge = torch.zeros(1, d).expand(n, d)
+    with pytest.raises(MemoryError) as info:
+        gaussreg.mmd(huge)  # y drawn: m = n
+    assert bytes_in_message(str(info.value)) >= (2 * (2 * n) * d + n * d) * 4
+    with pytest.raises(MemoryError) as info:
+        gaussreg.gaussian_l2(huge, torch.zeros(3, d))
+    assert bytes_in_message(str(info.value)) >= 2 * (n + 3) * d * 4
+
+
 # ---------------------------------------------------------------------------
 # cdf_attraction: the option that lowers the need, or what cannot shrink
 # ---------------------------------------------------------------------------
