@@ -54,6 +54,17 @@ def _cases() -> List[Tuple[str, Callable[[List[torch.Tensor]], torch.Tensor], Li
         ("epps_pulley 40 knots", lambda z: gaussreg.epps_pulley(z, num_slices=3, num_points=40), [(301, 7)]),
         ("gmm_ks_loss", lambda z: gaussreg.gmm_ks_loss(z, gaussreg.GaussianMixture.separated(
             3, 7, dtype=z.dtype, device=z.device)), [(301, 7)]),
+        # Edge shapes and layouts (issue 8): the fewest points and dimensions, a huge D,
+        # exact ties, stride-0 and transposed inputs.
+        ("mmd n=2 D=1", lambda z, y: gaussreg.mmd(z, y), [(2, 1), (2, 1)]),
+        ("gaussian_l2_to_normal D=1024", lambda z: gaussreg.gaussian_l2_to_normal(z, 8.0), [(5, 1024)]),
+        ("cw_distance exact D=1024", lambda z: gaussreg.cw_distance(z, kernel="exact"), [(7, 1024)]),
+        ("gaussian_l2 stride-0 x", lambda x, y: gaussreg.gaussian_l2(x[:1].expand(33, -1), y.t().contiguous().t()),
+         [small, other]),
+        ("cdf_attraction n=2 D=1", lambda z: gaussreg.cdf_attraction(z, p=2), [(2, 1)]),
+        ("cdf_attraction D=1024", lambda z: gaussreg.cdf_attraction(z), [(9, 1024)]),
+        ("cdf_attraction ties, passes", lambda z: gaussreg.cdf_attraction(
+            torch.cat([z, z, z]), max_sort_bytes=few_entries(z, 4000)), [(60, 3)]),
     ]
 
 

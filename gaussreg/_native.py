@@ -145,9 +145,36 @@ def dtype_code(dtype: torch.dtype) -> int:
     return _DTYPE_CODES[dtype]
 
 
+_forked = False  # this process was forked from one that may have run OpenMP parallel regions
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def num_threads() -> int:
-    """OpenMP threads for a CPU call: follows torch.get_num_threads()."""
-    return max(1, torch.get_num_threads())
+    """OpenMP threads for a CPU call: follows torch.get_num_threads().
+
+    In a forked child, one thread: GNU libgomp (torch's OpenMP runtime, which the CPU module
+    shares) cannot start a parallel region with more threads after a fork once the parent
+    has used one; such a region hangs for good. The results are the same bits with any
+    thread count. DataLoader workers run one torch thread anyway; other children are
+    warned once, as the fix is the "spawn" or "forkserver" start method.
+    """
+    threads = max(1, torch.get_num_threads())
+    if _forked and threads > 1:
+        if "fork" not in _warned_fallback:
+            _warned_fallback.add("fork")
+            warnings.warn("gaussreg: in a forked process the compiled CPU kernels run on one thread (GNU OpenMP "
+                          "hangs in a forked child whose parent ran parallel regions); use the 'spawn' or "
+                          "'forkserver' start method for more", RuntimeWarning, stacklevel=3)
+        return 1
+    return threads
 
 
 def _device_capacity(device: torch.device) -> Optional[int]:

@@ -224,7 +224,7 @@ def test_gradcheck_p2():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", (2, 3, 1000, 65537, 92682, 2**20))
+@pytest.mark.parametrize("n", (2, 3, 1000, 46341, 46342, 65536, 65537, 92682, 92683, 2**20))
 def test_pair_index_mapping(n):
     pairs = n * (n - 1) // 2
     rng = np.random.default_rng(n)

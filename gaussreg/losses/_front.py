@@ -10,9 +10,11 @@ from . import _pair_sum
 
 
 def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, optional: Tuple[str, ...] = (),
-                   **named: Optional[torch.Tensor]) -> Tuple[List[Optional[torch.Tensor]], torch.device, torch.dtype, bool]:
+                   draws_partner: bool = False, **named: Optional[torch.Tensor]
+                   ) -> Tuple[List[Optional[torch.Tensor]], torch.device, torch.dtype, bool]:
     """Validate the point tensors in ``named`` for loss ``what`` (a None entry is skipped
     when its name is in ``optional``, and a TypeError naming it otherwise).
+    ``draws_partner``: the loss draws a second sample like the first (counted in memory).
 
     Returns the tensors converted to the compute dtype (the promoted dtype of all of them,
     float32 for half inputs; autograd carries gradients back to each input's dtype) in the
@@ -43,6 +45,8 @@ def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, opti
         copies = sum(r * c * elem for (r, c), v in zip(sizes, present.values()) if v.dtype != dtype)
         n, d = sizes[0]
         m = sizes[1][0] if len(sizes) > 1 else 0
+        if draws_partner and m == 0:
+            m, copies = n, copies + n * d * elem
         need = copies + _pair_sum.workspace_bytes(stem, device, dtype, n, m, d, grad_copies=2 if m else 1)
         _native.check_fits(need, device, what)
     for k, v in present.items():

@@ -1,0 +1,204 @@
+"""Memory (issue 8, item 3), over every loss of the table in _loss_cases.py.
+
+Every entry point estimates its working memory from the sizes before it copies, scans or
+allocates anything: a request that cannot fit raises MemoryError naming the bytes (and,
+for cdf_attraction, max_sort_bytes when a smaller sort budget fits, or what cannot shrink
+when none does). After such an error, and after a real allocator failure, the next call
+works, and 100 calls (succeeding or failing) leave no memory behind.
+"""
+import gc
+import os
+import time
+
+import pytest
+import torch
+from _helpers import bytes_in_message, cuda_ok
+from _loss_cases import CASES, points_for, value_and_grads
+from test_hostile import _still_works
+
+import gaussreg
+from gaussreg import _checks, _native
+from gaussreg.losses import _cdf_pairs
+from gaussreg.losses import cdf_attraction as cdf_module
+
+HUGE_CASES = [c for c in CASES if c.huge_rows]
+
+
+def _huge_inputs(case, position, dtype=torch.float32, d=64):
+    """Valid small inputs with the one at ``position`` replaced by an expanded (stride 0) giant."""
+    points = [p.to(dtype) for p in points_for(case, n=5, d=d, seed=0)]
+    points[position] = torch.zeros(1, d, dtype=dtype).expand(case.huge_rows, d)
+    return points
+
+
+def _huge_params():
+    return [pytest.param(case, k, dtype, id=f"{case.name}-{arg}-{str(dtype)[6:]}")
+            for case in HUGE_CASES for k, arg in enumerate(case.args)
+            for dtype in (torch.float32, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("case, position, dtype", _huge_params())
+def test_impossible_request_is_a_memory_error_before_any_work(case, position, dtype):
+    points = _huge_inputs(case, position, dtype)
+    start = time.perf_counter()
+    with pytest.raises(MemoryError, match="needs [0-9]+ bytes") as info:
+        case.call(*points)
+    # Before any O(n) copy or scan of the 2^22..2^36 rows (each would take seconds or fail).
+    assert time.perf_counter() - start < 2.0
+    rows = case.huge_rows
+    # At least the gradient of the giant input (kernel sums) or 2 bits per pair (cdf_attraction).
+    least = rows * (rows - 1) // 8 if case.ranked else rows * 64 * 4
+    assert bytes_in_message(str(info.value)) >= least
+    _still_works(case)
+
+
+def test_estimates_count_every_buffer_kept():
+    """Regression: the kernel-sum estimate counted one set of gradient buffers; the two-sample
+    losses keep those of three pair sums (2 (n + m) D values), and mmd's drawn prior adds
+    its sample (n D)."""
+    n, d = 2**36, 64
+    huge = torch.zeros(1, d).expand(n, d)
+    with pytest.raises(MemoryError) as info:
+        gaussreg.mmd(huge)  # y drawn: m = n
+    assert bytes_in_message(str(info.value)) >= (2 * (2 * n) * d + n * d) * 4
+    with pytest.raises(MemoryError) as info:
+        gaussreg.gaussian_l2(huge, torch.zeros(3, d))
+    assert bytes_in_message(str(info.value)) >= 2 * (n + 3) * d * 4
+
+
+# ---------------------------------------------------------------------------
+# cdf_attraction: the option that lowers the need, or what cannot shrink
+# ---------------------------------------------------------------------------
+
+
+class _Reached(Exception):
+    """Raised in place of the engine: the memory check let the call through."""
+
+
+@pytest.fixture
+def device_of_8_gib(monkeypatch):
+    """A CPU of 8 GiB for the checks (the same verdicts on any CI machine), the engine
+    replaced by a sentinel so that a request that passes does not run for minutes."""
+    monkeypatch.setattr(_native, "_device_capacity", lambda device: 8 << 30)
+
+    def reached(*args, **kwargs):
+        raise _Reached()
+
+    monkeypatch.setattr(cdf_module._cdf_pairs, "cdf_pairs", reached)
+
+
+def test_cdf_names_max_sort_bytes_when_a_smaller_budget_fits(device_of_8_gib):
+    z = torch.zeros(1, 8).expand(2**16, 8)  # n' = 2.1e9 pairs: 17 GB of sort entries in one pass
+    with pytest.raises(MemoryError) as info:
+        gaussreg.cdf_attraction(z, max_sort_bytes=1 << 40)
+    message = str(info.value)
+    assert "max_sort_bytes=" in message and "several passes" in message
+    suggested = int(message.split("max_sort_bytes=")[1].split()[0])
+    with pytest.raises(_Reached):  # the suggested budget passes the check
+        gaussreg.cdf_attraction(z, max_sort_bytes=suggested)
+
+
+def test_cdf_says_what_cannot_shrink(device_of_8_gib):
+    # p = 2 keeps one value per pair for the backward: 2.1e9 doubles (17 GB) whatever the
+    # sort budget; p = 1 keeps 2 bits per pair (0.5 GB) and passes.
+    z = torch.zeros(1, 8, dtype=torch.float64).expand(2**16, 8)
+    pairs = _cdf_pairs.pair_count(2**16)
+    with pytest.raises(MemoryError) as info:
+        gaussreg.cdf_attraction(z, p=2, max_sort_bytes=1 << 30)
+    message = str(info.value)
+    assert "whatever the options" in message and "p = 1 keeps 2 bits" in message
+    assert "max_sort_bytes=" not in message  # no option that cannot help
+    assert bytes_in_message(message) >= 8 * pairs
+    with pytest.raises(_Reached):
+        gaussreg.cdf_attraction(z, p=1, max_sort_bytes=1 << 30)
+    # A target that needs its table of n' quantiles is counted too.
+    class Table:
+        def quantiles(self, m, device, dtype):
+            return torch.zeros(m, dtype=dtype, device=device)
+
+    with pytest.raises(MemoryError, match="table"):
+        gaussreg.cdf_attraction(z, distances_target=Table(), max_sort_bytes=1 << 30)
+
+
+def test_cdf_memory_check_comes_before_the_copy(device_of_8_gib, monkeypatch):
+    """An expanded half-precision z is not converted (a 2^31-row copy) before the check."""
+    z = torch.zeros(1, 4, dtype=torch.bfloat16).expand(2**31 - 1, 4)
+    with pytest.raises(MemoryError, match="whatever the options"):
+        gaussreg.cdf_attraction(z)
+
+
+# ---------------------------------------------------------------------------
+# A real allocator failure, recovery, and no leaks
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", [c for c in HUGE_CASES if not c.ranked], ids=lambda c: c.name)
+def test_allocator_failure_is_reported_and_recovered(case, monkeypatch):
+    """With the estimate switched off, the allocator itself refuses the workspace: a
+    MemoryError (or torch's RuntimeError) that gives the bytes, then the next call works."""
+    monkeypatch.setattr(_native, "check_fits", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_checks, "finite", lambda *args, **kwargs: None)  # no scan of 2^46 values first
+    points = [p.float() for p in points_for(case, n=5, d=64, seed=0)]
+    points[0] = torch.zeros(1, 64).expand(2**40, 64)
+    with pytest.raises((MemoryError, RuntimeError), match="[0-9]+ bytes"):
+        case.call(*points)
+    _still_works(case)
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _live_tensors() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident memory read from /proc")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_no_leak_over_100_calls(case, one_thread):
+    """100 calls that succeed and 100 that fail (memory estimate, then a bad point) leave the
+    resident memory and the live tensors where they were. Each call allocates a few
+    hundred KiB or more (workspace, gradients, sort entries), so a buffer leaked per call
+    shows as tens of MiB."""
+    points = points_for(case, n=300, d=16, seed=1)
+    huge = _huge_inputs(case, 0) if case.huge_rows else None
+    bad = [p.clone() for p in points]
+    bad[0][3, 3] = float("nan")
+
+    def one_round():
+        value_and_grads(case.call, points)
+        if huge is not None:
+            with pytest.raises(MemoryError):
+                case.call(*huge)
+        with pytest.raises(ValueError):
+            case.call(*bad)
+
+    for _ in range(5):  # warm caches (quantile tables, allocator pools, Python's)
+        one_round()
+    gc.collect()
+    rss, tensors = _resident_bytes(), _live_tensors()
+    for _ in range(100):
+        one_round()
+    gc.collect()
+    grown = _resident_bytes() - rss
+    print(f"{case.name}: resident memory {grown / 2**20:+.2f} MiB over 100 rounds")
+    assert grown < 16 << 20, f"resident memory grew by {grown / 2**20:.1f} MiB over 100 rounds"
+    assert _live_tensors() - tensors <= 2, "tensors left alive by the calls"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not cuda_ok(), reason="needs CUDA")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_no_cuda_leak_over_100_calls(case):
+    points = [p.cuda() for p in points_for(case, n=600, d=64, seed=1)]
+    value_and_grads(case.call, points)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for _ in range(100):
+        value_and_grads(case.call, points)
+        if case.huge_rows:
+            with pytest.raises(MemoryError):
+                case.call(*[p.cuda() for p in _huge_inputs(case, 0)])
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
