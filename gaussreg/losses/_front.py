@@ -1,7 +1,7 @@
 """Steps every loss front end shares: validate, pick the dtype, check memory, check finiteness."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -9,12 +9,19 @@ from .. import _checks, _native
 from . import _pair_sum
 
 
-def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, optional: Tuple[str, ...] = (),
-                   draws_partner: bool = False, **named: Optional[torch.Tensor]
+# need_bytes(device, compute dtype, [(rows, D) of each point tensor]) -> working bytes.
+NeedBytes = Callable[[torch.device, torch.dtype, Sequence[Tuple[int, int]]], int]
+
+
+def prepare_points(what: str, stem: Optional[str], backend: str, *, min_dim: int = 1, min_rows: int = 2,
+                   optional: Tuple[str, ...] = (), draws_partner: bool = False, entry: Optional[str] = None,
+                   need_bytes: Optional[NeedBytes] = None, **named: Optional[torch.Tensor]
                    ) -> Tuple[List[Optional[torch.Tensor]], torch.device, torch.dtype, bool]:
     """Validate the point tensors in ``named`` for loss ``what`` (a None entry is skipped
     when its name is in ``optional``, and a TypeError naming it otherwise).
     ``draws_partner``: the loss draws a second sample like the first (counted in memory).
+    The working memory is the pair sums' of ``stem``, or ``need_bytes`` of the sizes for
+    the losses on other engines; ``entry`` is the compiled function they need.
 
     Returns the tensors converted to the compute dtype (the promoted dtype of all of them,
     float32 for half inputs; autograd carries gradients back to each input's dtype) in the
@@ -23,7 +30,8 @@ def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, opti
     NaN/Inf scan and the dtype conversion, so an impossible request fails at once instead
     of scanning or copying a huge (e.g. expanded) tensor.
     """
-    present = {k: _checks.points(k, v) for k, v in named.items() if v is not None or k not in optional}
+    present = {k: _checks.points(k, v, min_rows=min_rows) for k, v in named.items()
+               if v is not None or k not in optional}
     for k, v in present.items():
         if v.shape[1] < min_dim:
             raise ValueError(f"{what} needs D >= {min_dim}, got {k} with D = {v.shape[1]}")
@@ -36,7 +44,7 @@ def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, opti
         _checks.same_dim(items[0][0], items[0][1], k, v)
     dtype = _checks.compute_dtype(*present.values())
     out_dtype = _checks.compute_dtype(items[0][1])
-    native = _native.use_native(device, backend, what)
+    native = _native.use_native(device, backend, what, entry=entry)
     if native and not _checks.compiling():  # sizes are static under compile; the op still reports OOM
         # From the sizes, before any copy: the inputs converted to the compute dtype, then the
         # largest pair sum's workspace and every pair sum's gradient buffers (kept for backward).
@@ -47,7 +55,10 @@ def prepare_points(what: str, stem: str, backend: str, *, min_dim: int = 1, opti
         m = sizes[1][0] if len(sizes) > 1 else 0
         if draws_partner and m == 0:
             m, copies = n, copies + n * d * elem
-        need = copies + _pair_sum.workspace_bytes(stem, device, dtype, n, m, d, grad_copies=2 if m else 1)
+        if need_bytes is not None:
+            need = copies + need_bytes(device, dtype, sizes)
+        else:
+            need = copies + _pair_sum.workspace_bytes(stem, device, dtype, n, m, d, grad_copies=2 if m else 1)
         _native.check_fits(need, device, what)
     for k, v in present.items():
         _checks.finite(k, v)

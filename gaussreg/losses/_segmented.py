@@ -17,12 +17,12 @@ them; the engines are ``csrc/cpu/segmented.cpp`` and ``csrc/cuda/segmented.cu``.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
-from .. import _checks, _native
+from .. import _native
 from ._autograd import first_order_only
 
 TARGETS_SHARED, TARGETS_PER_SEGMENT = 0, 1  # csrc/common/segmented.h SegmentTargets
@@ -34,16 +34,20 @@ def supported(device: torch.device) -> bool:
 
 
 def workspace_bytes(values: Tensor) -> int:
-    """Working memory of one call beyond its inputs and outputs."""
-    segments, n = values.shape
-    module = _native.module_for(values.device)
-    return int(_native.launch(module.segmented_workspace_bytes, values.device, _native.dtype_code(values.dtype),
-                              segments, n))
+    """The engine's working memory for sorting ``values`` (segments, n)."""
+    return engine_bytes(values.device, values.dtype, *values.shape)
 
 
-def output_bytes(values: Tensor, want_sorted_slope: bool) -> int:
-    """The slope outputs the forward allocates."""
-    return values.numel() * values.element_size() * (2 if want_sorted_slope else 1)
+def engine_bytes(device: torch.device, dtype: torch.dtype, segments: int, n: int) -> int:
+    module = _native.module_for(device)
+    return int(_native.launch(module.segmented_workspace_bytes, device, _native.dtype_code(dtype), segments, n))
+
+
+def sort_bytes(device: torch.device, dtype: torch.dtype, segments: int, n: int, sorted_slope: bool = False) -> int:
+    """Memory of one sorted_gaps call on (segments, n) values, from the sizes: the values'
+    contiguous copy, the engine's workspace and the slopes kept for the backward."""
+    values = segments * n * torch.empty((), dtype=dtype).element_size()
+    return values * (3 if sorted_slope else 2) + engine_bytes(device, dtype, segments, n)
 
 
 def _check_values(op: str, values: Tensor) -> None:
@@ -158,30 +162,3 @@ def sorted_gaps(values: Tensor, targets: Tensor, *, torus: bool = False, p: int 
     want_sorted_slope = targets.dim() == 2 and targets.requires_grad and torch.is_grad_enabled()
     value, _, _ = sorted_gaps_op(values, targets, torus, p, want_sorted_slope)
     return value
-
-
-def prepare_points(what: str, backend: str, **named: Optional[Tensor]
-                             ) -> List[Tuple[Optional[Tensor], torch.device, bool]]:
-    """Validated point tensors (None skipped) in the compute dtype, with their device and
-    whether the compiled engine runs: [(tensor, device, native), ...] in the order given."""
-    present = {k: v for k, v in named.items() if v is not None}
-    device = _checks.same_device(**present)
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"{what}: {', '.join(present)} on device {device}; "
-                         "gaussreg computes on CPU and CUDA tensors only")
-    items = list(present.items())
-    for k, v in items[1:]:
-        _checks.same_dim(items[0][0], items[0][1], k, v)
-    dtype = _checks.compute_dtype(*present.values())
-    native = _native.use_native(device, backend, what, entry="segmented_forward")
-    for k, v in present.items():
-        _checks.finite(k, v)
-    return [(None if v is None else v.to(dtype), device, native) for v in named.values()]
-
-
-def check_fits(values: Tensor, want_sorted_slope: bool, what: str) -> None:
-    """MemoryError naming the bytes when the sort's workspace and outputs cannot fit."""
-    if _checks.compiling():
-        return
-    needed = workspace_bytes(values) + output_bytes(values, want_sorted_slope)
-    _native.check_fits(needed, values.device, what)

@@ -15,6 +15,7 @@ from torch import Tensor
 from .. import _checks, reference
 from ..distributed import maybe_gather
 from . import _segmented
+from ._front import prepare_points
 
 MARGINALS = ("normal", "uniform", "torus")
 MAX_BITS = 24  # 2^k cells of width 2^-k: beyond float32's resolution of [0, 1) anyway
@@ -66,15 +67,15 @@ def coordinate_cdf_attraction(z: Tensor, *, marginal: str = "normal", bits: Opti
     bits = _bits(bits, marginal)
     p = _power(p)
     (z,) = maybe_gather(process_group, z)
-    zc, device, native = _segmented.prepare_points("coordinate_cdf_attraction", backend, z=z)[0]
+    (zc,), device, out_dtype, native = prepare_points(
+        "coordinate_cdf_attraction", None, backend, min_rows=1, entry="segmented_forward",
+        need_bytes=lambda dev, dtype, sizes: _segmented.sort_bytes(dev, dtype, sizes[0][1], sizes[0][0]), z=z)
     if not native:
         return reference.coordinate_cdf_attraction(zc, marginal=marginal, bits=bits, p=p)
     n, dim = zc.shape
     targets = rank_targets(n, marginal, bits, device, zc.dtype)
-    columns = zc.t().contiguous()
-    _segmented.check_fits(columns, False, "coordinate_cdf_attraction")
-    total = _segmented.sorted_gaps(columns, targets, torus=marginal == "torus", p=p)
-    return (total / (n * dim)).to(zc.dtype)
+    total = _segmented.sorted_gaps(zc.t().contiguous(), targets, torus=marginal == "torus", p=p)
+    return (total / (n * dim)).to(out_dtype)
 
 
 def _bits(bits, marginal: str) -> Optional[int]:

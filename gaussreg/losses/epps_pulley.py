@@ -16,9 +16,9 @@ from torch import Tensor
 
 from .. import _checks, _native, reference
 from ..distributed import check_group, sum_over_ranks, total_count
-from . import _segmented
 from ._autograd import first_order_only
-from .sliced_wasserstein import project, unit_directions
+from ._front import prepare_points
+from .sliced_wasserstein import direction_count, project, unit_directions
 
 MAX_POINTS = 64  # csrc/common/epps_pulley.h kEppsPulleyMaxKnots
 
@@ -64,10 +64,13 @@ def epps_pulley(z: Tensor, *, num_slices: int = 256, t_max: float = 3.0, num_poi
         raise ValueError(f"num_points must be an int in [2, {MAX_POINTS}], got {num_points!r}")
     if process_group is not None:
         check_group(process_group)
-    ((zc, device, native),) = _segmented.prepare_points("epps_pulley", backend, z=z)
+    count = direction_count(num_slices, directions)
+    (zc,), device, out_dtype, native = prepare_points(
+        "epps_pulley", None, backend, min_rows=1, entry="epps_pulley_forward",
+        need_bytes=lambda dev, dtype, sizes: _projection_bytes(count, *sizes[0], dtype), z=z)
     slices = unit_directions("num_slices", num_slices, zc, generator, directions, process_group)
     if not native and process_group is None:
-        return reference.epps_pulley(zc, t_max=t_max, num_points=int(num_points), directions=slices)
+        return reference.epps_pulley(zc, t_max=t_max, num_points=int(num_points), directions=slices).to(out_dtype)
     delta = t_max / (num_points - 1)
     projections = project(slices, zc)  # (S, n): each slice's projections contiguous
     if native:
@@ -78,7 +81,12 @@ def epps_pulley(z: Tensor, *, num_slices: int = 256, t_max: float = 3.0, num_poi
     if process_group is not None:
         cos_sums, sin_sums = sum_over_ranks(torch.stack((cos_sums, sin_sums)), process_group).unbind(0)
         n = total_count(n, device, process_group)
-    return statistic(cos_sums, sin_sums, n, delta).to(zc.dtype)
+    return statistic(cos_sums, sin_sums, n, delta).to(out_dtype)
+
+
+def _projection_bytes(slices: int, n: int, d: int, dtype: torch.dtype) -> int:
+    """The (S, n) projections and their gradient, and z's gradient (n, D)."""
+    return (2 * slices * n + n * d) * torch.empty((), dtype=dtype).element_size()
 
 
 def knot_weights(num_points: int, delta: float, device: torch.device) -> Tuple[Tensor, Tensor]:

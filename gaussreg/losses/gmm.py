@@ -18,6 +18,7 @@ from torch import Tensor
 from .. import _checks, reference
 from ..distributed import maybe_gather
 from . import _segmented
+from ._front import prepare_points
 
 
 class GaussianMixture:
@@ -180,16 +181,22 @@ def gmm_ks_loss(z: Tensor, prior: GaussianMixture, *, backend: str = "auto", pro
     z = _checks.points("z", z, min_rows=1)
     prior = _check_prior(prior, z)
     (z,) = maybe_gather(process_group, z)
-    ((zc, device, native),) = _segmented.prepare_points("gmm_ks_loss", backend, z=z)
+    (zc,), device, out_dtype, native = prepare_points(
+        "gmm_ks_loss", None, backend, min_rows=1, entry="segmented_counts", need_bytes=_ks_bytes, z=z)
     means, stds, weights = (t.to(zc.dtype) for t in (prior.means, prior.stds, prior.weights))
     if not native:
         return reference.gmm_ks_loss(zc, means, stds, weights)
     n = zc.shape[0]
-    columns = zc.detach().t().contiguous()
-    _segmented.check_fits(columns, False, "gmm_ks_loss")
-    empirical_cdf = _segmented.segment_counts_op(columns).t().to(zc.dtype) / n  # (n, D), held constant
+    counts = _segmented.segment_counts_op(zc.detach().t().contiguous())
+    empirical_cdf = counts.t().to(zc.dtype) / n  # (n, D), held constant
     mixture_cdf = _MixtureCdf.apply(zc, means, stds, weights)
     return (empirical_cdf - mixture_cdf).pow(2).mean()
+
+
+def _ks_bytes(device: torch.device, dtype: torch.dtype, sizes) -> int:
+    """The column sort, its int64 counts and the empirical and mixture CDFs (n x D each)."""
+    n, d = sizes[0]
+    return _segmented.sort_bytes(device, dtype, d, n) + n * d * (8 + 2 * torch.empty((), dtype=dtype).element_size())
 
 
 class _MixtureCdf(torch.autograd.Function):

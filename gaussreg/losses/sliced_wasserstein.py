@@ -15,6 +15,7 @@ from torch import Tensor
 from .. import _checks, reference
 from ..distributed import broadcast_from_first, maybe_gather
 from . import _segmented
+from ._front import prepare_points
 from .coordinate_cdf_attraction import rank_targets
 
 
@@ -61,20 +62,37 @@ def sliced_wasserstein(z: Tensor, *, num_projections: int = 50, p: int = 2, prio
     if prior_sample is not None and prior_sample.shape[0] != z.shape[0]:
         raise ValueError(f"prior_sample must have as many points as z (its sorted projections are the targets), "
                          f"got {prior_sample.shape[0]} and {z.shape[0]}")
-    (zc, device, native), (prior, _, _) = _segmented.prepare_points("sliced_wasserstein", backend, z=z,
-                                                                    prior_sample=prior_sample)
+    count = direction_count(num_projections, directions)
+
+    def need_bytes(dev, dtype, sizes):
+        n, elem = sizes[0][0], torch.empty((), dtype=dtype).element_size()
+        # The prior's projections: their sort (values and int64 indices) and sorted slope;
+        # the backward's gradients of the point tensors (n x D each).
+        prior_bytes = count * n * (2 * elem + 8) if len(sizes) > 1 else 0
+        gradients = sum(rows * d for rows, d in sizes) * elem
+        return _segmented.sort_bytes(dev, dtype, count, n, sorted_slope=len(sizes) > 1) + prior_bytes + gradients
+
+    (zc, prior), device, out_dtype, native = prepare_points(
+        "sliced_wasserstein", None, backend, min_rows=1, optional=("prior_sample",), entry="segmented_forward",
+        need_bytes=need_bytes, z=z, prior_sample=prior_sample)
     theta = unit_directions("num_projections", num_projections, zc, generator, directions, process_group)
     if not native:
-        return reference.sliced_wasserstein(zc, p=p, prior_sample=prior, directions=theta)
-    n, count = zc.shape[0], theta.shape[0]
-    projections = project(theta, zc)
+        return reference.sliced_wasserstein(zc, p=p, prior_sample=prior, directions=theta).to(out_dtype)
+    n = zc.shape[0]
     if prior is None:
         targets = rank_targets(n, "normal", None, device, zc.dtype)
     else:
         targets = torch.sort(project(theta, prior), dim=1).values.contiguous()
-    _segmented.check_fits(projections, prior is not None and prior.requires_grad, "sliced_wasserstein")
-    total = _segmented.sorted_gaps(projections, targets, p=p)
-    return (total / (n * count)).to(zc.dtype)
+    total = _segmented.sorted_gaps(project(theta, zc), targets, p=p)
+    return (total / (n * count)).to(out_dtype)
+
+
+def direction_count(count, directions: Optional[Tensor]) -> int:
+    """L, for the memory estimate made before the options are checked (unit_directions checks them)."""
+    if isinstance(directions, Tensor) and directions.dim() == 2:
+        return max(1, directions.shape[0])
+    valid = isinstance(count, numbers.Integral) and not isinstance(count, bool) and count > 0
+    return int(count) if valid else 1
 
 
 def project(directions: Tensor, points: Tensor) -> Tensor:
