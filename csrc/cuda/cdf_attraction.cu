@@ -47,6 +47,7 @@
 
 #include "common/pair_index.h"
 #include "cuda/check.cuh"
+#include "cuda/workspace.cuh"
 #include "cuda/reduce.cuh"
 
 namespace py = pybind11;
@@ -77,7 +78,6 @@ constexpr int kBackRows = 64;  // 8 warps x 8 rows
 constexpr int kRowsPerWarp = 8;
 constexpr int kBackCols = 32;
 
-constexpr size_t kAlign = 256;  // CUB's own alignment for its buffers
 
 // ---------------------------------------------------------------- keys and entries
 
@@ -305,13 +305,8 @@ size_t workspace_layout(const Plan& plan, char* base, Workspace* out) {
       plan.chunks * sizeof(double),
       2 * kChunk * sizeof(double),
   };
-  constexpr int kParts = sizeof(sizes) / sizeof(sizes[0]);
-  void* parts[kParts];
-  size_t offset = 0;
-  for (int i = 0; i < kParts; ++i) {
-    parts[i] = base == nullptr ? nullptr : base + offset;
-    offset += (sizes[i] + kAlign - 1) / kAlign * kAlign;
-  }
+  void* parts[sizeof(sizes) / sizeof(sizes[0])];
+  const size_t total = carve_workspace(base, sizes, parts);
   if (out != nullptr) {
     *out = {{parts[0], parts[1]},
             {parts[2], parts[3]},
@@ -324,7 +319,7 @@ size_t workspace_layout(const Plan& plan, char* base, Workspace* out) {
             static_cast<double*>(parts[11]),
             static_cast<double*>(parts[12])};
   }
-  return offset + kAlign;  // slack for aligning the base pointer
+  return total;
 }
 
 // ---------------------------------------------------------------- key generation
@@ -723,7 +718,7 @@ void rank_in_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace& 
 template <typename T>
 void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes, cudaStream_t stream) {
   const Plan plan = make_plan<T>(a.n, a.capacity, stream);
-  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(workspace) + kAlign - 1) / kAlign * kAlign);
+  char* base = aligned_base(workspace);
   Workspace ws;
   const size_t need = workspace_layout<T>(plan, base, &ws);
   if (workspace == nullptr || need > ws_bytes)

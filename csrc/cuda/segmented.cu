@@ -38,6 +38,7 @@
 
 #include "common/config.h"
 #include "cuda/check.cuh"
+#include "cuda/workspace.cuh"
 #include "cuda/reduce.cuh"
 
 namespace py = pybind11;
@@ -60,7 +61,6 @@ constexpr int kRanksPerThread = 8;
 constexpr int64_t kChunk = int64_t{kRankThreads} * kRanksPerThread;  // positions per partial sum
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;                       // grid-stride beyond this
 
-constexpr size_t kAlign = 256;  // CUB's own alignment for its buffers
 
 using Index = uint32_t;  // row index payload: n <= 2^31 - 1 (check_segmented_sizes)
 
@@ -153,13 +153,8 @@ size_t workspace_layout(const Plan& plan, char* base, Workspace* out) {
       static_cast<size_t>(plan.chunks) * sizeof(double),
       plan.sort_temp,
   };
-  constexpr int kParts = sizeof(sizes) / sizeof(sizes[0]);
-  void* parts[kParts];
-  size_t offset = 0;
-  for (int i = 0; i < kParts; ++i) {
-    parts[i] = base == nullptr ? nullptr : base + offset;
-    offset += (sizes[i] + kAlign - 1) / kAlign * kAlign;
-  }
+  void* parts[sizeof(sizes) / sizeof(sizes[0])];
+  const size_t total = carve_workspace(base, sizes, parts);
   if (out != nullptr) {
     *out = {{parts[0], parts[1]},
             {static_cast<Index*>(parts[2]), static_cast<Index*>(parts[3])},
@@ -167,7 +162,7 @@ size_t workspace_layout(const Plan& plan, char* base, Workspace* out) {
             static_cast<double*>(parts[5]),
             parts[6]};
   }
-  return offset + kAlign;
+  return total;
 }
 
 // ---------------------------------------------------------------- kernels
@@ -299,7 +294,7 @@ void check_workspace(const Plan& plan, void* workspace, size_t ws_bytes, char** 
   if (workspace == nullptr || ws_bytes < need)
     throw std::invalid_argument(std::string(what) + ": workspace of " + std::to_string(ws_bytes) + " bytes, need " +
                                 std::to_string(need) + " (segmented_workspace_bytes)");
-  *base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(workspace) + kAlign - 1) / kAlign * kAlign);
+  *base = aligned_base(workspace);
   workspace_layout<T>(plan, *base, ws);
 }
 
