@@ -40,6 +40,18 @@ def same_device(**tensors: Optional[torch.Tensor]) -> torch.device:
     return next(iter(devices))
 
 
+def generator(value, draws_on: Optional[torch.device] = None) -> Optional[torch.Generator]:
+    """None or a torch.Generator; when it will draw on ``draws_on``, a generator of that
+    device's type (torch would otherwise fail inside the draw with a message naming neither
+    the argument nor the remedy)."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(value).__name__}")
+    if value is not None and draws_on is not None and value.device.type != torch.device(draws_on).type:
+        raise ValueError(f"generator is on {value.device} but draws on {draws_on}: "
+                         f"pass torch.Generator(device={str(draws_on)!r})")
+    return value
+
+
 def same_dim(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"{name_a} and {name_b} must have the same dimension D, "

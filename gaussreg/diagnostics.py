@@ -189,9 +189,8 @@ def _count(name: str, value) -> int:
 
 
 def _generator(generator) -> Optional[torch.Generator]:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return generator
+    """The diagnostics draw on the CPU (then move the draws): a CPU generator or None."""
+    return _checks.generator(generator, draws_on=torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------

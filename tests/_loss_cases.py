@@ -67,7 +67,8 @@ def _cdf_multi_pass(z, **extra):
     budget = 1024  # bad inputs: any budget, the error comes first
     if _valid_points(z):
         dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
-        entry = _cdf_pairs.entry_bytes_for(torch.device("cpu"), dtype, z.shape[0])
+        device = z.device if z.device.type == "cuda" else torch.device("cpu")  # meta: the error comes first
+        entry = _cdf_pairs.entry_bytes_for(device, dtype, z.shape[0])
         budget = entry * max(64, _cdf_pairs.pair_count(z.shape[0]) // 4)
     return gaussreg.cdf_attraction(z, p=2, max_sort_bytes=budget, **{"backend": "native", **extra})
 
@@ -198,8 +199,9 @@ def _mixture(z):
 def _gmm_ks(z, **extra):
     means, stds, weights = _mixture(z)
     prior = gaussreg.GaussianMixture(means, stds, weights)
-    if isinstance(z, torch.Tensor) and z.is_floating_point() and not z.is_complex():
-        prior = prior.to(dtype=z.dtype if z.dtype in (torch.float32, torch.float64) else torch.float32)
+    if isinstance(z, torch.Tensor) and z.is_floating_point() and not z.is_complex():  # on z's device
+        prior = prior.to(dtype=z.dtype if z.dtype in (torch.float32, torch.float64) else torch.float32,
+                         device=z.device if z.device.type in ("cpu", "cuda") else "cpu")
     return gaussreg.gmm_ks_loss(z, prior, **{"backend": "native", **extra})
 
 

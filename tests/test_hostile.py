@@ -2,6 +2,7 @@
 
 Each bad point tensor (NaN, +/-Inf, empty, 1-D, 3-D, integer, bool, complex, a list, a
 numpy array, a tensor requiring grad on another device, mismatched D) and each bad option
+(a generator, a prior or per-point widths on another device than the points among them)
 must raise TypeError or ValueError whose message names the argument; afterwards the
 library must still compute the right value and gradients. Views that are valid input
 (transposed, sliced, offset, expanded with stride 0, overlapping rows) must give what
@@ -11,7 +12,7 @@ import re
 
 import pytest
 import torch
-from _helpers import assert_close
+from _helpers import assert_close, cuda_ok
 from _loss_cases import CASE_IDS, CASES, LossCase, points_for, value_and_grads
 
 import gaussreg
@@ -199,3 +200,130 @@ def test_engine_errors_leave_the_library_working(one_thread):
         gaussreg._C.mmd_workspace_bytes(7, 5, 0, 3, 1)
     for case in CASES:
         _still_works(case)
+
+
+# ---------------------------------------------------------------------------
+# Devices: a generator, an option tensor or one of two point tensors on another device
+# ---------------------------------------------------------------------------
+
+
+class _GeneratorClaimingCuda(torch.Generator):
+    """A CPU generator that says it is on cuda:0: the device checks run without a GPU."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+
+def _drawing_calls(z, generator):
+    """Every public entry point that draws with a user's generator, on z's device."""
+    prior = gaussreg.GaussianMixture.separated(2, z.shape[1], dtype=z.dtype, device=z.device)
+    return {
+        "mmd": lambda: gaussreg.mmd(z, generator=generator),
+        "sliced_wasserstein": lambda: gaussreg.sliced_wasserstein(z, generator=generator),
+        "epps_pulley": lambda: gaussreg.epps_pulley(z, generator=generator),
+        "GaussianMixture.sample": lambda: prior.sample(5, generator),
+    }
+
+
+@pytest.mark.parametrize("entry", ["mmd", "sliced_wasserstein", "epps_pulley", "GaussianMixture.sample"])
+def test_generator_of_another_device_is_named(entry):
+    z = torch.randn(7, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"generator is on cuda:0 but draws on cpu: pass torch.Generator\(device='cpu'\)"):
+        _drawing_calls(z, _GeneratorClaimingCuda())[entry]()
+    _drawing_calls(z, torch.Generator().manual_seed(0))[entry]()  # still works, with a CPU generator
+
+
+def test_diagnostics_draw_on_the_cpu_whatever_the_points_device():
+    z = torch.randn(50, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="generator is on cuda:0 but draws on cpu"):
+        gaussreg.diagnostics.projection_ks(z, 4, generator=_GeneratorClaimingCuda())
+    assert gaussreg.diagnostics.projection_ks(z, 4, generator=torch.Generator().manual_seed(0)).max >= 0
+
+
+needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not cuda_ok(), reason="needs CUDA")]
+
+
+def _still_works_on_cuda(case: LossCase) -> None:
+    """After an error: on CUDA points, the reference's value and gradients (computed on the CPU)."""
+    points = points_for(case, n=7, d=3, seed=11)
+    value, grads = value_and_grads(case.call, [p.cuda() for p in points])
+    ref_value, ref_grads = value_and_grads(case.reference, points)
+    assert value.device.type == "cuda" and all(g.device.type == "cuda" for g in grads)
+    assert_close(value.cpu(), ref_value, 1e-9, 1e-12 * case.term_size, what=f"{case.name} value on CUDA")
+    for g, h in zip(grads, ref_grads):
+        assert_close(g.cpu(), h, 1e-9, 1e-12 * case.term_size + 1e-9 * float(h.abs().max()),
+                     what=f"{case.name} gradient on CUDA")
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_cuda, id="cuda")])
+def test_every_case_on_cuda_matches_the_reference(case, _):
+    _still_works_on_cuda(case)
+
+
+def _split_cases():
+    return [pytest.param(c, k, marks=needs_cuda, id=f"{c.name}-{c.args[k]}-on-cpu")
+            for c in CASES if len(c.args) == 2 for k in range(2)]
+
+
+@pytest.mark.parametrize("case, position", _split_cases())
+def test_points_split_over_cpu_and_cuda_are_named(case, position):
+    points = [p if k == position else p.cuda().requires_grad_()
+              for k, p in enumerate(points_for(case, n=7, d=3, seed=1))]
+    with pytest.raises(ValueError, match=rf"same device, got .*\b{case.args[position]} on cpu"):
+        case.call(*points)
+    _still_works_on_cuda(case)
+
+
+def _cpu_options(z):
+    """Calls on CUDA points z whose option tensor or generator is on the CPU: (call, message)."""
+    n, d = z.shape
+    cpu_points = torch.randn(n, d, dtype=z.dtype)
+    cpu_prior = gaussreg.GaussianMixture.separated(2, d, dtype=z.dtype)
+    return {
+        "per_point_sigma": (lambda: gaussreg.gaussian_l2_to_normal(z, torch.ones(n, dtype=z.dtype)),
+                            "sigma must be on z's device cuda:0, got cpu"),
+        "gmm_ks_prior": (lambda: gaussreg.gmm_ks_loss(z, cpu_prior), r"prior is on cpu but z is on cuda:0: use prior.to"),
+        "gmm_cov_prior": (lambda: gaussreg.gmm_cov_loss(z, cpu_prior), r"prior is on cpu but z is on cuda:0"),
+        "mmd_prior_sample": (lambda: gaussreg.mmd(z, cpu_points), r"same device, got z on cuda:0, prior_sample on cpu"),
+        "swae_prior_sample": (lambda: gaussreg.sliced_wasserstein(z, prior_sample=cpu_points),
+                              r"same device, got z on cuda:0, prior_sample on cpu"),
+        **{f"{name}_generator": (call, r"generator is on cpu but draws on cuda:0")
+           for name, call in _drawing_calls(z, torch.Generator()).items()},
+    }
+
+
+@pytest.mark.parametrize("option", [pytest.param(o, marks=needs_cuda) for o in (
+    "per_point_sigma", "gmm_ks_prior", "gmm_cov_prior", "mmd_prior_sample", "swae_prior_sample",
+    "mmd_generator", "sliced_wasserstein_generator", "epps_pulley_generator", "GaussianMixture.sample_generator")])
+def test_cpu_option_with_cuda_points_is_named(option):
+    z = torch.randn(7, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    call, message = _cpu_options(z)[option]
+    with pytest.raises(ValueError, match=message):
+        call()
+    for name, call in _drawing_calls(z, torch.Generator("cuda").manual_seed(0)).items():  # still works
+        assert torch.isfinite(call()).all(), name
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_cuda, id="cuda")])
+def test_constant_cpu_tables_follow_cuda_points(_):
+    """Fixed directions and an empirical target table are constants: moved to z's device, same values."""
+    z = torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    directions = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    target = gaussreg.targets.Empirical(torch.linspace(0.0, 12.0, 41, dtype=torch.float64))
+    calls = {
+        "sliced_wasserstein": lambda x: gaussreg.sliced_wasserstein(x, directions=directions),
+        "epps_pulley": lambda x: gaussreg.epps_pulley(x, directions=directions),
+        "cdf_attraction": lambda x: gaussreg.cdf_attraction(x, distances_target=target),
+    }
+    for name, call in calls.items():
+        assert_close(call(z.cuda()).cpu(), call(z), 1e-10, 1e-12, what=name)
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_cuda, id="cuda")])
+def test_cuda_generator_in_the_diagnostics_is_named(_):
+    z = torch.randn(50, 3, dtype=torch.float64, device="cuda")
+    with pytest.raises(ValueError, match="generator is on cuda:0 but draws on cpu"):
+        gaussreg.diagnostics.projection_ks(z, 4, generator=torch.Generator("cuda"))
+    assert gaussreg.diagnostics.projection_ks(z, 4, generator=torch.Generator().manual_seed(0)).max >= 0

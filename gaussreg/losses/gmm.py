@@ -118,6 +118,7 @@ class GaussianMixture:
         """
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
+        _checks.generator(generator, draws_on=self.means.device)
         weights = self.weights.detach()
         component = torch.multinomial(weights.double(), int(n), replacement=True, generator=generator)
         noise = torch.randn(int(n), self.dim, generator=generator, dtype=self.means.dtype, device=self.means.device)

@@ -59,13 +59,12 @@ def mmd(z: Tensor, prior_sample: Union[Tensor, str, None] = None, *, kernel: str
         _checks.choice("prior_sample", prior_sample, ("analytic",))
         if kernel != "rbf":
             raise ValueError("prior_sample='analytic' has a closed form only for kernel='rbf'")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     y_in = prior_sample if isinstance(prior_sample, Tensor) else None
     if prior_sample is not None and not analytic and y_in is None:
         raise TypeError(f"prior_sample must be a tensor (m, D), None or 'analytic', got {type(prior_sample).__name__}")
     (z, y), device, dtype, native = prepare_points("mmd", _STEM, backend, optional=("prior_sample",),
                                                      draws_partner=prior_sample is None, z=z, prior_sample=y_in)
+    _checks.generator(generator, draws_on=device if prior_sample is None else None)
     # A drawn prior sample is drawn after the gather, at the global size, by each rank from
     # its own generator: seed it alike on every rank for the same loss everywhere.
     z, y = maybe_gather(process_group, z, y)

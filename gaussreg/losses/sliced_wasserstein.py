@@ -109,14 +109,10 @@ def unit_directions(count_name: str, count, like: Tensor, generator: Optional[to
     normal draws normalized (uniform on the sphere), drawn as reference.py draws them; under
     a process group, the first rank's. Held constant (detached)."""
     dim = like.shape[1]
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    _checks.generator(generator, draws_on=like.device if directions is None else None)
     if directions is None:
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
             raise ValueError(f"{count_name} must be a positive int, got {count!r}")
-        if generator is not None and generator.device.type != like.device.type:
-            raise ValueError(f"generator is on {generator.device} but z is on {like.device}: "
-                             "pass a generator of z's device")
         raw = torch.randn(int(count), dim, generator=generator, dtype=like.dtype, device=like.device)
     else:
         if not isinstance(directions, Tensor) or not directions.is_floating_point() or directions.dim() != 2:
