@@ -42,6 +42,11 @@ class LossCase:
     # multi-pass sort whose budget is smaller than a bucket of tied distances.
     documented_errors: Tuple[Tuple[type, str], ...] = ()
     backend_option: bool = True             # call accepts backend= (modules do not)
+    equal_rows: bool = False                # every point argument has z's number of rows
+    compiled: bool = True                   # runs a compiled engine (False: torch ops, no workspace of its own)
+    # The loss takes cos/sin of phases up to phase_scale * ||z_i||: float64 rounds a phase to
+    # about eps * phase_scale * ||z_i||, which then bounds any two implementations' agreement.
+    phase_scale: float = 0.0
 
 
 def _valid_points(z) -> bool:
@@ -196,13 +201,22 @@ def _mixture(z):
     return means, stds, torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
 
 
-def _gmm_ks(z, **extra):
-    means, stds, weights = _mixture(z)
-    prior = gaussreg.GaussianMixture(means, stds, weights)
-    if isinstance(z, torch.Tensor) and z.is_floating_point() and not z.is_complex():  # on z's device
+def _prior_for(z):
+    """_mixture(z) as a GaussianMixture on z's device and compute dtype (CPU float64 for bad z)."""
+    prior = gaussreg.GaussianMixture(*_mixture(z))
+    if isinstance(z, torch.Tensor) and z.is_floating_point() and not z.is_complex():
         prior = prior.to(dtype=z.dtype if z.dtype in (torch.float32, torch.float64) else torch.float32,
                          device=z.device if z.device.type in ("cpu", "cuda") else "cpu")
-    return gaussreg.gmm_ks_loss(z, prior, **{"backend": "native", **extra})
+    return prior
+
+
+def _gmm_ks(z, **extra):
+    return gaussreg.gmm_ks_loss(z, _prior_for(z), **{"backend": "native", **extra})
+
+
+def _swae_prior_p1(z, prior_sample, **extra):
+    return gaussreg.sliced_wasserstein(z, **{"prior_sample": prior_sample, "p": 1, "directions": _directions(z),
+                                             "backend": "native", **extra})
 
 
 _MMD_ARGS = ("z", "prior_sample")
@@ -260,10 +274,22 @@ CASES: List[LossCase] = [
          huge_rows=2**30, linear_memory=True, min_rows=1),
     case("epps_pulley",
          lambda z, **kw: gaussreg.epps_pulley(z, **{"directions": _directions(z), "backend": "native", **kw}),
-         lambda z: ref.epps_pulley(z, directions=_directions(z)), bad_options=_EP_BAD, term_size=10.0,
+         lambda z: ref.epps_pulley(z, directions=_directions(z)), bad_options=_EP_BAD, term_size=10.0, phase_scale=3.0,
          huge_rows=2**30, min_rows=1),
     case("gmm_ks_loss", _gmm_ks, lambda z: ref.gmm_ks_loss(z, *_mixture(z)), second_order=True, huge_rows=2**30,
          linear_memory=True, min_rows=1),
+    case("gmm_cov_loss", lambda z, **kw: gaussreg.gmm_cov_loss(z, _prior_for(z), **kw),
+         lambda z: ref.gmm_cov_loss(z, *_mixture(z)), second_order=True, backend_option=False, huge_rows=2**36,
+         compiled=False),
+    case("coordinate_uniform_bits2_p1",
+         _with_backend(gaussreg.coordinate_cdf_attraction, marginal="uniform", bits=2, p=1),
+         lambda z: ref.coordinate_cdf_attraction(z, marginal="uniform", bits=2, p=1), ranked=True, huge_rows=2**30,
+         second_order=True,
+         linear_memory=True, min_rows=1),
+    case("sliced_wasserstein_prior_sample_p1", _swae_prior_p1,
+         lambda z, y: ref.sliced_wasserstein(z, prior_sample=y, p=1, directions=_directions(z)),
+         args=("z", "prior_sample"), optional_args=("prior_sample",), ranked=True, equal_rows=True,
+         second_order=True, huge_rows=2**30, linear_memory=True, min_rows=1),
     # The nn modules: the same engines behind module objects (options fixed at construction).
     case("nn.CDFAttraction", _module_call(lambda **kw: gaussreg.nn.CDFAttraction(p=2, **kw)),
          lambda z: _ref_cdf(z, p=2), ranked=True, backend_option=False, huge_rows=2**22),
@@ -272,6 +298,14 @@ CASES: List[LossCase] = [
     case("nn.MMD", _module_call(lambda **kw: gaussreg.nn.MMD(kernel="rbf", **kw)),
          lambda z, y: ref.mmd(z, y, kernel="rbf"), args=_MMD_ARGS, optional_args=("prior_sample",),
          backend_option=False, term_size=21.0),
+    case("nn.SlicedWasserstein",
+         lambda z, y, **kw: gaussreg.nn.SlicedWasserstein(directions=_directions(z), **kw)(z, y),
+         lambda z, y: ref.sliced_wasserstein(z, prior_sample=y, directions=_directions(z)),
+         args=("z", "prior_sample"), optional_args=("prior_sample",), ranked=True, equal_rows=True,
+         backend_option=False, huge_rows=2**30, linear_memory=True, min_rows=1),
+    case("nn.GMMKS", lambda z, **kw: gaussreg.nn.GMMKS(_prior_for(z), **kw)(z),
+         lambda z: ref.gmm_ks_loss(z, *_mixture(z)), second_order=True, backend_option=False, huge_rows=2**30,
+         linear_memory=True, min_rows=1),
     case("nn.Regularizer", lambda z, **kw: _regularizer(**kw)(z)[0],
          lambda z: 0.7 * _ref_cdf(z, p=2) + 1.3 * ref.cw_distance(z, kernel="exact"), ranked=True,
          backend_option=False, term_size=10.0, huge_rows=2**22),
@@ -282,10 +316,12 @@ BY_NAME: Dict[str, LossCase] = {c.name: c for c in CASES}
 
 
 def points_for(case_: LossCase, n: int = 9, d: int = 4, seed: int = 0, dtype=torch.float64) -> List[torch.Tensor]:
-    """Float64 point inputs for ``case_`` (the second input, when any, has n + 2 rows); valid
+    """Float64 point inputs for ``case_`` (the second input, when any, has n + 2 rows unless the
+    case needs equal rows); valid
     when d >= case_.min_dim."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(n + 2 * k, d, generator=g, dtype=torch.float64).to(dtype) for k in range(len(case_.args))]
+    extra = 0 if case_.equal_rows else 2
+    return [torch.randn(n + extra * k, d, generator=g, dtype=torch.float64).to(dtype) for k in range(len(case_.args))]
 
 
 def value_and_grads(fn: Callable, inputs: Sequence[torch.Tensor]):

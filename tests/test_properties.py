@@ -39,7 +39,7 @@ def point_sets(draw, case: LossCase):
     g = torch.Generator().manual_seed(seed)
     tensors = []
     for k in range(len(case.args)):
-        rows = n if k == 0 else draw(st.integers(2, 40))
+        rows = n if k == 0 or case.equal_rows else draw(st.integers(2, 40))
         tensors.append(_structured(structure, rows, d, 10.0 ** exponent, g))
     return structure, d, tensors
 
@@ -96,7 +96,10 @@ def _check_against_reference(case: LossCase, structure: str, points):
     if not _finite(ref_value, ref_grads):  # the math (or the reference) overflows: nothing to compare
         assert not bool(torch.isnan(value)) or bool(torch.isnan(ref_value)), "NaN where the reference is not"
         return None
-    assert_close(value, ref_value, 1e-9, 1e-12 * case.term_size, what=f"{case.name} value")
+    # Phases of trigonometric losses are rounded in proportion to the projections |u| <= ||z_i||
+    # (1e6: 1e-10 rad), in the reference as in the engine (test_epps_pulley.py: huge phases).
+    phase_rounding = case.term_size * 2.2e-16 * case.phase_scale * max(float(p.norm(dim=1).max()) for p in points)
+    assert_close(value, ref_value, 1e-9, 1e-12 * case.term_size + phase_rounding, what=f"{case.name} value")
     if case.ranked and not _only_duplicate_ties(structure):
         assert _finite(value, grads), "non-finite gradient"
         return value
@@ -104,7 +107,7 @@ def _check_against_reference(case: LossCase, structure: str, points):
         if case.ranked:  # ties among equal points are ranked in any order: compare their sums
             groups = _equal_row_groups(points[k])
             g, h = groups @ g, groups @ h
-        assert_close(g, h, 1e-9, 1e-12 * case.term_size + 1e-9 * float(h.abs().max()),
+        assert_close(g, h, 1e-9, 1e-12 * case.term_size + 1e-9 * float(h.abs().max()) + phase_rounding,
                      what=f"{case.name} gradient of {case.args[k]}")
     return value
 

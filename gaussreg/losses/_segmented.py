@@ -112,17 +112,19 @@ def _setup_context(ctx, inputs, output):
     ctx.targets_per_segment = targets.dim() == 2
     ctx.want_sorted_slope = want_sorted_slope
     ctx.p = p
-    ctx.save_for_backward(slope, sorted_slope, values)
+    ctx.save_for_backward(slope, sorted_slope, values, targets)
     ctx.mark_non_differentiable(slope, sorted_slope)
 
 
 def _backward(ctx, g_value, _g_slope, _g_sorted_slope):
-    slope, sorted_slope, values = ctx.saved_tensors
+    slope, sorted_slope, values, targets = ctx.saved_tensors
     g = g_value.to(slope.dtype)
-    if ctx.p == 2:  # the slope 2e depends on the values: its derivative is not provided
+    if ctx.p == 2:  # the slope 2e depends on the values and the targets: its derivative is not provided
         what = "the sorted-gap losses with p = 2 (coordinate_cdf_attraction, sliced_wasserstein)"
-        slope = first_order_only(slope, what, values)
-        sorted_slope = first_order_only(sorted_slope, what, values)
+        # Both as inputs: a gradient that depends only on differentiable targets (values held
+        # constant) must refuse a second derivative too, not come back as a constant.
+        slope = first_order_only(slope, what, values, targets)
+        sorted_slope = first_order_only(sorted_slope, what, values, targets)
     # p = 1: the slope sgn(e) is piecewise constant, so its derivative is 0 almost everywhere.
     grad_values = slope * g if ctx.needs_input_grad[0] else None
     grad_targets = None
