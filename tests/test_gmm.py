@@ -34,6 +34,18 @@ def test_ks_loss_matches_reference_in_z_and_parameters(n, d):
                            [z] + params, rtol=1e-11, atol=1e-15, what="gmm_ks_loss")
 
 
+def test_ks_loss_second_derivatives_in_z_and_a_learnable_prior():
+    """The mixture CDF's backward is made of differentiable torch ops: gradgradcheck holds in z
+    and in the prior's parameters (means, log-stds, weight logits), as when the prior is learned."""
+    means, stds, weights = _mixture_params(2, 3, seed=6)
+    leaves = [random_points(12, 3, seed=5, scale=2.0), means, stds.log(), weights.log()]
+
+    def loss(a, m, log_s, logits):
+        return gaussreg.gmm_ks_loss(a, GaussianMixture(m, log_s.exp(), logits.softmax(0)))
+
+    assert torch.autograd.gradgradcheck(loss, [t.clone().requires_grad_() for t in leaves], eps=1e-6, atol=1e-6)
+
+
 def test_ks_loss_counts_ties_together():
     z = torch.randint(-2, 3, (200, 4), generator=torch.Generator().manual_seed(0)).double()
     z[:30, 0] = -0.0

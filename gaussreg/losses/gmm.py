@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _checks, reference
+from .. import _checks, _native, reference
 from ..distributed import maybe_gather
 from . import _segmented
 from ._front import prepare_points
@@ -255,10 +255,19 @@ def gmm_cov_loss(z: Tensor, prior: GaussianMixture, *, process_group=None) -> Te
     prior = _check_prior(prior, z)
     (z,) = maybe_gather(process_group, z)
     dtype = _checks.compute_dtype(z)
+    if not _checks.compiling():  # from the sizes, before the scan or any copy of z
+        _native.check_fits(_cov_bytes(dtype, *z.shape, converts=z.dtype != dtype), z.device, "gmm_cov_loss",
+                           "a smaller batch (the loss is O(n D + D^2))")
     _checks.finite("z", z)
     zc = z.to(dtype)
     means, stds, weights = (t.to(dtype) for t in (prior.means, prior.stds, prior.weights))
     return reference.gmm_cov_loss(zc, means, stds, weights)
+
+
+def _cov_bytes(dtype: torch.dtype, n: int, d: int, converts: bool) -> int:
+    """The centered copy of z and its gradient (n D each), z converted when it is, the (D, D) matrices."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    return ((3 if converts else 2) * n * d + 4 * d * d) * elem
 
 
 def gmm_loss_weights(prior: GaussianMixture, n: int, num_batches: int = 16,
