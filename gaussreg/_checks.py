@@ -40,6 +40,13 @@ def same_device(**tensors: Optional[torch.Tensor]) -> torch.device:
     return next(iter(devices))
 
 
+def power(value) -> int:
+    """The p of a |residual|^p loss: 1 or 2 (also 2.0 or a numpy integer); the compiled ops take an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value not in (1, 2):
+        raise ValueError(f"p must be 1 or 2, got {value!r}")
+    return int(value)
+
+
 def generator(value, draws_on: Optional[torch.device] = None) -> Optional[torch.Generator]:
     """None or a torch.Generator; when it will draw on ``draws_on``, a generator of that
     device's type (torch would otherwise fail inside the draw with a message naming neither

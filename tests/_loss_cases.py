@@ -171,10 +171,13 @@ _COORD_BAD = (
     (dict(marginal="uniform", bits=0), ValueError, "bits"),
     (dict(marginal="torus", bits=2.0), TypeError, "bits"),
     (dict(p=3), ValueError, "p must be 1 or 2"),
+    (dict(p=torch.tensor(2)), ValueError, "p must be 1 or 2"),
     (dict(backend="bogus"), ValueError, "backend"),
 )
 _SLICED_BAD = (
     (dict(p=0), ValueError, "p must be 1 or 2"),
+    (dict(p="2"), ValueError, "p must be 1 or 2"),
+    (dict(p=torch.tensor(2)), ValueError, "p must be 1 or 2"),
     (dict(generator=3), TypeError, "generator"),
     (dict(directions=torch.zeros(3, 4, dtype=torch.float64)), ValueError, "directions"),
     (dict(backend="bogus"), ValueError, "backend"),

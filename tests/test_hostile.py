@@ -10,6 +10,7 @@ reference.py gives on the same view, gradients flowing back to the viewed tensor
 """
 import re
 
+import numpy as np
 import pytest
 import torch
 from _helpers import assert_close, cuda_ok
@@ -129,6 +130,22 @@ def test_bad_option_is_named(case, index):
     with pytest.raises(error, match=pattern):
         case.call(*points, **options)
     _still_works(case)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("loss", ["cdf_attraction", "coordinate_cdf_attraction", "sliced_wasserstein"])
+def test_p_as_a_float_or_numpy_number_is_that_p(loss, p):
+    """Regression: sliced_wasserstein(p=2.0) reached the compiled op, which takes an int."""
+    z = torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    options = {"directions": _directions_of(z)} if loss == "sliced_wasserstein" else {}
+    want = getattr(gaussreg, loss)(z, p=p, **options)
+    for same in (float(p), np.int64(p), np.float32(p)):
+        assert torch.equal(getattr(gaussreg, loss)(z, p=same, **options), want), repr(same)
+
+
+def _directions_of(z):
+    return torch.randn(5, z.shape[1], dtype=z.dtype, generator=torch.Generator().manual_seed(9))
 
 
 # ---------------------------------------------------------------------------

@@ -71,9 +71,7 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
     device = z.device
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"cdf_attraction: z on device {device}; gaussreg computes on CPU and CUDA tensors only")
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or p not in (1, 2):
-        raise ValueError(f"p must be 1 or 2, got {p!r}")
-    p = int(p)  # 2.0 is 2; the compiled op takes an int
+    p = _checks.power(p)
     radii_weight = _finite_weight("radii_weight", radii_weight)
     distances_weight = _finite_weight("distances_weight", distances_weight)
     n, dim = z.shape

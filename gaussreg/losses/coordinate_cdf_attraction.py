@@ -65,7 +65,7 @@ def coordinate_cdf_attraction(z: Tensor, *, marginal: str = "normal", bits: Opti
     z = _checks.points("z", z, min_rows=1)
     _checks.choice("marginal", marginal, MARGINALS)
     bits = _bits(bits, marginal)
-    p = _power(p)
+    p = _checks.power(p)
     (z,) = maybe_gather(process_group, z)
     (zc,), device, out_dtype, native = prepare_points(
         "coordinate_cdf_attraction", None, backend, min_rows=1, entry="segmented_forward",
@@ -89,12 +89,6 @@ def _bits(bits, marginal: str) -> Optional[int]:
     if not 1 <= bits <= MAX_BITS:
         raise ValueError(f"bits must be in 1..{MAX_BITS}, got {bits}")
     return int(bits)
-
-
-def _power(p) -> int:
-    if isinstance(p, bool) or p not in (1, 2):
-        raise ValueError(f"p must be 1 or 2, got {p!r}")
-    return int(p)
 
 
 def rank_targets(n: int, marginal: str, bits: Optional[int], device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -56,8 +56,7 @@ def sliced_wasserstein(z: Tensor, *, num_projections: int = 50, p: int = 2, prio
     z = _checks.points("z", z, min_rows=1)
     if prior_sample is not None:
         prior_sample = _checks.points("prior_sample", prior_sample, min_rows=1)
-    if isinstance(p, bool) or p not in (1, 2):
-        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    p = _checks.power(p)
     z, prior_sample = maybe_gather(process_group, z, prior_sample)
     if prior_sample is not None and prior_sample.shape[0] != z.shape[0]:
         raise ValueError(f"prior_sample must have as many points as z (its sorted projections are the targets), "
