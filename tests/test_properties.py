@@ -2,7 +2,7 @@
 
 Random shapes (n from 2, D from 1, now and then D = 1024), random scales from 1e-6 to 1e6,
 duplicated points, points at the origin, lattices (exact ties between different pairs),
-rows of wildly different scales: each compiled loss matches reference.py in float64 (value
+rows of wildly different scales, +0.0 mixed with -0.0, rows one ulp apart: each compiled loss matches reference.py in float64 (value
 and gradients) or raises its documented error; its float32 result is never NaN or Inf
 where the float64 one is finite (and far from float32's range). Sort-based losses rank
 ties in any order (SPEC 1): where ties come from duplicated points the gradients are
@@ -24,7 +24,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, note  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-STRUCTURES = ("gaussian", "duplicates", "origin", "lattice", "mixed_scales", "offset")
+STRUCTURES = ("gaussian", "duplicates", "origin", "lattice", "mixed_scales", "offset", "signed_zeros", "ulp_apart")
 
 
 @st.composite
@@ -58,6 +58,14 @@ def _structured(structure: str, n: int, d: int, scale: float, g: torch.Generator
     elif structure == "offset":  # far from the origin: differences cancel in the coordinates
         z = z + 1e3
         return z * min(scale, 1e3)
+    elif structure == "signed_zeros":  # +0.0 and -0.0 (equal, with different bits) among small integers
+        z = torch.randint(-1, 2, (n, d), generator=g).double()
+        z[z == 0] = torch.where(torch.rand(int((z == 0).sum()), generator=g) < 0.5, 0.0, -0.0).double()
+    elif structure == "ulp_apart":  # pairs of rows one unit in the last place apart: near-ties
+        z = z * scale
+        half = n // 2
+        z[half:2 * half] = torch.nextafter(z[:half], torch.full_like(z[:half], math.inf))
+        return z
     return z * scale
 
 
@@ -70,6 +78,9 @@ def _equal_row_groups(points: torch.Tensor) -> torch.Tensor:
 
 
 def _only_duplicate_ties(structure: str) -> bool:
+    """Ranked losses may then order equal values differently from the reference only among equal
+    points; lattices and signed zeros tie different pairs, and near-ties (ulp_apart) may be
+    rounded into either order."""
     return structure in ("gaussian", "duplicates", "origin", "offset", "mixed_scales")
 
 
