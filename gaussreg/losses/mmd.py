@@ -39,7 +39,7 @@ def mmd(z: Tensor, prior_sample: Union[Tensor, str, None] = None, *, kernel: str
             ``"analytic"`` (rbf only) to replace each prior expectation by its closed form
             (a deterministic WAE, cf. SPEC 3).
         kernel: "imq" or "rbf".  scales: 1 to 16 positive scales s.
-        generator: torch.Generator for the prior draw (reproducibility).
+        generator: torch.Generator on z's device for the prior draw (reproducibility).
         backend: "auto", "native" or "reference".
 
         process_group: compute the loss on the global batch of all ranks (a
