@@ -286,9 +286,8 @@ CASES: List[LossCase] = [
          compiled=False),
     case("coordinate_uniform_bits2_p1",
          _with_backend(gaussreg.coordinate_cdf_attraction, marginal="uniform", bits=2, p=1),
-         lambda z: ref.coordinate_cdf_attraction(z, marginal="uniform", bits=2, p=1), ranked=True, huge_rows=2**30,
-         second_order=True,
-         linear_memory=True, min_rows=1),
+         lambda z: ref.coordinate_cdf_attraction(z, marginal="uniform", bits=2, p=1), ranked=True, second_order=True,
+         huge_rows=2**30, linear_memory=True, min_rows=1),
     case("sliced_wasserstein_prior_sample_p1", _swae_prior_p1,
          lambda z, y: ref.sliced_wasserstein(z, prior_sample=y, p=1, directions=_directions(z)),
          args=("z", "prior_sample"), optional_args=("prior_sample",), ranked=True, equal_rows=True,
@@ -320,8 +319,7 @@ BY_NAME: Dict[str, LossCase] = {c.name: c for c in CASES}
 
 def points_for(case_: LossCase, n: int = 9, d: int = 4, seed: int = 0, dtype=torch.float64) -> List[torch.Tensor]:
     """Float64 point inputs for ``case_`` (the second input, when any, has n + 2 rows unless the
-    case needs equal rows); valid
-    when d >= case_.min_dim."""
+    case needs equal rows); valid when d >= case_.min_dim."""
     g = torch.Generator().manual_seed(seed)
     extra = 0 if case_.equal_rows else 2
     return [torch.randn(n + extra * k, d, generator=g, dtype=torch.float64).to(dtype) for k in range(len(case_.args))]
