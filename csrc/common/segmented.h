@@ -9,23 +9,19 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "config.h"
+#include "vmath.h"
 
 namespace gaussreg {
 
+// The unsigned integer of T's width: sort keys whose unsigned order is T's value order.
 template <typename T>
-struct OrderedBits;
-template <>
-struct OrderedBits<float> {
-  using type = uint32_t;
-};
-template <>
-struct OrderedBits<double> {
-  using type = uint64_t;
+struct OrderedBits {
+  using type = std::make_unsigned_t<typename FloatBits<T>::Int>;
 };
 
 // IEEE bits mapped so that unsigned order is value order (negatives reversed, sign
@@ -34,12 +30,7 @@ template <typename T>
 GAUSSREG_HD typename OrderedBits<T>::type ordered_bits(T v) {
   using U = typename OrderedBits<T>::type;
   constexpr U sign = U{1} << (8 * sizeof(U) - 1);
-  U u;
-#if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == 4) u = static_cast<U>(__float_as_uint(v)); else u = static_cast<U>(__double_as_longlong(v));
-#else
-  std::memcpy(&u, &v, sizeof u);
-#endif
+  const U u = static_cast<U>(float_to_bits(v));
   return (u & sign) ? ~u : (u | sign);
 }
 
@@ -48,13 +39,7 @@ GAUSSREG_HD T value_of_ordered(typename OrderedBits<T>::type k) {
   using U = typename OrderedBits<T>::type;
   constexpr U sign = U{1} << (8 * sizeof(U) - 1);
   const U u = (k & sign) ? (k & ~sign) : ~k;
-  T v;
-#if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == 4) v = __uint_as_float(static_cast<uint32_t>(u)); else v = __longlong_as_double(static_cast<long long>(u));
-#else
-  std::memcpy(&v, &u, sizeof v);
-#endif
-  return v;
+  return bits_to_float<T>(static_cast<typename FloatBits<T>::Int>(u));
 }
 
 template <typename T>

@@ -29,18 +29,27 @@ template <> struct FloatBits<double> {
   static constexpr double kMaxExpArg = 709.78;
 };
 
+// Bit casts: the device's reinterpret intrinsics there, memcpy (which compiles to a move) on the host.
 template <typename T>
 GAUSSREG_HD T bits_to_float(typename FloatBits<T>::Int i) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == 4) return __int_as_float(i); else return __longlong_as_double(i);
+#else
   T f;
   std::memcpy(&f, &i, sizeof(T));
   return f;
+#endif
 }
 
 template <typename T>
 GAUSSREG_HD typename FloatBits<T>::Int float_to_bits(T f) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == 4) return __float_as_int(f); else return __double_as_longlong(f);
+#else
   typename FloatBits<T>::Int i;
   std::memcpy(&i, &f, sizeof(T));
   return i;
+#endif
 }
 
 // exp(x): x = k ln2 + r with |r| <= ln2/2, Taylor polynomial for e^r, 2^k from exponent bits.
