@@ -40,6 +40,14 @@ def same_device(**tensors: Optional[torch.Tensor]) -> torch.device:
     return next(iter(devices))
 
 
+def positive_int(name: str, value, minimum: int = 1) -> int:
+    """A count: an integer (numpy's too, not bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
+
+
 def power(value) -> int:
     """The p of a |residual|^p loss: 1 or 2 (also 2.0 or a numpy integer); the compiled ops take an int."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value not in (1, 2):

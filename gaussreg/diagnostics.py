@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -180,12 +179,6 @@ def _as_float64(z) -> Tensor:
 
 def _positive(name: str, value) -> float:
     return _checks.positive_float(name, value)
-
-
-def _count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _generator(generator) -> Optional[torch.Generator]:
@@ -612,7 +605,7 @@ def projection_ks(z, num_projections: int = 32, generator: Optional[torch.Genera
         True
     """
     z = _points(z, min_rows=1).to(torch.float64)
-    num_projections = _count("num_projections", num_projections)
+    num_projections = _checks.positive_int("num_projections", num_projections)
     directions = _random_directions(num_projections, z.shape[1], _generator(generator), z.device)
     projections = torch.sort(z @ directions.T, dim=0).values
     statistics = tuple(_ks_of_sorted(projections[:, l].contiguous(), _normal_cdf) for l in range(num_projections))
@@ -874,7 +867,7 @@ def plot_projections(z, ax=None, *, num_projections: int = 10, generator: Option
         >>> fig, ax = plot_projections(torch.randn(200, 20))
     """
     samples = _samples(z)
-    num_projections = _count("num_projections", num_projections)
+    num_projections = _checks.positive_int("num_projections", num_projections)
     generator = _generator(generator)
     fig, ax = _new_axes(ax, 1, (4, 3))
     curves = []

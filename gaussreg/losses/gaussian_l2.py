@@ -150,8 +150,7 @@ def mean_field_sigma(r: Tensor, dim: int, approx: bool = False) -> Tensor:
         raise TypeError(f"r must be a torch.Tensor of radii, got {type(r).__name__}")
     if r.is_complex() or r.dtype == torch.bool:
         raise TypeError(f"r must be a real tensor of radii, got dtype {r.dtype}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    dim = _checks.positive_int("dim", dim)
     out_dtype = r.dtype if r.is_floating_point() else torch.get_default_dtype()
     r64 = r.detach().double()
     _checks.finite("r", r64)

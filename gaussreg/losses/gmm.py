@@ -8,7 +8,6 @@ covariances and is one matrix product.
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Optional, Tuple
 
@@ -79,11 +78,8 @@ class GaussianMixture:
         ``distance / std`` sets how well the components separate (6 or more: barely
         overlapping). Needs K <= D; pass explicit means for more components.
         """
-        if isinstance(num_components, bool) or not isinstance(num_components, numbers.Integral) \
-                or num_components < 1:
-            raise ValueError(f"num_components must be a positive int, got {num_components!r}")
-        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        num_components = _checks.positive_int("num_components", num_components)
+        dim = _checks.positive_int("dim", dim)
         if num_components > dim:
             raise ValueError(f"separated() places K means on K of the D axes: needs K <= D, got K = "
                              f"{num_components}, D = {dim}")
@@ -116,12 +112,11 @@ class GaussianMixture:
         Components are drawn with ``torch.multinomial`` then ``mean + std * N(0, 1)``, all
         with ``generator`` (on the parameters' device): reproducible.
         """
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        n = _checks.positive_int("n", n)
         _checks.generator(generator, draws_on=self.means.device)
         weights = self.weights.detach()
-        component = torch.multinomial(weights.double(), int(n), replacement=True, generator=generator)
-        noise = torch.randn(int(n), self.dim, generator=generator, dtype=self.means.dtype, device=self.means.device)
+        component = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
+        noise = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype, device=self.means.device)
         points = self.means[component] + self.stds[component] * noise
         return (points, component) if return_components else points
 
@@ -285,14 +280,12 @@ def gmm_loss_weights(prior: GaussianMixture, n: int, num_batches: int = 16,
     """
     if not isinstance(prior, GaussianMixture):
         raise TypeError(f"prior must be a gaussreg.GaussianMixture, got {type(prior).__name__}")
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
-        raise ValueError(f"n must be an int >= 2 (the covariance needs two points), got {n!r}")
-    if isinstance(num_batches, bool) or not isinstance(num_batches, numbers.Integral) or num_batches < 1:
-        raise ValueError(f"num_batches must be a positive int, got {num_batches!r}")
+    n = _checks.positive_int("n", n, minimum=2)  # the covariance needs two points
+    num_batches = _checks.positive_int("num_batches", num_batches)
     ks_total = cov_total = 0.0
     with torch.no_grad():
         for _ in range(int(num_batches)):
-            batch = prior.sample(int(n), generator=generator)
+            batch = prior.sample(n, generator=generator)
             ks_total += float(gmm_ks_loss(batch, prior))
             cov_total += float(gmm_cov_loss(batch, prior))
     ks_mean, cov_mean = ks_total / num_batches, cov_total / num_batches

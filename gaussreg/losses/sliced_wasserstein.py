@@ -110,9 +110,8 @@ def unit_directions(count_name: str, count, like: Tensor, generator: Optional[to
     dim = like.shape[1]
     _checks.generator(generator, draws_on=like.device if directions is None else None)
     if directions is None:
-        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
-            raise ValueError(f"{count_name} must be a positive int, got {count!r}")
-        raw = torch.randn(int(count), dim, generator=generator, dtype=like.dtype, device=like.device)
+        count = _checks.positive_int(count_name, count)
+        raw = torch.randn(count, dim, generator=generator, dtype=like.dtype, device=like.device)
     else:
         if not isinstance(directions, Tensor) or not directions.is_floating_point() or directions.dim() != 2:
             raise ValueError("directions must be a 2-D floating tensor (L, D)")
