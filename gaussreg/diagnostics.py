@@ -396,8 +396,8 @@ def _sorted_distances_and_gap(z: Tensor) -> Tuple[Tensor, float]:
         # The sort holds at most the budget cdf_attraction uses (a quarter of RAM, half a GPU's
         # free memory); beyond it the engine sorts in passes. The n' sorted values are extra.
         entries = max(1, _default_sort_bytes(z.device) // _cdf_pairs.entry_bytes(z))
-        gap, _, values = _cdf_pairs.cdf_pairs_op(z, source["table"], source["values"], source["anchors"], 1,
-                                                 min(pairs, entries), True)
+        gap, _, values, _ = _cdf_pairs.cdf_pairs_op(z, source["table"], source["values"], source["anchors"], 1,
+                                                    min(pairs, entries), 0, True)
         return values, float(gap)
     values = torch.cat([_half_sq_distances_after(z, rows) for rows in _row_blocks(n)])
     values = torch.sort(values).values

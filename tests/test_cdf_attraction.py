@@ -249,8 +249,8 @@ def test_engine_anchor_interpolation_matches_scipy(df):
     its residuals e = d_(k) - c'_k, recovered from p = 2, give c' within 1e-8 of scipy."""
     z = random_points(400, 3, seed=1)  # n' = 79800
     target = Chi2(df)
-    _, residual, keys = _cdf_pairs.cdf_pairs_op(z, None, None, _cdf_pairs.pack_anchors(
-        gaussreg.targets.chi2_anchors(79800, df)), 2, 79800, True)
+    _, residual, keys, _ = _cdf_pairs.cdf_pairs_op(z, None, None, _cdf_pairs.pack_anchors(
+        gaussreg.targets.chi2_anchors(79800, df)), 2, 79800, 0, True)
     pairs = 79800
     k = np.arange(1, pairs + 1)
     expected = np.where(k - 0.5 <= pairs / 2, scipy.stats.chi2.ppf((k - 0.5) / pairs, df),
@@ -328,13 +328,13 @@ def test_bad_points(z, error, match):
 def test_op_contract_for_direct_callers():
     z = random_points(5, 2)
     with pytest.raises(ValueError, match="contiguous"):
-        _cdf_pairs.cdf_pairs_op(z.t().contiguous().t(), torch.zeros(10, dtype=z.dtype), None, None, 1, 10, False)
+        _cdf_pairs.cdf_pairs_op(z.t().contiguous().t(), torch.zeros(10, dtype=z.dtype), None, None, 1, 10, 0, False)
     with pytest.raises(ValueError, match="p must be 1 or 2"):
-        _cdf_pairs.cdf_pairs_op(z, torch.zeros(10, dtype=z.dtype), None, None, 3, 10, False)
+        _cdf_pairs.cdf_pairs_op(z, torch.zeros(10, dtype=z.dtype), None, None, 3, 10, 0, False)
     with pytest.raises(ValueError, match="table"):
-        _cdf_pairs.cdf_pairs_op(z, torch.zeros(3, dtype=z.dtype), None, None, 1, 10, False)
+        _cdf_pairs.cdf_pairs_op(z, torch.zeros(3, dtype=z.dtype), None, None, 1, 10, 0, False)
     with pytest.raises(ValueError, match="exactly one"):
-        _cdf_pairs.cdf_pairs_op(z, None, None, None, 1, 10, False)
+        _cdf_pairs.cdf_pairs_op(z, None, None, None, 1, 10, 0, False)
 
 
 # ---------------------------------------------------------------------------

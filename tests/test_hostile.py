@@ -212,7 +212,7 @@ def test_engine_errors_leave_the_library_working(one_thread):
     with pytest.raises(ValueError, match="gaussreg::pair_sum: x must be"):
         _pair_sum.pair_sum_op(x.long(), None, None, None, "mmd", _pair_sum.MMD_IMQ, [1.0], False, False)
     with pytest.raises(ValueError, match="gaussreg::cdf_pairs: z must be"):
-        _cdf_pairs.cdf_pairs_op(x[:1], None, torch.zeros(1, dtype=torch.float64), None, 1, 1, False)
+        _cdf_pairs.cdf_pairs_op(x[:1], None, torch.zeros(1, dtype=torch.float64), None, 1, 1, 0, False)
     with pytest.raises(ValueError, match="dtype code"):  # the C++ boundary's own check
         gaussreg._C.mmd_workspace_bytes(7, 5, 0, 3, 1)
     for case in CASES:

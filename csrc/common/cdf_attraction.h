@@ -67,6 +67,53 @@ struct RankQuantiles {
     return static_cast<T>(empirical_quantile((static_cast<double>(rank) + 0.5) / static_cast<double>(m)));
   }
 
+  // sum of Q'((k - 1/2)/m) over the 0-based ranks [first, first + count), in double: what
+  // a bin decided without a sort subtracts from its keys' sum. Anchored targets sum each
+  // cubic piece in closed form (its Taylor expansion at the run's first rank over the
+  // power sums of 0..count-1: all terms stay local, so no cancellation between large
+  // sums); tables and samples add rank by rank.
+  GAUSSREG_HD double range_sum(uint64_t first, uint64_t count) const {
+    double total = 0.0;
+    if (source == QuantileSource::Anchors) {
+      uint64_t k = first;
+      const uint64_t end = first + count;
+      int64_t segment = -1;
+      while (k < end) {
+        anchors(k, &segment);  // finds the piece holding k
+        const int64_t lo = segment;
+        const bool beyond = anchors.count == 1 || static_cast<int64_t>(k) >= anchors.rank[anchors.count - 1];
+        const uint64_t stop = beyond ? end : static_cast<uint64_t>(anchors.rank[lo + 1]);
+        const uint64_t run = (stop < end ? stop : end) - k;
+        total += beyond ? static_cast<double>(run) * anchors.x[anchors.count - 1]
+                        : hermite_run_sum(lo, k, run);
+        k += run;
+      }
+      return total;
+    }
+    for (uint64_t k = first; k < first + count; ++k)
+      total += source == QuantileSource::Table
+                   ? static_cast<double>(table[k])
+                   : empirical_quantile((static_cast<double>(k) + 0.5) / static_cast<double>(m));
+    return total;
+  }
+
+  // sum over j = 0..run-1 of the Hermite piece `lo` at rank k + j (see HermiteAnchors).
+  GAUSSREG_HD double hermite_run_sum(int64_t lo, uint64_t k, uint64_t run) const {
+    const int64_t hi = lo + 1;
+    const double width = static_cast<double>(anchors.rank[hi] - anchors.rank[lo]);
+    const double x0 = anchors.x[lo], x1 = anchors.x[hi];
+    const double m0 = anchors.slope[lo] * width, m1 = anchors.slope[hi] * width;
+    // q(t) = a0 + a1 t + a2 t^2 + a3 t^3 on t in [0, 1].
+    const double a1 = m0, a2 = -3 * x0 - 2 * m0 + 3 * x1 - m1, a3 = 2 * x0 + m0 - 2 * x1 + m1;
+    const double t0 = static_cast<double>(static_cast<int64_t>(k) - anchors.rank[lo]) / width;
+    const double q0 = x0 + t0 * (a1 + t0 * (a2 + t0 * a3));
+    const double d1 = a1 + t0 * (2 * a2 + 3 * a3 * t0);  // q'(t0)
+    const double d2 = a2 + 3 * a3 * t0;                   // q''(t0) / 2
+    const double r = static_cast<double>(run);
+    const double s1 = r * (r - 1) / 2, s2 = (r - 1) * r * (2 * r - 1) / 6, s3 = s1 * s1;  // sum j, j^2, j^3
+    return r * q0 + d1 * (s1 / width) + d2 * (s2 / (width * width)) + a3 * (s3 / (width * width * width));
+  }
+
   // Hazen plotting positions: v_(i) sits at (i - 1/2)/N; linear in between, constant outside.
   GAUSSREG_HD double empirical_quantile(double probability) const {
     double position = probability * static_cast<double>(count) - 0.5;

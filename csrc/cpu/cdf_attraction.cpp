@@ -33,6 +33,8 @@
 #include <string>
 #include <vector>
 
+#include "common/cdf_select.h"
+#include "common/interrupt.h"
 #include "common/pair_index.h"
 #include "common/segmented.h"  // OrderedBits: the unsigned integer of a key's width
 #include "cpu/radix_sort.h"
@@ -47,7 +49,7 @@ namespace gaussreg {
 namespace cpu {
 namespace {
 
-constexpr int64_t kRowBlock = 4;            // rows generated together (their loads are shared)
+constexpr int64_t kRowBlock = 8;            // rows generated together (their loads are shared)
 constexpr uint64_t kRowGroups = 64;
 constexpr uint64_t kBucketTarget = 16384;   // keys per bucket: one bucket's sort stays in L2
 constexpr uint64_t kMaxBuckets = uint64_t{1} << 18;
@@ -79,15 +81,21 @@ bool packs(uint64_t pairs) {
 
 // ---------------------------------------------------------------- sizes
 
-// One 64-byte register of T (16 floats or 8 doubles); GCC/Clang vector extensions keep
-// the accumulators in registers on any target.
+// One SIMD register of T: 64 bytes with AVX-512, else 32. A wider GCC/Clang vector than the
+// registers would be split in two, and the 8 accumulators below would then take all 16
+// ymm registers of AVX2 and spill (measured 6x slower key generation on an AVX2 EPYC).
+#if defined(__AVX512F__)
+constexpr int kSimdBytes = 64;
+#else
+constexpr int kSimdBytes = 32;
+#endif
 template <typename T>
 struct Simd {
-  typedef T type __attribute__((vector_size(64)));
-  static constexpr int64_t kLanes = 64 / sizeof(T);
+  typedef T type __attribute__((vector_size(kSimdBytes)));
+  static constexpr int64_t kLanes = kSimdBytes / sizeof(T);
 };
 
-constexpr int64_t kPanels = 2;  // vectors of j per row: 4 x 2 independent FMA chains hide the latency
+constexpr int64_t kPanels = 1;  // vectors of j per row: kRowBlock independent FMA chains hide the latency
 
 // Points per row of the transposed copy: padded with zeros so that every panel load is whole.
 template <typename T>
@@ -274,6 +282,9 @@ struct ForwardArgs {
   T* residual;         // p = 2
   T* sorted;           // optional: d_(k) by rank (tests, diagnostics)
   uint64_t capacity;
+  uint64_t bins;       // in-range bins of the selection histogram (p = 1)
+  int64_t* stats;      // optional: SelectStats, for the bench and the tests
+  InterruptPoll poll;
   int threads;
 };
 
@@ -284,6 +295,27 @@ void transpose_points(const T* z, int64_t n, int64_t d, T* zt, int threads) {
   for (int64_t c = 0; c < d; ++c) {
     for (int64_t i = 0; i < n; ++i) zt[c * stride + i] = z[i * d + c];
     for (int64_t i = n; i < stride; ++i) zt[c * stride + i] = T(0);
+  }
+}
+
+int thread_index() {
+#if defined(GAUSSREG_HAVE_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// fn(group, thread) for every row group, a few groups per parallel region so that a
+// pending interrupt is noticed between regions (each a fraction of a pass).
+template <typename T, typename Fn>
+void for_group_slices(const ForwardArgs<T>& a, uint64_t groups, Fn&& fn) {
+  const int64_t slice = 2 * std::max(a.threads, 1);
+  for (int64_t g0 = 0; g0 < static_cast<int64_t>(groups); g0 += slice) {
+    a.poll();
+    const int64_t g1 = std::min<int64_t>(static_cast<int64_t>(groups), g0 + slice);
+#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
+    for (int64_t g = g0; g < g1; ++g) fn(static_cast<uint64_t>(g), thread_index());
   }
 }
 
@@ -304,15 +336,14 @@ void choose_splitters(const ForwardArgs<T>& a, const Plan& plan, const Workspace
 template <typename T>
 void count_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws) {
   const BucketFinder<T> bucket_of{ws.splitters, ws.lut};
-#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
-  for (int64_t g = 0; g < static_cast<int64_t>(plan.groups); ++g) {
+  for_group_slices(a, plan.groups, [&](uint64_t g, int) {
     uint64_t* hist = ws.hist + g * plan.buckets;
     std::fill(hist, hist + plan.buckets, uint64_t{0});
     for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
       visit_block_pairs(a.z, ws.zt, a.n, a.d, i0,
                         [&](int64_t, int64_t, T key) { ++hist[bucket_of(key)]; });
     });
-  }
+  });
   ws.base[0] = 0;
   for (uint64_t b = 0; b < plan.buckets; ++b) {
     uint64_t total = 0;
@@ -334,8 +365,7 @@ void collect_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<
   }
   const BucketFinder<T> bucket_of{ws.splitters, ws.lut};
   const uint64_t n = static_cast<uint64_t>(a.n);
-#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
-  for (int64_t g = 0; g < static_cast<int64_t>(plan.groups); ++g) {
+  for_group_slices(a, plan.groups, [&](uint64_t g, int) {
     uint64_t* cursor = ws.cursor + g * plan.buckets;
     for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
       visit_block_pairs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t i, int64_t j, T key) {
@@ -344,7 +374,7 @@ void collect_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<
         entries[cursor[b]++] = E::make(key_bits(key), pair_index(n, i, j));
       });
     });
-  }
+  });
 }
 
 template <typename T, typename E>
@@ -382,7 +412,8 @@ void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>&
 }
 
 template <typename T, typename E>
-void sort_all_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws) {
+int64_t sort_all_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws) {
+  int64_t passes = 1;  // the histogram's
   uint64_t b0 = 0;
   while (b0 < plan.buckets) {
     uint64_t b1 = b0;
@@ -392,31 +423,366 @@ void sort_all_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace<
                               " distances share one bucket, more than the " + std::to_string(a.capacity) +
                               " a pass may hold (heavily tied distances); allow more sort memory");
     }
+    a.poll();
     collect_buckets<T, E>(a, plan, ws, b0, b1);
     rank_buckets<T, E>(a, plan, ws, b0, b1);
+    ++passes;
     b0 = b1;
   }
+  return passes;
+}
+
+// ---------------------------------------------------------------- selection (p = 1)
+//
+// For p = 1 the forward needs only sgn(d_(k) - c'_k) per pair and the sum of |d_(k) - c'_k|,
+// so most pairs need no rank of their own (SPEC 1; csrc/common/cdf_select.h):
+//   1. a strided sample of pairs sets the key range of the bins;
+//   2. histogram pass: every d_ij is counted in its bin, with the exact integer sum of its
+//      significands, in one histogram per thread (merged by integer addition);
+//   3. the prefix counts give each bin its ranks; a bin whose key range lies wholly above
+//      (or below) the targets of its ranks is decided: one sign for all its pairs, and its
+//      share of the value is +-(sum of its keys - sum of its targets), with no sort;
+//   4. classification pass: d_ij regenerated, the pairs of decided bins get their sign bit,
+//      the pairs of the other ("mixed") bins are collected, and each mixed bin is sorted on
+//      its own and ranked as in the full sort. Mixed pairs beyond `capacity` entries are
+//      collected by further passes. Ties are ranked by pair index, whatever the order in
+//      which threads collected them.
+// Near the target the mixed bins sit where the empirical and target CDFs cross; far from
+// it none are mixed. Every sum is taken in a fixed order: results do not depend on the
+// thread count or the sort budget.
+
+constexpr uint64_t kSelectBins = uint64_t{1} << 16;
+constexpr uint64_t kSelectSample = uint64_t{1} << 16;
+
+// Written to `stats` when the caller asks (gaussreg/losses/_cdf_pairs.py reads this order).
+enum SelectStat { kStatSortedPairs = 0, kStatPasses = 1, kStatBins = 2, kStatMixedBins = 3, kStatCount = 4 };
+
+template <typename T>
+struct BinCount {
+  uint64_t count;
+  typename SignificandSum<T>::type sum;
+};
+
+template <typename T>
+struct SelectWorkspace {
+  T* zt;                // D x padded n, transposed points
+  T* sample;            // kSelectSample keys
+  BinCount<T>* hist;    // threads x bins (thread 0's becomes the merged one)
+  uint64_t* first;      // bins + 1: keys in the bins before each (the first rank)
+  uint8_t* cls;         // bins: BinClass
+  uint64_t* start;      // bins: a mixed bin's first entry in its pass
+  uint64_t* cursor;     // bins: the next free entry of a mixed bin
+  double* value;        // bins: each bin's share of sum_k |d_(k) - c'_k|
+  void* entries;        // capacity
+};
+
+uint64_t select_bins_of(uint64_t bins) { return (bins == 0 ? kSelectBins : bins) + 2; }
+
+template <typename T>
+size_t select_layout(int64_t n, int64_t d, uint64_t capacity, uint64_t bins, int threads, char* base,
+                     SelectWorkspace<T>* out) {
+  const uint64_t pairs = pair_count(static_cast<uint64_t>(n));
+  const uint64_t count = select_bins_of(bins);
+  const size_t entry = packs<T>(pairs) ? sizeof(PackedEntries::Entry) : sizeof(WideEntries::Entry);
+  const size_t sizes[] = {
+      static_cast<size_t>(padded_count<T>(n) * d) * sizeof(T),
+      std::min(pairs, kSelectSample) * sizeof(T),
+      static_cast<size_t>(std::max(threads, 1)) * count * sizeof(BinCount<T>),
+      (count + 1) * sizeof(uint64_t),
+      count * sizeof(uint8_t),
+      count * sizeof(uint64_t),
+      count * sizeof(uint64_t),
+      count * sizeof(double),
+      capacity * entry,
+  };
+  size_t offset = 0;
+  void* parts[9];
+  for (int i = 0; i < 9; ++i) {
+    parts[i] = base == nullptr ? nullptr : base + offset;
+    offset += align64(sizes[i]);
+  }
+  if (out != nullptr) {
+    *out = {static_cast<T*>(parts[0]),        static_cast<T*>(parts[1]),        static_cast<BinCount<T>*>(parts[2]),
+            static_cast<uint64_t*>(parts[3]), static_cast<uint8_t*>(parts[4]),  static_cast<uint64_t*>(parts[5]),
+            static_cast<uint64_t*>(parts[6]), static_cast<double*>(parts[7]),   parts[8]};
+  }
+  return offset + 64;
+}
+
+// Bins from the smallest and largest positive key of a strided sample of pairs.
+template <typename T>
+KeyBins<T> sample_key_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, uint64_t pairs) {
+  using U = typename KeyBins<T>::U;
+  const uint64_t n = static_cast<uint64_t>(a.n);
+  const int64_t size = static_cast<int64_t>(std::min(pairs, kSelectSample));
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+  for (int64_t s = 0; s < size; ++s) {
+    const auto k = static_cast<uint64_t>((static_cast<unsigned __int128>(2 * s + 1) * pairs) / (2 * size));
+    const PairIJ ij = pair_of(n, k);
+    ws.sample[s] = half_sq_distance(a.z + ij.i * a.d, a.z + ij.j * a.d, a.d);
+  }
+  U lo = ~U{0}, hi = 0;
+  for (int64_t s = 0; s < size; ++s) {
+    const U bits = key_bits(ws.sample[s]);
+    if (bits == 0) continue;
+    lo = std::min(lo, bits);
+    hi = std::max(hi, bits);
+  }
+  if (hi == 0) lo = hi = 1;  // every sampled key is 0: the in-range bins start at the smallest subnormal
+  return choose_key_bins<T>(lo, hi, a.bins == 0 ? kSelectBins : a.bins);
+}
+
+template <typename T>
+void count_bins(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace<T>& ws, const KeyBins<T>& bins) {
+  const uint64_t count = bins.count();
+  std::fill(ws.hist, ws.hist + static_cast<size_t>(std::max(a.threads, 1)) * count, BinCount<T>{0, 0});
+  for_group_slices(a, plan.groups, [&](uint64_t g, int t) {
+    BinCount<T>* hist = ws.hist + static_cast<size_t>(t) * count;
+    for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
+      visit_block_pairs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t, int64_t, T key) {
+        const auto bits = key_bits(key);
+        BinCount<T>& h = hist[bins.bin_of(bits)];
+        ++h.count;
+        h.sum += KeyBins<T>::significand(bits);
+      });
+    });
+  });
+  for (int t = 1; t < std::max(a.threads, 1); ++t) {
+    const BinCount<T>* other = ws.hist + static_cast<size_t>(t) * count;
+    for (uint64_t b = 0; b < count; ++b) {
+      ws.hist[b].count += other[b].count;
+      ws.hist[b].sum += other[b].sum;
+    }
+  }
+  ws.first[0] = 0;
+  for (uint64_t b = 0; b < count; ++b) ws.first[b + 1] = ws.first[b] + ws.hist[b].count;
+}
+
+// Each bin's class and, for a decided one, its share of the value (step 3).
+template <typename T>
+void classify_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const KeyBins<T>& bins) {
+  const int64_t count = static_cast<int64_t>(bins.count());
+#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 64)
+  for (int64_t sb = 0; sb < count; ++sb) {
+    const uint64_t b = static_cast<uint64_t>(sb);
+    const uint64_t m = ws.hist[b].count, first = ws.first[b];
+    ws.value[b] = 0.0;
+    if (m == 0) {
+      ws.cls[b] = kBinEmpty;
+      continue;
+    }
+    BinClass cls = kBinMixed;
+    if (bins.finite(b)) {
+      int64_t segment = -1;
+      const T first_target = a.quantiles(first, &segment);
+      const T last_target = a.quantiles(first + m - 1, &segment);
+      cls = classify_bin(bins.low(b), bins.high(b), first_target, last_target);
+    }
+    ws.cls[b] = cls;
+    if (cls == kBinMixed) continue;
+    const double keys = integer_to_double(ws.hist[b].sum) * bins.unit(b);
+    const double targets = a.quantiles.range_sum(first, m);
+    ws.value[b] = cls == kBinAbove ? keys - targets : targets - keys;
+  }
+}
+
+// Mixed bins from `b0` whose pairs fit `capacity` entries together: marks them kBinMixed
+// (the rest kBinLater), sets their start and cursor, returns the end of the run.
+template <typename T>
+uint64_t plan_mixed_pass(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, uint64_t count, uint64_t b0) {
+  uint64_t used = 0, b = b0;
+  for (; b < count; ++b) {
+    if (ws.cls[b] != kBinMixed && ws.cls[b] != kBinLater) continue;
+    const uint64_t m = ws.hist[b].count;
+    if (used + m > a.capacity) break;
+    ws.cls[b] = kBinMixed;
+    ws.start[b] = ws.cursor[b] = used;
+    used += m;
+  }
+  if (b < count && used == 0) {
+    throw std::overflow_error("cdf_attraction: " + std::to_string(ws.hist[b].count) +
+                              " distances share one bucket, more than the " + std::to_string(a.capacity) +
+                              " a pass may hold (heavily tied distances); allow more sort memory");
+  }
+  for (uint64_t rest = b; rest < count; ++rest)
+    if (ws.cls[rest] == kBinMixed) ws.cls[rest] = kBinLater;
+  return b;
+}
+
+// Sign bits of one row's run of consecutive pair indices, flushed a word at a time (rows
+// handled by other threads may share the word at either end).
+struct RowSigns {
+  uint64_t word = ~uint64_t{0}, pos = 0, neg = 0;
+
+  void flush(uint64_t* pos_bits, uint64_t* neg_bits) {
+    if (pos) __atomic_fetch_or(pos_bits + word, pos, __ATOMIC_RELAXED);
+    if (neg) __atomic_fetch_or(neg_bits + word, neg, __ATOMIC_RELAXED);
+    pos = neg = 0;
+  }
+  void set(uint64_t k, bool above, uint64_t* pos_bits, uint64_t* neg_bits) {
+    if ((k >> 6) != word) {
+      flush(pos_bits, neg_bits);
+      word = k >> 6;
+    }
+    (above ? pos : neg) |= uint64_t{1} << (k & 63);
+  }
+};
+
+// One pass over every pair: decided bins' signs (first pass only), the current mixed bins'
+// entries.
+template <typename T, typename E>
+void classify_pairs(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace<T>& ws, const KeyBins<T>& bins,
+                    bool write_signs) {
+  auto* entries = static_cast<typename E::Entry*>(ws.entries);
+  const uint64_t n = static_cast<uint64_t>(a.n);
+  for_group_slices(a, plan.groups, [&](uint64_t g, int) {
+    for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
+      RowSigns rows[kRowBlock];
+      visit_block_pairs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t i, int64_t j, T key) {
+        const auto bits = key_bits(key);
+        const uint64_t b = bins.bin_of(bits);
+        const uint8_t cls = ws.cls[b];
+        if (cls == kBinMixed) {
+          const uint64_t slot = __atomic_fetch_add(ws.cursor + b, uint64_t{1}, __ATOMIC_RELAXED);
+          entries[slot] = E::make(bits, pair_index(n, i, j));
+        } else if (write_signs && (cls == kBinAbove || cls == kBinBelow)) {
+          rows[i - i0].set(pair_index(n, i, j), cls == kBinAbove, a.pos_bits, a.neg_bits);
+        }
+      });
+      for (auto& row : rows) row.flush(a.pos_bits, a.neg_bits);
+    });
+  });
+}
+
+// Equal keys in pair-index order: the tie rule, whatever order the threads collected them in.
+template <typename E>
+void order_ties_by_index(typename E::Entry* first, uint64_t count) {
+  uint64_t run = 0;
+  for (uint64_t pos = 1; pos <= count; ++pos) {
+    if (pos < count && E::key(first[pos]) == E::key(first[run])) continue;
+    if (pos - run > 1)
+      std::sort(first + run, first + pos, [](const typename E::Entry& x, const typename E::Entry& y) {
+        return E::index(x) < E::index(y);
+      });
+    run = pos;
+  }
+}
+
+// Sorts each current mixed bin and ranks it as the full sort does (value share, sign bits).
+template <typename T, typename E>
+void rank_mixed_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, uint64_t b0, uint64_t b1) {
+  auto* entries = static_cast<typename E::Entry*>(ws.entries);
+  uint64_t largest = 0;
+  for (uint64_t b = b0; b < b1; ++b)
+    if (ws.cls[b] == kBinMixed) largest = std::max(largest, ws.hist[b].count);
+#pragma omp parallel num_threads(a.threads)
+  {
+    std::vector<typename E::Entry> scratch(largest);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t sb = static_cast<int64_t>(b0); sb < static_cast<int64_t>(b1); ++sb) {
+      const uint64_t b = static_cast<uint64_t>(sb);
+      if (ws.cls[b] != kBinMixed) continue;
+      auto* first = entries + ws.start[b];
+      const uint64_t count = ws.hist[b].count;
+      sort_bucket_by_key<E>(first, count, scratch.data());
+      order_ties_by_index<E>(first, count);
+      double sum = 0.0;
+      int64_t segment = -1;
+      for (uint64_t pos = 0; pos < count; ++pos) {
+        const T e = key_value<T>(E::key(first[pos])) - a.quantiles(ws.first[b] + pos, &segment);
+        sum += abs_power(e, 1);
+        const uint64_t k = E::index(first[pos]);
+        if (e != T(0))
+          __atomic_fetch_or((e > T(0) ? a.pos_bits : a.neg_bits) + (k >> 6), uint64_t{1} << (k & 63),
+                            __ATOMIC_RELAXED);
+      }
+      ws.value[b] = sum;
+    }
+  }
+}
+
+template <typename T, typename E>
+void select_forward(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace<T>& ws) {
+  transpose_points(a.z, a.n, a.d, ws.zt, a.threads);
+  const KeyBins<T> bins = sample_key_bins(a, ws, plan.pairs);
+  const uint64_t count = bins.count();
+  count_bins(a, plan, ws, bins);
+  a.poll();
+  classify_bins(a, ws, bins);
+
+  int64_t passes = 1, sorted_pairs = 0, mixed_bins = 0;
+  for (uint64_t b = 0; b < count; ++b) {
+    if (ws.cls[b] != kBinMixed) continue;
+    ++mixed_bins;
+    sorted_pairs += static_cast<int64_t>(ws.hist[b].count);
+  }
+  uint64_t b0 = 0;
+  bool first_pass = true;
+  while (first_pass || b0 < count) {
+    const uint64_t b1 = plan_mixed_pass(a, ws, count, b0);
+    classify_pairs<T, E>(a, plan, ws, bins, first_pass);
+    ++passes;
+    rank_mixed_bins<T, E>(a, ws, b0, b1);
+    for (uint64_t b = b0; b < b1; ++b)
+      if (ws.cls[b] == kBinMixed) ws.cls[b] = kBinEmpty;  // done: later passes skip it
+    first_pass = false;
+    b0 = b1;
+    while (b0 < count && ws.cls[b0] != kBinLater) ++b0;
+  }
+  double total = 0.0;
+  for (uint64_t b = 0; b < count; ++b) total += ws.value[b];
+  *a.value = total;
+  if (a.stats != nullptr) {
+    a.stats[kStatSortedPairs] = sorted_pairs;
+    a.stats[kStatPasses] = passes;
+    a.stats[kStatBins] = static_cast<int64_t>(count);
+    a.stats[kStatMixedBins] = mixed_bins;
+  }
+}
+
+// ---------------------------------------------------------------- forward
+
+// Workspace of either forward: the selection (p = 1) or the full sort (p = 2, sorted output).
+template <typename T>
+size_t forward_workspace_bytes(int64_t n, int64_t d, uint64_t capacity, uint64_t bins, int threads) {
+  const Plan plan = make_plan(n, capacity, threads);
+  return std::max(workspace_layout<T>(n, d, capacity, plan, nullptr, nullptr),
+                  select_layout<T>(n, d, capacity, bins, threads, nullptr, nullptr));
 }
 
 template <typename T>
 void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes) {
   const Plan plan = make_plan(a.n, a.capacity, a.threads);
   char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(workspace) + 63) / 64 * 64);
-  Workspace<T> ws;
-  if (workspace_layout<T>(a.n, a.d, a.capacity, plan, base, &ws) > ws_bytes)
+  if (forward_workspace_bytes<T>(a.n, a.d, a.capacity, a.bins, a.threads) > ws_bytes)
     throw std::invalid_argument("cdf_attraction: workspace smaller than cdf_pairs_workspace_bytes");
   if (a.p == 1) {
     const uint64_t words = bit_words(plan.pairs);
     std::fill(a.pos_bits, a.pos_bits + words, uint64_t{0});
     std::fill(a.neg_bits, a.neg_bits + words, uint64_t{0});
   }
+  if (a.p == 1 && a.sorted == nullptr) {  // signs only: selection
+    SelectWorkspace<T> sws;
+    select_layout<T>(a.n, a.d, a.capacity, a.bins, a.threads, base, &sws);
+    if (packs<T>(plan.pairs))
+      select_forward<T, PackedEntries>(a, plan, sws);
+    else
+      select_forward<T, WideEntries>(a, plan, sws);
+    return;
+  }
+  Workspace<T> ws;
+  workspace_layout<T>(a.n, a.d, a.capacity, plan, base, &ws);
   transpose_points(a.z, a.n, a.d, ws.zt, a.threads);
   choose_splitters(a, plan, ws);
   count_buckets(a, plan, ws);
-  if (packs<T>(plan.pairs))
-    sort_all_passes<T, PackedEntries>(a, plan, ws);
-  else
-    sort_all_passes<T, WideEntries>(a, plan, ws);
+  const int64_t passes = packs<T>(plan.pairs) ? sort_all_passes<T, PackedEntries>(a, plan, ws)
+                                              : sort_all_passes<T, WideEntries>(a, plan, ws);
+  if (a.stats != nullptr) {
+    a.stats[kStatSortedPairs] = static_cast<int64_t>(plan.pairs);
+    a.stats[kStatPasses] = passes;
+    a.stats[kStatBins] = static_cast<int64_t>(plan.buckets);
+    a.stats[kStatMixedBins] = static_cast<int64_t>(plan.buckets);
+  }
   double total = 0.0;
   for (uint64_t b = 0; b < plan.buckets; ++b) total += ws.partial[b];
   *a.value = total;
@@ -434,6 +800,7 @@ struct BackwardArgs {
   const T* residual;
   double scale;
   T* grad;
+  InterruptPoll poll;
   int threads;
 };
 
@@ -509,25 +876,71 @@ void backward_block(const BackwardArgs<T>& a, int64_t i0, T* acc) {
 template <typename T>
 void backward(const BackwardArgs<T>& a) {
   const int64_t blocks = (a.n + kBackwardRows - 1) / kBackwardRows;
+  // A few blocks per parallel region, so that a pending interrupt is noticed between them.
+  const int64_t slice = 4 * std::max(a.threads, 1);
+  for (int64_t b0 = 0; b0 < blocks; b0 += slice) {
+    a.poll();
+    const int64_t b1 = std::min(blocks, b0 + slice);
 #pragma omp parallel num_threads(a.threads)
-  {
-    std::vector<T> acc(static_cast<size_t>(kBackwardRows * a.d));
+    {
+      std::vector<T> acc(static_cast<size_t>(kBackwardRows * a.d));
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < blocks; ++b) backward_block(a, b * kBackwardRows, acc.data());
+      for (int64_t b = b0; b < b1; ++b) backward_block(a, b * kBackwardRows, acc.data());
+    }
   }
 }
 
 // ---------------------------------------------------------------- bindings
 
+// Polled between chunks of work: a pending Ctrl-C (or any Python signal whose handler
+// raises) stops the engine; the handler's exception is left set for the binding to raise.
+bool python_signal_pending(void*) {
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
+// Runs `work` without the GIL; a KeyboardInterrupt noticed inside is raised once the GIL
+// is back (the workspace belongs to the caller and is freed with its tensors).
+template <typename Work>
+void run_interruptible(Work&& work) {
+  bool interrupted = false;
+  {
+    py::gil_scoped_release release;
+    try {
+      work(InterruptPoll{python_signal_pending, nullptr});
+    } catch (const Interrupted&) {
+      interrupted = true;
+    }
+  }
+  if (interrupted) throw py::error_already_set();
+}
+
 template <typename T>
 void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
                    int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual,
-                   uintptr_t sorted, uint64_t capacity, uintptr_t workspace, size_t ws_bytes, int threads) {
-  const ForwardArgs<T> a{ptr<const T>(z), n, d,
-                         rank_quantiles<T>(source, table, values, count, pair_count(static_cast<uint64_t>(n))),
-                         p, ptr<double>(value), ptr<uint64_t>(pos), ptr<uint64_t>(neg), ptr<T>(residual),
-                         ptr<T>(sorted), capacity, threads};
-  forward(a, ptr<void>(workspace), ws_bytes);
+                   uintptr_t sorted, uint64_t capacity, uint64_t bins, uintptr_t stats, uintptr_t workspace,
+                   size_t ws_bytes, int threads) {
+  run_interruptible([&](InterruptPoll poll) {
+    const ForwardArgs<T> a{ptr<const T>(z), n, d,
+                           rank_quantiles<T>(source, table, values, count, pair_count(static_cast<uint64_t>(n))),
+                           p, ptr<double>(value), ptr<uint64_t>(pos), ptr<uint64_t>(neg), ptr<T>(residual),
+                           ptr<T>(sorted), capacity, bins, ptr<int64_t>(stats), poll, threads};
+    forward(a, ptr<void>(workspace), ws_bytes);
+  });
+}
+
+template <typename T>
+void backward_typed(int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
+                    double scale, uintptr_t grad, int threads) {
+  run_interruptible([&](InterruptPoll poll) {
+    backward(BackwardArgs<T>{ptr<const T>(z), n, d, p, ptr<const uint64_t>(pos), ptr<const uint64_t>(neg),
+                             ptr<const T>(residual), scale, ptr<T>(grad), poll, threads});
+  });
+}
+
+void check_cdf_pointers(uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual) {
+  if (z == 0 || (p == 1 && (pos == 0 || neg == 0)) || (p == 2 && residual == 0))
+    throw std::invalid_argument("cdf_attraction: null pointer for z or the signs/residuals");
 }
 
 }  // namespace
@@ -535,52 +948,59 @@ void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t tabl
 void bind_cdf_attraction(py::module_& m) {
   m.def(
       "cdf_pairs_workspace_bytes",
-      [](int dtype, int64_t n, int64_t d, uint64_t capacity, int threads) {
+      [](int dtype, int64_t n, int64_t d, uint64_t capacity, uint64_t bins, int threads) {
         check_cdf_pairs_sizes(n, d, 1, capacity);
-        const Plan plan = make_plan(n, capacity, threads);
-        return dtype == static_cast<int>(DType::Float32) ? workspace_layout<float>(n, d, capacity, plan, nullptr, nullptr)
-                                                         : workspace_layout<double>(n, d, capacity, plan, nullptr, nullptr);
+        return is_float(dtype) ? forward_workspace_bytes<float>(n, d, capacity, bins, threads)
+                               : forward_workspace_bytes<double>(n, d, capacity, bins, threads);
       },
-      "Workspace bytes of cdf_pairs_forward (dtype, n, d, capacity entries per pass, threads).");
+      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("capacity"), py::arg("bins"), py::arg("threads"),
+      "Workspace bytes of cdf_pairs_forward (capacity: sort entries per pass; bins: in-range bins of the "
+      "p = 1 selection histogram, 0 for the default).");
   m.def(
       "cdf_pairs_entry_bytes",
       [](int dtype, int64_t n) {
         const uint64_t pairs = pair_count(static_cast<uint64_t>(n));
-        const bool packed = dtype == static_cast<int>(DType::Float32) && packs<float>(pairs);
+        const bool packed = is_float(dtype) && packs<float>(pairs);
         return packed ? sizeof(PackedEntries::Entry) : sizeof(WideEntries::Entry);
       },
-      "Bytes one sort entry takes (the unit of the capacity).");
+      py::arg("dtype"), py::arg("n"), "Bytes one sort entry takes (the unit of the capacity).");
   m.def(
       "cdf_pairs_forward",
       [](int dtype, int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
          int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual, uintptr_t sorted,
-         uint64_t capacity, uintptr_t workspace, size_t ws_bytes, int threads) {
+         uint64_t capacity, uint64_t bins, uintptr_t stats, uintptr_t workspace, size_t ws_bytes, int threads) {
         check_cdf_pairs_sizes(n, d, p, capacity);
-        py::gil_scoped_release release;
-        if (dtype == static_cast<int>(DType::Float32))
+        check_cdf_pointers(z, p, pos, neg, residual);
+        if (value == 0 || workspace == 0) throw std::invalid_argument("cdf_attraction: null value or workspace");
+        if (is_float(dtype))
           forward_typed<float>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted, capacity,
-                               workspace, ws_bytes, threads);
+                               bins, stats, workspace, ws_bytes, threads);
         else
-          forward_typed<double>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted, capacity,
-                                workspace, ws_bytes, threads);
+          forward_typed<double>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted,
+                                capacity, bins, stats, workspace, ws_bytes, threads);
       },
+      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("source"), py::arg("table"),
+      py::arg("values"), py::arg("count"), py::arg("p"), py::arg("value"), py::arg("pos"), py::arg("neg"),
+      py::arg("residual"), py::arg("sorted"), py::arg("capacity"), py::arg("bins"), py::arg("stats"),
+      py::arg("workspace"), py::arg("ws_bytes"), py::arg("threads"),
       "Sum over ranks of |d_(k) - c'_k|^p for contiguous (n, d) points; p = 1 writes sgn(e) as two bit sets "
-      "(pos, neg), p = 2 writes e, both at pair index k(i, j); `sorted` (optional) receives d_(k) by rank.");
+      "(pos, neg), p = 2 writes e, both at pair index k(i, j); `sorted` (optional) receives d_(k) by rank and "
+      "`stats` (optional, 4 int64) the pairs sorted, generation passes, bins and mixed bins. p = 1 without "
+      "`sorted` ranks by selection; a pending Ctrl-C raises KeyboardInterrupt between chunks.");
   m.def(
       "cdf_pairs_backward",
       [](int dtype, int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
          double scale, uintptr_t grad, int threads) {
         check_cdf_pairs_sizes(n, d, p, 1);
-        py::gil_scoped_release release;
-        if (dtype == static_cast<int>(DType::Float32))
-          backward(BackwardArgs<float>{ptr<const float>(z), n, d, p, ptr<const uint64_t>(pos),
-                                       ptr<const uint64_t>(neg), ptr<const float>(residual), scale, ptr<float>(grad),
-                                       threads});
+        check_cdf_pointers(z, p, pos, neg, residual);
+        if (grad == 0) throw std::invalid_argument("cdf_attraction: null gradient");
+        if (is_float(dtype))
+          backward_typed<float>(n, d, z, p, pos, neg, residual, scale, grad, threads);
         else
-          backward(BackwardArgs<double>{ptr<const double>(z), n, d, p, ptr<const uint64_t>(pos),
-                                        ptr<const uint64_t>(neg), ptr<const double>(residual), scale,
-                                        ptr<double>(grad), threads});
+          backward_typed<double>(n, d, z, p, pos, neg, residual, scale, grad, threads);
       },
+      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("p"), py::arg("pos"), py::arg("neg"),
+      py::arg("residual"), py::arg("scale"), py::arg("grad"), py::arg("threads"),
       "grad_i = scale * sum_{j != i} s_ij (z_i - z_j) with s from cdf_pairs_forward.");
   m.def(
       "pair_of",

@@ -921,15 +921,16 @@ void backward_typed(int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uin
 void bind_cdf_attraction(py::module_& m) {
   m.def(
       "cdf_pairs_workspace_bytes",
-      [](int dtype, int64_t n, int64_t d, uint64_t capacity, uintptr_t stream) {
+      [](int dtype, int64_t n, int64_t d, uint64_t capacity, uint64_t /*bins*/, uintptr_t stream) {
         check_cdf_pairs_sizes(n, d, 1, capacity);
         const cudaStream_t s = stream_of(stream);
         if (is_float(dtype)) return workspace_layout<float>(make_plan<float>(n, capacity, s), nullptr, nullptr);
         return workspace_layout<double>(make_plan<double>(n, capacity, s), nullptr, nullptr);
       },
-      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("capacity"), py::arg("stream"),
+      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("capacity"), py::arg("bins"), py::arg("stream"),
       "Workspace bytes of cdf_pairs_forward: min(capacity, n') sort entries, CUB's temporary storage, and "
-      "per-2048-rank partial sums.");
+      "per-2048-rank partial sums. `bins` (the CPU engine's selection histogram) is not used yet: the CUDA "
+      "engine sorts every pair.");
   m.def(
       "cdf_pairs_entry_bytes",
       [](int dtype, int64_t n) { return entry_bytes_of(is_float(dtype), pair_count(static_cast<uint64_t>(n))); },
@@ -939,7 +940,8 @@ void bind_cdf_attraction(py::module_& m) {
       "cdf_pairs_forward",
       [](int dtype, int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
          int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual, uintptr_t sorted,
-         uint64_t capacity, uintptr_t workspace, size_t ws_bytes, uintptr_t stream) {
+         uint64_t capacity, uint64_t /*bins*/, uintptr_t /*stats*/, uintptr_t workspace, size_t ws_bytes,
+         uintptr_t stream) {
         check_cdf_pairs_sizes(n, d, p, capacity);
         const bool single = is_float(dtype);
         py::gil_scoped_release release;
@@ -952,10 +954,11 @@ void bind_cdf_attraction(py::module_& m) {
       },
       py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("source"), py::arg("table"),
       py::arg("values"), py::arg("count"), py::arg("p"), py::arg("value"), py::arg("pos"), py::arg("neg"),
-      py::arg("residual"), py::arg("sorted"), py::arg("capacity"), py::arg("workspace"), py::arg("ws_bytes"),
-      py::arg("stream"),
+      py::arg("residual"), py::arg("sorted"), py::arg("capacity"), py::arg("bins"), py::arg("stats"),
+      py::arg("workspace"), py::arg("ws_bytes"), py::arg("stream"),
       "Sum over ranks of |d_(k) - c'_k|^p for contiguous (n, d) points; p = 1 writes sgn(e) as two bit sets "
-      "(pos, neg), p = 2 writes e, both at pair index k(i, j); `sorted` (optional) receives d_(k) by rank.");
+      "(pos, neg), p = 2 writes e, both at pair index k(i, j); `sorted` (optional) receives d_(k) by rank. "
+      "`bins` and `stats` belong to the CPU engine's selection (not used here yet: every pair is sorted).");
   m.def(
       "cdf_pairs_backward",
       [](int dtype, int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,

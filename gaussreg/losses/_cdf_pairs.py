@@ -48,19 +48,18 @@ def workspace_bytes(z: Tensor, capacity: int, p: int) -> int:
     return workspace_bytes_for(z.device, z.dtype, z.shape[0], z.shape[1], capacity, p)
 
 
-def workspace_bytes_for(device: torch.device, dtype: torch.dtype, n: int, d: int, capacity: int, p: int) -> int:
+def workspace_bytes_for(device: torch.device, dtype: torch.dtype, n: int, d: int, capacity: int, p: int,
+                        bins: int = 0) -> int:
     """``workspace_bytes`` from the sizes alone (checked before z is copied or scanned)."""
-    return _engine_workspace_bytes_for(device, dtype, n, d, capacity) + signs_bytes(n, p, dtype)
+    return _engine_workspace_bytes_for(device, dtype, n, d, capacity, bins) + signs_bytes(n, p, dtype)
 
 
-def _engine_workspace_bytes(z: Tensor, capacity: int) -> int:
-    return _engine_workspace_bytes_for(z.device, z.dtype, z.shape[0], z.shape[1], capacity)
-
-
-def _engine_workspace_bytes_for(device: torch.device, dtype: torch.dtype, n: int, d: int, capacity: int) -> int:
+def _engine_workspace_bytes_for(device: torch.device, dtype: torch.dtype, n: int, d: int, capacity: int,
+                                bins: int = 0) -> int:
     module = _native.module_for(device)
     # On CUDA the module asks CUB for sizes on the current device: launch makes it z's.
-    return int(_native.launch(module.cdf_pairs_workspace_bytes, device, _native.dtype_code(dtype), n, d, capacity))
+    return int(_native.launch(module.cdf_pairs_workspace_bytes, device, _native.dtype_code(dtype), n, d, capacity,
+                              bins))
 
 
 def _signs_shape(n: int, p: int) -> Tuple[int, ...]:
@@ -74,23 +73,31 @@ def signs_bytes(n: int, p: int, dtype: torch.dtype) -> int:
     return (shape[0] * shape[1] * 8) if p == 1 else shape[0] * torch.empty((), dtype=dtype).element_size()
 
 
+# The engine's counters, in the order it writes them (csrc/cpu/cdf_attraction.cpp SelectStat).
+STATS = ("sorted_pairs", "passes", "bins", "mixed_bins")
+
+
 @torch.library.custom_op("gaussreg::cdf_pairs", mutates_args=())
 def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], anchors: Optional[Tensor], p: int,
-                 capacity: int, want_sorted: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """(sum_k |d_(k) - c'_k|^p in float64, signs or residuals, sorted d or an empty tensor).
+                 capacity: int, bins: int, want_sorted: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(sum_k |d_(k) - c'_k|^p in float64, signs or residuals, sorted d or an empty tensor, stats).
 
     The target quantiles c' come from exactly one of: ``table`` (n' values in z's dtype),
     ``values`` (a sorted float64 sample, interpolated per rank) or ``anchors`` (``pack_anchors``
-    of ``gaussreg.targets.chi2_anchors``, interpolated per rank).
+    of ``gaussreg.targets.chi2_anchors``, interpolated per rank). p = 1 without the sorted
+    values ranks by selection: a histogram of ``bins`` key bins (0: the engine's default)
+    decides most pairs' signs without sorting them. ``stats`` holds the counters named in
+    ``STATS`` (int64; -1 where an engine does not report them).
     """
-    _check_op_args(z, table, values, anchors, p, capacity)
+    _check_op_args(z, table, values, anchors, p, capacity, bins)
     device, dtype = z.device, z.dtype
     n, d = z.shape
     what = "cdf_attraction"
     module = _native.module_for(device)
     code = _native.dtype_code(dtype)
-    ws_bytes = _engine_workspace_bytes(z, capacity)
+    ws_bytes = _engine_workspace_bytes_for(device, dtype, n, d, capacity, bins)
     workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, device, what)
+    stats = torch.full((len(STATS),), -1, dtype=torch.int64, device=device)
     value = torch.zeros((), dtype=torch.float64, device=device)
     signs = _native.empty(_signs_shape(n, p), torch.int64 if p == 1 else dtype, device, what)
     sorted_values = _native.empty((pair_count(n) if want_sorted else 0,), dtype, device, what)
@@ -103,24 +110,25 @@ def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], a
     pos, neg, residual = (signs[0].data_ptr(), signs[1].data_ptr(), 0) if p == 1 else (0, 0, signs.data_ptr())
     args = [code, n, d, z.data_ptr(), source, table_ptr, array, count,
             p, value.data_ptr(), pos, neg, residual, sorted_values.data_ptr() if want_sorted else 0,
-            capacity, workspace.data_ptr(), ws_bytes]
+            capacity, bins, stats.data_ptr(), workspace.data_ptr(), ws_bytes]
     try:
         _native.launch(module.cdf_pairs_forward, device, *args)
     except OverflowError as exc:  # std::overflow_error: a bucket of tied distances overflows a pass
         raise MemoryError(f"gaussreg.{exc}") from exc
-    return value, signs, sorted_values
+    return value, signs, sorted_values, stats
 
 
 def _check_op_args(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], anchors: Optional[Tensor], p: int,
-                   capacity: int) -> None:
+                   capacity: int, bins: int) -> None:
     """The op's own contract (the front end guarantees it; direct callers get an error)."""
     if not supported(z.device):
         raise RuntimeError(f"gaussreg::cdf_pairs: no compiled engine for {z.device}")
     if z.dtype not in (torch.float32, torch.float64) or z.dim() != 2 or not z.is_contiguous() or z.shape[0] < 2:
         raise ValueError(f"gaussreg::cdf_pairs: z must be a contiguous (n >= 2, D) float32/float64 tensor, "
                          f"got {z.dtype} {tuple(z.shape)}")
-    if p not in (1, 2) or capacity < 1:
-        raise ValueError(f"gaussreg::cdf_pairs: p must be 1 or 2 and capacity positive, got {p}, {capacity}")
+    if p not in (1, 2) or capacity < 1 or bins < 0:
+        raise ValueError(f"gaussreg::cdf_pairs: p must be 1 or 2, capacity positive and bins >= 0, got {p}, "
+                         f"{capacity}, {bins}")
     if table is not None and (table.dtype != z.dtype or table.device != z.device or not table.is_contiguous()
                               or table.shape != (pair_count(z.shape[0]),)):
         raise ValueError("gaussreg::cdf_pairs: table must hold n(n-1)/2 contiguous values of z's dtype and device")
@@ -135,11 +143,12 @@ def _check_op_args(z: Tensor, table: Optional[Tensor], values: Optional[Tensor],
 
 
 @cdf_pairs_op.register_fake
-def _(z, table, values, anchors, p, capacity, want_sorted):
+def _(z, table, values, anchors, p, capacity, bins, want_sorted):
     n = z.shape[0]
     value = z.new_empty((), dtype=torch.float64)
     signs = z.new_empty(_signs_shape(n, p), dtype=torch.int64 if p == 1 else z.dtype)
-    return value, signs, z.new_empty((pair_count(n) if want_sorted else 0,))
+    stats = z.new_empty((len(STATS),), dtype=torch.int64)
+    return value, signs, z.new_empty((pair_count(n) if want_sorted else 0,)), stats
 
 
 @torch.library.custom_op("gaussreg::cdf_pairs_backward", mutates_args=())
@@ -161,18 +170,18 @@ def _(z, signs, p, grad_value):
 
 
 def _setup_context(ctx, inputs, output):
-    z, _table, _values, _anchors, p, _capacity, _want_sorted = inputs
-    _, signs, _ = output
+    z, _table, _values, _anchors, p, _capacity, _bins, _want_sorted = inputs
+    _, signs, _, _ = output
     ctx.p = p
     ctx.save_for_backward(z, signs)
-    ctx.mark_non_differentiable(signs, output[2])
+    ctx.mark_non_differentiable(signs, output[2], output[3])
 
 
-def _backward(ctx, g_value, _g_signs, _g_sorted):
+def _backward(ctx, g_value, _g_signs, _g_sorted, _g_stats):
     z, signs = ctx.saved_tensors
     grad = cdf_pairs_backward_op(z, signs, ctx.p, g_value)
     grad = first_order_only(grad, "cdf_attraction", z)
-    return grad, None, None, None, None, None, None
+    return grad, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("gaussreg::cdf_pairs", _backward, setup_context=_setup_context)
@@ -185,10 +194,15 @@ def pack_anchors(anchors: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
 
 
 def cdf_pairs(z: Tensor, p: int, capacity: int, *, table: Optional[Tensor] = None, values: Optional[Tensor] = None,
-              anchors: Optional[Tensor] = None) -> Tensor:
-    """sum_k |d_(k) - c'_k|^p over the ranks of the half squared distances of z, float64, differentiable."""
-    value, _, _ = cdf_pairs_op(z, table, values, anchors, p, capacity, False)
-    return value
+              anchors: Optional[Tensor] = None, bins: int = 0, with_stats: bool = False):
+    """sum_k |d_(k) - c'_k|^p over the ranks of the half squared distances of z, float64, differentiable.
+
+    With ``with_stats``, also the engine's counters as a dict (keys ``STATS``; one host read).
+    """
+    value, _, _, stats = cdf_pairs_op(z, table, values, anchors, p, capacity, bins, False)
+    if not with_stats:
+        return value
+    return value, dict(zip(STATS, (int(v) for v in stats.tolist())))
 
 
 def sorted_half_sq_distances(z: Tensor, capacity: Optional[int] = None) -> Tensor:
@@ -196,5 +210,5 @@ def sorted_half_sq_distances(z: Tensor, capacity: Optional[int] = None) -> Tenso
     z = z.detach().contiguous()
     capacity = pair_count(z.shape[0]) if capacity is None else capacity
     dummy_target = torch.zeros(1, dtype=torch.float64, device=z.device)  # a constant target: no quantile work
-    _, _, values = cdf_pairs_op(z, None, dummy_target, None, 2, capacity, True)
+    _, _, values, _ = cdf_pairs_op(z, None, dummy_target, None, 2, capacity, 0, True)
     return values

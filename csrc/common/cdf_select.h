@@ -1,0 +1,131 @@
+// The selection histogram of the distances term of CDF attraction (SPEC 1, p = 1), shared
+// by the CPU and CUDA engines: which bin a key falls in, the value range a bin covers,
+// exact per-bin sums, and whether a bin is decided without sorting.
+//
+// Bins are aligned ranges of 2^shift consecutive IEEE bit patterns of the (non-negative)
+// keys d_ij, between the smallest and largest positive key of a sample, plus two clamp bins
+// for keys outside (zeros included). The bit pattern of a non-negative float orders like
+// its value, so bin b's keys all precede bin b+1's, and the ranks of bin b are exactly
+// (A_b, A_b + m_b] with A_b the count of keys in bins before it. With shift at most the
+// mantissa width a bin never straddles two exponents, so every key of a bin is an integer
+// significand times one power of two and the bin's sum is an exact integer sum: per-thread
+// histograms merge in any order to the same bits.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "config.h"
+#include "vmath.h"
+
+namespace gaussreg {
+
+// How a bin's pairs get their sign sgn(d - c') without a sort.
+enum BinClass : uint8_t {
+  kBinEmpty = 0,
+  kBinAbove = 1,    // every key above every target of its ranks: sgn = +1
+  kBinBelow = 2,    // every key below every target of its ranks: sgn = -1
+  kBinMixed = 3,    // ranks needed: collected and sorted in the current pass
+  kBinLater = 4,    // mixed, collected in a later pass (sort memory)
+};
+
+// Integer sum of significands: exact for any bin of float keys (24 + 40 bits), and of
+// double keys (53 + 64 bits).
+template <typename T>
+struct SignificandSum;
+template <>
+struct SignificandSum<float> {
+  using type = uint64_t;
+};
+template <>
+struct SignificandSum<double> {
+  using type = unsigned __int128;
+};
+
+template <typename T>
+struct KeyBins {
+  using U = std::make_unsigned_t<typename FloatBits<T>::Int>;
+  using B = FloatBits<T>;
+  U base;         // first in-range cell: (bits >> shift) == base is bin 1
+  int shift;      // log2 of bit patterns per bin, <= B::kMantissa
+  uint64_t range; // in-range bins; bins 0 and range + 1 are the clamps
+
+  GAUSSREG_HD uint64_t count() const { return range + 2; }
+
+  GAUSSREG_HD uint64_t bin_of(U bits) const {
+    const U cell = bits >> shift;
+    if (bits == 0 || cell < base) return 0;
+    const uint64_t offset = static_cast<uint64_t>(cell - base);
+    return offset >= range ? range + 1 : offset + 1;
+  }
+
+  // Smallest and largest key an in-range bin b (1..range) can hold.
+  GAUSSREG_HD T low(uint64_t b) const { return value_of(static_cast<U>((base + (b - 1)) << shift)); }
+  GAUSSREG_HD T high(uint64_t b) const {
+    return value_of(static_cast<U>(((base + b) << shift) - 1));
+  }
+
+  // The biased exponent shared by every key of in-range bin b.
+  GAUSSREG_HD int64_t exponent(uint64_t b) const {
+    return static_cast<int64_t>(static_cast<U>((base + (b - 1)) << shift) >> B::kMantissa);
+  }
+
+  // An in-range bin of finite keys (Inf and NaN patterns have the top exponent).
+  GAUSSREG_HD bool finite(uint64_t b) const {
+    constexpr int64_t top = (int64_t{1} << (8 * sizeof(U) - 1 - B::kMantissa)) - 1;
+    return b >= 1 && b <= range && exponent(b) < top;
+  }
+
+  // The key's significand as an integer; key = significand * 2^(scale exponent of its bin).
+  GAUSSREG_HD static U significand(U bits) {
+    const U mantissa = bits & ((U{1} << B::kMantissa) - 1);
+    return (bits >> B::kMantissa) == 0 ? mantissa : mantissa | (U{1} << B::kMantissa);
+  }
+
+  // 2^e such that every key of in-range bin b is significand * 2^e.
+  GAUSSREG_HD double unit(uint64_t b) const {
+    const int64_t e = exponent(b);
+    return ldexp(1.0, static_cast<int>((e == 0 ? 1 : e) - B::kBias - B::kMantissa));
+  }
+
+  GAUSSREG_HD static T value_of(U bits) { return bits_to_float<T>(static_cast<typename B::Int>(bits)); }
+};
+
+// Bins for keys between the positive bit patterns lo <= hi (the sample's extremes): the
+// smallest shift that gives at most max_range bins, never above the mantissa width (so
+// bins stay within one exponent; any two positive keys then need at most 2^(exponent
+// bits) bins; a smaller budget is met by widening the lower clamp bin, see below).
+template <typename T>
+GAUSSREG_HD KeyBins<T> choose_key_bins(typename KeyBins<T>::U lo, typename KeyBins<T>::U hi, uint64_t max_range) {
+  using U = typename KeyBins<T>::U;
+  int shift = 0;
+  while (shift < FloatBits<T>::kMantissa && static_cast<uint64_t>((hi >> shift) - (lo >> shift)) + 1 > max_range)
+    ++shift;
+  if (max_range < 1) max_range = 1;
+  // Still too many at the widest bins (a budget below the exponents spanned): the lowest
+  // exponents go to the lower clamp bin, which is sorted like a mixed one.
+  const U top = hi >> shift;
+  const U base = static_cast<uint64_t>(top - (lo >> shift)) + 1 > max_range ? top - (max_range - 1) : lo >> shift;
+  return {base, shift, static_cast<uint64_t>(top - base) + 1};
+}
+
+// Bin [low, high] holding the ranks whose targets run from first to last (non-decreasing):
+// decided when the two ranges do not meet. sgn(d - c) is exact in floating point (the
+// difference of two floats is zero only when they are equal), so comparing with the
+// targets as the engine rounds them gives the engine's own signs.
+template <typename T>
+GAUSSREG_HD BinClass classify_bin(T low, T high, T first_target, T last_target) {
+  if (low > last_target) return kBinAbove;
+  if (high < first_target) return kBinBelow;
+  return kBinMixed;
+}
+
+// An unsigned 64- or 128-bit integer as a double (correctly rounded to 2^-52 relative).
+GAUSSREG_HD double integer_to_double(uint64_t v) { return static_cast<double>(v); }
+GAUSSREG_HD double integer_to_double(unsigned __int128 v) {
+  return static_cast<double>(static_cast<uint64_t>(v >> 64)) * 18446744073709551616.0 +
+         static_cast<double>(static_cast<uint64_t>(v));
+}
+
+}  // namespace gaussreg

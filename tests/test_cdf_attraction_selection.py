@@ -1,0 +1,261 @@
+"""cdf_attraction's selection engine (SPEC 1, p = 1): histogram every pair, sort only mixed bins.
+
+Every case is checked against a float64 brute force written here with numpy: all n'
+distances, a stable argsort (ties ranked by pair index, the engine's documented tie rule),
+e = d_(k) - c'_k, the value sum |e| and the gradient sum_j sgn(e_ij)(z_i - z_j). The cases
+are chosen to break a binning shortcut: everything mixed, nothing mixed, exact ties
+(duplicated points, integer lattices) across bin edges, empty bins between clusters,
+D = 1 and 1024, n = 2 and 3, a tiny bin budget (clamp bins and mixed bins everywhere) and
+a tiny sort budget (mixed pairs collected over many passes).
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+import gaussreg
+from gaussreg.losses import _cdf_pairs
+from gaussreg.testing import random_points
+
+
+def brute_force(z: torch.Tensor, targets: np.ndarray):
+    """(sum_k |d_(k) - c'_k|, sum_j sgn(e_ij)(z_i - z_j)) in float64, ties in pair-index order."""
+    x = z.detach().double().numpy()
+    n = x.shape[0]
+    i, j = np.triu_indices(n, 1)  # row by row: position = pair index k(i, j)
+    d = 0.5 * ((x[i] - x[j]) ** 2).sum(1)
+    order = np.argsort(d, kind="stable")
+    e = np.empty_like(d)
+    e[order] = d[order] - targets
+    s = np.sign(e)
+    grad = np.zeros_like(x)
+    np.add.at(grad, i, s[:, None] * (x[i] - x[j]))
+    np.add.at(grad, j, s[:, None] * (x[j] - x[i]))
+    return np.abs(e).sum(), grad
+
+
+def chi2_table(pairs: int, df: int, dtype=torch.float64) -> torch.Tensor:
+    k = np.arange(1, pairs + 1)
+    return torch.tensor(scipy.stats.chi2.ppf((k - 0.5) / pairs, df), dtype=dtype)
+
+
+def engine(z: torch.Tensor, table: torch.Tensor, bins: int = 0, capacity: int = 0):
+    """(value, gradient, stats) of the p = 1 engine with the given target table."""
+    z = z.detach().clone().contiguous().requires_grad_(True)
+    pairs = _cdf_pairs.pair_count(z.shape[0])
+    value, stats = _cdf_pairs.cdf_pairs(z, 1, capacity or pairs, table=table.to(z.dtype).contiguous(), bins=bins,
+                                        with_stats=True)
+    value.backward()
+    return float(value.detach()), z.grad.double().numpy(), stats
+
+
+def check_against_brute_force(z, table, bins=0, capacity=0, rtol=1e-12):
+    value, grad, stats = engine(z, table, bins, capacity)
+    expected_value, expected_grad = brute_force(z, table.double().numpy())
+    scale = max(1.0, float(np.abs(z.detach().double().numpy()).max())) * z.shape[0]
+    assert abs(value - expected_value) <= rtol * max(1.0, abs(expected_value)), (value, expected_value)
+    np.testing.assert_allclose(grad, expected_grad, rtol=0, atol=rtol * scale ** 2)
+    assert stats["sorted_pairs"] <= _cdf_pairs.pair_count(z.shape[0])
+    return stats
+
+
+# ---------------------------------------------------------------- the brute force itself
+
+
+def test_brute_force_by_hand():
+    """Three points on a line: pairs (0,1), (0,2), (1,2) have d = 0.5, 4.5, 2, ranked 1, 3, 2,
+    against targets 1, 1, 5: e = -0.5, -0.5, +1."""
+    z = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
+    value, grad = brute_force(z, np.array([1.0, 1.0, 5.0]))
+    assert value == pytest.approx(0.5 + 0.5 + 1.0)
+    s01, s02, s12 = -1, -1, 1
+    np.testing.assert_allclose(grad[:, 0], [s01 * (0 - 1) + s02 * (0 - 3), s01 * (1 - 0) + s12 * (1 - 3),
+                                            s02 * (3 - 0) + s12 * (3 - 1)])
+
+
+# ---------------------------------------------------------------- near, far, everything mixed
+
+
+SHAPES = ((2, 3), (3, 2), (300, 8), (257, 64), (120, 1), (40, 1024))
+
+
+@pytest.mark.parametrize("n, d", SHAPES)
+def test_sample_near_its_target(n, d):
+    z = random_points(n, d, seed=n + d)
+    check_against_brute_force(z, chi2_table(_cdf_pairs.pair_count(n), d))
+
+
+@pytest.mark.parametrize("n, d", SHAPES)
+def test_float32_signs_equal_the_full_sort(n, d):
+    """float32 keys are rounded, so a float64 brute force may disagree on pairs within a
+    rounding of their target; the full sort (p = 1 with sorted output) ranks the very same
+    keys, and must give the same signs bit for bit."""
+    z = random_points(n, d, seed=n + d, dtype=torch.float32)
+    pairs = _cdf_pairs.pair_count(n)
+    table = chi2_table(pairs, d, torch.float32)
+    value_select, signs_select, _, _ = _cdf_pairs.cdf_pairs_op(z, table, None, None, 1, pairs, 0, False)
+    value_sort, signs_sort, _, _ = _cdf_pairs.cdf_pairs_op(z, table, None, None, 1, pairs, 0, True)
+    assert torch.equal(signs_select, signs_sort)
+    assert float(value_select) == pytest.approx(float(value_sort), rel=1e-6, abs=1e-6)
+    assert float(value_select) == pytest.approx(brute_force(z, table.double().numpy())[0], rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("scale", (3.0, 0.2))
+def test_sample_far_from_its_target_sorts_almost_nothing(scale):
+    n, d = 400, 16
+    z = random_points(n, d, seed=5) * scale
+    pairs = _cdf_pairs.pair_count(n)
+    stats = check_against_brute_force(z, chi2_table(pairs, d))
+    assert stats["sorted_pairs"] <= pairs // 100, stats  # far: only the clamp bins' few pairs
+
+
+def test_sample_on_its_own_quantiles_is_all_mixed():
+    """Targets placed between neighbouring sorted distances: every rank's sign alternates,
+    so nearly every bin is mixed and only exact ranks give the right signs."""
+    n, d = 200, 5
+    z = random_points(n, d, seed=7)
+    x = z.double().numpy()
+    i, j = np.triu_indices(n, 1)
+    keys = np.sort(0.5 * ((x[i] - x[j]) ** 2).sum(1))
+    gaps = np.diff(keys, append=keys[-1] + 1.0)
+    nudge = np.where(np.arange(keys.size) % 2 == 0, 0.25, -0.25) * np.minimum(gaps, np.diff(keys, prepend=-1.0))
+    table = torch.tensor(keys + nudge)
+    assert torch.all(table[1:] >= table[:-1])
+    stats = check_against_brute_force(z, table)
+    # Mixed wherever a bin holds two or more keys; a bin of one key may still be decided
+    # (its target outside the bin's range).
+    assert stats["sorted_pairs"] >= 0.8 * _cdf_pairs.pair_count(n), stats
+
+
+# ---------------------------------------------------------------- ties, empty bins, extremes
+
+
+@pytest.mark.parametrize("bins", (0, 4))
+def test_duplicated_points_and_lattice_ties(bins):
+    """Integer points: distances are half-integers, tied in large groups (and zero for the
+    duplicates), on bin edges of every width; the targets cross the ties."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randint(-2, 3, (150, 3), generator=g).double()
+    z[100:] = z[:50]  # duplicated rows: d = 0 ties
+    pairs = _cdf_pairs.pair_count(150)
+    check_against_brute_force(z, chi2_table(pairs, 3), bins=bins)
+
+
+def test_ties_equal_to_their_targets_have_sign_zero():
+    z = torch.tensor([[0.0], [1.0], [2.0], [3.0]], dtype=torch.float64)  # d in {0.5, 2, 4.5}
+    table = torch.tensor([0.5, 0.5, 0.5, 2.0, 2.0, 4.5], dtype=torch.float64)
+    value, grad, _ = engine(z, table)
+    assert value == 0.0 and not grad.any()
+
+
+def test_two_far_clusters_leave_empty_bins_between():
+    z = torch.cat([random_points(100, 4, seed=1), random_points(80, 4, seed=2) + 1000.0])
+    pairs = _cdf_pairs.pair_count(180)
+    check_against_brute_force(z, chi2_table(pairs, 4))
+    far_table = torch.linspace(0.0, 3e6, pairs, dtype=torch.float64)  # targets across the gap
+    check_against_brute_force(z, far_table)
+
+
+@pytest.mark.parametrize("bins", (1, 2, 7, 300))
+def test_tiny_bin_budget_falls_back_to_sorting(bins):
+    """Few in-range bins: most pairs land in clamp or wide mixed bins and are sorted; the
+    result is the brute force's all the same."""
+    z = random_points(150, 6, seed=9)
+    stats = check_against_brute_force(z, chi2_table(_cdf_pairs.pair_count(150), 6), bins=bins)
+    assert stats["bins"] <= bins + 2
+
+
+@pytest.mark.parametrize("capacity", (1, 37, 500))
+def test_tiny_sort_budget_collects_mixed_pairs_over_passes(capacity):
+    z = torch.randint(0, 3, (120, 2), generator=torch.Generator().manual_seed(4)).double() + 0.5
+    z[60:] = torch.randn(60, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    table = chi2_table(_cdf_pairs.pair_count(120), 2)
+    try:
+        stats = check_against_brute_force(z, table, capacity=capacity, bins=1 << 12)
+    except MemoryError as exc:  # a bin of tied distances larger than the whole budget
+        assert "share one bucket" in str(exc) and capacity < 500
+        return
+    assert stats["passes"] >= 2
+
+
+def test_selection_matches_full_sort_value():
+    """The same loss through the selection (p = 1) and through the full sort that p = 1 with
+    sorted output takes: equal values, identical signs."""
+    z = random_points(500, 10, seed=11)
+    pairs = _cdf_pairs.pair_count(500)
+    table = chi2_table(pairs, 10)
+    value_select, signs_select, _, _ = _cdf_pairs.cdf_pairs_op(z, table, None, None, 1, pairs, 0, False)
+    value_sort, signs_sort, _, _ = _cdf_pairs.cdf_pairs_op(z, table, None, None, 1, pairs, 0, True)
+    assert torch.equal(signs_select, signs_sort)
+    assert float(value_select) == pytest.approx(float(value_sort), rel=1e-13)
+
+
+def test_anchored_targets_sum_in_closed_form():
+    """Beyond 65536 pairs Chi2 targets are anchors whose cubic pieces the decided bins sum in
+    closed form; the loss still matches the reference's exact quantiles."""
+    z = random_points(400, 12, seed=2)  # n' = 79800
+    got = gaussreg.cdf_attraction(z, radii_weight=0.0)
+    expected = gaussreg.reference.cdf_attraction(z, radii_weight=0.0)
+    assert float(got) == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_results_do_not_depend_on_bins_beyond_rounding(restore_threads):
+    z = random_points(600, 20, seed=6)
+    table = chi2_table(_cdf_pairs.pair_count(600), 20)
+    values = [engine(z, table, bins=bins)[0] for bins in (0, 1 << 10, 3)]
+    assert values[1] == pytest.approx(values[0], rel=1e-13) and values[2] == pytest.approx(values[0], rel=1e-13)
+    torch.set_num_threads(1)
+    one = engine(z, table)
+    torch.set_num_threads(2)
+    two = engine(z, table)
+    assert one[0] == two[0] and np.array_equal(one[1], two[1])  # bitwise, any thread count
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+_INTERRUPT_CHILD = textwrap.dedent("""
+    import sys, time, torch, gaussreg
+    torch.set_num_threads(2)
+    z = torch.randn(int(sys.argv[1]), 64)
+    gaussreg.cdf_attraction(torch.randn(50, 4))  # warm: imports and tables
+    print("ready", flush=True)
+    start = time.perf_counter()
+    try:
+        gaussreg.cdf_attraction(z)
+        print("finished", time.perf_counter() - start, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", time.perf_counter() - start, flush=True)
+    small = torch.randn(300, 8, requires_grad=True)
+    gaussreg.cdf_attraction(small).backward()
+    assert torch.isfinite(small.grad).all()
+    print("ok", flush=True)
+""")
+
+
+def test_ctrl_c_interrupts_a_long_call():
+    """SIGINT one second into a call of several seconds: KeyboardInterrupt within about a
+    second (not when the call would have ended), and the next call works."""
+    child = subprocess.Popen([sys.executable, "-c", _INTERRUPT_CHILD, "32768"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        sent = time.perf_counter()
+        child.send_signal(signal.SIGINT)
+        verdict = child.stdout.readline().split()
+        noticed = time.perf_counter() - sent
+        rest = child.stdout.read()
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+    assert verdict and verdict[0] == "interrupted", (verdict, child.stderr.read())
+    assert noticed < 3.0, noticed  # about a second: the engine polls between chunks of a pass
+    assert "ok" in rest and child.returncode == 0
