@@ -92,6 +92,9 @@ class Impl:
             (so an O(n^2 D) implementation is not run into the kernel's OOM killer).
         unavailable: None when usable, else why not (e.g. "pykeops is not installed").
         oracle_only: run only as the correctness oracle, never timed (set by ``--impls``).
+        details: ``fn(*inputs) -> dict`` of what the implementation reports about one call
+            (e.g. the fraction of pairs a selection sorted), run once per size, untimed,
+            and written to the row's ``details`` field.
     """
 
     name: str
@@ -101,6 +104,7 @@ class Impl:
     bytes_needed: Optional[Callable[[int, int, int], float]] = None
     unavailable: Optional[str] = None
     oracle_only: bool = False
+    details: Optional[Callable[..., dict]] = None
 
 
 @dataclass
@@ -409,7 +413,7 @@ CSV_FIELDS = [
     "repeats", "fb_median_s", "fb_iqr_s", "fb_min_s", "fwd_median_s", "fwd_iqr_s", "fwd_min_s", "bwd_est_s",
     "fb_flops", "fb_bytes", "fb_gflops", "fb_floor_s", "fb_x_floor", "fb_bound",
     "fwd_flops", "fwd_bytes", "fwd_gflops", "fwd_floor_s", "fwd_x_floor", "fwd_bound",
-    "peak_mem_bytes", "mem_method", "size_oracle", "val_err", "grad_err",
+    "peak_mem_bytes", "mem_method", "size_oracle", "val_err", "grad_err", "details",
 ]
 
 
@@ -530,6 +534,8 @@ def _measure(case: Case, impl: Impl, n: int, ctx: _Ctx, oracle_cache: dict, stop
                 fields.update(size_oracle=f"{oracle[0]}(float64)", val_err=val_err, grad_err=grad_err)
         del loss
         _clear_grads(sets[0])
+        if impl.details is not None:
+            fields["details"] = impl.details(*sets[0])
         if t_first > args.timeout:
             return _row(case, impl, n, ctx, "timeout", f"one call took {t_first:.3g} s > --timeout {args.timeout:g}",
                         repeats=1, fb_median_s=t_first, fb_min_s=t_first, **fields)

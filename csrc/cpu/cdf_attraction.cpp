@@ -17,10 +17,13 @@
 // fixed row groups wrote them: an order that depends on n only, so results do not
 // depend on the thread count or the sort budget.
 //
-// Backward: g_i = scale * sum_{j != i} s_ij (z_i - z_j) in blocks of 64 rows; the pairs
-// (j, i0..i0+63) with j < i0 are 64 consecutive bits, so the lower triangle is read one
-// word per j, the upper one along the rows. Each row is summed by one thread in a fixed
-// order: bitwise reproducible.
+// p = 1 without the sorted values ranks by selection instead (see "selection" below): only
+// the pairs of histogram bins near a crossing of the empirical and target CDFs are sorted.
+//
+// Backward: g_i = scale * ((sum_j s_ij) z_i - sum_j s_ij z_j), a product of the sign (or
+// residual) matrix with the points in register tiles; the pairs (j, i0..i0+r) with j < i0
+// are consecutive bits, so the lower triangle is read a word per j, the upper one along the
+// rows. Each row is summed by one thread in a fixed order: bitwise reproducible.
 #include "common/cdf_attraction.h"
 
 #include <pybind11/numpy.h>
@@ -54,7 +57,6 @@ constexpr uint64_t kRowGroups = 64;
 constexpr uint64_t kBucketTarget = 16384;   // keys per bucket: one bucket's sort stays in L2
 constexpr uint64_t kMaxBuckets = uint64_t{1} << 18;
 constexpr uint64_t kSamplePerBucket = 32;
-constexpr int64_t kBackwardRows = 64;       // one bit-set word of the lower triangle
 
 // ---------------------------------------------------------------- sort entries
 
@@ -804,88 +806,146 @@ struct BackwardArgs {
   int threads;
 };
 
-// acc += s * (zi - zj) over D coordinates.
-template <typename T>
-void add_scaled_difference(T* acc, const T* zi, const T* zj, T s, int64_t d) {
-  for (int64_t c = 0; c < d; ++c) acc[c] += s * (zi[c] - zj[c]);
-}
+// The backward is a product with the n x n matrix of weights w_ij = s_ij (sgn(e) for p = 1,
+// e for p = 2, 0 on the diagonal): g_i = scale * ((sum_j w_ij) z_i - sum_j w_ij z_j). Rows
+// go in tiles of kTileRows, partners in tiles of one bit-set word; a tile's weights are
+// expanded once into floats, then every loaded z_j feeds the accumulators of all the
+// tile's rows (held in registers, two vectors of coordinates at a time).
+constexpr int64_t kTileRows = 6;  // 12 vector accumulators + 2 of z_j: within AVX2's 16 registers
+constexpr int64_t kTileCols = 64;
 
 template <typename T>
-void add_signed_difference(T* acc, const T* zi, const T* zj, bool negative, int64_t d) {
-  if (negative)
-    for (int64_t c = 0; c < d; ++c) acc[c] -= zi[c] - zj[c];
-  else
-    for (int64_t c = 0; c < d; ++c) acc[c] += zi[c] - zj[c];
+using WeightTile = T[kTileRows][kTileCols];
+
+// sgn(e) (p = 1) or e (p = 2) of pair index k.
+template <typename T>
+T pair_weight(const BackwardArgs<T>& a, uint64_t k) {
+  if (a.p == 2) return a.residual[k];
+  const uint64_t bit = uint64_t{1} << (k & 63);
+  return T((a.pos_bits[k >> 6] & bit) != 0) - T((a.neg_bits[k >> 6] & bit) != 0);
 }
 
-// s_ij for `count` consecutive pair indices from `start`, applied to row `i`'s accumulator.
+// w[r][t] = w_{i0 + r, j0 + t}; zero for rows past `rows`, columns past `cols` and i = j.
 template <typename T>
-void add_pair_run(const BackwardArgs<T>& a, T* acc, const T* zi, uint64_t start, int64_t count, int64_t j0) {
-  if (a.p == 2) {
-    for (int64_t t = 0; t < count; ++t)
-      add_scaled_difference(acc, zi, a.z + (j0 + t) * a.d, a.residual[start + t], a.d);
-    return;
-  }
-  for (int64_t t0 = 0; t0 < count; t0 += 64) {
-    const int width = static_cast<int>(std::min<int64_t>(64, count - t0));
-    for (int sign = 0; sign < 2; ++sign) {
-      uint64_t mask = extract_bits(sign ? a.neg_bits : a.pos_bits, start + t0, width);
-      while (mask) {
-        const int t = __builtin_ctzll(mask);
-        mask &= mask - 1;
-        add_signed_difference(acc, zi, a.z + (j0 + t0 + t) * a.d, sign != 0, a.d);
-      }
-    }
-  }
-}
-
-template <typename T>
-void backward_block(const BackwardArgs<T>& a, int64_t i0, T* acc) {
+void fill_weights(const BackwardArgs<T>& a, int64_t i0, int64_t rows, int64_t j0, int64_t cols, WeightTile<T>& w) {
   const uint64_t n = static_cast<uint64_t>(a.n);
-  const int64_t rows = std::min(kBackwardRows, a.n - i0);
-  std::fill(acc, acc + rows * a.d, T(0));
-  // Lower triangle, j < i0: pairs (j, i0 + r) are consecutive in r.
-  for (int64_t j = 0; j < i0; ++j) {
-    const uint64_t start = pair_index(n, j, i0);
-    const T* zj = a.z + j * a.d;
-    if (a.p == 2) {
-      for (int64_t r = 0; r < rows; ++r)
-        add_scaled_difference(acc + r * a.d, a.z + (i0 + r) * a.d, zj, a.residual[start + r], a.d);
-      continue;
+  std::memset(&w, 0, sizeof w);
+  if (j0 + cols <= i0) {  // every j < i: pairs (j, i0 + r) are consecutive in r
+    for (int64_t t = 0; t < cols; ++t) {
+      const uint64_t start = pair_index(n, j0 + t, i0);
+      if (a.p == 2) {
+        for (int64_t r = 0; r < rows; ++r) w[r][t] = a.residual[start + r];
+        continue;
+      }
+      const uint64_t pos = extract_bits(a.pos_bits, start, static_cast<int>(rows));
+      const uint64_t neg = extract_bits(a.neg_bits, start, static_cast<int>(rows));
+      for (int64_t r = 0; r < rows; ++r) w[r][t] = T((pos >> r) & 1) - T((neg >> r) & 1);
     }
-    for (int sign = 0; sign < 2; ++sign) {
-      uint64_t mask = extract_bits(sign ? a.neg_bits : a.pos_bits, start, static_cast<int>(rows));
-      while (mask) {
-        const int r = __builtin_ctzll(mask);
-        mask &= mask - 1;
-        add_signed_difference(acc + r * a.d, a.z + (i0 + r) * a.d, zj, sign != 0, a.d);
+  } else if (j0 >= i0 + rows) {  // every j > i: pairs (i, j0 + t) are consecutive in t
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint64_t start = pair_index(n, i0 + r, j0);
+      if (a.p == 2) {
+        for (int64_t t = 0; t < cols; ++t) w[r][t] = a.residual[start + t];
+        continue;
+      }
+      const uint64_t pos = extract_bits(a.pos_bits, start, static_cast<int>(cols));
+      const uint64_t neg = extract_bits(a.neg_bits, start, static_cast<int>(cols));
+      for (int64_t t = 0; t < cols; ++t) w[r][t] = T((pos >> t) & 1) - T((neg >> t) & 1);
+    }
+  } else {  // the tile crosses the diagonal
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t t = 0; t < cols; ++t) {
+        const uint64_t i = static_cast<uint64_t>(i0 + r), j = static_cast<uint64_t>(j0 + t);
+        if (i != j) w[r][t] = pair_weight(a, i < j ? pair_index(n, i, j) : pair_index(n, j, i));
+      }
+  }
+}
+
+// sum of one tile row, in vectors (a chain of 64 dependent scalar adds cost a fifth of the
+// backward); exact for p = 1 (small integers), a fixed order for p = 2.
+template <typename T>
+double tile_row_sum(const T* row) {
+  using V = typename Simd<T>::type;
+  constexpr int64_t L = Simd<T>::kLanes;
+  V sum = {};
+  for (int64_t t = 0; t < kTileCols; t += L) {
+    V part;
+    std::memcpy(&part, row + t, sizeof part);
+    sum += part;
+  }
+  T lanes[L];
+  std::memcpy(lanes, &sum, sizeof lanes);
+  double total = 0.0;
+  for (int64_t l = 0; l < L; ++l) total += static_cast<double>(lanes[l]);
+  return total;
+}
+
+// acc[r][c] += sum_t w[r][t] z[j0 + t][c] for the tile's kTileRows rows (acc is kTileRows x d).
+template <typename T>
+void accumulate_tile(const T* z, int64_t d, int64_t j0, int64_t cols, const WeightTile<T>& w, T* acc) {
+  using V = typename Simd<T>::type;
+  constexpr int64_t L = Simd<T>::kLanes;
+  int64_t c = 0;
+  for (; c + 2 * L <= d; c += 2 * L) {
+    V sum[kTileRows][2];
+    for (int64_t r = 0; r < kTileRows; ++r) std::memcpy(sum[r], acc + r * d + c, sizeof sum[r]);
+    for (int64_t t = 0; t < cols; ++t) {
+      // Two named vectors, not an array: GCC keeps them in registers (an array went
+      // through the stack, 6x slower).
+      V lo, hi;
+      std::memcpy(&lo, z + (j0 + t) * d + c, sizeof lo);
+      std::memcpy(&hi, z + (j0 + t) * d + c + L, sizeof hi);
+      for (int64_t r = 0; r < kTileRows; ++r) {
+        const T weight = w[r][t];
+        sum[r][0] += weight * lo;
+        sum[r][1] += weight * hi;
       }
     }
+    for (int64_t r = 0; r < kTileRows; ++r) std::memcpy(acc + r * d + c, sum[r], sizeof sum[r]);
+  }
+  for (; c < d; ++c)
+    for (int64_t r = 0; r < kTileRows; ++r) {
+      T sum = acc[r * d + c];
+      for (int64_t t = 0; t < cols; ++t) sum += w[r][t] * z[(j0 + t) * d + c];
+      acc[r * d + c] = sum;
+    }
+}
+
+// g_i for the rows [i0, i0 + kTileRows): partners in ascending order, a fixed summation
+// order whatever the thread count (bitwise reproducible).
+template <typename T>
+void backward_tile(const BackwardArgs<T>& a, int64_t i0, T* acc) {
+  const int64_t rows = std::min(kTileRows, a.n - i0);
+  std::fill(acc, acc + kTileRows * a.d, T(0));
+  double weight_sum[kTileRows] = {};
+  alignas(64) WeightTile<T> w;
+  for (int64_t j0 = 0; j0 < a.n; j0 += kTileCols) {
+    const int64_t cols = std::min(kTileCols, a.n - j0);
+    fill_weights(a, i0, rows, j0, cols, w);
+    for (int64_t r = 0; r < rows; ++r) weight_sum[r] += tile_row_sum(w[r]);
+    accumulate_tile(a.z, a.d, j0, cols, w, acc);
   }
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t i = i0 + r;
-    T* acc_i = acc + r * a.d;
-    const T* zi = a.z + i * a.d;
-    for (int64_t j = i0; j < i; ++j) add_pair_run(a, acc_i, zi, pair_index(n, j, i), 1, j);
-    if (i + 1 < a.n) add_pair_run(a, acc_i, zi, pair_row_start(n, i), a.n - i - 1, i + 1);
+    const T* zi = a.z + (i0 + r) * a.d;
+    const T row_weight = static_cast<T>(weight_sum[r]);
+    T* g = a.grad + (i0 + r) * a.d;
+    for (int64_t c = 0; c < a.d; ++c) g[c] = static_cast<T>(a.scale) * (row_weight * zi[c] - acc[r * a.d + c]);
   }
-  const T scale = static_cast<T>(a.scale);
-  for (int64_t t = 0; t < rows * a.d; ++t) a.grad[i0 * a.d + t] = scale * acc[t];
 }
 
 template <typename T>
 void backward(const BackwardArgs<T>& a) {
-  const int64_t blocks = (a.n + kBackwardRows - 1) / kBackwardRows;
-  // A few blocks per parallel region, so that a pending interrupt is noticed between them.
-  const int64_t slice = 4 * std::max(a.threads, 1);
-  for (int64_t b0 = 0; b0 < blocks; b0 += slice) {
+  const int64_t tiles = (a.n + kTileRows - 1) / kTileRows;
+  // Some tiles per parallel region, so that a pending interrupt is noticed between them.
+  const int64_t slice = 64 * std::max(a.threads, 1);
+  for (int64_t t0 = 0; t0 < tiles; t0 += slice) {
     a.poll();
-    const int64_t b1 = std::min(blocks, b0 + slice);
+    const int64_t t1 = std::min(tiles, t0 + slice);
 #pragma omp parallel num_threads(a.threads)
     {
-      std::vector<T> acc(static_cast<size_t>(kBackwardRows * a.d));
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t b = b0; b < b1; ++b) backward_block(a, b * kBackwardRows, acc.data());
+      std::vector<T> acc(static_cast<size_t>(kTileRows * a.d));
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t t = t0; t < t1; ++t) backward_tile(a, t * kTileRows, acc.data());
     }
   }
 }

@@ -189,7 +189,19 @@ def _check_memory(z: Tensor, dtype: torch.dtype, p: int, target, max_sort_bytes:
                        floor=(floor, why))
 
 
-def _distances_sum(z: Tensor, target, p: int, max_sort_bytes: Optional[int]) -> Tensor:
+def cdf_pairs_with_stats(z: Tensor, target, p: int = 1, max_sort_bytes: Optional[int] = None):
+    """(sum_k |d_(k) - c'_k|^p as a float, the engine's counters) for contiguous float32/64 z.
+
+    The counters (``_cdf_pairs.STATS``) say how the distances were ranked: ``sorted_pairs``
+    (p = 1: the pairs of mixed bins; p = 2: all), generation ``passes``, histogram ``bins``
+    and ``mixed_bins``; -1 where an engine does not count (CUDA). For benchmarks and tests.
+    """
+    with torch.no_grad():
+        value, stats = _distances_sum(z, target, p, max_sort_bytes, with_stats=True)
+    return float(value), stats
+
+
+def _distances_sum(z: Tensor, target, p: int, max_sort_bytes: Optional[int], with_stats: bool = False):
     """sum_k |d_(k) - c'_k|^p (float64) by the compiled engine, within the sort budget.
 
     Chi2 targets beyond 65536 pairs pass their anchors (a few thousand exact quantiles)
@@ -207,7 +219,7 @@ def _distances_sum(z: Tensor, target, p: int, max_sort_bytes: Optional[int]) -> 
         sources["anchors"] = _chi2_anchors(pairs, target.df, z.device)
     else:
         sources["values"] = target.sorted_values.to(z.device).contiguous()
-    return _cdf_pairs.cdf_pairs(z, p, capacity, **sources)
+    return _cdf_pairs.cdf_pairs(z, p, capacity, with_stats=with_stats, **sources)
 
 
 _EXACT_TABLE_MAX = 1 << 16  # Chi2 tables this small are exact and cheap
