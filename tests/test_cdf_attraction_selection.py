@@ -259,3 +259,36 @@ def test_ctrl_c_interrupts_a_long_call():
     assert verdict and verdict[0] == "interrupted", (verdict, child.stderr.read())
     assert noticed < 3.0, noticed  # about a second: the engine polls between chunks of a pass
     assert "ok" in rest and child.returncode == 0
+
+
+# ---------------------------------------------------------------- memory
+
+
+_MEMORY_CHILD = textwrap.dedent("""
+    import sys, torch, gaussreg
+    from gaussreg.losses.cdf_attraction import cdf_pairs_with_stats
+    from gaussreg.targets import Chi2
+    def peak_kib():
+        return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
+    torch.manual_seed(0)
+    z = torch.randn(int(sys.argv[1]), 64, requires_grad=True)
+    gaussreg.cdf_attraction(torch.randn(200, 64, requires_grad=True)).backward()  # warm
+    before = peak_kib()
+    gaussreg.cdf_attraction(z).backward()
+    extra = (peak_kib() - before) * 1024
+    _, stats = cdf_pairs_with_stats(z.detach(), Chi2(64))
+    print(extra, stats["sorted_pairs"])
+""")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (peak resident memory)")
+def test_p1_keeps_two_bits_a_pair_plus_the_mixed_pairs():
+    """Peak extra resident memory of one p = 1 forward + backward at n = 8192 (n' = 3.4e7):
+    the 2-bit signs (8 MiB) and 8 bytes per mixed pair, plus a few MiB of bins and copies;
+    the full sort held 8 bytes for every pair (256 MiB)."""
+    n = 8192
+    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(n)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    extra, sorted_pairs = (int(v) for v in out.stdout.split())
+    pairs = _cdf_pairs.pair_count(n)
+    assert extra <= pairs // 4 + 8 * sorted_pairs + (24 << 20), (extra, sorted_pairs)

@@ -300,24 +300,21 @@ void transpose_points(const T* z, int64_t n, int64_t d, T* zt, int threads) {
   }
 }
 
-int thread_index() {
-#if defined(GAUSSREG_HAVE_OPENMP)
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-// fn(group, thread) for every row group, a few groups per parallel region so that a
-// pending interrupt is noticed between regions (each a fraction of a pass).
+// fn(group, v) for every row group, a few groups per parallel region so that a pending
+// interrupt is noticed between regions (each a fraction of a pass). Group g belongs to the
+// virtual thread v = g mod V (V = a.threads) whatever team OpenMP gives: per-v state
+// (histograms, cursors) is touched by one thread at a time, and each v sees the same
+// groups in the same order in every pass.
 template <typename T, typename Fn>
 void for_group_slices(const ForwardArgs<T>& a, uint64_t groups, Fn&& fn) {
-  const int64_t slice = 2 * std::max(a.threads, 1);
+  const int64_t virtual_threads = std::max(a.threads, 1);
+  const int64_t slice = 2 * virtual_threads;  // a multiple of V: g0 + v is v's first group
   for (int64_t g0 = 0; g0 < static_cast<int64_t>(groups); g0 += slice) {
     a.poll();
     const int64_t g1 = std::min<int64_t>(static_cast<int64_t>(groups), g0 + slice);
-#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
-    for (int64_t g = g0; g < g1; ++g) fn(static_cast<uint64_t>(g), thread_index());
+#pragma omp parallel for num_threads(a.threads) schedule(static, 1)
+    for (int64_t v = 0; v < virtual_threads; ++v)
+      for (int64_t g = g0 + v; g < g1; g += virtual_threads) fn(static_cast<uint64_t>(g), static_cast<int>(v));
   }
 }
 
@@ -447,8 +444,9 @@ int64_t sort_all_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspa
 //   4. classification pass: d_ij regenerated, the pairs of decided bins get their sign bit,
 //      the pairs of the other ("mixed") bins are collected, and each mixed bin is sorted on
 //      its own and ranked as in the full sort. Mixed pairs beyond `capacity` entries are
-//      collected by further passes. Ties are ranked by pair index, whatever the order in
-//      which threads collected them.
+//      collected by further passes. Each virtual thread writes at its own offsets within a
+//      bin (known from its histogram), so collecting needs no atomics; ties are then ranked
+//      by pair index.
 // Near the target the mixed bins sit where the empirical and target CDFs cross; far from
 // it none are mixed. Every sum is taken in a fixed order: results do not depend on the
 // thread count or the sort budget.
@@ -469,11 +467,12 @@ template <typename T>
 struct SelectWorkspace {
   T* zt;                // D x padded n, transposed points
   T* sample;            // kSelectSample keys
-  BinCount<T>* hist;    // threads x bins (thread 0's becomes the merged one)
+  BinCount<T>* hist;    // V x bins, per virtual thread (v = 0's becomes the merged one)
+  uint64_t* offset;     // V x bins: keys of a bin that virtual threads before v found
   uint64_t* first;      // bins + 1: keys in the bins before each (the first rank)
   uint8_t* cls;         // bins: BinClass
   uint64_t* start;      // bins: a mixed bin's first entry in its pass
-  uint64_t* cursor;     // bins: the next free entry of a mixed bin
+  uint64_t* cursor;     // V x bins: v's next entry in a mixed bin (no atomics, no contention)
   double* value;        // bins: each bin's share of sum_k |d_(k) - c'_k|
   void* entries;        // capacity
 };
@@ -486,27 +485,31 @@ size_t select_layout(int64_t n, int64_t d, uint64_t capacity, uint64_t bins, int
   const uint64_t pairs = pair_count(static_cast<uint64_t>(n));
   const uint64_t count = select_bins_of(bins);
   const size_t entry = packs<T>(pairs) ? sizeof(PackedEntries::Entry) : sizeof(WideEntries::Entry);
+  const size_t virtual_threads = static_cast<size_t>(std::max(threads, 1));
   const size_t sizes[] = {
       static_cast<size_t>(padded_count<T>(n) * d) * sizeof(T),
       std::min(pairs, kSelectSample) * sizeof(T),
-      static_cast<size_t>(std::max(threads, 1)) * count * sizeof(BinCount<T>),
+      virtual_threads * count * sizeof(BinCount<T>),
+      virtual_threads * count * sizeof(uint64_t),
       (count + 1) * sizeof(uint64_t),
       count * sizeof(uint8_t),
       count * sizeof(uint64_t),
-      count * sizeof(uint64_t),
+      virtual_threads * count * sizeof(uint64_t),
       count * sizeof(double),
       capacity * entry,
   };
+  constexpr int kParts = sizeof sizes / sizeof sizes[0];
   size_t offset = 0;
-  void* parts[9];
-  for (int i = 0; i < 9; ++i) {
+  void* parts[kParts];
+  for (int i = 0; i < kParts; ++i) {
     parts[i] = base == nullptr ? nullptr : base + offset;
     offset += align64(sizes[i]);
   }
   if (out != nullptr) {
     *out = {static_cast<T*>(parts[0]),        static_cast<T*>(parts[1]),        static_cast<BinCount<T>*>(parts[2]),
-            static_cast<uint64_t*>(parts[3]), static_cast<uint8_t*>(parts[4]),  static_cast<uint64_t*>(parts[5]),
-            static_cast<uint64_t*>(parts[6]), static_cast<double*>(parts[7]),   parts[8]};
+            static_cast<uint64_t*>(parts[3]), static_cast<uint64_t*>(parts[4]), static_cast<uint8_t*>(parts[5]),
+            static_cast<uint64_t*>(parts[6]), static_cast<uint64_t*>(parts[7]), static_cast<double*>(parts[8]),
+            parts[9]};
   }
   return offset + 64;
 }
@@ -538,8 +541,8 @@ template <typename T>
 void count_bins(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace<T>& ws, const KeyBins<T>& bins) {
   const uint64_t count = bins.count();
   std::fill(ws.hist, ws.hist + static_cast<size_t>(std::max(a.threads, 1)) * count, BinCount<T>{0, 0});
-  for_group_slices(a, plan.groups, [&](uint64_t g, int t) {
-    BinCount<T>* hist = ws.hist + static_cast<size_t>(t) * count;
+  for_group_slices(a, plan.groups, [&](uint64_t g, int v) {
+    BinCount<T>* hist = ws.hist + static_cast<size_t>(v) * count;
     for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
       visit_block_pairs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t, int64_t, T key) {
         const auto bits = key_bits(key);
@@ -549,12 +552,19 @@ void count_bins(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace
       });
     });
   });
-  for (int t = 1; t < std::max(a.threads, 1); ++t) {
-    const BinCount<T>* other = ws.hist + static_cast<size_t>(t) * count;
-    for (uint64_t b = 0; b < count; ++b) {
-      ws.hist[b].count += other[b].count;
-      ws.hist[b].sum += other[b].sum;
+  // Merge into v = 0's histogram (integer sums: any order gives the same bits), keeping
+  // each v's offset within every bin for the collection passes.
+  const int64_t virtual_threads = std::max(a.threads, 1);
+  for (uint64_t b = 0; b < count; ++b) {
+    uint64_t running = 0;
+    typename SignificandSum<T>::type sum = 0;
+    for (int64_t v = 0; v < virtual_threads; ++v) {
+      const BinCount<T>& h = ws.hist[static_cast<size_t>(v) * count + b];
+      ws.offset[static_cast<size_t>(v) * count + b] = running;
+      running += h.count;
+      sum += h.sum;
     }
+    ws.hist[b] = {running, sum};
   }
   ws.first[0] = 0;
   for (uint64_t b = 0; b < count; ++b) ws.first[b + 1] = ws.first[b] + ws.hist[b].count;
@@ -598,7 +608,9 @@ uint64_t plan_mixed_pass(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, 
     const uint64_t m = ws.hist[b].count;
     if (used + m > a.capacity) break;
     ws.cls[b] = kBinMixed;
-    ws.start[b] = ws.cursor[b] = used;
+    ws.start[b] = used;
+    for (int64_t v = 0; v < std::max(a.threads, 1); ++v)
+      ws.cursor[static_cast<size_t>(v) * count + b] = used + ws.offset[static_cast<size_t>(v) * count + b];
     used += m;
   }
   if (b < count && used == 0) {
@@ -637,7 +649,9 @@ void classify_pairs(const ForwardArgs<T>& a, const Plan& plan, const SelectWorks
                     bool write_signs) {
   auto* entries = static_cast<typename E::Entry*>(ws.entries);
   const uint64_t n = static_cast<uint64_t>(a.n);
-  for_group_slices(a, plan.groups, [&](uint64_t g, int) {
+  const uint64_t count = bins.count();
+  for_group_slices(a, plan.groups, [&](uint64_t g, int v) {
+    uint64_t* cursor = ws.cursor + static_cast<size_t>(v) * count;
     for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
       RowSigns rows[kRowBlock];
       visit_block_pairs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t i, int64_t j, T key) {
@@ -645,8 +659,7 @@ void classify_pairs(const ForwardArgs<T>& a, const Plan& plan, const SelectWorks
         const uint64_t b = bins.bin_of(bits);
         const uint8_t cls = ws.cls[b];
         if (cls == kBinMixed) {
-          const uint64_t slot = __atomic_fetch_add(ws.cursor + b, uint64_t{1}, __ATOMIC_RELAXED);
-          entries[slot] = E::make(bits, pair_index(n, i, j));
+          entries[cursor[b]++] = E::make(bits, pair_index(n, i, j));
         } else if (write_signs && (cls == kBinAbove || cls == kBinBelow)) {
           rows[i - i0].set(pair_index(n, i, j), cls == kBinAbove, a.pos_bits, a.neg_bits);
         }

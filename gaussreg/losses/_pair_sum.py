@@ -113,11 +113,14 @@ def _setup_context(ctx, inputs, output):
     ctx.has_y = y is not None
     ctx.save_for_backward(grad_x, grad_y)
     ctx.mark_non_differentiable(grad_x, grad_y)
+    ctx.set_materialize_grads(False)  # no zero (n, D) gradients for the outputs that have none
     # The points, so that a create_graph backward can tie the gradient to them (see _autograd.FirstOrderOnly).
     ctx.inputs_for_graph = tuple(t for t in (x, y) if t is not None and t.requires_grad)
 
 
 def _backward(ctx, g_value, _g_grad_x, _g_grad_y):
+    if g_value is None:
+        return None, None, None, None, None, None, None, None, None
     grad_x, grad_y = ctx.saved_tensors
     if not ctx.want[0] or (ctx.has_y and ctx.needs_input_grad[1] and not ctx.want[1]):
         raise RuntimeError(f"gaussreg: {ctx.stem} pair sum was computed without the gradient now asked for "

@@ -114,9 +114,12 @@ def _setup_context(ctx, inputs, output):
     ctx.p = p
     ctx.save_for_backward(slope, sorted_slope, values, targets)
     ctx.mark_non_differentiable(slope, sorted_slope)
+    ctx.set_materialize_grads(False)  # no zero gradients of the slopes' shapes
 
 
 def _backward(ctx, g_value, _g_slope, _g_sorted_slope):
+    if g_value is None:
+        return None, None, None, None, None
     slope, sorted_slope, values, targets = ctx.saved_tensors
     g = g_value.to(slope.dtype)
     if ctx.p == 2:  # the slope 2e depends on the values and the targets: its derivative is not provided
