@@ -196,10 +196,11 @@ T half_sq_distance(const T* a, const T* b, int64_t d) {
   return T(0.5) * acc;
 }
 
-// Calls visit(i, j, d_ij) for every pair i < j with i in rows [i0, i0 + kRowBlock), from
-// coordinate differences, kPanels vectors of j at a time against the transposed points.
-template <typename T, typename Visit>
-void visit_block_pairs(const T* z, const T* zt, int64_t n, int64_t d, int64_t i0, Visit&& visit) {
+// Calls run(i, j, keys, count) with d_ij, ..., d_i(j+count-1) for every row i in
+// [i0, i0 + kRowBlock) and every run of consecutive partners j > i, from coordinate
+// differences, kPanels vectors of j at a time against the transposed points.
+template <typename T, typename Run>
+void visit_block_runs(const T* z, const T* zt, int64_t n, int64_t d, int64_t i0, Run&& run) {
   using V = typename Simd<T>::type;
   constexpr int64_t W = Simd<T>::kLanes;
   const int64_t stride = padded_count<T>(n);
@@ -223,9 +224,21 @@ void visit_block_pairs(const T* z, const T* zt, int64_t n, int64_t d, int64_t i0
     const int64_t width = std::min(kPanels * W, n - j0);
     for (int64_t r = 0; r < kRowBlock && i0 + r < n; ++r) {
       const int64_t i = i0 + r;
-      for (int64_t l = std::max<int64_t>(0, i + 1 - j0); l < width; ++l) visit(i, j0 + l, T(0.5) * out[r][l]);
+      const int64_t first = std::max<int64_t>(0, i + 1 - j0);
+      if (first >= width) continue;
+      T keys[kPanels * W];
+      for (int64_t l = first; l < width; ++l) keys[l] = T(0.5) * out[r][l];
+      run(i, j0 + first, keys + first, width - first);
     }
   }
+}
+
+// visit(i, j, d_ij) for every pair i < j with i in rows [i0, i0 + kRowBlock).
+template <typename T, typename Visit>
+void visit_block_pairs(const T* z, const T* zt, int64_t n, int64_t d, int64_t i0, Visit&& visit) {
+  visit_block_runs(z, zt, n, d, i0, [&](int64_t i, int64_t j, const T* keys, int64_t count) {
+    for (int64_t l = 0; l < count; ++l) visit(i, j + l, keys[l]);
+  });
 }
 
 // Row blocks are dealt to groups back and forth (0..G-1, G-1..0, ...) so that every group
@@ -633,12 +646,21 @@ struct RowSigns {
     if (neg) __atomic_fetch_or(neg_bits + word, neg, __ATOMIC_RELAXED);
     pos = neg = 0;
   }
-  void set(uint64_t k, bool above, uint64_t* pos_bits, uint64_t* neg_bits) {
+  // The signs of `count` (<= 32) consecutive pair indices from k: bit l of above/below.
+  void set_run(uint64_t k, uint64_t above, uint64_t below, int64_t count, uint64_t* pos_bits, uint64_t* neg_bits) {
     if ((k >> 6) != word) {
       flush(pos_bits, neg_bits);
       word = k >> 6;
     }
-    (above ? pos : neg) |= uint64_t{1} << (k & 63);
+    const int offset = static_cast<int>(k & 63);
+    pos |= above << offset;
+    neg |= below << offset;
+    if (offset + count > 64) {  // the run spills into the next word
+      flush(pos_bits, neg_bits);
+      ++word;
+      pos = above >> (64 - offset);
+      neg = below >> (64 - offset);
+    }
   }
 };
 
@@ -654,15 +676,18 @@ void classify_pairs(const ForwardArgs<T>& a, const Plan& plan, const SelectWorks
     uint64_t* cursor = ws.cursor + static_cast<size_t>(v) * count;
     for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
       RowSigns rows[kRowBlock];
-      visit_block_pairs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t i, int64_t j, T key) {
-        const auto bits = key_bits(key);
-        const uint64_t b = bins.bin_of(bits);
-        const uint8_t cls = ws.cls[b];
-        if (cls == kBinMixed) {
-          entries[cursor[b]++] = E::make(bits, pair_index(n, i, j));
-        } else if (write_signs && (cls == kBinAbove || cls == kBinBelow)) {
-          rows[i - i0].set(pair_index(n, i, j), cls == kBinAbove, a.pos_bits, a.neg_bits);
+      visit_block_runs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t i, int64_t j, const T* keys, int64_t count) {
+        const uint64_t k = pair_index(n, i, j);
+        uint64_t above = 0, below = 0;  // branch-free: neighbouring keys fall above or below at random
+        for (int64_t l = 0; l < count; ++l) {
+          const auto bits = key_bits(keys[l]);
+          const uint64_t b = bins.bin_of(bits);
+          const uint8_t cls = ws.cls[b];
+          above |= static_cast<uint64_t>(cls == kBinAbove) << l;
+          below |= static_cast<uint64_t>(cls == kBinBelow) << l;
+          if (cls == kBinMixed) entries[cursor[b]++] = E::make(bits, k + l);
         }
+        if (write_signs) rows[i - i0].set_run(k, above, below, count, a.pos_bits, a.neg_bits);
       });
       for (auto& row : rows) row.flush(a.pos_bits, a.neg_bits);
     });
