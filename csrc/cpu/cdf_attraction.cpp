@@ -863,33 +863,27 @@ T pair_weight(const BackwardArgs<T>& a, uint64_t k) {
   return T((a.pos_bits[k >> 6] & bit) != 0) - T((a.neg_bits[k >> 6] & bit) != 0);
 }
 
+// The weights of `count` (<= 64) consecutive pair indices from `start`, `stride` apart in out.
+template <typename T>
+void weights_of_run(const BackwardArgs<T>& a, uint64_t start, int64_t count, T* out, int64_t stride) {
+  if (a.p == 2) {
+    for (int64_t q = 0; q < count; ++q) out[q * stride] = a.residual[start + q];
+    return;
+  }
+  const uint64_t pos = extract_bits(a.pos_bits, start, static_cast<int>(count));
+  const uint64_t neg = extract_bits(a.neg_bits, start, static_cast<int>(count));
+  for (int64_t q = 0; q < count; ++q) out[q * stride] = T((pos >> q) & 1) - T((neg >> q) & 1);
+}
+
 // w[r][t] = w_{i0 + r, j0 + t}; zero for rows past `rows`, columns past `cols` and i = j.
 template <typename T>
 void fill_weights(const BackwardArgs<T>& a, int64_t i0, int64_t rows, int64_t j0, int64_t cols, WeightTile<T>& w) {
   const uint64_t n = static_cast<uint64_t>(a.n);
   std::memset(&w, 0, sizeof w);
-  if (j0 + cols <= i0) {  // every j < i: pairs (j, i0 + r) are consecutive in r
-    for (int64_t t = 0; t < cols; ++t) {
-      const uint64_t start = pair_index(n, j0 + t, i0);
-      if (a.p == 2) {
-        for (int64_t r = 0; r < rows; ++r) w[r][t] = a.residual[start + r];
-        continue;
-      }
-      const uint64_t pos = extract_bits(a.pos_bits, start, static_cast<int>(rows));
-      const uint64_t neg = extract_bits(a.neg_bits, start, static_cast<int>(rows));
-      for (int64_t r = 0; r < rows; ++r) w[r][t] = T((pos >> r) & 1) - T((neg >> r) & 1);
-    }
-  } else if (j0 >= i0 + rows) {  // every j > i: pairs (i, j0 + t) are consecutive in t
-    for (int64_t r = 0; r < rows; ++r) {
-      const uint64_t start = pair_index(n, i0 + r, j0);
-      if (a.p == 2) {
-        for (int64_t t = 0; t < cols; ++t) w[r][t] = a.residual[start + t];
-        continue;
-      }
-      const uint64_t pos = extract_bits(a.pos_bits, start, static_cast<int>(cols));
-      const uint64_t neg = extract_bits(a.neg_bits, start, static_cast<int>(cols));
-      for (int64_t t = 0; t < cols; ++t) w[r][t] = T((pos >> t) & 1) - T((neg >> t) & 1);
-    }
+  if (j0 + cols <= i0) {  // every j < i: pairs (j, i0 + r) are consecutive in r (a tile column)
+    for (int64_t t = 0; t < cols; ++t) weights_of_run(a, pair_index(n, j0 + t, i0), rows, &w[0][t], kTileCols);
+  } else if (j0 >= i0 + rows) {  // every j > i: pairs (i, j0 + t) are consecutive in t (a tile row)
+    for (int64_t r = 0; r < rows; ++r) weights_of_run(a, pair_index(n, i0 + r, j0), cols, &w[r][0], 1);
   } else {  // the tile crosses the diagonal
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t t = 0; t < cols; ++t) {
