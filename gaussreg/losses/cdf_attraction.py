@@ -2,8 +2,10 @@
 
 The radii term sorts n values and stays in torch. The distances term ranks all
 n' = n(n-1)/2 half squared distances exactly in the compiled engines
-(``csrc/*/cdf_attraction.*`` through ``_cdf_pairs``): distances generated straight into
-sort keys, bucketed sorts, signs kept as bits, one fused backward pass.
+(``csrc/*/cdf_attraction.*`` through ``_cdf_pairs``): distances generated on the fly; for
+p = 1 on the CPU a selection (a histogram of every distance decides most signs, only the
+pairs near a crossing of the empirical and target CDFs are sorted, ``csrc/common/cdf_select.h``),
+otherwise bucketed sorts; signs kept as bits, one fused backward pass.
 """
 from __future__ import annotations
 
@@ -34,7 +36,9 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
     chi-squared with D degrees of freedom, the default targets. With p = 1 the loss is the
     area between the empirical and target CDFs and its gradient a sign,
     dL/dz_i = w_r (2/n) sgn(e_i) z_i + w_d (1/n') sum_{j != i} sgn(e_ij)(z_i - z_j);
-    p = 2 replaces sgn(e) by 2e. Ranks are exact for every n' (no subsampled pairs).
+    p = 2 replaces sgn(e) by 2e. Ranks are exact for every n' (no subsampled pairs); with
+    p = 1 on the CPU most pairs get their sign from a histogram without being sorted (the
+    same signs as a full sort), so memory is 2 bits a pair plus the few pairs sorted.
 
     Weight conventions: this function keeps value and gradient consistent. The paper's
     gradient step, eq. (14), writes 2/n' for the distance term, i.e. twice the gradient of
@@ -50,11 +54,13 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
             default ``gaussreg.targets.Chi2(D)``; ``gaussreg.targets.Empirical(values)``
             for a target known by a sample.
         backend: "auto", "native" or "reference" (plain PyTorch, O(n' D) memory).
-        max_sort_bytes: memory the distance sort may hold at once (its entries, and an
+        max_sort_bytes: memory the distance sort may hold at once (its entries: every
+            pair's, or with p = 1 on the CPU the pairs of mixed histogram bins; and an
             Empirical target's table when that takes at most half of it); default a
-            quarter of RAM on CPU, half the free memory on a GPU. Below n' entries the
-            engine sorts in several passes, regenerating the distances each pass: slower,
-            same exact result. Chi2 targets need no table beyond 65536 pairs.
+            quarter of RAM on CPU, half the free memory on a GPU. Beyond it the engine
+            collects in several passes, regenerating the distances each pass: slower,
+            same exact result. Chi2 targets need no table beyond 65536 pairs. A long call
+            on the CPU stops at Ctrl-C (KeyboardInterrupt) within about a second.
 
         process_group: compute the loss on the global batch of all ranks (a
             ``torch.distributed`` group, or "world"); see ``gaussreg.distributed``.
