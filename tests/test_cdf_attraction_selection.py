@@ -222,7 +222,10 @@ def test_results_do_not_depend_on_bins_beyond_rounding(restore_threads):
 
 
 _INTERRUPT_CHILD = textwrap.dedent("""
-    import sys, time, torch, gaussreg
+    import signal, sys, time, torch, gaussreg
+    # Python raises KeyboardInterrupt only if SIGINT was not ignored when it started; a
+    # test run launched as a background job starts its children with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(2)
     z = torch.randn(int(sys.argv[1]), 64)
     gaussreg.cdf_attraction(torch.randn(50, 4))  # warm: imports and tables
