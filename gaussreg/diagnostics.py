@@ -53,6 +53,9 @@ _BLOCK_ENTRIES = 1 << 22
 # above it, blocks of _KS_BLOCK values are bracketed first (see _ks_of_sorted).
 _KS_DIRECT_MAX = 1 << 18
 _KS_BLOCK = 1024
+# ks_distances refines its key bins while the ones that can hold the supremum hold more keys
+# than this and 1/64 of the pairs (see _ks_of_bins).
+_KS_REFINE_KEYS = 1 << 16
 # Relative eigenvalue floor below which a sample covariance counts as singular (per dimension).
 _SINGULAR_RTOL = 1e-12
 # Points drawn per curve in the plots: an empirical CDF at this many ranks is exact at each.
@@ -274,14 +277,18 @@ def _ks_of_sorted(values: Tensor, cdf) -> float:
     return best
 
 
-def _ks_gaps(values: Tensor, start: int, stop: int, cdf, chunk: int = 1 << 20) -> float:
+def _ks_gaps(values: Tensor, start: int, stop: int, cdf) -> float:
     """Largest KS gap over the 0-based ranks start..stop-1 of m = len(values) sorted values."""
-    m = values.shape[0]
+    ranks = torch.arange(start, stop, device=values.device)
+    return _ks_gaps_at(values[start:stop], ranks, values.shape[0], cdf)
+
+
+def _ks_gaps_at(keys: Tensor, ranks: Tensor, m: int, cdf, chunk: int = 1 << 20) -> float:
+    """Largest KS gap max(k/m - F(v), F(v) - (k-1)/m) of keys v at 0-based ranks k - 1 among m."""
     best = 0.0
-    for lo in range(start, stop, chunk):
-        hi = min(lo + chunk, stop)
-        f = cdf(values[lo:hi])
-        rank = torch.arange(lo, hi, dtype=torch.float64, device=values.device)  # 0-based: k - 1
+    for lo in range(0, keys.shape[0], chunk):
+        f = cdf(keys[lo:lo + chunk])
+        rank = ranks[lo:lo + chunk].to(torch.float64)
         best = max(best, float(torch.maximum((rank + 1) / m - f, f - rank / m).max()))
     return best
 
@@ -376,28 +383,124 @@ def ks_radii(z) -> KSResult:
     return KSResult(statistic, float((radii - quantiles).abs().mean()), n)
 
 
+def _chi2_targets(z: Tensor, pairs: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """(table, anchors) of the chi2_D quantiles of n' ranks for the compiled engine: an exact
+    table up to 65536 pairs, interpolation anchors beyond (as ``cdf_attraction`` does)."""
+    if pairs <= 1 << 16:
+        return chi2_quantiles(pairs, z.shape[1], device=z.device, dtype=z.dtype).contiguous(), None
+    return None, _cdf_pairs.pack_anchors(chi2_anchors(pairs, z.shape[1], device=z.device))
+
+
+def _sort_entries(z: Tensor, bytes_per_entry: int) -> int:
+    """Entries the sort may hold: the budget cdf_attraction uses (a quarter of RAM, half a
+    GPU's free memory); beyond it the engines work in passes."""
+    return max(1, _default_sort_bytes(z.device) // bytes_per_entry)
+
+
+def _distances_gap(z: Tensor) -> float:
+    """sum_k |d_(k) - Q_D((k - 1/2)/n')| of contiguous z by the engine's selection (2 bits a
+    pair and the pairs near a crossing of the two CDFs, not the n' sorted values)."""
+    pairs = _cdf_pairs.pair_count(z.shape[0])
+    table, anchors = _chi2_targets(z, pairs)
+    capacity = min(pairs, _sort_entries(z, _cdf_pairs.entry_bytes(z)))
+    gap, _, _, _ = _cdf_pairs.cdf_pairs_op(z, table, None, anchors, 1, capacity, 0, False)
+    return float(gap)
+
+
+def _ks_of_bins(z: Tensor, cdf, bins: int = 0) -> float:
+    """sup_x |Fhat(x) - F(x)| over the half squared distances of contiguous z, sorting only
+    the key bins that can hold the supremum (the result of ``_ks_of_sorted``, exactly).
+
+    The engine counts every key in fine bins of key range (about 2^-13 relative wide), with
+    each bin's smallest and largest key. F is monotone, so the gaps of a bin's ranks
+    (A, A + c] are at most max((A + c)/m - F(low), F(high) - A/m), and the four gaps at its
+    two end keys are attained. Only the bins whose bound beats the best attained gap can
+    hold the supremum. Near the target the gap curve is flat around its peak, so these can
+    be many: while they hold more than 1/64 of the pairs, the key range they span is
+    counted again in finer bins (one more pass each). The rest are collected and sorted,
+    largest bound first, within the sort budget. ``bins``: in-range bins per count (0: the
+    engine's default; tests force coarse ones).
+    """
+    m = _cdf_pairs.pair_count(z.shape[0])
+    found = _cdf_pairs.distance_bins(z, bins)
+    best, candidates = _bounded_bins(found, m, cdf, 0.0, clamps=True)
+    while _held_keys(found, candidates) > max(_KS_REFINE_KEYS, m // 64):
+        span = (found.low[candidates].min(), found.high[candidates].max())
+        finer = _cdf_pairs.distance_bins(z, bins, span)
+        if int(finer.layout[1]) >= int(found.layout[1]):
+            break  # no finer bins to be had (single bit patterns, or a span as wide as before)
+        # The keys outside the span lie in bins already bounded: the clamp bins add nothing.
+        found = finer
+        best, candidates = _bounded_bins(found, m, cdf, best, clamps=False)
+    first = torch.cumsum(found.counts, 0) - found.counts
+    budget = _sort_entries(z, z.element_size() + 8)  # a key and its rank
+    for chosen in _bin_batches(found, candidates, budget):
+        keys = _cdf_pairs.collect_distance_bins(z, found, chosen, bins)
+        sizes = found.counts[chosen]
+        # 0-based rank of each collected key: its bin's first rank + its place in the bin.
+        offsets = first[chosen] - (torch.cumsum(sizes, 0) - sizes)
+        ranks = torch.repeat_interleave(offsets, sizes) + torch.arange(keys.shape[0], device=keys.device)
+        best = max(best, _ks_gaps_at(keys, ranks, m, cdf))
+    return best
+
+
+def _bounded_bins(found, m: int, cdf, best: float, clamps: bool) -> Tuple[float, Tensor]:
+    """(best gap attained at any bin's end keys, or ``best``; the bins whose bound beats it,
+    largest bound first). A bin of at most two keys, or of one repeated key, has no gaps but
+    those at its ends. Without ``clamps`` the first and last bin are left out."""
+    counts = found.counts
+    first = torch.cumsum(counts, 0) - counts
+    used = torch.nonzero(counts).flatten()
+    if not clamps:
+        used = used[(used > 0) & (used < counts.shape[0] - 1)]
+    c, a = counts[used].double(), first[used].double()
+    f_low, f_high = cdf(found.low[used]), cdf(found.high[used])
+    if used.numel():
+        best = max(best, float(torch.stack([(a + 1) / m - f_low, f_low - a / m, (a + c) / m - f_high,
+                                            f_high - (a + c - 1) / m]).max()))
+    bound = torch.maximum((a + c) / m - f_low, f_high - a / m)
+    open_bins = (bound > best) & (c > 2) & (found.low[used] < found.high[used])
+    order = torch.argsort(bound[open_bins], descending=True)
+    return best, used[open_bins][order]
+
+
+def _held_keys(found, chosen: Tensor) -> int:
+    return int(found.counts[chosen].sum())
+
+
+def _bin_batches(found, candidates: Tensor, budget: int):
+    """The candidate bins in batches of at most ``budget`` keys (ascending bin order within a
+    batch, as the collection writes them)."""
+    batch, held = [], 0
+    for b in candidates.tolist():
+        size = int(found.counts[b])
+        if size > budget:
+            raise MemoryError(f"gaussreg.ks_distances: {size} distances share one key bin, more than the "
+                              f"{budget} a pass may hold (heavily tied distances)")
+        if held + size > budget:
+            yield torch.tensor(sorted(batch), dtype=torch.int64, device=found.counts.device)
+            batch, held = [], 0
+        batch.append(b)
+        held += size
+    if batch:
+        yield torch.tensor(sorted(batch), dtype=torch.int64, device=found.counts.device)
+
+
 def _sorted_distances_and_gap(z: Tensor) -> Tuple[Tensor, float]:
     """(the n' half squared distances sorted, sum_k |d_(k) - Q_D((k - 1/2)/n')|) of z.
 
-    The compiled engine of ``cdf_attraction`` ranks the pairs and sums the gaps in one
-    pass, the quantiles interpolated per rank beyond 65536 pairs (so n = 10^4, 5e7 pairs,
-    takes seconds). Without it: plain torch, O(n') memory and an exact quantile table.
+    Where no engine bins distances (CUDA): the compiled engine of ``cdf_attraction`` ranks
+    the pairs and sums the gaps in one pass. Without a compiled engine: plain torch, O(n')
+    memory and an exact quantile table.
     """
     n, dim = z.shape
     pairs = _cdf_pairs.pair_count(n)
     if _cdf_pairs.supported(z.device):
         z = z.contiguous()
-        if pairs <= 1 << 16:
-            source = {"table": chi2_quantiles(pairs, dim, device=z.device, dtype=z.dtype).contiguous(),
-                      "values": None, "anchors": None}
-        else:
-            anchors = _cdf_pairs.pack_anchors(chi2_anchors(pairs, dim, device=z.device))
-            source = {"table": None, "values": None, "anchors": anchors}
-        # The sort holds at most the budget cdf_attraction uses (a quarter of RAM, half a GPU's
-        # free memory); beyond it the engine sorts in passes. The n' sorted values are extra.
-        entries = max(1, _default_sort_bytes(z.device) // _cdf_pairs.entry_bytes(z))
-        gap, _, values, _ = _cdf_pairs.cdf_pairs_op(z, source["table"], source["values"], source["anchors"], 1,
-                                                    min(pairs, entries), 0, True)
+        table, anchors = _chi2_targets(z, pairs)
+        # The n' sorted values are extra to the budget.
+        capacity = min(pairs, _sort_entries(z, _cdf_pairs.entry_bytes(z)))
+        gap, _, values, _ = _cdf_pairs.cdf_pairs_op(z, table, None, anchors, 1, capacity, 0, True)
         return values, float(gap)
     values = torch.cat([_half_sq_distances_after(z, rows) for rows in _row_blocks(n)])
     values = torch.sort(values).values
@@ -419,9 +522,12 @@ def ks_distances(z) -> KSResult:
     (1/n') sum_k |d_(k) - Q_D((k - 1/2)/n')|, the distances part of ``cdf_attraction``
     with p = 1. The pairs share points, so no KS p-value applies; compare with an
     N(0, I) sample of the same n (the statistic is of order 1/sqrt(n), not 1/sqrt(n')).
-    Every pair is ranked, exactly, by the compiled engine in z's precision (float32 stays
-    float32): about 12 bytes per pair in float32, 24 in float64 (n = 10^4: 0.6 GB, a few
-    seconds on 2 cores); the sort runs in several passes when it exceeds a quarter of RAM.
+    Every pair is ranked exactly, in z's precision (float32 stays float32), without holding
+    the n' distances: on the CPU the compiled engine histograms the keys in fine bins and
+    sorts only the bins near the supremum (for the statistic) and near the crossings of the
+    two CDFs (for ``l1``); memory is 2 bits a pair plus those bins (n = 16384, D = 64,
+    float32: about 90 MB and 6 s on 2 cores). On CUDA the engine still sorts every pair (12 bytes a pair in
+    float32, in passes beyond half the free memory).
 
     Args:
         z: points (n, D), n >= 2, float tensor or numpy array, finite.
@@ -437,9 +543,13 @@ def ks_distances(z) -> KSResult:
     z = _points(z)
     z = z.to(_checks.compute_dtype(z))
     dim = z.shape[1]
+    pairs = _cdf_pairs.pair_count(z.shape[0])
+    cdf = lambda x: _chi2_cdf(x, dim)  # noqa: E731
+    if _cdf_pairs.distance_bins_supported(z.device):
+        z = z.contiguous()
+        return KSResult(_ks_of_bins(z, cdf), _distances_gap(z) / pairs, pairs)
     values, gap = _sorted_distances_and_gap(z)
-    statistic = _ks_of_sorted(values, lambda x: _chi2_cdf(x, dim))
-    return KSResult(statistic, gap / values.shape[0], values.shape[0])
+    return KSResult(_ks_of_sorted(values, cdf), gap / pairs, pairs)
 
 
 # ---------------------------------------------------------------------------

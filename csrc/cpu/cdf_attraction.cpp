@@ -142,6 +142,11 @@ constexpr uint64_t cells_of() {
 
 size_t align64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
+// The first 64-byte boundary of a workspace (every layout keeps 64 bytes of slack for it).
+char* aligned_base(void* workspace) {
+  return reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(workspace) + 63) / 64 * 64);
+}
+
 // The workspace, carved in this order.
 template <typename T>
 struct Workspace {
@@ -786,6 +791,159 @@ void select_forward(const ForwardArgs<T>& a, const Plan& plan, const SelectWorks
   }
 }
 
+// ---------------------------------------------------------------- key ranges (KS statistic)
+//
+// gaussreg.diagnostics.ks_distances needs sup_x |Fhat(x) - F(x)| over the n' keys (SPEC 8).
+// F is monotone, so the gaps of a bin's ranks (A_b, A_b + m_b] are bounded by its smallest
+// and largest key: one pass counts every key in the selection bins with those two, the
+// caller bounds each bin, and a second pass collects (sorted) only the keys of the bins
+// whose bound beats the gaps already attained at the bins' ends. No pair is stored twice,
+// and no sign is kept.
+
+template <typename T>
+struct BinRange {
+  using U = typename KeyBins<T>::U;
+  uint64_t count;
+  U low, high;  // bit patterns of the smallest and largest key seen
+};
+
+template <typename T>
+struct RangeWorkspace {
+  T* zt;                  // D x padded n, transposed points
+  T* sample;              // kSelectSample keys
+  BinRange<T>* hist;      // V x bins
+  uint64_t* cursor;       // bins: next entry of a collected bin
+};
+
+template <typename T>
+size_t range_layout(int64_t n, int64_t d, uint64_t bins, int threads, char* base, RangeWorkspace<T>* out) {
+  const uint64_t pairs = pair_count(static_cast<uint64_t>(n));
+  const uint64_t count = select_bins_of(bins, pairs);
+  const size_t virtual_threads = static_cast<size_t>(std::max(threads, 1));
+  const size_t sizes[] = {
+      static_cast<size_t>(padded_count<T>(n) * d) * sizeof(T),
+      std::min(pairs, kSelectSample) * sizeof(T),
+      virtual_threads * count * sizeof(BinRange<T>),
+      count * sizeof(uint64_t),
+  };
+  size_t offset = 0;
+  void* parts[4];
+  for (int i = 0; i < 4; ++i) {
+    parts[i] = base == nullptr ? nullptr : base + offset;
+    offset += align64(sizes[i]);
+  }
+  if (out != nullptr)
+    *out = {static_cast<T*>(parts[0]), static_cast<T*>(parts[1]), static_cast<BinRange<T>*>(parts[2]),
+            static_cast<uint64_t*>(parts[3])};
+  return offset + 64;
+}
+
+// Arguments of both passes; `a` carries the points, the bin budget, threads and the poll.
+template <typename T>
+struct RangeArgs {
+  ForwardArgs<T> a;
+  int64_t* layout;   // 3: the bins' base, shift and in-range count (written, then read back)
+  double low_key;    // with high_key > 0: bins between these keys (a refinement), else sampled
+  double high_key;
+  int64_t* counts;   // bins: keys per bin
+  T* low;            // bins: smallest key per bin (0 where empty)
+  T* high;           // bins: largest key per bin (0 where empty)
+};
+
+template <typename T>
+KeyBins<T> bins_of_layout(const int64_t* layout) {
+  return {static_cast<typename KeyBins<T>::U>(layout[0]), static_cast<int>(layout[1]), static_cast<uint64_t>(layout[2])};
+}
+
+// The bins of a first count come from a sample of pairs; a refinement asks for bins
+// between two keys (the rest fall in the clamp bins, whose counts keep the ranks right).
+template <typename T>
+KeyBins<T> key_bins_of_ranges(const RangeArgs<T>& r, const RangeWorkspace<T>& ws, uint64_t pairs) {
+  if (!(r.high_key > 0.0)) {
+    SelectWorkspace<T> sample_ws{};
+    sample_ws.sample = ws.sample;
+    return sample_key_bins(r.a, sample_ws, pairs);
+  }
+  const auto lo = std::max<typename KeyBins<T>::U>(key_bits(static_cast<T>(r.low_key)), 1);
+  const auto hi = std::max(lo, static_cast<typename KeyBins<T>::U>(key_bits(static_cast<T>(r.high_key))));
+  return choose_key_bins<T>(lo, hi, r.a.bins == 0 ? default_select_bins(pairs) : r.a.bins);
+}
+
+template <typename T>
+void count_key_ranges(const RangeArgs<T>& r, const RangeWorkspace<T>& ws) {
+  const ForwardArgs<T>& a = r.a;
+  using U = typename KeyBins<T>::U;
+  const Plan plan = make_plan(a.n, 1, a.threads);
+  transpose_points(a.z, a.n, a.d, ws.zt, a.threads);
+  const KeyBins<T> bins = key_bins_of_ranges(r, ws, plan.pairs);
+  const uint64_t count = bins.count();
+  const int64_t virtual_threads = std::max(a.threads, 1);
+  std::fill(ws.hist, ws.hist + static_cast<size_t>(virtual_threads) * count, BinRange<T>{0, ~U{0}, 0});
+  for_group_slices(a, plan.groups, [&](uint64_t g, int v) {
+    BinRange<T>* hist = ws.hist + static_cast<size_t>(v) * count;
+    for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
+      visit_block_pairs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t, int64_t, T key) {
+        const U bits = key_bits(key);
+        BinRange<T>& h = hist[bins.bin_of(bits)];
+        ++h.count;
+        h.low = std::min(h.low, bits);
+        h.high = std::max(h.high, bits);
+      });
+    });
+  });
+  for (uint64_t b = 0; b < count; ++b) {
+    BinRange<T> merged{0, ~U{0}, 0};
+    for (int64_t v = 0; v < virtual_threads; ++v) {
+      const BinRange<T>& h = ws.hist[static_cast<size_t>(v) * count + b];
+      merged.count += h.count;
+      merged.low = std::min(merged.low, h.low);
+      merged.high = std::max(merged.high, h.high);
+    }
+    r.counts[b] = static_cast<int64_t>(merged.count);
+    r.low[b] = merged.count == 0 ? T(0) : KeyBins<T>::value_of(merged.low);
+    r.high[b] = merged.count == 0 ? T(0) : KeyBins<T>::value_of(merged.high);
+  }
+  r.layout[0] = static_cast<int64_t>(bins.base);
+  r.layout[1] = bins.shift;
+  r.layout[2] = static_cast<int64_t>(bins.range);
+}
+
+// The keys of the bins with starts[b] >= 0, bin b's sorted at keys[starts[b], ends[b]).
+// The ranges come from count_key_ranges' counts, so a mismatch means other points or
+// bins: refused rather than written out of bounds.
+template <typename T>
+void collect_key_bins(const RangeArgs<T>& r, const int64_t* starts, const int64_t* ends, T* keys,
+                      const RangeWorkspace<T>& ws) {
+  const ForwardArgs<T>& a = r.a;
+  const Plan plan = make_plan(a.n, 1, a.threads);
+  const KeyBins<T> bins = bins_of_layout<T>(r.layout);
+  const int64_t count = static_cast<int64_t>(bins.count());
+  for (int64_t b = 0; b < count; ++b) ws.cursor[b] = starts[b] < 0 ? ~uint64_t{0} : static_cast<uint64_t>(starts[b]);
+  transpose_points(a.z, a.n, a.d, ws.zt, a.threads);
+  bool overflow = false;
+  for_group_slices(a, plan.groups, [&](uint64_t g, int) {
+    for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
+      visit_block_pairs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t, int64_t, T key) {
+        const uint64_t b = bins.bin_of(key_bits(key));
+        if (ws.cursor[b] == ~uint64_t{0}) return;
+        // Keys only (their pairs do not matter to a KS statistic), sorted below: the order
+        // in which threads claim slots leaves no trace.
+        const uint64_t slot = __atomic_fetch_add(ws.cursor + b, 1, __ATOMIC_RELAXED);
+        if (slot < static_cast<uint64_t>(ends[b]))
+          keys[slot] = key;
+        else
+          __atomic_store_n(&overflow, true, __ATOMIC_RELAXED);
+      });
+    });
+  });
+  for (int64_t b = 0; b < count; ++b)
+    if (starts[b] >= 0 && ws.cursor[b] != static_cast<uint64_t>(ends[b])) overflow = true;
+  if (overflow) throw std::invalid_argument("ks bins: the bin ranges do not match these points' counts");
+#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
+  for (int64_t b = 0; b < count; ++b)
+    if (starts[b] >= 0) std::sort(keys + starts[b], keys + ends[b]);
+}
+
 // ---------------------------------------------------------------- forward
 
 // Workspace of either forward: the selection (p = 1) or the full sort (p = 2, sorted output).
@@ -799,7 +957,7 @@ size_t forward_workspace_bytes(int64_t n, int64_t d, uint64_t capacity, uint64_t
 template <typename T>
 void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes) {
   const Plan plan = make_plan(a.n, a.capacity, a.threads);
-  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(workspace) + 63) / 64 * 64);
+  char* base = aligned_base(workspace);
   if (forward_workspace_bytes<T>(a.n, a.d, a.capacity, a.bins, a.threads) > ws_bytes)
     throw std::invalid_argument("cdf_attraction: workspace smaller than cdf_pairs_workspace_bytes");
   if (a.p == 1) {
@@ -1041,6 +1199,68 @@ void check_cdf_pointers(uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintpt
     throw std::invalid_argument("cdf_attraction: null pointer for z or the signs/residuals");
 }
 
+template <typename T>
+RangeArgs<T> range_args(int64_t n, int64_t d, uintptr_t z, uint64_t bins, uintptr_t layout, double low_key,
+                        double high_key, uintptr_t counts, uintptr_t low, uintptr_t high, InterruptPoll poll,
+                        int threads) {
+  ForwardArgs<T> a{};
+  a.z = ptr<const T>(z);
+  a.n = n;
+  a.d = d;
+  a.bins = bins;
+  a.poll = poll;
+  a.threads = threads;
+  return {a, ptr<int64_t>(layout), low_key, high_key, ptr<int64_t>(counts), ptr<T>(low), ptr<T>(high)};
+}
+
+template <typename T>
+RangeWorkspace<T> range_workspace(int64_t n, int64_t d, uint64_t bins, int threads, uintptr_t workspace,
+                                  size_t ws_bytes) {
+  if (range_layout<T>(n, d, bins, threads, nullptr, nullptr) > ws_bytes)
+    throw std::invalid_argument("ks_distances: workspace smaller than ks_distances_workspace_bytes");
+  RangeWorkspace<T> ws;
+  range_layout<T>(n, d, bins, threads, aligned_base(ptr<void>(workspace)), &ws);
+  return ws;
+}
+
+template <typename T>
+void ks_count_typed(int64_t n, int64_t d, uintptr_t z, uint64_t bins, double low_key, double high_key,
+                    uintptr_t layout, uintptr_t counts, uintptr_t low, uintptr_t high, uintptr_t workspace,
+                    size_t ws_bytes, int threads) {
+  const RangeWorkspace<T> ws = range_workspace<T>(n, d, bins, threads, workspace, ws_bytes);
+  run_interruptible([&](InterruptPoll poll) {
+    count_key_ranges<T>(range_args<T>(n, d, z, bins, layout, low_key, high_key, counts, low, high, poll, threads),
+                        ws);
+  });
+}
+
+// The layout written by ks_distances_count: refused unless it is one this n and budget give.
+template <typename T>
+void check_range_layout(int64_t n, uint64_t bins, const int64_t* layout) {
+  const uint64_t most = select_bins_of(bins, pair_count(static_cast<uint64_t>(n))) - 2;
+  if (layout[1] < 0 || layout[1] > FloatBits<T>::kMantissa || layout[2] < 1 || static_cast<uint64_t>(layout[2]) > most)
+    throw std::invalid_argument("ks_distances: a bin layout that ks_distances_count did not write");
+}
+
+template <typename T>
+void ks_collect_typed(int64_t n, int64_t d, uintptr_t z, uint64_t bins, uintptr_t layout, uintptr_t starts,
+                      uintptr_t ends, uintptr_t keys, int64_t keys_count, uintptr_t workspace, size_t ws_bytes,
+                      int threads) {
+  const int64_t* lay = ptr<const int64_t>(layout);
+  check_range_layout<T>(n, bins, lay);
+  const int64_t count = lay[2] + 2;
+  const int64_t* s = ptr<const int64_t>(starts);
+  const int64_t* e = ptr<const int64_t>(ends);
+  for (int64_t b = 0; b < count; ++b)
+    if (s[b] >= 0 && (e[b] < s[b] || e[b] > keys_count))
+      throw std::invalid_argument("ks_distances: a bin's key range lies outside the keys");
+  const RangeWorkspace<T> ws = range_workspace<T>(n, d, bins, threads, workspace, ws_bytes);
+  run_interruptible([&](InterruptPoll poll) {
+    RangeArgs<T> r = range_args<T>(n, d, z, bins, layout, 0.0, 0.0, 0, 0, 0, poll, threads);
+    collect_key_bins<T>(r, s, e, ptr<T>(keys), ws);
+  });
+}
+
 }  // namespace
 
 void bind_cdf_attraction(py::module_& m) {
@@ -1100,6 +1320,60 @@ void bind_cdf_attraction(py::module_& m) {
       py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("p"), py::arg("pos"), py::arg("neg"),
       py::arg("residual"), py::arg("scale"), py::arg("grad"), py::arg("threads"),
       "grad_i = scale * sum_{j != i} s_ij (z_i - z_j) with s from cdf_pairs_forward.");
+  m.def(
+      "ks_distances_workspace_bytes",
+      [](int dtype, int64_t n, int64_t d, uint64_t bins, int threads) {
+        check_cdf_pairs_sizes(n, d, 1, 1);
+        return is_float(dtype) ? range_layout<float>(n, d, bins, threads, nullptr, nullptr)
+                               : range_layout<double>(n, d, bins, threads, nullptr, nullptr);
+      },
+      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("bins"), py::arg("threads"),
+      "Workspace bytes of ks_distances_count and ks_distances_collect (bins: in-range bins, 0 for the default).");
+  m.def(
+      "ks_distances_bin_count",
+      [](int64_t n, uint64_t bins) { return select_bins_of(bins, pair_count(static_cast<uint64_t>(n))); },
+      py::arg("n"), py::arg("bins"), "Most bins (clamp bins included) ks_distances_count may write.");
+  m.def(
+      "ks_distances_count",
+      [](int dtype, int64_t n, int64_t d, uintptr_t z, uint64_t bins, double low_key, double high_key,
+         uintptr_t layout, uintptr_t counts, uintptr_t low, uintptr_t high, uintptr_t workspace, size_t ws_bytes,
+         int threads) {
+        check_cdf_pairs_sizes(n, d, 1, 1);
+        if (z == 0 || layout == 0 || counts == 0 || low == 0 || high == 0 || workspace == 0)
+          throw std::invalid_argument("ks_distances: null pointer");
+        if (is_float(dtype))
+          ks_count_typed<float>(n, d, z, bins, low_key, high_key, layout, counts, low, high, workspace, ws_bytes,
+                                threads);
+        else
+          ks_count_typed<double>(n, d, z, bins, low_key, high_key, layout, counts, low, high, workspace, ws_bytes,
+                                 threads);
+      },
+      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("bins"), py::arg("low_key"),
+      py::arg("high_key"), py::arg("layout"), py::arg("counts"), py::arg("low"), py::arg("high"),
+      py::arg("workspace"), py::arg("ws_bytes"), py::arg("threads"),
+      "Histogram of the n' half squared distances of contiguous (n, d) points over the selection bins (from a "
+      "sample of pairs, or between low_key and high_key when high_key > 0): "
+      "`layout` (3 int64) receives the bins, `counts` (ks_distances_bin_count int64) the keys per bin, `low` and "
+      "`high` (same length, z's dtype) each bin's smallest and largest key. Only layout[2] + 2 bins are used.");
+  m.def(
+      "ks_distances_collect",
+      [](int dtype, int64_t n, int64_t d, uintptr_t z, uint64_t bins, uintptr_t layout, uintptr_t starts,
+         uintptr_t ends, uintptr_t keys, int64_t keys_count, uintptr_t workspace, size_t ws_bytes, int threads) {
+        check_cdf_pairs_sizes(n, d, 1, 1);
+        if (z == 0 || layout == 0 || starts == 0 || ends == 0 || (keys == 0 && keys_count > 0) || workspace == 0)
+          throw std::invalid_argument("ks_distances: null pointer");
+        if (is_float(dtype))
+          ks_collect_typed<float>(n, d, z, bins, layout, starts, ends, keys, keys_count, workspace, ws_bytes,
+                                  threads);
+        else
+          ks_collect_typed<double>(n, d, z, bins, layout, starts, ends, keys, keys_count, workspace, ws_bytes,
+                                   threads);
+      },
+      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("bins"), py::arg("layout"),
+      py::arg("starts"), py::arg("ends"), py::arg("keys"), py::arg("keys_count"), py::arg("workspace"),
+      py::arg("ws_bytes"), py::arg("threads"),
+      "The keys of the bins b with starts[b] >= 0 (layout from ks_distances_count), each bin's ascending in "
+      "keys[starts[b]:ends[b]]; ends[b] - starts[b] must be that bin's count.");
   m.def(
       "pair_of",
       [](uint64_t n, py::array_t<uint64_t, py::array::c_style | py::array::forcecast> k) {

@@ -13,7 +13,7 @@ derivative is refused (the ranks are piecewise constant, but the p = 2 residual 
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -217,3 +217,80 @@ def sorted_half_sq_distances(z: Tensor, capacity: Optional[int] = None) -> Tenso
     dummy_target = torch.zeros(1, dtype=torch.float64, device=z.device)  # a constant target: no quantile work
     _, _, values, _ = cdf_pairs_op(z, None, dummy_target, None, 2, capacity, 0, True)
     return values
+
+
+# ---------------------------------------------------------------- key bins (ks_distances)
+
+
+class DistanceBins(NamedTuple):
+    """The n' half squared distances counted in the selection engine's bins (ascending key ranges).
+
+    ``counts[b]`` keys fall in bin b, the smallest ``low[b]`` and the largest ``high[b]``
+    (z's dtype, 0 where empty); bin b's ranks are (A_b, A_b + counts[b]] with A_b the keys
+    of the bins before it. ``layout`` names the bins for ``collect_distance_bins``.
+    """
+    layout: Tensor
+    counts: Tensor
+    low: Tensor
+    high: Tensor
+
+
+def distance_bins_supported(device: torch.device) -> bool:
+    """Whether the compiled module for ``device`` histograms distances by key range (CPU today)."""
+    return supported(device) and hasattr(_native.module_for(device), "ks_distances_count")
+
+
+def _ks_workspace(module, z: Tensor, bins: int) -> Tuple[Tensor, int]:
+    n, d = z.shape
+    ws_bytes = int(_native.launch(module.ks_distances_workspace_bytes, z.device, _native.dtype_code(z.dtype), n, d,
+                                  bins))
+    return _native.empty((max(ws_bytes, 1),), torch.uint8, z.device, "ks_distances"), ws_bytes
+
+
+def distance_bins(z: Tensor, bins: int = 0, key_range: Optional[Tuple[float, float]] = None) -> DistanceBins:
+    """One pass over the pairs of contiguous (n, D) points z: keys per bin and each bin's extremes.
+
+    ``bins`` in-range bins (0: the engine's default, as for ``cdf_attraction``'s selection)
+    between the extremes of a sample of pairs, or between the keys ``key_range`` = (low,
+    high) to refine a part of an earlier histogram; the keys outside fall in the first and
+    last (clamp) bins either way.
+    """
+    low_key, high_key = (0.0, 0.0) if key_range is None else (float(key_range[0]), float(key_range[1]))
+    if key_range is not None and not 0.0 <= low_key <= high_key:
+        raise ValueError(f"distance_bins: key_range must be 0 <= low <= high, got {key_range}")
+    module = _native.module_for(z.device)
+    n, d = z.shape
+    count = int(module.ks_distances_bin_count(n, bins))
+    workspace, ws_bytes = _ks_workspace(module, z, bins)
+    layout = torch.zeros(3, dtype=torch.int64, device=z.device)
+    counts = torch.zeros(count, dtype=torch.int64, device=z.device)
+    low = torch.zeros(count, dtype=z.dtype, device=z.device)
+    high = torch.zeros(count, dtype=z.dtype, device=z.device)
+    _native.launch(module.ks_distances_count, z.device, _native.dtype_code(z.dtype), n, d, z.data_ptr(), bins,
+                   low_key, high_key, layout.data_ptr(), counts.data_ptr(), low.data_ptr(), high.data_ptr(), workspace.data_ptr(),
+                   ws_bytes)
+    used = int(layout[2]) + 2
+    return DistanceBins(layout, counts[:used], low[:used], high[:used])
+
+
+def collect_distance_bins(z: Tensor, found: DistanceBins, chosen: Tensor, bins: int = 0) -> Tensor:
+    """The keys of the bins ``chosen`` (ascending bin indices into ``found``), each bin's sorted, concatenated.
+
+    ``found`` is ``distance_bins(z, bins)`` of the same z and ``bins``; a second pass over
+    the pairs collects only those bins' keys (their total is the memory this takes).
+    """
+    module = _native.module_for(z.device)
+    n, d = z.shape
+    sizes = found.counts[chosen]
+    ends_of_chosen = torch.cumsum(sizes, 0)
+    starts = torch.full_like(found.counts, -1)
+    ends = torch.full_like(found.counts, -1)
+    starts[chosen] = ends_of_chosen - sizes
+    ends[chosen] = ends_of_chosen
+    total = int(ends_of_chosen[-1]) if chosen.numel() else 0
+    keys = _native.empty((total,), z.dtype, z.device, "ks_distances")
+    workspace, ws_bytes = _ks_workspace(module, z, bins)
+    _native.launch(module.ks_distances_collect, z.device, _native.dtype_code(z.dtype), n, d, z.data_ptr(), bins,
+                   found.layout.data_ptr(), starts.data_ptr(), ends.data_ptr(), keys.data_ptr() if total else 0,
+                   total, workspace.data_ptr(), ws_bytes)
+    return keys
