@@ -17,7 +17,7 @@ from typing import Callable, List, Tuple
 import torch
 
 import gaussreg
-from gaussreg.losses import _cdf_pairs
+from gaussreg.engines import cdf_attraction as cdf_engine
 from gaussreg.testing import random_points
 
 
@@ -28,7 +28,7 @@ def _points(device, dtype, n, d, seed):
 def _cases() -> List[Tuple[str, Callable[[List[torch.Tensor]], torch.Tensor], List[Tuple[int, int]]]]:
     """(name, loss of the point tensors, their (n, D) shapes)."""
     def few_entries(p, entries):
-        return entries * _cdf_pairs.entry_bytes(p)
+        return entries * cdf_engine.entry_bytes(p)
 
     small, other = (37, 5), (29, 5)
     return [

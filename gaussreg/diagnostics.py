@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
-from .losses import _cdf_pairs
+from .engines import cdf_attraction as cdf_engine
 from .losses.cdf_attraction import _default_sort_bytes
 from .targets import chi2_anchors, chi2_quantiles
 
@@ -388,7 +388,7 @@ def _chi2_targets(z: Tensor, pairs: int) -> Tuple[Optional[Tensor], Optional[Ten
     table up to 65536 pairs, interpolation anchors beyond (as ``cdf_attraction`` does)."""
     if pairs <= 1 << 16:
         return chi2_quantiles(pairs, z.shape[1], device=z.device, dtype=z.dtype).contiguous(), None
-    return None, _cdf_pairs.pack_anchors(chi2_anchors(pairs, z.shape[1], device=z.device))
+    return None, cdf_engine.pack_anchors(chi2_anchors(pairs, z.shape[1], device=z.device))
 
 
 def _sort_entries(z: Tensor, bytes_per_entry: int) -> int:
@@ -400,10 +400,10 @@ def _sort_entries(z: Tensor, bytes_per_entry: int) -> int:
 def _distances_gap(z: Tensor) -> float:
     """sum_k |d_(k) - Q_D((k - 1/2)/n')| of contiguous z by the engine's selection (2 bits a
     pair and the pairs near a crossing of the two CDFs, not the n' sorted values)."""
-    pairs = _cdf_pairs.pair_count(z.shape[0])
+    pairs = cdf_engine.pair_count(z.shape[0])
     table, anchors = _chi2_targets(z, pairs)
-    capacity = min(pairs, _sort_entries(z, _cdf_pairs.entry_bytes(z)))
-    gap, _, _, _ = _cdf_pairs.cdf_pairs_op(z, table, None, anchors, 1, capacity, 0, False)
+    capacity = min(pairs, _sort_entries(z, cdf_engine.entry_bytes(z)))
+    gap, _, _, _ = cdf_engine.cdf_pairs_op(z, table, None, anchors, 1, capacity, 0, False)
     return float(gap)
 
 
@@ -421,12 +421,12 @@ def _ks_of_bins(z: Tensor, cdf, bins: int = 0) -> float:
     largest bound first, within the sort budget. ``bins``: in-range bins per count (0: the
     engine's default; tests force coarse ones).
     """
-    m = _cdf_pairs.pair_count(z.shape[0])
-    found = _cdf_pairs.distance_bins(z, bins)
+    m = cdf_engine.pair_count(z.shape[0])
+    found = cdf_engine.distance_bins(z, bins)
     best, candidates = _bounded_bins(found, m, cdf, 0.0, clamps=True)
     while _held_keys(found, candidates) > max(_KS_REFINE_KEYS, m // 64):
         span = (found.low[candidates].min(), found.high[candidates].max())
-        finer = _cdf_pairs.distance_bins(z, bins, span)
+        finer = cdf_engine.distance_bins(z, bins, span)
         if int(finer.layout[1]) >= int(found.layout[1]):
             break  # no finer bins to be had (single bit patterns, or a span as wide as before)
         # The keys outside the span lie in bins already bounded: the clamp bins add nothing.
@@ -435,7 +435,7 @@ def _ks_of_bins(z: Tensor, cdf, bins: int = 0) -> float:
     first = torch.cumsum(found.counts, 0) - found.counts
     budget = _sort_entries(z, z.element_size() + 8)  # a key and its rank
     for chosen in _bin_batches(found, candidates, budget):
-        keys = _cdf_pairs.collect_distance_bins(z, found, chosen, bins)
+        keys = cdf_engine.collect_distance_bins(z, found, chosen, bins)
         sizes = found.counts[chosen]
         # 0-based rank of each collected key: its bin's first rank + its place in the bin.
         offsets = first[chosen] - (torch.cumsum(sizes, 0) - sizes)
@@ -494,13 +494,13 @@ def _sorted_distances_and_gap(z: Tensor) -> Tuple[Tensor, float]:
     memory and an exact quantile table.
     """
     n, dim = z.shape
-    pairs = _cdf_pairs.pair_count(n)
-    if _cdf_pairs.supported(z.device):
+    pairs = cdf_engine.pair_count(n)
+    if cdf_engine.supported(z.device):
         z = z.contiguous()
         table, anchors = _chi2_targets(z, pairs)
         # The n' sorted values are extra to the budget.
-        capacity = min(pairs, _sort_entries(z, _cdf_pairs.entry_bytes(z)))
-        gap, _, values, _ = _cdf_pairs.cdf_pairs_op(z, table, None, anchors, 1, capacity, 0, True)
+        capacity = min(pairs, _sort_entries(z, cdf_engine.entry_bytes(z)))
+        gap, _, values, _ = cdf_engine.cdf_pairs_op(z, table, None, anchors, 1, capacity, 0, True)
         return values, float(gap)
     values = torch.cat([_half_sq_distances_after(z, rows) for rows in _row_blocks(n)])
     values = torch.sort(values).values
@@ -543,9 +543,9 @@ def ks_distances(z) -> KSResult:
     z = _points(z)
     z = z.to(_checks.compute_dtype(z))
     dim = z.shape[1]
-    pairs = _cdf_pairs.pair_count(z.shape[0])
+    pairs = cdf_engine.pair_count(z.shape[0])
     cdf = lambda x: _chi2_cdf(x, dim)  # noqa: E731
-    if _cdf_pairs.distance_bins_supported(z.device):
+    if cdf_engine.distance_bins_supported(z.device):
         z = z.contiguous()
         return KSResult(_ks_of_bins(z, cdf), _distances_gap(z) / pairs, pairs)
     values, gap = _sorted_distances_and_gap(z)

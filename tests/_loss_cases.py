@@ -16,7 +16,7 @@ import torch
 
 import gaussreg
 from gaussreg import reference as ref
-from gaussreg.losses import _cdf_pairs
+from gaussreg.engines import cdf_attraction as cdf_engine
 from gaussreg.targets import Chi2, Empirical
 
 # (keyword options, exception type(s), regex the message must match)
@@ -73,8 +73,8 @@ def _cdf_multi_pass(z, **extra):
     if _valid_points(z):
         dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
         device = z.device if z.device.type == "cuda" else torch.device("cpu")  # meta: the error comes first
-        entry = _cdf_pairs.entry_bytes_for(device, dtype, z.shape[0])
-        budget = entry * max(64, _cdf_pairs.pair_count(z.shape[0]) // 4)
+        entry = cdf_engine.entry_bytes_for(device, dtype, z.shape[0])
+        budget = entry * max(64, cdf_engine.pair_count(z.shape[0]) // 4)
     return gaussreg.cdf_attraction(z, p=2, max_sort_bytes=budget, **{"backend": "native", **extra})
 
 

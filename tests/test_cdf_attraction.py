@@ -17,7 +17,7 @@ from _helpers import (F64_ATOL, assert_close, assert_identical, check_double_bac
 
 import gaussreg
 from gaussreg import _C, reference
-from gaussreg.losses import _cdf_pairs
+from gaussreg.engines import cdf_attraction as cdf_engine
 from gaussreg.targets import Chi2, Empirical
 from gaussreg.testing import random_points
 
@@ -115,7 +115,7 @@ def test_half_inputs_computed_in_float32(half_dtype):
 @pytest.mark.parametrize("n", (2, 3, 100, 777))
 def test_sorted_keys_equal_torch_sort(n, dtype):
     z = random_points(n, 11, seed=n, dtype=dtype)
-    keys = _cdf_pairs.sorted_half_sq_distances(z)
+    keys = cdf_engine.sorted_half_sq_distances(z)
     expected = torch.sort(reference._half_sq_distances_of_pairs(z)).values
     rtol = 1e-14 if dtype == torch.float64 else 1e-6
     assert keys.dtype == dtype
@@ -139,7 +139,7 @@ def test_ties_from_duplicated_points(p):
 
 
 def _entries_for(z, entries):
-    return entries * _cdf_pairs.entry_bytes(z)
+    return entries * cdf_engine.entry_bytes(z)
 
 
 @pytest.mark.parametrize("target", ("chi2", "empirical"))
@@ -165,10 +165,10 @@ def test_multi_pass_equals_single_pass(dtype, p, target):
 
 def test_multi_pass_sorted_keys_identical():
     z = random_points(400, 5, seed=10)
-    pairs = _cdf_pairs.pair_count(400)
-    single = _cdf_pairs.sorted_half_sq_distances(z)
+    pairs = cdf_engine.pair_count(400)
+    single = cdf_engine.sorted_half_sq_distances(z)
     for capacity in (pairs // 3, 7000, 2500):
-        assert_identical(_cdf_pairs.sorted_half_sq_distances(z, capacity=capacity), single,
+        assert_identical(cdf_engine.sorted_half_sq_distances(z, capacity=capacity), single,
                          what=f"sorted keys with capacity {capacity}")
 
 
@@ -249,7 +249,7 @@ def test_engine_anchor_interpolation_matches_scipy(df):
     its residuals e = d_(k) - c'_k, recovered from p = 2, give c' within 1e-8 of scipy."""
     z = random_points(400, 3, seed=1)  # n' = 79800
     target = Chi2(df)
-    _, residual, keys, _ = _cdf_pairs.cdf_pairs_op(z, None, None, _cdf_pairs.pack_anchors(
+    _, residual, keys, _ = cdf_engine.cdf_pairs_op(z, None, None, cdf_engine.pack_anchors(
         gaussreg.targets.chi2_anchors(79800, df)), 2, 79800, 0, True)
     pairs = 79800
     k = np.arange(1, pairs + 1)
@@ -328,13 +328,13 @@ def test_bad_points(z, error, match):
 def test_op_contract_for_direct_callers():
     z = random_points(5, 2)
     with pytest.raises(ValueError, match="contiguous"):
-        _cdf_pairs.cdf_pairs_op(z.t().contiguous().t(), torch.zeros(10, dtype=z.dtype), None, None, 1, 10, 0, False)
+        cdf_engine.cdf_pairs_op(z.t().contiguous().t(), torch.zeros(10, dtype=z.dtype), None, None, 1, 10, 0, False)
     with pytest.raises(ValueError, match="p must be 1 or 2"):
-        _cdf_pairs.cdf_pairs_op(z, torch.zeros(10, dtype=z.dtype), None, None, 3, 10, 0, False)
+        cdf_engine.cdf_pairs_op(z, torch.zeros(10, dtype=z.dtype), None, None, 3, 10, 0, False)
     with pytest.raises(ValueError, match="table"):
-        _cdf_pairs.cdf_pairs_op(z, torch.zeros(3, dtype=z.dtype), None, None, 1, 10, 0, False)
+        cdf_engine.cdf_pairs_op(z, torch.zeros(3, dtype=z.dtype), None, None, 1, 10, 0, False)
     with pytest.raises(ValueError, match="exactly one"):
-        _cdf_pairs.cdf_pairs_op(z, None, None, None, 1, 10, 0, False)
+        cdf_engine.cdf_pairs_op(z, None, None, None, 1, 10, 0, False)
 
 
 # ---------------------------------------------------------------------------
@@ -389,7 +389,7 @@ def ks_statistics(z):
     """KS distance of the radii and of all pair distances (||.||^2 / 2) to chi2_D."""
     cdf = scipy.stats.chi2(z.shape[1]).cdf
     radii = (z * z).sum(1).numpy()
-    distances = _cdf_pairs.sorted_half_sq_distances(z).numpy()
+    distances = cdf_engine.sorted_half_sq_distances(z).numpy()
     return scipy.stats.kstest(radii, cdf).statistic, scipy.stats.kstest(distances, cdf).statistic
 
 
@@ -436,11 +436,11 @@ def test_cuda_matches_cpu(n, dtype, p):
 @pytest.mark.cuda
 def test_cuda_sorted_keys_and_multi_pass():
     z = random_points(700, 9, seed=2, dtype=torch.float32)
-    expected = _cdf_pairs.sorted_half_sq_distances(z)
+    expected = cdf_engine.sorted_half_sq_distances(z)
     zc = z.cuda()
-    assert_close(_cdf_pairs.sorted_half_sq_distances(zc).cpu(), expected, 1e-6, 0, what="CUDA sorted keys")
-    pairs = _cdf_pairs.pair_count(700)
-    assert_close(_cdf_pairs.sorted_half_sq_distances(zc, capacity=pairs // 5).cpu(), expected, 1e-6, 0,
+    assert_close(cdf_engine.sorted_half_sq_distances(zc).cpu(), expected, 1e-6, 0, what="CUDA sorted keys")
+    pairs = cdf_engine.pair_count(700)
+    assert_close(cdf_engine.sorted_half_sq_distances(zc, capacity=pairs // 5).cpu(), expected, 1e-6, 0,
                  what="CUDA multi-pass sorted keys")
     one = gaussreg.cdf_attraction(zc)
     few = gaussreg.cdf_attraction(zc, max_sort_bytes=_entries_for(zc, pairs // 6))

@@ -21,7 +21,7 @@ import scipy.stats
 import torch
 
 import gaussreg
-from gaussreg.losses import _cdf_pairs
+from gaussreg.engines import cdf_attraction as cdf_engine
 from gaussreg.testing import random_points
 
 
@@ -49,8 +49,8 @@ def chi2_table(pairs: int, df: int, dtype=torch.float64) -> torch.Tensor:
 def engine(z: torch.Tensor, table: torch.Tensor, bins: int = 0, capacity: int = 0):
     """(value, gradient, stats) of the p = 1 engine with the given target table."""
     z = z.detach().clone().contiguous().requires_grad_(True)
-    pairs = _cdf_pairs.pair_count(z.shape[0])
-    value, stats = _cdf_pairs.cdf_pairs(z, 1, capacity or pairs, table=table.to(z.dtype).contiguous(), bins=bins,
+    pairs = cdf_engine.pair_count(z.shape[0])
+    value, stats = cdf_engine.cdf_pairs(z, 1, capacity or pairs, table=table.to(z.dtype).contiguous(), bins=bins,
                                         with_stats=True)
     value.backward()
     return float(value.detach()), z.grad.double().numpy(), stats
@@ -62,7 +62,7 @@ def check_against_brute_force(z, table, bins=0, capacity=0, rtol=1e-12):
     scale = max(1.0, float(np.abs(z.detach().double().numpy()).max())) * z.shape[0]
     assert abs(value - expected_value) <= rtol * max(1.0, abs(expected_value)), (value, expected_value)
     np.testing.assert_allclose(grad, expected_grad, rtol=0, atol=rtol * scale ** 2)
-    assert stats["sorted_pairs"] <= _cdf_pairs.pair_count(z.shape[0])
+    assert stats["sorted_pairs"] <= cdf_engine.pair_count(z.shape[0])
     return stats
 
 
@@ -89,7 +89,7 @@ SHAPES = ((2, 3), (3, 2), (300, 8), (257, 64), (120, 1), (40, 1024))
 @pytest.mark.parametrize("n, d", SHAPES)
 def test_sample_near_its_target(n, d):
     z = random_points(n, d, seed=n + d)
-    check_against_brute_force(z, chi2_table(_cdf_pairs.pair_count(n), d))
+    check_against_brute_force(z, chi2_table(cdf_engine.pair_count(n), d))
 
 
 @pytest.mark.parametrize("n, d", SHAPES)
@@ -98,10 +98,10 @@ def test_float32_signs_equal_the_full_sort(n, d):
     rounding of their target; the full sort (p = 1 with sorted output) ranks the very same
     keys, and must give the same signs bit for bit."""
     z = random_points(n, d, seed=n + d, dtype=torch.float32)
-    pairs = _cdf_pairs.pair_count(n)
+    pairs = cdf_engine.pair_count(n)
     table = chi2_table(pairs, d, torch.float32)
-    value_select, signs_select, _, _ = _cdf_pairs.cdf_pairs_op(z, table, None, None, 1, pairs, 0, False)
-    value_sort, signs_sort, _, _ = _cdf_pairs.cdf_pairs_op(z, table, None, None, 1, pairs, 0, True)
+    value_select, signs_select, _, _ = cdf_engine.cdf_pairs_op(z, table, None, None, 1, pairs, 0, False)
+    value_sort, signs_sort, _, _ = cdf_engine.cdf_pairs_op(z, table, None, None, 1, pairs, 0, True)
     assert torch.equal(signs_select, signs_sort)
     assert float(value_select) == pytest.approx(float(value_sort), rel=1e-6, abs=1e-6)
     assert float(value_select) == pytest.approx(brute_force(z, table.double().numpy())[0], rel=1e-5, abs=1e-5)
@@ -111,7 +111,7 @@ def test_float32_signs_equal_the_full_sort(n, d):
 def test_sample_far_from_its_target_sorts_almost_nothing(scale):
     n, d = 400, 16
     z = random_points(n, d, seed=5) * scale
-    pairs = _cdf_pairs.pair_count(n)
+    pairs = cdf_engine.pair_count(n)
     stats = check_against_brute_force(z, chi2_table(pairs, d))
     assert stats["sorted_pairs"] <= pairs // 100, stats  # far: only the clamp bins' few pairs
 
@@ -131,7 +131,7 @@ def test_sample_on_its_own_quantiles_is_all_mixed():
     stats = check_against_brute_force(z, table)
     # Mixed wherever a bin holds two or more keys; a bin of one key may still be decided
     # (its target outside the bin's range).
-    assert stats["sorted_pairs"] >= 0.8 * _cdf_pairs.pair_count(n), stats
+    assert stats["sorted_pairs"] >= 0.8 * cdf_engine.pair_count(n), stats
 
 
 # ---------------------------------------------------------------- ties, empty bins, extremes
@@ -144,7 +144,7 @@ def test_duplicated_points_and_lattice_ties(bins):
     g = torch.Generator().manual_seed(3)
     z = torch.randint(-2, 3, (150, 3), generator=g).double()
     z[100:] = z[:50]  # duplicated rows: d = 0 ties
-    pairs = _cdf_pairs.pair_count(150)
+    pairs = cdf_engine.pair_count(150)
     check_against_brute_force(z, chi2_table(pairs, 3), bins=bins)
 
 
@@ -157,7 +157,7 @@ def test_ties_equal_to_their_targets_have_sign_zero():
 
 def test_two_far_clusters_leave_empty_bins_between():
     z = torch.cat([random_points(100, 4, seed=1), random_points(80, 4, seed=2) + 1000.0])
-    pairs = _cdf_pairs.pair_count(180)
+    pairs = cdf_engine.pair_count(180)
     check_against_brute_force(z, chi2_table(pairs, 4))
     far_table = torch.linspace(0.0, 3e6, pairs, dtype=torch.float64)  # targets across the gap
     check_against_brute_force(z, far_table)
@@ -168,7 +168,7 @@ def test_tiny_bin_budget_falls_back_to_sorting(bins):
     """Few in-range bins: most pairs land in clamp or wide mixed bins and are sorted; the
     result is the brute force's all the same."""
     z = random_points(150, 6, seed=9)
-    stats = check_against_brute_force(z, chi2_table(_cdf_pairs.pair_count(150), 6), bins=bins)
+    stats = check_against_brute_force(z, chi2_table(cdf_engine.pair_count(150), 6), bins=bins)
     assert stats["bins"] <= bins + 2
 
 
@@ -176,7 +176,7 @@ def test_tiny_bin_budget_falls_back_to_sorting(bins):
 def test_tiny_sort_budget_collects_mixed_pairs_over_passes(capacity):
     z = torch.randint(0, 3, (120, 2), generator=torch.Generator().manual_seed(4)).double() + 0.5
     z[60:] = torch.randn(60, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    table = chi2_table(_cdf_pairs.pair_count(120), 2)
+    table = chi2_table(cdf_engine.pair_count(120), 2)
     try:
         stats = check_against_brute_force(z, table, capacity=capacity, bins=1 << 12)
     except MemoryError as exc:  # a bin of tied distances larger than the whole budget
@@ -189,10 +189,10 @@ def test_selection_matches_full_sort_value():
     """The same loss through the selection (p = 1) and through the full sort that p = 1 with
     sorted output takes: equal values, identical signs."""
     z = random_points(500, 10, seed=11)
-    pairs = _cdf_pairs.pair_count(500)
+    pairs = cdf_engine.pair_count(500)
     table = chi2_table(pairs, 10)
-    value_select, signs_select, _, _ = _cdf_pairs.cdf_pairs_op(z, table, None, None, 1, pairs, 0, False)
-    value_sort, signs_sort, _, _ = _cdf_pairs.cdf_pairs_op(z, table, None, None, 1, pairs, 0, True)
+    value_select, signs_select, _, _ = cdf_engine.cdf_pairs_op(z, table, None, None, 1, pairs, 0, False)
+    value_sort, signs_sort, _, _ = cdf_engine.cdf_pairs_op(z, table, None, None, 1, pairs, 0, True)
     assert torch.equal(signs_select, signs_sort)
     assert float(value_select) == pytest.approx(float(value_sort), rel=1e-13)
 
@@ -208,7 +208,7 @@ def test_anchored_targets_sum_in_closed_form():
 
 def test_results_do_not_depend_on_bins_beyond_rounding(restore_threads):
     z = random_points(600, 20, seed=6)
-    table = chi2_table(_cdf_pairs.pair_count(600), 20)
+    table = chi2_table(cdf_engine.pair_count(600), 20)
     values = [engine(z, table, bins=bins)[0] for bins in (0, 1 << 10, 3)]
     assert values[1] == pytest.approx(values[0], rel=1e-13) and values[2] == pytest.approx(values[0], rel=1e-13)
     torch.set_num_threads(1)
@@ -293,5 +293,5 @@ def test_p1_keeps_two_bits_a_pair_plus_the_mixed_pairs():
     out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(n)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     extra, sorted_pairs = (int(v) for v in out.stdout.split())
-    pairs = _cdf_pairs.pair_count(n)
+    pairs = cdf_engine.pair_count(n)
     assert extra <= pairs // 4 + 8 * sorted_pairs + (24 << 20), (extra, sorted_pairs)

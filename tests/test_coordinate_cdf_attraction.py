@@ -10,7 +10,7 @@ import torch
 
 import gaussreg
 from gaussreg import reference as ref
-from gaussreg.losses import _segmented
+from gaussreg.engines import segmented
 from gaussreg.losses.coordinate_cdf_attraction import rank_targets
 from gaussreg.testing import LAYOUTS, random_points
 
@@ -106,7 +106,7 @@ def test_cuda_tie_counts_match_cpu(dtype):
     values = torch.randint(0, 7, (5, 3001), generator=torch.Generator().manual_seed(0)).to(dtype)
     values[0, :10] = -0.0
     values[0, 10:20] = 0.0
-    assert torch.equal(_segmented.segment_counts_op(values.cuda()).cpu(), _segmented.segment_counts_op(values))
+    assert torch.equal(segmented.segment_counts_op(values.cuda()).cpu(), segmented.segment_counts_op(values))
 
 
 # ---------------------------------------------------------------- (6) errors
@@ -212,13 +212,13 @@ def test_segment_counts_count_ties_together(dtype):
     values[1, :50] = -0.0  # equal to +0 in value
     values[1, 50:100] = 0.0
     values[2] = torch.randn(301, dtype=dtype)
-    assert torch.equal(_segmented.segment_counts_op(values), _brute_counts(values))
+    assert torch.equal(segmented.segment_counts_op(values), _brute_counts(values))
 
 
 def test_per_segment_targets_get_the_gradient_of_sorted_targets():
     values = random_points(4, 30, seed=3).requires_grad_(True)
     targets = torch.sort(random_points(4, 30, seed=4), dim=1).values.requires_grad_(True)
-    got = _segmented.sorted_gaps(values, targets, p=2)
+    got = segmented.sorted_gaps(values, targets, p=2)
     want = (torch.sort(values, dim=1).values - targets).pow(2).sum()
     g_got = torch.autograd.grad(got, [values, targets])
     g_want = torch.autograd.grad(want, [values, targets])

@@ -15,7 +15,7 @@ import torch
 
 import gaussreg
 from gaussreg import reference as ref
-from gaussreg.losses import _pair_sum
+from gaussreg.engines import pair_sum
 from gaussreg.testing import LAYOUTS, random_points, with_layout
 
 from _helpers import (FLOAT_DTYPES, assert_close, assert_identical, bytes_in_message, check_backward_twice,
@@ -343,7 +343,7 @@ def _op_cases(dtype):
     """name -> (pair_sum arguments, brute-force kernel k(t, p_i, p_j))."""
     x, y, _, _ = op_inputs(dtype)
     origin = torch.zeros(1, x.shape[1], dtype=dtype)
-    approx, exact = _pair_sum.CW_APPROX, _pair_sum.CW_EXACT
+    approx, exact = pair_sum.CW_APPROX, pair_sum.CW_EXACT
     q, e = [0.37], [0.3, 2.5]
     return {
         "self_approx": ((x, None, None, None, "cramer_wold", approx, q, True, True), _approx(q)),
@@ -396,7 +396,7 @@ def test_compile_fullgraph_pair_sum_op():
     z = random_points(20, 4, seed=1)
 
     def f(z):
-        pairs, _, _ = torch.ops.gaussreg.pair_sum(z, None, None, None, "cramer_wold", _pair_sum.CW_EXACT,
+        pairs, _, _ = torch.ops.gaussreg.pair_sum(z, None, None, None, "cramer_wold", pair_sum.CW_EXACT,
                                                   [0.5, 2.0], True, False)
         return torch.log(pairs)
 

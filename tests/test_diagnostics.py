@@ -16,7 +16,7 @@ from scipy.spatial.distance import pdist
 
 import gaussreg
 from gaussreg import diagnostics as dg
-from gaussreg.losses import _cdf_pairs
+from gaussreg.engines import cdf_attraction as cdf_engine
 
 SEEDS_NULL = (0, 1, 2, 3, 4)
 
@@ -161,9 +161,9 @@ def test_ks_distances_matches_scipy(n, d, path, monkeypatch):
     engine), plain torch (no compiled engine)."""
     # n = 400 has 79800 pairs: beyond 65536 the engine interpolates its quantiles per rank.
     if path == "sort":
-        monkeypatch.setattr(_cdf_pairs, "distance_bins_supported", lambda device: False)
+        monkeypatch.setattr(cdf_engine, "distance_bins_supported", lambda device: False)
     if path == "torch":
-        monkeypatch.setattr(_cdf_pairs, "supported", lambda device: False)
+        monkeypatch.setattr(cdf_engine, "supported", lambda device: False)
     z = normal(n, d, seed=n)
     values = distances_by_scipy(z)
     m = len(values)

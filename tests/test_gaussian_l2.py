@@ -13,7 +13,7 @@ import torch
 
 import gaussreg
 from gaussreg import reference as ref
-from gaussreg.losses import _pair_sum
+from gaussreg.engines import pair_sum
 from gaussreg.testing import LAYOUTS, random_points, with_layout
 
 from _helpers import (FLOAT_DTYPES, assert_close, assert_identical, bytes_in_message, check_backward_twice,
@@ -402,7 +402,7 @@ def _per_point(params):
 def _op_cases(dtype):
     """name -> (pair_sum arguments, brute-force kernel k(t, p_i, p_j))."""
     x, y, px, py = op_inputs(dtype)
-    exp_sum, per_point = _pair_sum.GAUSS_EXP_SUM, _pair_sum.GAUSS_PER_POINT
+    exp_sum, per_point = pair_sum.GAUSS_EXP_SUM, pair_sum.GAUSS_PER_POINT
     one, two, pp = [0.25, 1.0], [0.25, 1.0, 0.05, 2.0], [2.5]
     return {
         "self_exp": ((x, None, None, None, "gaussian_l2", exp_sum, one, True, True), _exp_sum(one)),
@@ -455,7 +455,7 @@ def test_compile_fullgraph_pair_sum_op():
     x = random_points(20, 4, seed=1)
 
     def f(x):
-        value, _, _ = torch.ops.gaussreg.pair_sum(x, None, None, None, "gaussian_l2", _pair_sum.GAUSS_EXP_SUM,
+        value, _, _ = torch.ops.gaussreg.pair_sum(x, None, None, None, "gaussian_l2", pair_sum.GAUSS_EXP_SUM,
                                                   [0.25, 1.0], True, False)
         return 2.0 * value / 400 + 1.0
 
@@ -544,7 +544,7 @@ def test_kernel_exp_is_finite_up_to_the_overflow_end(dtype, exponent):
     a_half = math.exp(-exponent / half_dim)  # (a/2)^(-D/2) = e^exponent with a = px_i + px_j
     x = torch.zeros(2, 3, dtype=dtype)
     px = torch.full((2,), a_half, dtype=dtype)
-    value, _, _ = torch.ops.gaussreg.pair_sum(x, None, px, None, "gaussian_l2", _pair_sum.GAUSS_PER_POINT,
+    value, _, _ = torch.ops.gaussreg.pair_sum(x, None, px, None, "gaussian_l2", pair_sum.GAUSS_PER_POINT,
                                               [half_dim], False, False)
     expected = float(px[0]) ** -half_dim  # one unordered pair, (a/2)^(-D/2) with a/2 = px_0
     assert math.isfinite(float(value))

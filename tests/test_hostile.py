@@ -17,7 +17,7 @@ from _helpers import assert_close, cuda_ok
 from _loss_cases import CASE_IDS, CASES, LossCase, points_for, value_and_grads
 
 import gaussreg
-from gaussreg.losses import _cdf_pairs, _pair_sum
+from gaussreg.engines import cdf_attraction as cdf_engine, pair_sum
 
 
 def _with(value):
@@ -207,12 +207,12 @@ def test_engine_errors_leave_the_library_working(one_thread):
     z = torch.zeros(200, 3, dtype=torch.float64)  # 19900 tied distances in one bucket
     for _ in range(3):
         with pytest.raises(MemoryError, match="share one bucket"):
-            gaussreg.cdf_attraction(z, max_sort_bytes=_cdf_pairs.entry_bytes(z) * 1000)
+            gaussreg.cdf_attraction(z, max_sort_bytes=cdf_engine.entry_bytes(z) * 1000)
     x = torch.randn(5, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="gaussreg::pair_sum: x must be"):
-        _pair_sum.pair_sum_op(x.long(), None, None, None, "mmd", _pair_sum.MMD_IMQ, [1.0], False, False)
+        pair_sum.pair_sum_op(x.long(), None, None, None, "mmd", pair_sum.MMD_IMQ, [1.0], False, False)
     with pytest.raises(ValueError, match="gaussreg::cdf_pairs: z must be"):
-        _cdf_pairs.cdf_pairs_op(x[:1], None, torch.zeros(1, dtype=torch.float64), None, 1, 1, 0, False)
+        cdf_engine.cdf_pairs_op(x[:1], None, torch.zeros(1, dtype=torch.float64), None, 1, 1, 0, False)
     with pytest.raises(ValueError, match="dtype code"):  # the C++ boundary's own check
         gaussreg._C.mmd_workspace_bytes(7, 5, 0, 3, 1)
     for case in CASES:

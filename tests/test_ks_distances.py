@@ -18,9 +18,9 @@ import torch
 from scipy.spatial.distance import pdist
 
 from gaussreg import diagnostics as dg
-from gaussreg.losses import _cdf_pairs
+from gaussreg.engines import cdf_attraction as cdf_engine
 
-pytestmark = pytest.mark.skipif(not _cdf_pairs.distance_bins_supported(torch.device("cpu")),
+pytestmark = pytest.mark.skipif(not cdf_engine.distance_bins_supported(torch.device("cpu")),
                                 reason="the compiled CPU engine is not built")
 
 
@@ -86,7 +86,7 @@ def test_statistic_matches_scipy(sample, bins, n, d):
 def test_float32_statistic_equals_the_full_sort(sample, bins):
     """Same float32 keys as the engine's full sort: the same supremum, to the last bit."""
     z = sample(700, 6, seed=3).float().contiguous()
-    every_key = _cdf_pairs.sorted_half_sq_distances(z)
+    every_key = cdf_engine.sorted_half_sq_distances(z)
     assert dg._ks_of_bins(z, chi2_cdf(6), bins) == dg._ks_of_sorted(every_key, chi2_cdf(6))
 
 
@@ -94,7 +94,7 @@ def test_ks_distances_equals_the_full_sort_path(monkeypatch):
     """The public function: statistic identical, l1 within float64 summation order."""
     for z in (near(900, 16, seed=1), far(900, 16, seed=1), near(900, 16, seed=1).float()):
         by_bins = dg.ks_distances(z)
-        monkeypatch.setattr(_cdf_pairs, "distance_bins_supported", lambda device: False)
+        monkeypatch.setattr(cdf_engine, "distance_bins_supported", lambda device: False)
         by_sort = dg.ks_distances(z)
         monkeypatch.undo()
         assert by_bins.statistic == by_sort.statistic
@@ -105,14 +105,14 @@ def test_ks_distances_equals_the_full_sort_path(monkeypatch):
 def collected_keys(monkeypatch):
     """Counts the keys the statistic collects (and sorts)."""
     seen = []
-    collect = _cdf_pairs.collect_distance_bins
+    collect = cdf_engine.collect_distance_bins
 
     def counting(*args, **kwargs):
         keys = collect(*args, **kwargs)
         seen.append(keys.shape[0])
         return keys
 
-    monkeypatch.setattr(_cdf_pairs, "collect_distance_bins", counting)
+    monkeypatch.setattr(cdf_engine, "collect_distance_bins", counting)
     return seen
 
 
@@ -122,9 +122,9 @@ def test_sorts_a_small_fraction_of_the_pairs(sample, monkeypatch):
     z = sample(n, 32, seed=4).float().contiguous()
     seen = collected_keys(monkeypatch)
     statistic = dg._ks_of_bins(z, chi2_cdf(32))
-    every_key = _cdf_pairs.sorted_half_sq_distances(z)
+    every_key = cdf_engine.sorted_half_sq_distances(z)
     assert statistic == dg._ks_of_sorted(every_key, chi2_cdf(32))
-    assert sum(seen) <= _cdf_pairs.pair_count(n) // 50, seen
+    assert sum(seen) <= cdf_engine.pair_count(n) // 50, seen
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda f: f.__name__)
@@ -135,8 +135,8 @@ def test_refined_bins_give_the_same_statistic(sample, bins, monkeypatch):
     z = sample(300, 3, seed=8).contiguous()
     monkeypatch.setattr(dg, "_KS_REFINE_KEYS", 0)
     counts = []
-    count = _cdf_pairs.distance_bins
-    monkeypatch.setattr(_cdf_pairs, "distance_bins", lambda *args: counts.append(args) or count(*args))
+    count = cdf_engine.distance_bins
+    monkeypatch.setattr(cdf_engine, "distance_bins", lambda *args: counts.append(args) or count(*args))
     assert dg._ks_of_bins(z, chi2_cdf(3), bins) == pytest.approx(scipy_statistic(z), abs=1e-12)
     if sample in (near, far, clusters):
         assert len(counts) > 1  # at least one refinement
@@ -170,16 +170,16 @@ def test_same_statistic_for_any_thread_count():
 
 def test_collect_refuses_bins_of_other_points():
     z = near(200, 4, seed=6).contiguous()
-    found = _cdf_pairs.distance_bins(z)
+    found = cdf_engine.distance_bins(z)
     chosen = torch.nonzero(found.counts).flatten()
-    keys = _cdf_pairs.collect_distance_bins(z, found, chosen)
-    assert torch.equal(keys, torch.sort(keys).values) and keys.shape[0] == _cdf_pairs.pair_count(200)
+    keys = cdf_engine.collect_distance_bins(z, found, chosen)
+    assert torch.equal(keys, torch.sort(keys).values) and keys.shape[0] == cdf_engine.pair_count(200)
     other = torch.cat([z[:100], 3 * z[100:]])
     with pytest.raises(ValueError, match="do not match"):
-        _cdf_pairs.collect_distance_bins(other, found, chosen)
+        cdf_engine.collect_distance_bins(other, found, chosen)
     bad = found._replace(layout=torch.tensor([0, 99, 5]))
     with pytest.raises(ValueError, match="bin layout"):
-        _cdf_pairs.collect_distance_bins(z, bad, chosen)
+        cdf_engine.collect_distance_bins(z, bad, chosen)
 
 
 _MEMORY_CHILD = textwrap.dedent("""

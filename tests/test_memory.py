@@ -18,7 +18,7 @@ from test_hostile import _still_works
 
 import gaussreg
 from gaussreg import _checks, _native
-from gaussreg.losses import _cdf_pairs
+from gaussreg.engines import cdf_attraction as cdf_engine
 from gaussreg.losses import cdf_attraction as cdf_module
 
 HUGE_CASES = [c for c in CASES if c.huge_rows]
@@ -87,7 +87,7 @@ def device_of_8_gib(monkeypatch):
     def reached(*args, **kwargs):
         raise _Reached()
 
-    monkeypatch.setattr(cdf_module._cdf_pairs, "cdf_pairs", reached)
+    monkeypatch.setattr(cdf_module.cdf_engine, "cdf_pairs", reached)
 
 
 def test_cdf_names_max_sort_bytes_when_a_smaller_budget_fits(device_of_8_gib):
@@ -105,7 +105,7 @@ def test_cdf_says_what_cannot_shrink(device_of_8_gib):
     # p = 2 keeps one value per pair for the backward: 2.1e9 doubles (17 GB) whatever the
     # sort budget; p = 1 keeps 2 bits per pair (0.5 GB) and passes.
     z = torch.zeros(1, 8, dtype=torch.float64).expand(2**16, 8)
-    pairs = _cdf_pairs.pair_count(2**16)
+    pairs = cdf_engine.pair_count(2**16)
     with pytest.raises(MemoryError) as info:
         gaussreg.cdf_attraction(z, p=2, max_sort_bytes=1 << 30)
     message = str(info.value)

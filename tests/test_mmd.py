@@ -13,7 +13,7 @@ import torch
 
 import gaussreg
 from gaussreg import reference as ref
-from gaussreg.losses import _pair_sum
+from gaussreg.engines import pair_sum
 from gaussreg.testing import LAYOUTS, random_points, with_layout
 
 from _helpers import (FLOAT_DTYPES, assert_close, assert_identical, bytes_in_message, check_backward_twice,
@@ -451,7 +451,7 @@ def _rbf(params):
 def _op_cases(dtype):
     """name -> (pair_sum arguments, brute-force kernel k(t, p_i, p_j))."""
     x, y, _, _ = op_inputs(dtype)
-    imq, rbf = _pair_sum.MMD_IMQ, _pair_sum.MMD_RBF
+    imq, rbf = pair_sum.MMD_IMQ, pair_sum.MMD_RBF
     c = [2.0 * 5 * s for s in DEFAULT_SCALES]
     r = [1.0 / (2.0 * 5 * 0.5), 1.0, 1.0 / (2.0 * 5 * 3.0), 1.0]
     return {
@@ -505,7 +505,7 @@ def test_compile_fullgraph_pair_sum_op():
     y = random_points(15, 4, seed=2)
 
     def f(z, y):
-        zy, _, _ = torch.ops.gaussreg.pair_sum(z, y, None, None, "mmd", _pair_sum.MMD_IMQ, [8.0, 16.0], True, True)
+        zy, _, _ = torch.ops.gaussreg.pair_sum(z, y, None, None, "mmd", pair_sum.MMD_IMQ, [8.0, 16.0], True, True)
         return zy / 300.0
 
     eager_v, eager_g = value_and_grads(f, [z, y])

@@ -15,7 +15,7 @@ import torch
 from _helpers import assert_close
 
 import gaussreg
-from gaussreg.losses import _cdf_pairs
+from gaussreg.engines import cdf_attraction as cdf_engine
 from gaussreg.targets import Empirical
 
 CLIFFS = (46341, 46342, 65536, 65537, 65538, 92681, 92682, 92683, 2**20)
@@ -24,16 +24,16 @@ CLIFFS = (46341, 46342, 65536, 65537, 65538, 92681, 92682, 92683, 2**20)
 @pytest.mark.parametrize("n", CLIFFS)
 def test_sizes_at_the_cliffs(n):
     pairs = n * (n - 1) // 2
-    assert _cdf_pairs.pair_count(n) == pairs
+    assert cdf_engine.pair_count(n) == pairs
     words = -(-pairs // 64)
-    assert _cdf_pairs._signs_shape(n, 1) == (2, words) and _cdf_pairs._signs_shape(n, 2) == (pairs,)
-    assert _cdf_pairs.signs_bytes(n, 1, torch.float32) == 16 * words
-    assert _cdf_pairs.signs_bytes(n, 2, torch.float64) == 8 * pairs
+    assert cdf_engine._signs_shape(n, 1) == (2, words) and cdf_engine._signs_shape(n, 2) == (pairs,)
+    assert cdf_engine.signs_bytes(n, 1, torch.float32) == 16 * words
+    assert cdf_engine.signs_bytes(n, 2, torch.float64) == 8 * pairs
     # The engine's sort entries pack the pair index with the key while it fits: 8 bytes for
     # float32 below 2^32 pairs, 16 above; its workspace for n' entries grows accordingly.
-    entry = _cdf_pairs.entry_bytes_for(torch.device("cpu"), torch.float32, n)
+    entry = cdf_engine.entry_bytes_for(torch.device("cpu"), torch.float32, n)
     assert entry == (8 if pairs < 2**32 else 16)
-    work = _cdf_pairs.workspace_bytes_for(torch.device("cpu"), torch.float32, n, 3, pairs, 1)
+    work = cdf_engine.workspace_bytes_for(torch.device("cpu"), torch.float32, n, 3, pairs, 1)
     assert work >= pairs * entry + 16 * words
 
 
@@ -65,7 +65,7 @@ def test_multi_pass_tiny_buckets_against_a_rank_free_brute_force(dtype, one_thre
     n, c = 1200, 2.0 * math.log(2.0)
     z = torch.randn(n, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(dtype)
     leaf = z.clone().requires_grad_(True)
-    budget = _cdf_pairs.entry_bytes(z) * 8000  # n' = 719400: about 90 passes
+    budget = cdf_engine.entry_bytes(z) * 8000  # n' = 719400: about 90 passes
     loss = gaussreg.cdf_attraction(leaf, radii_weight=0.0, max_sort_bytes=budget,
                                    distances_target=Empirical(torch.tensor([c], dtype=torch.float64)))
     loss.backward()

@@ -11,7 +11,7 @@
 
 namespace gaussreg {
 
-// Where c'_k comes from, as gaussreg/losses/_cdf_pairs.py numbers it.
+// Where c'_k comes from, as gaussreg/engines/cdf_attraction.py numbers it.
 enum class QuantileSource : int { Table = 0, Anchors = 1, Empirical = 2 };
 
 // Exact quantiles at a few thousand anchor ranks (gaussreg.targets.chi2_anchors) and
@@ -127,7 +127,7 @@ struct RankQuantiles {
 
 // The quantile source of a binding call (host side): `values`/`count` are the empirical
 // sample, or for anchors the packed (ranks, x, slope) arrays of
-// gaussreg/losses/_cdf_pairs.pack_anchors, x and slope following the ranks at count and
+// gaussreg/engines/cdf_attraction.pack_anchors, x and slope following the ranks at count and
 // 2 count words. Pointers arrive as integers.
 template <typename T>
 inline RankQuantiles<T> rank_quantiles(int source, uintptr_t table, uintptr_t values, int64_t count, uint64_t m) {

@@ -79,7 +79,7 @@ GAUSSREG_HD double residual_power(T e, int p) {
   return p == 1 ? (x < 0 ? -x : x) : x * x;
 }
 
-// Where a rank's target comes from, as gaussreg/losses/_segmented.py numbers it.
+// Where a rank's target comes from, as gaussreg/engines/segmented.py numbers it.
 enum class SegmentTargets : int {
   Shared = 0,     // one table t[r] for every segment (normal/uniform quantiles, bit cells)
   PerSegment = 1  // t[s * n + r]: e.g. the sorted projections of a prior sample (SWAE)

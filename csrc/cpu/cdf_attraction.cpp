@@ -478,7 +478,7 @@ int64_t sort_all_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspa
 uint64_t default_select_bins(uint64_t pairs) { return pairs <= (uint64_t{1} << 26) ? uint64_t{1} << 16 : uint64_t{1} << 18; }
 constexpr uint64_t kSelectSample = uint64_t{1} << 16;
 
-// Written to `stats` when the caller asks (gaussreg/losses/_cdf_pairs.py reads this order).
+// Written to `stats` when the caller asks (gaussreg/engines/cdf_attraction.py reads this order).
 enum SelectStat { kStatSortedPairs = 0, kStatPasses = 1, kStatBins = 2, kStatMixedBins = 3, kStatCount = 4 };
 
 template <typename T>

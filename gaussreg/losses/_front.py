@@ -6,7 +6,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from .. import _checks, _native
-from . import _pair_sum
+from ..engines import pair_sum
 
 
 # need_bytes(device, compute dtype, [(rows, D) of each point tensor]) -> working bytes.
@@ -58,7 +58,7 @@ def prepare_points(what: str, stem: Optional[str], backend: str, *, min_dim: int
         if need_bytes is not None:
             need = copies + need_bytes(device, dtype, sizes)
         else:
-            need = copies + _pair_sum.workspace_bytes(stem, device, dtype, n, m, d, grad_copies=2 if m else 1)
+            need = copies + pair_sum.workspace_bytes(stem, device, dtype, n, m, d, grad_copies=2 if m else 1)
         _native.check_fits(need, device, what)
     for k, v in present.items():
         _checks.finite(k, v)

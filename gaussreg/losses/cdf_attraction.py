@@ -2,7 +2,7 @@
 
 The radii term sorts n values and stays in torch. The distances term ranks all
 n' = n(n-1)/2 half squared distances exactly in the compiled engines
-(``csrc/*/cdf_attraction.*`` through ``_cdf_pairs``): distances generated on the fly; for
+(``csrc/*/cdf_attraction.*`` through ``gaussreg.engines.cdf_attraction``): distances generated on the fly; for
 p = 1 on the CPU a selection (a histogram of every distance decides most signs, only the
 pairs near a crossing of the empirical and target CDFs are sorted, ``csrc/common/cdf_select.h``),
 otherwise bucketed sorts; signs kept as bits, one fused backward pass.
@@ -19,7 +19,7 @@ from torch import Tensor
 from .. import _checks, _native, reference
 from ..distributed import maybe_gather
 from ..targets import Chi2, Empirical, chi2_anchors
-from . import _cdf_pairs
+from ..engines import cdf_attraction as cdf_engine
 
 
 def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: float = 1.0, p: int = 1,
@@ -101,7 +101,7 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
     if radii_weight != 0.0:
         terms.append(radii_weight * _radii_term(zc, radii_target, p))
     if distances_weight != 0.0:
-        pairs = _cdf_pairs.pair_count(n)
+        pairs = cdf_engine.pair_count(n)
         terms.append(distances_weight * (_distances_sum(zc, distances_target, p, max_sort_bytes) / pairs).to(dtype))
     if not terms:  # both weights 0: a zero that keeps the graph (zero gradient)
         return (zc * 0.0).sum()
@@ -172,14 +172,14 @@ def _check_memory(z: Tensor, dtype: torch.dtype, p: int, target, max_sort_bytes:
     """
     n, d = z.shape
     device = z.device
-    pairs = _cdf_pairs.pair_count(n)
+    pairs = cdf_engine.pair_count(n)
     elem = torch.empty((), dtype=dtype).element_size()
     policy = _table_policy(target, pairs)
     from_table, capacity = _sort_plan(device, dtype, n, max_sort_bytes, policy)
     copy = n * d * elem if (z.dtype != dtype or not z.is_contiguous()) else 0
     table = pairs * elem if from_table else 0
-    signs = _cdf_pairs.signs_bytes(n, p, dtype)
-    need = copy + table + _cdf_pairs.workspace_bytes_for(device, dtype, n, d, capacity, p)
+    signs = cdf_engine.signs_bytes(n, p, dtype)
+    need = copy + table + cdf_engine.workspace_bytes_for(device, dtype, n, d, capacity, p)
     # Whatever max_sort_bytes: the kept signs/residuals, the points' copies (z in the compute
     # dtype, its transposed copy in the engine) and a table the target requires.
     floor = signs + copy + n * d * elem + (table if policy == "always" else 0)
@@ -189,7 +189,7 @@ def _check_memory(z: Tensor, dtype: torch.dtype, p: int, target, max_sort_bytes:
               and table else "") + "; use fewer points")
     # A budget that leaves room for the rest: half of what the floor leaves of the device.
     room = (_native._device_capacity(device) or need) - floor
-    budget = max(_cdf_pairs.entry_bytes_for(device, dtype, n), room // 2)
+    budget = max(cdf_engine.entry_bytes_for(device, dtype, n), room // 2)
     _native.check_fits(need, device, "cdf_attraction",
                        f"pass max_sort_bytes={budget} (or less) to sort the distances in several passes",
                        floor=(floor, why))
@@ -198,7 +198,7 @@ def _check_memory(z: Tensor, dtype: torch.dtype, p: int, target, max_sort_bytes:
 def cdf_pairs_with_stats(z: Tensor, target, p: int = 1, max_sort_bytes: Optional[int] = None):
     """(sum_k |d_(k) - c'_k|^p as a float, the engine's counters) for contiguous float32/64 z.
 
-    The counters (``_cdf_pairs.STATS``) say how the distances were ranked: ``sorted_pairs``
+    The counters (``cdf_engine.STATS``) say how the distances were ranked: ``sorted_pairs``
     (p = 1: the pairs of mixed bins; p = 2: all), generation ``passes``, histogram ``bins``
     and ``mixed_bins``; -1 where an engine does not count (CUDA). For benchmarks and tests.
     """
@@ -216,7 +216,7 @@ def _distances_sum(z: Tensor, target, p: int, max_sort_bytes: Optional[int], wit
     provides its table. Memory was checked by ``_check_memory``.
     """
     n = z.shape[0]
-    pairs = _cdf_pairs.pair_count(n)
+    pairs = cdf_engine.pair_count(n)
     from_table, capacity = _sort_plan(z.device, z.dtype, n, max_sort_bytes, _table_policy(target, pairs))
     sources = {}
     if from_table:
@@ -225,7 +225,7 @@ def _distances_sum(z: Tensor, target, p: int, max_sort_bytes: Optional[int], wit
         sources["anchors"] = _chi2_anchors(pairs, target.df, z.device)
     else:
         sources["values"] = target.sorted_values.to(z.device).contiguous()
-    return _cdf_pairs.cdf_pairs(z, p, capacity, with_stats=with_stats, **sources)
+    return cdf_engine.cdf_pairs(z, p, capacity, with_stats=with_stats, **sources)
 
 
 _EXACT_TABLE_MAX = 1 << 16  # Chi2 tables this small are exact and cheap
@@ -233,7 +233,7 @@ _EXACT_TABLE_MAX = 1 << 16  # Chi2 tables this small are exact and cheap
 
 @torch.compiler.assume_constant_result
 def _chi2_anchors(pairs: int, df: float, device: torch.device) -> Tensor:
-    return _cdf_pairs.pack_anchors(chi2_anchors(pairs, df, device=device))
+    return cdf_engine.pack_anchors(chi2_anchors(pairs, df, device=device))
 
 
 @torch.compiler.assume_constant_result
@@ -246,10 +246,10 @@ def _sort_plan(device: torch.device, dtype: torch.dtype, n: int, max_sort_bytes:
     one entry (the engine then reports a bucket that cannot fit). Sizes only:
     torch.compile evaluates this once while tracing.
     """
-    pairs = _cdf_pairs.pair_count(n)
+    pairs = cdf_engine.pair_count(n)
     budget = _default_sort_bytes(device) if max_sort_bytes is None else max_sort_bytes
     table_bytes = pairs * torch.empty((), dtype=dtype).element_size()
     from_table = table_policy == "always" or (table_policy == "if_small" and table_bytes <= budget // 2)
-    entry = _cdf_pairs.entry_bytes_for(device, dtype, n)
+    entry = cdf_engine.entry_bytes_for(device, dtype, n)
     left = budget - (table_bytes if from_table and table_policy == "if_small" else 0)
     return from_table, min(pairs, max(1, left // entry))

@@ -1,7 +1,7 @@
 """Coordinate-wise CDF attraction (SPEC 2, Duda eq. 15): every column of z ranked and
 pulled toward the quantiles of a normal, uniform or torus marginal.
 
-The columns are sorted by the segmented engine (``_segmented``): one radix sort per
+The columns are sorted by the segmented engine (``gaussreg.engines.segmented``): one radix sort per
 column, the residual and its slope written in the same pass, the backward one multiply.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import _checks, reference
 from ..distributed import maybe_gather
-from . import _segmented
+from ..engines import segmented
 from ._front import prepare_points
 
 MARGINALS = ("normal", "uniform", "torus")
@@ -69,12 +69,12 @@ def coordinate_cdf_attraction(z: Tensor, *, marginal: str = "normal", bits: Opti
     (z,) = maybe_gather(process_group, z)
     (zc,), device, out_dtype, native = prepare_points(
         "coordinate_cdf_attraction", None, backend, min_rows=1, entry="segmented_forward",
-        need_bytes=lambda dev, dtype, sizes: _segmented.sort_bytes(dev, dtype, sizes[0][1], sizes[0][0]), z=z)
+        need_bytes=lambda dev, dtype, sizes: segmented.sort_bytes(dev, dtype, sizes[0][1], sizes[0][0]), z=z)
     if not native:
         return reference.coordinate_cdf_attraction(zc, marginal=marginal, bits=bits, p=p)
     n, dim = zc.shape
     targets = rank_targets(n, marginal, bits, device, zc.dtype)
-    total = _segmented.sorted_gaps(zc.t().contiguous(), targets, torus=marginal == "torus", p=p)
+    total = segmented.sorted_gaps(zc.t().contiguous(), targets, torus=marginal == "torus", p=p)
     return (total / (n * dim)).to(out_dtype)
 
 

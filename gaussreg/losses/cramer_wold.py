@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, reference
-from . import _pair_sum
+from ..engines import pair_sum
 from ..distributed import maybe_gather
 from ._front import prepare_points, squared_norms
 
@@ -61,10 +61,10 @@ def cw_distance(z: Tensor, *, gamma: Optional[float] = None, kernel: str = "appr
     if not native:
         return reference.cw_distance(z, gamma=gamma, kernel=kernel, log=log)
     if kernel == "approx":
-        kind, pair_params = _pair_sum.CW_APPROX, [1.0 / (gamma * (2 * d - 3))]  # phi(t / (4 gamma))
+        kind, pair_params = pair_sum.CW_APPROX, [1.0 / (gamma * (2 * d - 3))]  # phi(t / (4 gamma))
     else:
-        kind, pair_params = _pair_sum.CW_EXACT, [1.0 / (4.0 * gamma), 0.5 * d]
-    pairs = 2.0 * _pair_sum.pair_sum(_STEM, kind, pair_params, z) + n  # phi(0) = 1 on the diagonal
+        kind, pair_params = pair_sum.CW_EXACT, [1.0 / (4.0 * gamma), 0.5 * d]
+    pairs = 2.0 * pair_sum.pair_sum(_STEM, kind, pair_params, z) + n  # phi(0) = 1 on the diagonal
     points = _point_sum(z, kind, gamma)
     value = (pairs / math.sqrt(gamma) + n * n / math.sqrt(1.0 + gamma)
              - 2.0 * n / math.sqrt(gamma + 0.5) * points) / (2.0 * n * n * math.sqrt(math.pi))
@@ -81,8 +81,8 @@ def _point_sum(z: Tensor, kind: int, gamma: float) -> Tensor:
     same compiled kernel as the sample-sample sum.
     """
     d = z.shape[1]
-    if kind == _pair_sum.CW_APPROX:
+    if kind == pair_sum.CW_APPROX:
         s = squared_norms(z) / (2.0 + 4.0 * gamma)
         return torch.rsqrt(1.0 + 4.0 * s / (2 * d - 3)).sum()
     origin = torch.zeros((1, d), dtype=z.dtype, device=z.device)
-    return _pair_sum.pair_sum(_STEM, kind, [1.0 / (2.0 + 4.0 * gamma), 0.5 * d], z, origin)
+    return pair_sum.pair_sum(_STEM, kind, [1.0 / (2.0 + 4.0 * gamma), 0.5 * d], z, origin)

@@ -14,13 +14,12 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _checks, _native, reference
+from .. import _checks, reference
 from ..distributed import check_group, sum_over_ranks, total_count
-from ._autograd import first_order_only
+from ..engines.epps_pulley import MAX_POINTS, moments
 from ._front import prepare_points
 from .sliced_wasserstein import direction_count, project, unit_directions
 
-MAX_POINTS = 64  # csrc/common/epps_pulley.h kEppsPulleyMaxKnots
 
 
 def epps_pulley(z: Tensor, *, num_slices: int = 256, t_max: float = 3.0, num_points: int = 17,
@@ -113,79 +112,3 @@ def _moments_by_torch(u: Tensor, num_points: int, delta: float) -> Tuple[Tensor,
     cos_sums = torch.stack([torch.cos(t * u64).sum(1) for t in knots], dim=1)
     sin_sums = torch.stack([torch.sin(t * u64).sum(1) for t in knots], dim=1)
     return cos_sums, sin_sums
-
-
-# ---------------------------------------------------------------- the custom ops
-
-
-def _check_moments_args(u: Tensor, num_points: int) -> None:
-    module = _native.module_for(u.device)
-    if module is None or not hasattr(module, "epps_pulley_forward"):
-        raise RuntimeError(f"gaussreg::epps_pulley_moments: no compiled engine for {u.device}")
-    if u.dtype not in (torch.float32, torch.float64) or u.dim() != 2 or not u.is_contiguous() or u.numel() == 0:
-        raise ValueError(f"gaussreg::epps_pulley_moments: u must be a contiguous non-empty (S, n) float32/float64 "
-                         f"tensor, got {u.dtype} {tuple(u.shape)}")
-    if not 2 <= num_points <= MAX_POINTS:
-        raise ValueError(f"gaussreg::epps_pulley_moments: num_points must be in [2, {MAX_POINTS}]")
-
-
-@torch.library.custom_op("gaussreg::epps_pulley_moments", mutates_args=())
-def moments_op(u: Tensor, num_points: int, delta: float) -> Tuple[Tensor, Tensor]:
-    """(sum_i cos(k delta u_li), sum_i sin(k delta u_li)), each (S, K) float64."""
-    _check_moments_args(u, num_points)
-    slices, n = u.shape
-    cos_sums = _native.empty((slices, num_points), torch.float64, u.device, "epps_pulley")
-    sin_sums = _native.empty((slices, num_points), torch.float64, u.device, "epps_pulley")
-    module = _native.module_for(u.device)
-    _native.launch(module.epps_pulley_forward, u.device, _native.dtype_code(u.dtype), slices, n, u.data_ptr(),
-                   num_points, delta, cos_sums.data_ptr(), sin_sums.data_ptr())
-    return cos_sums, sin_sums
-
-
-@moments_op.register_fake
-def _(u, num_points, delta):
-    shape = (u.shape[0], num_points)
-    return u.new_empty(shape, dtype=torch.float64), u.new_empty(shape, dtype=torch.float64)
-
-
-@torch.library.custom_op("gaussreg::epps_pulley_moments_backward", mutates_args=())
-def moments_backward_op(u: Tensor, grad_cos: Tensor, grad_sin: Tensor, num_points: int, delta: float) -> Tensor:
-    """dL/du from dL/d(cos sums) and dL/d(sin sums)."""
-    _check_moments_args(u, num_points)
-    slices, n = u.shape
-    grad_u = _native.empty((slices, n), u.dtype, u.device, "epps_pulley")
-    grad_cos = grad_cos.to(torch.float64).contiguous()
-    grad_sin = grad_sin.to(torch.float64).contiguous()
-    module = _native.module_for(u.device)
-    _native.launch(module.epps_pulley_backward, u.device, _native.dtype_code(u.dtype), slices, n, u.data_ptr(),
-                   num_points, delta, grad_cos.data_ptr(), grad_sin.data_ptr(), grad_u.data_ptr())
-    return grad_u
-
-
-@moments_backward_op.register_fake
-def _(u, grad_cos, grad_sin, num_points, delta):
-    return torch.empty_like(u)
-
-
-def _setup_context(ctx, inputs, output):
-    u, num_points, delta = inputs
-    ctx.num_points, ctx.delta = num_points, delta
-    ctx.save_for_backward(u)
-
-
-def _backward(ctx, grad_cos, grad_sin):
-    (u,) = ctx.saved_tensors
-    zeros = None
-    if grad_cos is None or grad_sin is None:
-        zeros = torch.zeros((u.shape[0], ctx.num_points), dtype=torch.float64, device=u.device)
-    grad = moments_backward_op(u, zeros if grad_cos is None else grad_cos, zeros if grad_sin is None else grad_sin,
-                               ctx.num_points, ctx.delta)
-    return first_order_only(grad, "epps_pulley", u), None, None
-
-
-torch.library.register_autograd("gaussreg::epps_pulley_moments", _backward, setup_context=_setup_context)
-
-
-def moments(u: Tensor, num_points: int, delta: float) -> Tuple[Tensor, Tensor]:
-    """The (S, K) float64 sums of cos(t_k u) and sin(t_k u) over each slice's n projections."""
-    return moments_op(u, num_points, delta)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, reference
-from . import _pair_sum
+from ..engines import pair_sum
 from ..distributed import maybe_gather
 from ._front import prepare_points, squared_norms
 
@@ -68,13 +68,13 @@ def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, 
         s2 = sigma * sigma
         # k(t) = exp(-t / (4 sigma^2)); the factor (sigma^2)^(-D/2) is applied in float64 here
         # so that it cannot overflow float32 inside the kernel.
-        pairs = _pair_sum.pair_sum(_STEM, _pair_sum.GAUSS_EXP_SUM, [1.0 / (4.0 * s2), 1.0], z)
+        pairs = pair_sum.pair_sum(_STEM, pair_sum.GAUSS_EXP_SUM, [1.0 / (4.0 * s2), 1.0], z)
         # In log space: the factor alone may pass 1e308 (small sigma, large D), the term is inf then.
         pair_term = torch.exp(torch.log(2.0 * pairs + n) - 0.5 * d * math.log(s2) - 2.0 * math.log(n))
         b = torch.full((n,), 1.0 + s2, dtype=torch.float64, device=device)
     else:
         s2 = sigma.to(z.dtype).pow(2).contiguous()
-        pairs = _pair_sum.pair_sum(_STEM, _pair_sum.GAUSS_PER_POINT, [0.5 * d], z, px=s2)
+        pairs = pair_sum.pair_sum(_STEM, pair_sum.GAUSS_PER_POINT, [0.5 * d], z, px=s2)
         diagonal = torch.exp(-0.5 * d * torch.log(s2.double())).sum()  # (a_ii / 2)^(-D/2), a_ii = 2 sigma_i^2
         pair_term = (2.0 * pairs + diagonal) / (n * n)
         b = 1.0 + s2.double()
@@ -113,10 +113,10 @@ def gaussian_l2(x: Tensor, y: Tensor, sigma: float = 1.0, *, backend: str = "aut
         return reference.gaussian_l2(x, y, sigma)
     n, m = x.shape[0], y.shape[0]
     params = [1.0 / (4.0 * sigma * sigma), 1.0]
-    kind = _pair_sum.GAUSS_EXP_SUM
-    xx = (2.0 * _pair_sum.pair_sum(_STEM, kind, params, x) + n) / (n * n)
-    yy = (2.0 * _pair_sum.pair_sum(_STEM, kind, params, y) + m) / (m * m)
-    xy = _pair_sum.pair_sum(_STEM, kind, params, x, y) / (n * m)
+    kind = pair_sum.GAUSS_EXP_SUM
+    xx = (2.0 * pair_sum.pair_sum(_STEM, kind, params, x) + n) / (n * n)
+    yy = (2.0 * pair_sum.pair_sum(_STEM, kind, params, y) + m) / (m * m)
+    xy = pair_sum.pair_sum(_STEM, kind, params, x, y) / (n * m)
     return (xx + yy - 2.0 * xy).to(dtype)
 
 

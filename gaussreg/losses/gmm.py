@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import _checks, _native, reference
 from ..distributed import maybe_gather
-from . import _segmented
+from ..engines import segmented
 from ._front import prepare_points
 
 
@@ -183,7 +183,7 @@ def gmm_ks_loss(z: Tensor, prior: GaussianMixture, *, backend: str = "auto", pro
     if not native:
         return reference.gmm_ks_loss(zc, means, stds, weights)
     n = zc.shape[0]
-    counts = _segmented.segment_counts_op(zc.detach().t().contiguous())
+    counts = segmented.segment_counts_op(zc.detach().t().contiguous())
     empirical_cdf = counts.t().to(zc.dtype) / n  # (n, D), held constant
     mixture_cdf = _MixtureCdf.apply(zc, means, stds, weights)
     return (empirical_cdf - mixture_cdf).pow(2).mean()
@@ -192,7 +192,7 @@ def gmm_ks_loss(z: Tensor, prior: GaussianMixture, *, backend: str = "auto", pro
 def _ks_bytes(device: torch.device, dtype: torch.dtype, sizes) -> int:
     """The column sort, its int64 counts and the empirical and mixture CDFs (n x D each)."""
     n, d = sizes[0]
-    return _segmented.sort_bytes(device, dtype, d, n) + n * d * (8 + 2 * torch.empty((), dtype=dtype).element_size())
+    return segmented.sort_bytes(device, dtype, d, n) + n * d * (8 + 2 * torch.empty((), dtype=dtype).element_size())
 
 
 class _MixtureCdf(torch.autograd.Function):

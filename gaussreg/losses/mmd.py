@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, reference
-from . import _pair_sum
+from ..engines import pair_sum
 from ..distributed import maybe_gather
 from ._front import prepare_points, squared_norms
 
@@ -74,13 +74,13 @@ def mmd(z: Tensor, prior_sample: Union[Tensor, str, None] = None, *, kernel: str
         return reference.mmd(z, "analytic" if analytic else y, kernel=kernel, scales=scales, generator=generator)
     n, d = z.shape
     kind, params = _kernel_params(kernel, scales, d)
-    zz = 2.0 * _pair_sum.pair_sum(_STEM, kind, params, z) / (n * (n - 1))
+    zz = 2.0 * pair_sum.pair_sum(_STEM, kind, params, z) / (n * (n - 1))
     if analytic:
         yy, zy = _analytic_prior_terms(z, scales)
         return (zz + yy - 2.0 * zy).to(dtype)
     m = y.shape[0]
-    yy = 2.0 * _pair_sum.pair_sum(_STEM, kind, params, y) / (m * (m - 1))
-    zy = _pair_sum.pair_sum(_STEM, kind, params, z, y) / (n * m)
+    yy = 2.0 * pair_sum.pair_sum(_STEM, kind, params, y) / (m * (m - 1))
+    zy = pair_sum.pair_sum(_STEM, kind, params, z, y) / (n * m)
     return (zz + yy - 2.0 * zy).to(dtype)
 
 
@@ -100,12 +100,12 @@ def _scales(scales) -> tuple:
 
 def _kernel_params(kernel: str, scales: tuple, d: int):
     if kernel == "imq":
-        return _pair_sum.MMD_IMQ, [2.0 * d * s for s in scales]
+        return pair_sum.MMD_IMQ, [2.0 * d * s for s in scales]
     # rbf: exp(-t / (2 h^2)) with h^2 = D s, as (coef, weight) pairs.
     params = []
     for s in scales:
         params += [1.0 / (2.0 * d * s), 1.0]
-    return _pair_sum.MMD_RBF, params
+    return pair_sum.MMD_RBF, params
 
 
 def _analytic_prior_terms(z: Tensor, scales: tuple):

@@ -1,7 +1,7 @@
 """Sliced Wasserstein distance to N(0, I) or to a prior sample (SPEC 6, SWAE of Kolouri et al.).
 
 The L projections are one matrix product, theta @ z^T, laid out as L contiguous
-segments; the segmented engine (``_segmented``) sorts each one and takes the residual to
+segments; the segmented engine (``gaussreg.engines.segmented``) sorts each one and takes the residual to
 its targets in the same pass.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import _checks, reference
 from ..distributed import broadcast_from_first, maybe_gather
-from . import _segmented
+from ..engines import segmented
 from ._front import prepare_points
 from .coordinate_cdf_attraction import rank_targets
 
@@ -69,7 +69,7 @@ def sliced_wasserstein(z: Tensor, *, num_projections: int = 50, p: int = 2, prio
         # the backward's gradients of the point tensors (n x D each).
         prior_bytes = count * n * (2 * elem + 8) if len(sizes) > 1 else 0
         gradients = sum(rows * d for rows, d in sizes) * elem
-        return _segmented.sort_bytes(dev, dtype, count, n, sorted_slope=len(sizes) > 1) + prior_bytes + gradients
+        return segmented.sort_bytes(dev, dtype, count, n, sorted_slope=len(sizes) > 1) + prior_bytes + gradients
 
     (zc, prior), device, out_dtype, native = prepare_points(
         "sliced_wasserstein", None, backend, min_rows=1, optional=("prior_sample",), entry="segmented_forward",
@@ -82,7 +82,7 @@ def sliced_wasserstein(z: Tensor, *, num_projections: int = 50, p: int = 2, prio
         targets = rank_targets(n, "normal", None, device, zc.dtype)
     else:
         targets = torch.sort(project(theta, prior), dim=1).values.contiguous()
-    total = _segmented.sorted_gaps(project(theta, zc), targets, p=p)
+    total = segmented.sorted_gaps(project(theta, zc), targets, p=p)
     return (total / (n * count)).to(out_dtype)
 
 
