@@ -38,8 +38,7 @@ from torch import Tensor
 
 from . import _checks
 from .engines import cdf_attraction as cdf_engine
-from .losses.cdf_attraction import _default_sort_bytes
-from .targets import chi2_anchors, chi2_quantiles
+from .targets import Chi2, chi2_quantiles
 
 __all__ = [
     "MardiaResult", "KSResult", "HZResult", "BHEPResult", "ProjectionKSResult", "CramerWoldResult", "Report",
@@ -383,28 +382,19 @@ def ks_radii(z) -> KSResult:
     return KSResult(statistic, float((radii - quantiles).abs().mean()), n)
 
 
-def _chi2_targets(z: Tensor, pairs: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """(table, anchors) of the chi2_D quantiles of n' ranks for the compiled engine: an exact
-    table up to 65536 pairs, interpolation anchors beyond (as ``cdf_attraction`` does)."""
-    if pairs <= 1 << 16:
-        return chi2_quantiles(pairs, z.shape[1], device=z.device, dtype=z.dtype).contiguous(), None
-    return None, cdf_engine.pack_anchors(chi2_anchors(pairs, z.shape[1], device=z.device))
-
-
-def _sort_entries(z: Tensor, bytes_per_entry: int) -> int:
-    """Entries the sort may hold: the budget cdf_attraction uses (a quarter of RAM, half a
-    GPU's free memory); beyond it the engines work in passes."""
-    return max(1, _default_sort_bytes(z.device) // bytes_per_entry)
+def _chi2_plan(z: Tensor):
+    """(the engine's plan, its quantile source) for the distances of z against chi2_D, within
+    the sort budget ``cdf_attraction`` uses by default."""
+    target = Chi2(z.shape[1])
+    plan = cdf_engine.plan(z.device, z.dtype, z.shape[0], target, None)
+    return plan, cdf_engine.quantile_source(z, target, plan)
 
 
 def _distances_gap(z: Tensor) -> float:
     """sum_k |d_(k) - Q_D((k - 1/2)/n')| of contiguous z by the engine's selection (2 bits a
     pair and the pairs near a crossing of the two CDFs, not the n' sorted values)."""
-    pairs = cdf_engine.pair_count(z.shape[0])
-    table, anchors = _chi2_targets(z, pairs)
-    capacity = min(pairs, _sort_entries(z, cdf_engine.entry_bytes(z)))
-    gap, _, _, _ = cdf_engine.cdf_pairs_op(z, table, None, anchors, 1, capacity, 0, False)
-    return float(gap)
+    plan, source = _chi2_plan(z)
+    return float(cdf_engine.cdf_pairs(z, 1, plan.capacity, **source))
 
 
 def _ks_of_bins(z: Tensor, cdf, bins: int = 0) -> float:
@@ -433,7 +423,7 @@ def _ks_of_bins(z: Tensor, cdf, bins: int = 0) -> float:
         found = finer
         best, candidates = _bounded_bins(found, m, cdf, best, clamps=False)
     first = torch.cumsum(found.counts, 0) - found.counts
-    budget = _sort_entries(z, z.element_size() + 8)  # a key and its rank
+    budget = max(1, cdf_engine.default_sort_bytes(z.device) // (z.element_size() + 8))  # a key and its rank
     for chosen in _bin_batches(found, candidates, budget):
         keys = cdf_engine.collect_distance_bins(z, found, chosen, bins)
         sizes = found.counts[chosen]
@@ -497,10 +487,9 @@ def _sorted_distances_and_gap(z: Tensor) -> Tuple[Tensor, float]:
     pairs = cdf_engine.pair_count(n)
     if cdf_engine.supported(z.device):
         z = z.contiguous()
-        table, anchors = _chi2_targets(z, pairs)
-        # The n' sorted values are extra to the budget.
-        capacity = min(pairs, _sort_entries(z, cdf_engine.entry_bytes(z)))
-        gap, _, values, _ = cdf_engine.cdf_pairs_op(z, table, None, anchors, 1, capacity, 0, True)
+        plan, source = _chi2_plan(z)  # the n' sorted values are extra to the budget
+        gap, _, values, _ = cdf_engine.cdf_pairs_op(z, source.get("table"), None, source.get("anchors"), 1,
+                                                    plan.capacity, 0, True)
         return values, float(gap)
     values = torch.cat([_half_sq_distances_after(z, rows) for rows in _row_blocks(n)])
     values = torch.sort(values).values

@@ -24,10 +24,14 @@ import numbers
 import operator
 import threading
 from collections import OrderedDict
+from typing import Optional
 
 import torch
 
-__all__ = ["chi2_ppf", "chi2_quantiles", "chi2_anchors", "hermite_quantiles", "Chi2", "Empirical", "clear_cache"]
+from . import _checks
+
+__all__ = ["chi2_ppf", "chi2_quantiles", "chi2_anchors", "hermite_quantiles", "Chi2", "Empirical", "clear_cache",
+           "checked_quantiles", "rank_targets"]
 
 # Halley steps after the start below.  Measured against scipy for df in
 # [0.001, 1e6] and probabilities down to 5.8e-11 in either tail, two steps
@@ -563,3 +567,41 @@ class Empirical:
 
     def __repr__(self):
         return f"Empirical(N={self.sorted_values.shape[0]})"
+
+
+def checked_quantiles(name, target, m, device, dtype):
+    """``target.quantiles(m, device, dtype)`` of any target object, checked: a tensor of shape
+    (m,), finite, moved to ``device`` and ``dtype``. ``name`` is the argument the target was
+    passed as (it names the culprit in the ValueError).
+
+    >>> checked_quantiles("radii_target", Chi2(2), 3, "cpu", torch.float64)
+    tensor([0.3646, 1.3863, 3.5835], dtype=torch.float64)
+    """
+    values = target.quantiles(m, device, dtype)
+    if not isinstance(values, torch.Tensor) or values.shape != (m,):
+        got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ValueError(f"{name}.quantiles({m}, ...) must return a tensor of shape ({m},), got {got}")
+    values = values.to(device=device, dtype=dtype)
+    _checks.require(torch.isfinite(values).all(), ValueError, f"{name}.quantiles returned NaN or Inf values")
+    return values
+
+
+def rank_targets(n: int, marginal: str, bits: Optional[int], device: torch.device,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """The targets t_r of ranks r = 0..n-1 of the coordinate and sliced losses (SPEC 2),
+    computed in float64, returned in dtype: Hazen quantiles (r + 1/2)/n of the ``marginal``
+    ("normal": through ndtri; "uniform" or "torus": the probabilities), or with ``bits`` the
+    centres of the 2^bits cells the ranks fall in.
+
+    >>> rank_targets(4, "uniform", None, "cpu", torch.float64)
+    tensor([0.1250, 0.3750, 0.6250, 0.8750], dtype=torch.float64)
+    """
+    ranks = torch.arange(n, device=device, dtype=torch.int64)
+    if bits is not None:
+        # Integer floor division keeps the cell exact at cell boundaries (2^k s / n integral).
+        cell = torch.div(ranks * (2 ** bits), n, rounding_mode="floor")
+        return ((cell.to(torch.float64) + 0.5) / 2 ** bits).to(dtype)
+    probabilities = (ranks.to(torch.float64) + 0.5) / n
+    if marginal == "normal":
+        return torch.special.ndtri(probabilities).to(dtype)
+    return probabilities.to(dtype)

@@ -11,7 +11,7 @@ import torch
 import gaussreg
 from gaussreg import reference as ref
 from gaussreg.engines import segmented
-from gaussreg.losses.coordinate_cdf_attraction import rank_targets
+from gaussreg.targets import rank_targets
 from gaussreg.testing import LAYOUTS, random_points
 
 from _helpers import (FLOAT_DTYPES, assert_close, check_compiled_matches_eager, check_cuda_parity, check_layout,

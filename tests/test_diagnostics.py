@@ -179,7 +179,7 @@ def test_ks_distances_sorted_in_several_passes(monkeypatch):
     """A sort budget below n' entries: the engine sorts in passes, same statistic and gap."""
     z = normal(300, 5, seed=2)
     expected = dg.ks_distances(z)
-    monkeypatch.setattr(dg, "_default_sort_bytes", lambda device: 100_000)
+    monkeypatch.setattr(cdf_engine, "default_sort_bytes", lambda device: 100_000)
     result = dg.ks_distances(z)
     assert result.statistic == expected.statistic and result.l1 == pytest.approx(expected.l1, rel=1e-12)
 

@@ -148,7 +148,7 @@ def test_collection_passes_within_the_budget(monkeypatch):
     z = near(400, 3, seed=5).contiguous()
     expected = scipy_statistic(z)
     seen = collected_keys(monkeypatch)
-    monkeypatch.setattr(dg, "_default_sort_bytes", lambda device: 16 * 6000)  # 6000 keys and their ranks
+    monkeypatch.setattr(cdf_engine, "default_sort_bytes", lambda device: 16 * 6000)  # 6000 keys and their ranks
     assert dg._ks_of_bins(z, chi2_cdf(3), bins=64) == pytest.approx(expected, abs=1e-12)
     assert len(seen) > 1 and max(seen) <= 6000, seen
     with pytest.raises(MemoryError, match="share one key bin"):

@@ -13,12 +13,14 @@ derivative is refused (the ranks are piecewise constant, but the p = 2 residual 
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _native
+from ..targets import Chi2, Empirical, checked_quantiles, chi2_anchors
 from ._autograd import first_order_only
 
 SOURCE_TABLE, SOURCE_ANCHORS, SOURCE_EMPIRICAL = 0, 1, 2  # csrc/common/cdf_attraction.h
@@ -217,6 +219,112 @@ def sorted_half_sq_distances(z: Tensor, capacity: Optional[int] = None) -> Tenso
     dummy_target = torch.zeros(1, dtype=torch.float64, device=z.device)  # a constant target: no quantile work
     _, _, values, _ = cdf_pairs_op(z, None, dummy_target, None, 2, capacity, 0, True)
     return values
+
+
+# ---------------------------------------------------------------- plan (sizes only)
+
+
+EXACT_TABLE_MAX = 1 << 16  # Chi2 tables this small are exact and cheap
+
+
+def default_sort_bytes(device: torch.device) -> int:
+    """The sort memory a call may hold by default: a quarter of RAM, half a GPU's free memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+class Plan(NamedTuple):
+    """How the engine ranks the n' pairs of one call: the target's quantiles as a table of n'
+    values (else anchors or the Empirical sample, interpolated per rank) and the sort
+    entries a pass may hold (several passes beyond)."""
+    from_table: bool
+    capacity: int
+
+
+def table_policy(target, pairs: int) -> str:
+    """How the engine gets the target quantiles: "always" a table, "never" (Chi2 beyond
+    EXACT_TABLE_MAX pairs: interpolation anchors) or "if_small" (Empirical: a table when it
+    takes at most half the sort budget, else the sample itself)."""
+    if isinstance(target, Chi2):
+        return "never" if pairs > EXACT_TABLE_MAX else "always"
+    return "if_small" if isinstance(target, Empirical) else "always"
+
+
+def plan(device: torch.device, dtype: torch.dtype, n: int, target, max_sort_bytes: Optional[int]) -> Plan:
+    """The plan of n points' distances term toward ``target`` within ``max_sort_bytes``
+    (None: ``default_sort_bytes``). Sizes only: torch.compile evaluates it once."""
+    return Plan(*_plan_numbers(device, dtype, n, max_sort_bytes, table_policy(target, pair_count(n))))
+
+
+@torch.compiler.assume_constant_result
+def _plan_numbers(device: torch.device, dtype: torch.dtype, n: int, max_sort_bytes: Optional[int],
+                  policy: str) -> Tuple[bool, int]:
+    """(quantiles from a table?, sort entries per pass), at least one entry (the engine then
+    reports a bucket that cannot fit)."""
+    pairs = pair_count(n)
+    budget = default_sort_bytes(device) if max_sort_bytes is None else max_sort_bytes
+    table_bytes = pairs * torch.empty((), dtype=dtype).element_size()
+    from_table = policy == "always" or (policy == "if_small" and table_bytes <= budget // 2)
+    entry = entry_bytes_for(device, dtype, n)
+    left = budget - (table_bytes if from_table and policy == "if_small" else 0)
+    return from_table, min(pairs, max(1, left // entry))
+
+
+def quantile_source(z: Tensor, target, plan: Plan, name: str = "target") -> dict:
+    """The ``table``, ``anchors`` or ``values`` argument of ``cdf_pairs`` for ``target``
+    under ``plan``: Chi2 beyond 65536 pairs passes its anchors (a few thousand exact
+    quantiles; the engine interpolates each rank), Empirical its sample when a table would
+    take more than half the budget, every other target its checked table (``name`` names
+    the argument in its errors)."""
+    pairs = pair_count(z.shape[0])
+    if plan.from_table:
+        return {"table": checked_quantiles(name, target, pairs, z.device, z.dtype).contiguous()}
+    if isinstance(target, Chi2):
+        return {"anchors": _chi2_anchors(pairs, target.df, z.device)}
+    return {"values": target.sorted_values.to(z.device).contiguous()}
+
+
+@torch.compiler.assume_constant_result
+def _chi2_anchors(pairs: int, df: float, device: torch.device) -> Tensor:
+    return pack_anchors(chi2_anchors(pairs, df, device=device))
+
+
+def check_memory(z: Tensor, dtype: torch.dtype, p: int, target, max_sort_bytes: Optional[int]) -> None:
+    """MemoryError naming the bytes when the distances term cannot fit, from the sizes alone.
+
+    Counted: the copy of z in the compute dtype (when z is not already a contiguous tensor
+    of it), a quantile table, the engine's workspace (sort entries within the budget) and
+    what the forward keeps for the backward (2 bits a pair for p = 1, a value a pair for
+    p = 2). The message names max_sort_bytes when a smaller budget would fit, and says
+    what cannot shrink otherwise.
+    """
+    n, d = z.shape
+    device = z.device
+    pairs = pair_count(n)
+    elem = torch.empty((), dtype=dtype).element_size()
+    policy = table_policy(target, pairs)
+    from_table, capacity = plan(device, dtype, n, target, max_sort_bytes)
+    copy = n * d * elem if (z.dtype != dtype or not z.is_contiguous()) else 0
+    table = pairs * elem if from_table else 0
+    signs = signs_bytes(n, p, dtype)
+    need = copy + table + workspace_bytes_for(device, dtype, n, d, capacity, p)
+    # Whatever max_sort_bytes: the kept signs/residuals, the points' copies (z in the compute
+    # dtype, its transposed copy in the engine) and a table the target requires.
+    floor = signs + copy + n * d * elem + (table if policy == "always" else 0)
+    kept = "2 bits per pair for p = 1" if p == 1 else f"{elem} bytes per pair for p = 2 (p = 1 keeps 2 bits)"
+    why = (f"the backward keeps {signs} bytes for the n(n-1)/2 = {pairs} pairs ({kept})"
+           + (f" and the target's table of {pairs} quantiles takes {pairs * elem} bytes" if policy == "always"
+              and table else "") + "; use fewer points")
+    # A budget that leaves room for the rest: half of what the floor leaves of the device.
+    room = (_native._device_capacity(device) or need) - floor
+    budget = max(entry_bytes_for(device, dtype, n), room // 2)
+    _native.check_fits(need, device, "cdf_attraction",
+                       f"pass max_sort_bytes={budget} (or less) to sort the distances in several passes",
+                       floor=(floor, why))
 
 
 # ---------------------------------------------------------------- key bins (ks_distances)

@@ -10,15 +10,14 @@ otherwise bucketed sorts; signs kept as bits, one fused backward pass.
 from __future__ import annotations
 
 import numbers
-import os
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .. import _checks, _native, reference
 from ..distributed import maybe_gather
-from ..targets import Chi2, Empirical, chi2_anchors
+from ..targets import Chi2, checked_quantiles
 from ..engines import cdf_attraction as cdf_engine
 
 
@@ -91,7 +90,7 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
     native = _native.use_native(device, backend, "cdf_attraction", entry="cdf_pairs_forward")
     if native and distances_weight != 0.0 and not _checks.compiling():
         # Before the copy and the NaN/Inf scan: an impossible request fails at once.
-        _check_memory(z, dtype, p, distances_target, max_sort_bytes)
+        cdf_engine.check_memory(z, dtype, p, distances_target, max_sort_bytes)
     _checks.finite("z", z)
     zc = z.to(dtype).contiguous()
     if not native:
@@ -126,73 +125,12 @@ def _target(name: str, target, dim: int):
     return target
 
 
-def target_quantiles(name: str, target, m: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``target.quantiles(m, ...)`` checked: shape (m,), finite, on device, in dtype."""
-    values = target.quantiles(m, device, dtype)
-    if not isinstance(values, Tensor) or values.shape != (m,):
-        got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ValueError(f"{name}.quantiles({m}, ...) must return a tensor of shape ({m},), got {got}")
-    values = values.to(device=device, dtype=dtype)
-    _checks.require(torch.isfinite(values).all(), ValueError, f"{name}.quantiles returned NaN or Inf values")
-    return values
-
-
 def _radii_term(z: Tensor, target, p: int) -> Tensor:
     """(1/n) sum_i |r_(i) - c_i|^p: sorting n values is cheap, so autograd does it."""
     radii = (z * z).sum(1)
     sorted_radii = radii.gather(0, torch.argsort(radii.detach()))
-    e = sorted_radii - target_quantiles("radii_target", target, z.shape[0], z.device, z.dtype)
+    e = sorted_radii - checked_quantiles("radii_target", target, z.shape[0], z.device, z.dtype)
     return (e.abs() if p == 1 else e * e).mean()
-
-
-def _default_sort_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] // 2
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
-
-
-def _table_policy(target, pairs: int) -> str:
-    """How the engine gets the target quantiles (see ``_sort_plan``)."""
-    if isinstance(target, Chi2):
-        return "never" if pairs > _EXACT_TABLE_MAX else "always"
-    return "if_small" if isinstance(target, Empirical) else "always"
-
-
-def _check_memory(z: Tensor, dtype: torch.dtype, p: int, target, max_sort_bytes: Optional[int]) -> None:
-    """MemoryError naming the bytes when the distances term cannot fit, from the sizes alone.
-
-    Counted: the copy of z in the compute dtype (when z is not already a contiguous tensor
-    of it), a quantile table, the engine's workspace (sort entries within the budget) and
-    what the forward keeps for the backward (2 bits a pair for p = 1, a value a pair for
-    p = 2). The message names max_sort_bytes when a smaller budget would fit, and says
-    what cannot shrink otherwise.
-    """
-    n, d = z.shape
-    device = z.device
-    pairs = cdf_engine.pair_count(n)
-    elem = torch.empty((), dtype=dtype).element_size()
-    policy = _table_policy(target, pairs)
-    from_table, capacity = _sort_plan(device, dtype, n, max_sort_bytes, policy)
-    copy = n * d * elem if (z.dtype != dtype or not z.is_contiguous()) else 0
-    table = pairs * elem if from_table else 0
-    signs = cdf_engine.signs_bytes(n, p, dtype)
-    need = copy + table + cdf_engine.workspace_bytes_for(device, dtype, n, d, capacity, p)
-    # Whatever max_sort_bytes: the kept signs/residuals, the points' copies (z in the compute
-    # dtype, its transposed copy in the engine) and a table the target requires.
-    floor = signs + copy + n * d * elem + (table if policy == "always" else 0)
-    kept = "2 bits per pair for p = 1" if p == 1 else f"{elem} bytes per pair for p = 2 (p = 1 keeps 2 bits)"
-    why = (f"the backward keeps {signs} bytes for the n(n-1)/2 = {pairs} pairs ({kept})"
-           + (f" and the target's table of {pairs} quantiles takes {pairs * elem} bytes" if policy == "always"
-              and table else "") + "; use fewer points")
-    # A budget that leaves room for the rest: half of what the floor leaves of the device.
-    room = (_native._device_capacity(device) or need) - floor
-    budget = max(cdf_engine.entry_bytes_for(device, dtype, n), room // 2)
-    _native.check_fits(need, device, "cdf_attraction",
-                       f"pass max_sort_bytes={budget} (or less) to sort the distances in several passes",
-                       floor=(floor, why))
 
 
 def cdf_pairs_with_stats(z: Tensor, target, p: int = 1, max_sort_bytes: Optional[int] = None):
@@ -208,48 +146,8 @@ def cdf_pairs_with_stats(z: Tensor, target, p: int = 1, max_sort_bytes: Optional
 
 
 def _distances_sum(z: Tensor, target, p: int, max_sort_bytes: Optional[int], with_stats: bool = False):
-    """sum_k |d_(k) - c'_k|^p (float64) by the compiled engine, within the sort budget.
-
-    Chi2 targets beyond 65536 pairs pass their anchors (a few thousand exact quantiles)
-    and the engine interpolates each rank: no table of n' values. Empirical targets pass
-    their sample when a table would take more than half the budget. Every other target
-    provides its table. Memory was checked by ``_check_memory``.
-    """
-    n = z.shape[0]
-    pairs = cdf_engine.pair_count(n)
-    from_table, capacity = _sort_plan(z.device, z.dtype, n, max_sort_bytes, _table_policy(target, pairs))
-    sources = {}
-    if from_table:
-        sources["table"] = target_quantiles("distances_target", target, pairs, z.device, z.dtype).contiguous()
-    elif isinstance(target, Chi2):
-        sources["anchors"] = _chi2_anchors(pairs, target.df, z.device)
-    else:
-        sources["values"] = target.sorted_values.to(z.device).contiguous()
-    return cdf_engine.cdf_pairs(z, p, capacity, with_stats=with_stats, **sources)
-
-
-_EXACT_TABLE_MAX = 1 << 16  # Chi2 tables this small are exact and cheap
-
-
-@torch.compiler.assume_constant_result
-def _chi2_anchors(pairs: int, df: float, device: torch.device) -> Tensor:
-    return cdf_engine.pack_anchors(chi2_anchors(pairs, df, device=device))
-
-
-@torch.compiler.assume_constant_result
-def _sort_plan(device: torch.device, dtype: torch.dtype, n: int, max_sort_bytes: Optional[int],
-               table_policy: str) -> Tuple[bool, int]:
-    """(quantiles from a table?, sort entries per pass) for n points within the budget.
-
-    ``table_policy``: "always", "never" (the engine evaluates each rank) or "if_small"
-    (a table when it takes at most half the budget, which the sort then shares). At least
-    one entry (the engine then reports a bucket that cannot fit). Sizes only:
-    torch.compile evaluates this once while tracing.
-    """
-    pairs = cdf_engine.pair_count(n)
-    budget = _default_sort_bytes(device) if max_sort_bytes is None else max_sort_bytes
-    table_bytes = pairs * torch.empty((), dtype=dtype).element_size()
-    from_table = table_policy == "always" or (table_policy == "if_small" and table_bytes <= budget // 2)
-    entry = cdf_engine.entry_bytes_for(device, dtype, n)
-    left = budget - (table_bytes if from_table and table_policy == "if_small" else 0)
-    return from_table, min(pairs, max(1, left // entry))
+    """sum_k |d_(k) - c'_k|^p (float64) by the compiled engine, within the sort budget
+    (memory was checked by ``cdf_engine.check_memory``)."""
+    plan = cdf_engine.plan(z.device, z.dtype, z.shape[0], target, max_sort_bytes)
+    sources = cdf_engine.quantile_source(z, target, plan, "distances_target")
+    return cdf_engine.cdf_pairs(z, p, plan.capacity, with_stats=with_stats, **sources)

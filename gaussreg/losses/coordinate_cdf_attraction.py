@@ -9,12 +9,12 @@ from __future__ import annotations
 import numbers
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from .. import _checks, reference
 from ..distributed import maybe_gather
 from ..engines import segmented
+from ..targets import rank_targets
 from ._front import prepare_points
 
 MARGINALS = ("normal", "uniform", "torus")
@@ -89,16 +89,3 @@ def _bits(bits, marginal: str) -> Optional[int]:
     if not 1 <= bits <= MAX_BITS:
         raise ValueError(f"bits must be in 1..{MAX_BITS}, got {bits}")
     return int(bits)
-
-
-def rank_targets(n: int, marginal: str, bits: Optional[int], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """The targets t_r of ranks r = 0..n-1 (SPEC 2), computed in float64, returned in dtype."""
-    ranks = torch.arange(n, device=device, dtype=torch.int64)
-    if bits is not None:
-        # Integer floor division keeps the cell exact at cell boundaries (2^k s / n integral).
-        cell = torch.div(ranks * (2 ** bits), n, rounding_mode="floor")
-        return ((cell.to(torch.float64) + 0.5) / 2 ** bits).to(dtype)
-    probabilities = (ranks.to(torch.float64) + 0.5) / n
-    if marginal == "normal":
-        return torch.special.ndtri(probabilities).to(dtype)
-    return probabilities.to(dtype)

@@ -18,7 +18,7 @@ from .. import _checks, reference
 from ..distributed import check_group, sum_over_ranks, total_count
 from ..engines.epps_pulley import MAX_POINTS, moments
 from ._front import prepare_points
-from .sliced_wasserstein import direction_count, project, unit_directions
+from ._projections import direction_count, project, unit_directions
 
 
 
