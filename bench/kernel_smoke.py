@@ -28,7 +28,7 @@ def _points(device, dtype, n, d, seed):
 def _cases() -> List[Tuple[str, Callable[[List[torch.Tensor]], torch.Tensor], List[Tuple[int, int]]]]:
     """(name, loss of the point tensors, their (n, D) shapes)."""
     def few_entries(p, entries):
-        return entries * cdf_engine.entry_bytes(p)
+        return entries * cdf_engine.entry_bytes(p.device, p.dtype, p.shape[0])
 
     small, other = (37, 5), (29, 5)
     return [

@@ -73,7 +73,7 @@ def _cdf_multi_pass(z, **extra):
     if _valid_points(z):
         dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
         device = z.device if z.device.type == "cuda" else torch.device("cpu")  # meta: the error comes first
-        entry = cdf_engine.entry_bytes_for(device, dtype, z.shape[0])
+        entry = cdf_engine.entry_bytes(device, dtype, z.shape[0])
         budget = entry * max(64, cdf_engine.pair_count(z.shape[0]) // 4)
     return gaussreg.cdf_attraction(z, p=2, max_sort_bytes=budget, **{"backend": "native", **extra})
 

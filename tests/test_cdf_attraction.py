@@ -139,7 +139,7 @@ def test_ties_from_duplicated_points(p):
 
 
 def _entries_for(z, entries):
-    return entries * cdf_engine.entry_bytes(z)
+    return entries * cdf_engine.entry_bytes(z.device, z.dtype, z.shape[0])
 
 
 @pytest.mark.parametrize("target", ("chi2", "empirical"))

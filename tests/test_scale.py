@@ -31,10 +31,10 @@ def test_sizes_at_the_cliffs(n):
     assert cdf_engine.signs_bytes(n, 2, torch.float64) == 8 * pairs
     # The engine's sort entries pack the pair index with the key while it fits: 8 bytes for
     # float32 below 2^32 pairs, 16 above; its workspace for n' entries grows accordingly.
-    entry = cdf_engine.entry_bytes_for(torch.device("cpu"), torch.float32, n)
+    entry = cdf_engine.entry_bytes(torch.device("cpu"), torch.float32, n)
     assert entry == (8 if pairs < 2**32 else 16)
-    work = cdf_engine.workspace_bytes_for(torch.device("cpu"), torch.float32, n, 3, pairs, 1)
-    assert work >= pairs * entry + 16 * words
+    work = cdf_engine.workspace_bytes(torch.device("cpu"), torch.float32, n, 3, pairs)
+    assert work >= pairs * entry
 
 
 def test_kernel_sum_past_n_times_n_minus_1_above_2_31():
@@ -65,7 +65,7 @@ def test_multi_pass_tiny_buckets_against_a_rank_free_brute_force(dtype, one_thre
     n, c = 1200, 2.0 * math.log(2.0)
     z = torch.randn(n, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(dtype)
     leaf = z.clone().requires_grad_(True)
-    budget = cdf_engine.entry_bytes(z) * 8000  # n' = 719400: about 90 passes
+    budget = cdf_engine.entry_bytes(z.device, z.dtype, z.shape[0]) * 8000  # n' = 719400: about 90 passes
     loss = gaussreg.cdf_attraction(leaf, radii_weight=0.0, max_sort_bytes=budget,
                                    distances_target=Empirical(torch.tensor([c], dtype=torch.float64)))
     loss.backward()

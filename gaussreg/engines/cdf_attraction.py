@@ -36,28 +36,16 @@ def supported(device: torch.device) -> bool:
     return module is not None and hasattr(module, "cdf_pairs_forward")
 
 
-def entry_bytes(z: Tensor) -> int:
-    """Bytes of one sort entry (the unit of ``capacity``) for the points z."""
-    return entry_bytes_for(z.device, z.dtype, z.shape[0])
-
-
-def entry_bytes_for(device: torch.device, dtype: torch.dtype, n: int) -> int:
+def entry_bytes(device: torch.device, dtype: torch.dtype, n: int) -> int:
+    """Bytes of one sort entry (the unit of ``capacity``) for n points: a key and its pair
+    index, 8 bytes while float32 keys and indices pack, else 16."""
     return int(_native.module_for(device).cdf_pairs_entry_bytes(_native.dtype_code(dtype), n))
 
 
-def workspace_bytes(z: Tensor, capacity: int, p: int) -> int:
-    """Working memory of one forward beyond its inputs: workspace plus outputs."""
-    return workspace_bytes_for(z.device, z.dtype, z.shape[0], z.shape[1], capacity, p)
-
-
-def workspace_bytes_for(device: torch.device, dtype: torch.dtype, n: int, d: int, capacity: int, p: int,
-                        bins: int = 0) -> int:
-    """``workspace_bytes`` from the sizes alone (checked before z is copied or scanned)."""
-    return _engine_workspace_bytes_for(device, dtype, n, d, capacity, bins) + signs_bytes(n, p, dtype)
-
-
-def _engine_workspace_bytes_for(device: torch.device, dtype: torch.dtype, n: int, d: int, capacity: int,
-                                bins: int = 0) -> int:
+def workspace_bytes(device: torch.device, dtype: torch.dtype, n: int, d: int, capacity: int, bins: int = 0) -> int:
+    """The engine's workspace for one forward, from the sizes alone: the transposed points,
+    the sort of ``capacity`` entries and the histograms (the outputs are extra: see
+    ``signs_bytes``)."""
     module = _native.module_for(device)
     # On CUDA the module asks CUB for sizes on the current device: launch makes it z's.
     return int(_native.launch(module.cdf_pairs_workspace_bytes, device, _native.dtype_code(dtype), n, d, capacity,
@@ -97,7 +85,7 @@ def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], a
     what = "cdf_attraction"
     module = _native.module_for(device)
     code = _native.dtype_code(dtype)
-    ws_bytes = _engine_workspace_bytes_for(device, dtype, n, d, capacity, bins)
+    ws_bytes = workspace_bytes(device, dtype, n, d, capacity, bins)
     workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, device, what)
     stats = torch.full((len(STATS),), -1, dtype=torch.int64, device=device)
     value = torch.zeros((), dtype=torch.float64, device=device)
@@ -239,10 +227,11 @@ def default_sort_bytes(device: torch.device) -> int:
 
 class Plan(NamedTuple):
     """How the engine ranks the n' pairs of one call: the target's quantiles as a table of n'
-    values (else anchors or the Empirical sample, interpolated per rank) and the sort
-    entries a pass may hold (several passes beyond)."""
+    values (else anchors or the Empirical sample, interpolated per rank), the sort entries
+    a pass may hold (several passes beyond) and the ``table_policy`` that chose the table."""
     from_table: bool
     capacity: int
+    policy: str
 
 
 def table_policy(target, pairs: int) -> str:
@@ -257,7 +246,8 @@ def table_policy(target, pairs: int) -> str:
 def plan(device: torch.device, dtype: torch.dtype, n: int, target, max_sort_bytes: Optional[int]) -> Plan:
     """The plan of n points' distances term toward ``target`` within ``max_sort_bytes``
     (None: ``default_sort_bytes``). Sizes only: torch.compile evaluates it once."""
-    return Plan(*_plan_numbers(device, dtype, n, max_sort_bytes, table_policy(target, pair_count(n))))
+    policy = table_policy(target, pair_count(n))
+    return Plan(*_plan_numbers(device, dtype, n, max_sort_bytes, policy), policy)
 
 
 @torch.compiler.assume_constant_result
@@ -269,7 +259,7 @@ def _plan_numbers(device: torch.device, dtype: torch.dtype, n: int, max_sort_byt
     budget = default_sort_bytes(device) if max_sort_bytes is None else max_sort_bytes
     table_bytes = pairs * torch.empty((), dtype=dtype).element_size()
     from_table = policy == "always" or (policy == "if_small" and table_bytes <= budget // 2)
-    entry = entry_bytes_for(device, dtype, n)
+    entry = entry_bytes(device, dtype, n)
     left = budget - (table_bytes if from_table and policy == "if_small" else 0)
     return from_table, min(pairs, max(1, left // entry))
 
@@ -293,7 +283,7 @@ def _chi2_anchors(pairs: int, df: float, device: torch.device) -> Tensor:
     return pack_anchors(chi2_anchors(pairs, df, device=device))
 
 
-def check_memory(z: Tensor, dtype: torch.dtype, p: int, target, max_sort_bytes: Optional[int]) -> None:
+def check_memory(z: Tensor, dtype: torch.dtype, p: int, plan: Plan) -> None:
     """MemoryError naming the bytes when the distances term cannot fit, from the sizes alone.
 
     Counted: the copy of z in the compute dtype (when z is not already a contiguous tensor
@@ -306,12 +296,11 @@ def check_memory(z: Tensor, dtype: torch.dtype, p: int, target, max_sort_bytes: 
     device = z.device
     pairs = pair_count(n)
     elem = torch.empty((), dtype=dtype).element_size()
-    policy = table_policy(target, pairs)
-    from_table, capacity = plan(device, dtype, n, target, max_sort_bytes)
+    from_table, capacity, policy = plan
     copy = n * d * elem if (z.dtype != dtype or not z.is_contiguous()) else 0
     table = pairs * elem if from_table else 0
     signs = signs_bytes(n, p, dtype)
-    need = copy + table + workspace_bytes_for(device, dtype, n, d, capacity, p)
+    need = copy + table + signs + workspace_bytes(device, dtype, n, d, capacity)
     # Whatever max_sort_bytes: the kept signs/residuals, the points' copies (z in the compute
     # dtype, its transposed copy in the engine) and a table the target requires.
     floor = signs + copy + n * d * elem + (table if policy == "always" else 0)
@@ -321,7 +310,7 @@ def check_memory(z: Tensor, dtype: torch.dtype, p: int, target, max_sort_bytes: 
               and table else "") + "; use fewer points")
     # A budget that leaves room for the rest: half of what the floor leaves of the device.
     room = (_native._device_capacity(device) or need) - floor
-    budget = max(entry_bytes_for(device, dtype, n), room // 2)
+    budget = max(entry_bytes(device, dtype, n), room // 2)
     _native.check_fits(need, device, "cdf_attraction",
                        f"pass max_sort_bytes={budget} (or less) to sort the distances in several passes",
                        floor=(floor, why))

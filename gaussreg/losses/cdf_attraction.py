@@ -88,9 +88,12 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
         max_sort_bytes = int(max_sort_bytes)
     dtype = _checks.compute_dtype(z)
     native = _native.use_native(device, backend, "cdf_attraction", entry="cdf_pairs_forward")
-    if native and distances_weight != 0.0 and not _checks.compiling():
+    plan = None
+    if native and distances_weight != 0.0:
+        plan = cdf_engine.plan(device, dtype, n, distances_target, max_sort_bytes)
+    if plan is not None and not _checks.compiling():
         # Before the copy and the NaN/Inf scan: an impossible request fails at once.
-        cdf_engine.check_memory(z, dtype, p, distances_target, max_sort_bytes)
+        cdf_engine.check_memory(z, dtype, p, plan)
     _checks.finite("z", z)
     zc = z.to(dtype).contiguous()
     if not native:
@@ -101,7 +104,7 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
         terms.append(radii_weight * _radii_term(zc, radii_target, p))
     if distances_weight != 0.0:
         pairs = cdf_engine.pair_count(n)
-        terms.append(distances_weight * (_distances_sum(zc, distances_target, p, max_sort_bytes) / pairs).to(dtype))
+        terms.append(distances_weight * (_distances_sum(zc, distances_target, p, plan) / pairs).to(dtype))
     if not terms:  # both weights 0: a zero that keeps the graph (zero gradient)
         return (zc * 0.0).sum()
     return terms[0] if len(terms) == 1 else terms[0] + terms[1]
@@ -141,13 +144,13 @@ def cdf_pairs_with_stats(z: Tensor, target, p: int = 1, max_sort_bytes: Optional
     and ``mixed_bins``; -1 where an engine does not count (CUDA). For benchmarks and tests.
     """
     with torch.no_grad():
-        value, stats = _distances_sum(z, target, p, max_sort_bytes, with_stats=True)
+        plan = cdf_engine.plan(z.device, z.dtype, z.shape[0], target, max_sort_bytes)
+        value, stats = _distances_sum(z, target, p, plan, with_stats=True)
     return float(value), stats
 
 
-def _distances_sum(z: Tensor, target, p: int, max_sort_bytes: Optional[int], with_stats: bool = False):
-    """sum_k |d_(k) - c'_k|^p (float64) by the compiled engine, within the sort budget
-    (memory was checked by ``cdf_engine.check_memory``)."""
-    plan = cdf_engine.plan(z.device, z.dtype, z.shape[0], target, max_sort_bytes)
+def _distances_sum(z: Tensor, target, p: int, plan: cdf_engine.Plan, with_stats: bool = False):
+    """sum_k |d_(k) - c'_k|^p (float64) by the compiled engine under ``plan`` (its memory
+    was checked by ``cdf_engine.check_memory``)."""
     sources = cdf_engine.quantile_source(z, target, plan, "distances_target")
     return cdf_engine.cdf_pairs(z, p, plan.capacity, with_stats=with_stats, **sources)
