@@ -323,6 +323,18 @@ def test_report_holds_every_statistic_and_prints_a_table():
     assert data["projection_ks"]["statistics"] == list(rep["projection_ks"].statistics)
 
 
+def test_report_prints_how_far_henze_zirkler_is_from_one():
+    """At D = 32 HZ is 1 - 9e-06 for a Gaussian sample and 1 + 0.0012 for Student t_3
+    (p = 0): four significant digits printed both as "1"."""
+    rows = dict((row[0], row[1]) for row in dg.report(normal(500, 32), num_projections=2).rows())
+    torch.manual_seed(3)
+    t3 = torch.distributions.StudentT(3.0).sample((500, 32)).double()
+    rows_t3 = dict((row[0], row[1]) for row in dg.report(t3, num_projections=2).rows())
+    assert rows["Henze-Zirkler"].startswith("1 - ") and rows_t3["Henze-Zirkler"].startswith("1 + ")
+    assert float(rows_t3["Henze-Zirkler"][4:]) == pytest.approx(dg.henze_zirkler(t3).statistic - 1, rel=1e-2)
+    assert dg._near_one(0.5) == "0.5" and dg._near_one(1.0) == "1"
+
+
 def test_report_on_a_singular_sample():
     rep = dg.report(normal(6, 9))
     assert rep["mardia_standardized"] is None and rep["henze_zirkler"].pvalue == 0.0
@@ -384,5 +396,9 @@ def test_plots_draw_and_save(tmp_path):
     for plot, ax in zip((dg.plot_projections, dg.plot_scalar_products, dg.plot_angles), grid):
         fig2, returned = plot(runs[0], ax=ax, generator=g)
         assert returned is ax and fig2 is ax.figure and len(ax.lines) >= 2
+        # The dashed curve is named in a legend, and the y axis says what it shows.
+        labels = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert "sample" in labels and len(labels) == 2 and ax.get_ylabel()
+    assert "angle" in grid[2].get_title()
     with pytest.raises(ValueError, match="ax must hold 2"):
         dg.plot_cdfs(runs[0], ax=[grid[0]])
