@@ -5,6 +5,10 @@ Environment:
   GAUSSREG_NO_CUDA=1   skip the CUDA module even when nvcc is found
   GAUSSREG_NATIVE=0    build the CPU module for a generic x86-64/arm64 target instead of -march=native
   GAUSSREG_DEBUG=1     build without optimisation, with assertions
+
+Every build also writes gaussreg/_build_info.py (not tracked by git): the git commit of the
+source tree it was built from, read by the benchmarks (gaussreg.bench) so that results name
+the build they timed rather than whatever repository the run happened to start in.
 """
 import os
 import shutil
@@ -14,6 +18,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 
@@ -59,6 +64,48 @@ def _cmake_args(ext_dir, build_type):
     return args
 
 
+def _git(*args):
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _source_commit():
+    """HEAD of the source tree, '+dirty' when tracked files differ from it; 'unknown' outside git.
+
+    Only a tree that is its own repository's root counts: a source tree unpacked inside some
+    other repository (an sdist in a project folder) must not take that repository's commit.
+    """
+    top = _git("rev-parse", "--show-toplevel")
+    head = _git("rev-parse", "HEAD")
+    if not top or not head or Path(top).resolve() != ROOT:
+        return "unknown"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return head + ("+dirty" if dirty else "")
+
+
+def _write_build_info():
+    text = ('"""Written by setup.py at build time (not tracked by git): what this build was built from."""\n'
+            f"GIT_COMMIT = {_source_commit()!r}\n")
+    path = ROOT / "gaussreg" / "_build_info.py"
+    if not path.is_file() or path.read_text() != text:  # unchanged: keep the timestamp, no rebuild churn
+        path.write_text(text)
+
+
+class BuildPy(build_py):
+    """Writes gaussreg/_build_info.py before the package's modules are collected.
+
+    Into the source tree, so that one step serves a wheel (build_py copies it like any
+    module) and an editable install (which imports the source tree itself).
+    """
+
+    def run(self):
+        _write_build_info()
+        super().run()
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
         ext_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
@@ -73,5 +120,5 @@ class CMakeBuild(build_ext):
 
 setup(
     ext_modules=[CMakeExtension("gaussreg._C")],
-    cmdclass={"build_ext": CMakeBuild},
+    cmdclass={"build_py": BuildPy, "build_ext": CMakeBuild},
 )

@@ -35,7 +35,8 @@ Everything else lives here and is the same for every family:
   That rate is an *achievable-peak proxy*, not the datasheet peak.
 * **Output.** A printed table, and JSON + CSV + PNG (time vs n, log-log, one line per
   implementation, plus the floor) under ``bench/results/<device-slug>/``, stamped with
-  the device, torch/gaussreg versions, git commit, thread count and date. Without
+  the device, torch/gaussreg versions, the commit gaussreg was built from (recorded by
+  setup.py, not read from the current directory), thread count and date. Without
   matplotlib the plot is skipped with a message.
 """
 from __future__ import annotations
@@ -272,20 +273,42 @@ def slug(name: str) -> str:
     return s or "unknown-device"
 
 
-def _git(*args: str) -> Optional[str]:
+def _git(where: Path, *args: str) -> Optional[str]:
     try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def git_commit() -> str:
-    """HEAD's hash, with '+dirty' when tracked files differ from it; 'unknown' outside a repo."""
-    head = _git("rev-parse", "HEAD")
-    if not head:
+def build_commit() -> str:
+    """The commit the imported gaussreg was built from, as setup.py recorded it at build time.
+
+    Not the commit of the current directory: a run may start anywhere, and an installed
+    package does not change when the checkout it came from moves on. '+dirty' when tracked
+    files differed from it at build time; 'unknown' when not built from git or built before
+    setup.py wrote ``gaussreg/_build_info.py``.
+    """
+    try:
+        from gaussreg._build_info import GIT_COMMIT
+    except ImportError:
         return "unknown"
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return GIT_COMMIT
+
+
+def source_commit(package_dir: Path) -> Optional[str]:
+    """HEAD ('+dirty' as above) of the git work tree that holds ``package_dir``, or None.
+
+    Set for an editable install or a run inside a checkout, where the Python sources are
+    the tree's current ones while the compiled modules are those of the last build; None
+    for an installed copy (its directory is no work tree's root).
+    """
+    root = package_dir.parent
+    top = _git(root, "rev-parse", "--show-toplevel")
+    head = _git(root, "rev-parse", "HEAD")
+    if not top or not head or Path(top).resolve() != root.resolve():
+        return None
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
     return head + ("+dirty" if dirty else "")
 
 
@@ -316,10 +339,13 @@ def measure_copy_bandwidth(device: torch.device, nbytes: int, repeats: int = 3) 
 
 
 def metadata(family: str, args: argparse.Namespace, device: torch.device) -> dict:
+    package_dir = built = source = None
     try:
         import gaussreg
         gaussreg_version = getattr(gaussreg, "__version__", "unknown")
         backends = gaussreg.backends()
+        package_dir = Path(gaussreg.__file__).resolve().parent
+        built, source = build_commit(), source_commit(package_dir)
     except Exception as exc:  # the harness itself does not need gaussreg
         gaussreg_version, backends = f"not importable ({_short(exc)})", None
     now = datetime.datetime.now(datetime.timezone.utc).astimezone()
@@ -334,7 +360,9 @@ def metadata(family: str, args: argparse.Namespace, device: torch.device) -> dic
         "torch_cuda": torch.version.cuda,
         "gaussreg": gaussreg_version,
         "gaussreg_backends": backends,
-        "git_commit": git_commit(),
+        "gaussreg_path": None if package_dir is None else str(package_dir),
+        "git_commit": built or "unknown",
+        "source_git_commit": source,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))},
@@ -972,6 +1000,12 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
             + ("" if os.environ.get("OMP_WAIT_POLICY") else
                "; OpenMP's default spin-then-sleep waiting makes barrier-heavy code much slower when threads "
                "are descheduled (OMP_WAIT_POLICY=passive in the environment reduces that)"))
+        print("warning: " + meta["warnings"][-1])
+    if meta["source_git_commit"] and meta["source_git_commit"] != meta["git_commit"]:
+        meta["warnings"].append(
+            f"gaussreg is imported from a checkout at {meta['source_git_commit'][:12]} (its Python code runs as it "
+            f"is now) but was built at {meta['git_commit'][:12]} (the compiled modules and the recorded commit): "
+            "rebuild it (pip install -e .) so that the results name what ran")
         print("warning: " + meta["warnings"][-1])
     rate = bandwidth = None
     if not args.no_floor:
