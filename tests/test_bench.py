@@ -8,16 +8,14 @@ argument handling.
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gaussreg.bench import cdf_attraction as bench_cdf
+from gaussreg.bench import floors, kernel_smoke, kernel_sums
 
-from bench import cdf_attraction as bench_cdf  # noqa: E402
-from bench import floors, kernel_smoke, kernel_sums  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY = ["--repeats", "1", "--min-repeats", "1", "--warmup", "0", "--rotate", "1", "--no-memory", "--no-plot",
         "--check-n", "33", "--peak-size", "256"]
@@ -119,7 +117,7 @@ def _row(case, impl, n, seconds, **extra):
 
 
 def test_report_table_by_hand():
-    from bench import report
+    from gaussreg.bench import report
 
     record = {"meta": {"family": "demo", "device": "Box", "threads": 2, "dtype": "float32", "torch": "2.x",
                        "git_commit": "abcdef0123", "date": "2026-11-21T00:00:00"},
@@ -136,8 +134,8 @@ def test_report_table_by_hand():
 
 
 def test_readme_tables_are_generated_from_the_committed_results():
-    from bench import report
+    from gaussreg.bench import report
 
     readme = (ROOT / "README.md").read_text()
-    assert report.replace_block(readme, report.render()) == readme, (
-        "README.md's performance tables differ from bench/results: run python -m bench.report --write-readme")
+    assert report.replace_block(readme, report.render(ROOT)) == readme, (
+        "README.md's performance tables differ from bench/results: run python -m gaussreg.bench.report --write-readme")

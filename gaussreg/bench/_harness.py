@@ -1,4 +1,4 @@
-"""The one benchmark harness behind every family script in ``bench/`` (DESIGN.md, "Benchmarks").
+"""The one benchmark harness behind every family script in ``gaussreg/bench/`` (DESIGN.md, "Benchmarks").
 
 A family script declares only what it measures -- :class:`Case` objects, each with an
 input builder, the :class:`Impl` s to compare and a FLOP count -- and calls :func:`main`.
@@ -34,7 +34,8 @@ Everything else lives here and is the same for every family:
   floor = FLOPs / the rate of a large matmul timed on the same device in the same run.
   That rate is an *achievable-peak proxy*, not the datasheet peak.
 * **Output.** A printed table, and JSON + CSV + PNG (time vs n, log-log, one line per
-  implementation, plus the floor) under ``bench/results/<device-slug>/``, stamped with
+  implementation, plus the floor) under ``./gaussreg-bench-results/<device-slug>/`` of the
+  current directory (``--results-dir`` / ``--out`` elsewhere), stamped with
   the device, torch/gaussreg versions, the commit gaussreg was built from (recorded by
   setup.py, not read from the current directory), thread count and date. Without
   matplotlib the plot is skipped with a message.
@@ -64,13 +65,13 @@ import torch
 
 from . import floors
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
+# Relative to the current directory: the package may be installed read-only, and a run
+# inside a checkout must not overwrite the committed results (bench/results/) unless asked.
+DEFAULT_RESULTS_DIR = Path("gaussreg-bench-results")
 _MEM_TAG = "@@bench-mem "  # prefix of the memory worker's result lines on stdout
 
 FLOOR_NOTE = ("floor = max(FLOPs / the rate of a {size}^3 {dtype} matmul, bytes / the bandwidth of a {copy_mib} MiB "
-              "copy), both timed on this device in this run (best of {repeats}; bench/floors.py counts FLOPs and "
+              "copy), both timed on this device in this run (best of {repeats}; gaussreg/bench/floors.py counts FLOPs and "
               "bytes): achievable-peak proxies, not datasheet peaks; 'x floor' = measured / floor")
 
 
@@ -382,9 +383,10 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def make_parser(family: str, description: str, default_n: Dict[str, List[int]]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"python -m bench.{family}", description=description,
+        prog=f"python -m gaussreg.bench.{family}", description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"Output: a table on stdout; JSON, CSV and PNG under {RESULTS_DIR.relative_to(REPO_ROOT)}/<device>/.")
+        epilog=f"Output: a table on stdout; JSON, CSV and PNG under ./{DEFAULT_RESULTS_DIR}/<device>/ of the current "
+               "directory (--results-dir, --out: elsewhere).")
     axes = p.add_argument_group("axes")
     axes.add_argument("--n", type=int, nargs="+", default=None,
                       help=f"sizes (default: CPU {default_n['cpu']}, CUDA {default_n['cuda']})")
@@ -424,7 +426,11 @@ def make_parser(family: str, description: str, default_n: Dict[str, List[int]]) 
                         help="matmul size for the peak-rate proxy (default 4096 on CPU, 8192 on CUDA)")
     checks.add_argument("--no-floor", action="store_true", help="skip the matmul rate and floor columns")
     out = p.add_argument_group("output")
-    out.add_argument("--out", type=Path, default=None, help=f"output folder (default {RESULTS_DIR}/<device-slug>)")
+    out.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR, metavar="DIR",
+                     help=f"results go to DIR/<device-slug>/ (default ./{DEFAULT_RESULTS_DIR}, in the current "
+                          "directory); from the repository root, --results-dir bench/results updates the committed "
+                          "results that README's tables are generated from")
+    out.add_argument("--out", type=Path, default=None, help="this exact output folder instead (no <device-slug>)")
     out.add_argument("--tag", default="", help="suffix of the output file names: <family>-<tag>.json")
     out.add_argument("--no-save", action="store_true", help="print only")
     out.add_argument("--no-plot", action="store_true", help="no PNG")
@@ -765,7 +771,8 @@ def _memory_cpu(family_module: str, cases: List[Case], rows: List[dict], args: a
         print("note: /proc/self/clear_refs is not writable here; measuring memory with one subprocess per call")
         scope = "call"
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    package_parent = Path(__file__).resolve().parents[2]  # the folder holding this gaussreg package
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_parent), env.get("PYTHONPATH")) if p)
     by_key = {(r["case"], r["impl"], r["n"]): r for r in rows if r["status"] == "ok"}
     order = {(c.name, i.name): (k, j) for k, c in enumerate(cases) for j, i in enumerate(c.impls)}
     plan = sorted(by_key, key=lambda key: (order[key[:2]], key[2]))  # per impl, ascending n
@@ -789,7 +796,7 @@ def _memory_cpu(family_module: str, cases: List[Case], rows: List[dict], args: a
             cmd = [sys.executable, "-m", family_module, *args._argv, "--_mem-worker", json.dumps(spec)]
             started, done = None, set()
             try:
-                proc = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, capture_output=True, text=True,
+                proc = subprocess.run(cmd, cwd=str(package_parent), env=env, capture_output=True, text=True,
                                       timeout=args.mem_timeout)
                 out, err, rc = proc.stdout, proc.stderr, proc.returncode
                 why = f"exit status {rc}" if rc >= 0 else f"killed by signal {-rc} (likely the OOM killer)"
@@ -874,7 +881,7 @@ def format_table(rows: List[dict]) -> str:
 
 def write_outputs(family: str, meta: dict, rows: List[dict], args: argparse.Namespace,
                   floor_fn: Optional[Dict[str, Callable[[int], float]]]) -> List[Path]:
-    out_dir = args.out or (RESULTS_DIR / meta["device_slug"])
+    out_dir = (args.out or (args.results_dir / meta["device_slug"])).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = family + (f"-{args.tag}" if args.tag else "")
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.csv"]
@@ -917,7 +924,7 @@ def plot(path: Path, meta: dict, rows: List[dict], floor_fn: Optional[Dict[str, 
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
         ns = sorted({r["n"] for r in case_rows if r["n"] is not None})
         if floor_fn and case in floor_fn and ns:
-            ax.plot(ns, [floor_fn[case](n, d) for n in ns], "k--", linewidth=1, label="floor (bench/floors.py)")
+            ax.plot(ns, [floor_fn[case](n, d) for n in ns], "k--", linewidth=1, label="floor (gaussreg/bench/floors.py)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(f"{case}, D = {d}" if several_d else case)
@@ -949,7 +956,7 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
 
     Args:
         family: the script's stem ("kernel_sums"): output file names and the CLI prog.
-        module: the script's module path ("bench.kernel_sums"), run again as the memory subprocess.
+        module: the script's module path ("gaussreg.bench.kernel_sums"), run again as the memory subprocess.
         build_cases: ``(args, device) -> [Case]``.
         default_n: ``{"cpu": [...], "cuda": [...]}`` sizes when ``--n`` is not given.
         add_arguments: adds the family's own options to the parser.
