@@ -17,10 +17,11 @@ Everything else lives here and is the same for every family:
   CPU; CUDA events with ``torch.cuda.synchronize`` before each timed call on GPU.
 * **Memory.** CPU: the extra resident memory of one forward+backward call beyond its
   inputs, measured after all timings in a fresh subprocess (``--mem-isolation run``, the
-  default, or ``case``): before each call the inputs are built, freed heap pages are
-  returned (``malloc_trim``) and the peak RSS is reset through ``/proc/self/clear_refs``,
-  so VmHWM - VmRSS is that call's own; a tiny call per implementation first keeps
-  one-time library initialisation out. ``--mem-isolation call`` (also the fallback where
+  default, or ``case``) that runs on the parent's ``sys.path`` and checks that it imported
+  the same gaussreg package (a row whose memory could not be measured says why): before
+  each call the inputs are built, freed heap pages are returned (``malloc_trim``) and the
+  peak RSS is reset through ``/proc/self/clear_refs``, so VmHWM - VmRSS is that call's
+  own; a tiny call per implementation first keeps one-time library initialisation out. ``--mem-isolation call`` (also the fallback where
   clear_refs is not writable) starts one subprocess per call and reports the peak after
   the call minus the peak after building the inputs (VmHWM, or ``ru_maxrss`` without
   /proc; VmHWM because Linux carries a forking parent's RSS into the child's
@@ -717,6 +718,9 @@ def _emit(record: dict) -> None:
 def _memory_worker(cases: List[Case], args: argparse.Namespace, device: torch.device) -> None:
     """Subprocess side: the extra resident memory of one forward+backward per planned (case, impl, n)."""
     spec = json.loads(args.mem_worker)
+    if spec.get("gaussreg_dir") != _gaussreg_dir():
+        # Memory of another build would be reported as this one's.
+        sys.exit(f"memory worker: imported gaussreg from {_gaussreg_dir()}, not the parent's {spec.get('gaussreg_dir')}")
     impls = {(c.name, i.name): (c, i) for c in cases for i in c.impls}
     dtype, dim = _DTYPES[args.dtype], spec["dim"]
     use_hwm = spec["method"] == "hwm" and _reset_peak_rss()
@@ -764,15 +768,34 @@ def _memory_worker(cases: List[Case], args: argparse.Namespace, device: torch.de
         _malloc_trim()
 
 
+# The memory worker's entry: the parent's sys.path replaces the child's before anything is
+# imported, so the child times the very gaussreg (and torch) the parent imported. `python -m`
+# would put the current directory first, and a checkout there would shadow an installed
+# build with its uncompiled sources.
+_WORKER_BOOT = ("import importlib, json, sys\n"
+                "sys.path[:] = json.loads(sys.argv[1])\n"
+                "importlib.import_module(sys.argv[2]).main(sys.argv[3:])\n")
+
+
+def _worker_command(family_module: str) -> List[str]:
+    path = [os.path.abspath(p) for p in sys.path if isinstance(p, str)]  # "" is the current directory
+    return [sys.executable, "-c", _WORKER_BOOT, json.dumps(path), family_module]
+
+
+def _gaussreg_dir() -> Optional[str]:
+    try:
+        import gaussreg
+    except Exception:  # the harness itself does not need gaussreg
+        return None
+    return str(Path(gaussreg.__file__).resolve().parent)
+
+
 def _memory_cpu(family_module: str, cases: List[Case], rows: List[dict], args: argparse.Namespace, dim: int) -> None:
     """Parent side: fill peak_mem_bytes of the ok rows from fresh subprocesses (see --mem-isolation)."""
     scope = args.mem_isolation
     if scope != "call" and not _reset_peak_rss():
         print("note: /proc/self/clear_refs is not writable here; measuring memory with one subprocess per call")
         scope = "call"
-    env = dict(os.environ)
-    package_parent = Path(__file__).resolve().parents[2]  # the folder holding this gaussreg package
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_parent), env.get("PYTHONPATH")) if p)
     by_key = {(r["case"], r["impl"], r["n"]): r for r in rows if r["status"] == "ok"}
     order = {(c.name, i.name): (k, j) for k, c in enumerate(cases) for j, i in enumerate(c.impls)}
     plan = sorted(by_key, key=lambda key: (order[key[:2]], key[2]))  # per impl, ascending n
@@ -792,12 +815,11 @@ def _memory_cpu(family_module: str, cases: List[Case], rows: List[dict], args: a
     for batch in batches:
         while batch:
             spec = {"plan": batch, "method": "maxrss" if scope == "call" else "hwm", "method_scope": scope,
-                    "dim": dim}
-            cmd = [sys.executable, "-m", family_module, *args._argv, "--_mem-worker", json.dumps(spec)]
+                    "dim": dim, "gaussreg_dir": _gaussreg_dir()}
+            cmd = [*_worker_command(family_module), *args._argv, "--_mem-worker", json.dumps(spec)]
             started, done = None, set()
             try:
-                proc = subprocess.run(cmd, cwd=str(package_parent), env=env, capture_output=True, text=True,
-                                      timeout=args.mem_timeout)
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mem_timeout)
                 out, err, rc = proc.stdout, proc.stderr, proc.returncode
                 why = f"exit status {rc}" if rc >= 0 else f"killed by signal {-rc} (likely the OOM killer)"
             except subprocess.TimeoutExpired as exc:
@@ -822,7 +844,12 @@ def _memory_cpu(family_module: str, cases: List[Case], rows: List[dict], args: a
                 annotate(started, f"memory run: worker {why}")
                 remaining = [p for p in remaining if p != started]  # go on without the call that died
             elif remaining:
+                # Timings stay valid, but each row says why its memory is missing (a worker
+                # that cannot even import the package must not pass unnoticed).
                 print(f"  [memory] worker ended ({why}) before {len(remaining)} call(s):\n{err[-2000:]}")
+                last = (err.strip().splitlines() or [""])[-1][:200]
+                for key in remaining:
+                    annotate(key, f"memory run: worker {why} before this call" + (f" ({last})" if last else ""))
                 remaining = []
             batch = remaining
 
