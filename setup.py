@@ -6,9 +6,10 @@ Environment:
   GAUSSREG_NATIVE=0    build the CPU module for a generic x86-64/arm64 target instead of -march=native
   GAUSSREG_DEBUG=1     build without optimisation, with assertions
 
-Every build also writes gaussreg/_build_info.py (not tracked by git): the git commit of the
-source tree it was built from, read by the benchmarks (gaussreg.bench) so that results name
-the build they timed rather than whatever repository the run happened to start in.
+Every build also writes gaussreg/_build_info.py (into the wheel, or the source tree for an
+editable install; not tracked by git): the git commit of the source tree it was built from,
+read by the benchmarks (gaussreg.bench) so that results name the build they timed rather
+than whatever repository the run happened to start in.
 """
 import os
 import shutil
@@ -57,10 +58,10 @@ def _cmake_args(ext_dir, build_type):
     except ImportError:
         pass  # a system ninja on PATH
     args.append(f"-DGAUSSREG_CUDA_ARCHS={os.environ.get('GAUSSREG_CUDA_ARCHS', '80;90')}")
-    if os.environ.get("GAUSSREG_NO_CUDA", "0") == "1":
-        args.append("-DGAUSSREG_WITH_CUDA=OFF")
-    if os.environ.get("GAUSSREG_NATIVE", "1") == "0":
-        args.append("-DGAUSSREG_NATIVE=OFF")
+    # Both ways, not only OFF: a build folder is reused (build/ of an in-tree `pip install .`),
+    # and an OFF left in its CMake cache by an earlier CPU-only build would otherwise stick.
+    args.append(f"-DGAUSSREG_WITH_CUDA={'OFF' if os.environ.get('GAUSSREG_NO_CUDA', '0') == '1' else 'ON'}")
+    args.append(f"-DGAUSSREG_NATIVE={'OFF' if os.environ.get('GAUSSREG_NATIVE', '1') == '0' else 'ON'}")
     return args
 
 
@@ -86,24 +87,26 @@ def _source_commit():
     return head + ("+dirty" if dirty else "")
 
 
-def _write_build_info():
+def _write_build_info(package_dir):
     text = ('"""Written by setup.py at build time (not tracked by git): what this build was built from."""\n'
             f"GIT_COMMIT = {_source_commit()!r}\n")
-    path = ROOT / "gaussreg" / "_build_info.py"
+    path = Path(package_dir) / "_build_info.py"
     if not path.is_file() or path.read_text() != text:  # unchanged: keep the timestamp, no rebuild churn
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
 
 
 class BuildPy(build_py):
-    """Writes gaussreg/_build_info.py before the package's modules are collected.
+    """Writes gaussreg/_build_info.py with the package's modules.
 
-    Into the source tree, so that one step serves a wheel (build_py copies it like any
-    module) and an editable install (which imports the source tree itself).
+    A wheel gets it in its build folder only: building one from a checkout must not change
+    what that checkout's own editable install reports. An editable install imports the
+    source tree, so there it goes into gaussreg/ (git ignores it).
     """
 
     def run(self):
-        _write_build_info()
         super().run()
+        _write_build_info(ROOT / "gaussreg" if self.editable_mode else Path(self.build_lib) / "gaussreg")
 
 
 class CMakeBuild(build_ext):
