@@ -5,6 +5,11 @@ Environment:
   GAUSSREG_NO_CUDA=1   skip the CUDA module even when nvcc is found
   GAUSSREG_NATIVE=0    build the CPU module for a generic x86-64/arm64 target instead of -march=native
   GAUSSREG_DEBUG=1     build without optimisation, with assertions
+
+Every build also writes gaussreg/_build_info.py (into the wheel, or the source tree for an
+editable install; not tracked by git): the git commit of the source tree it was built from,
+read by the benchmarks (gaussreg.bench) so that results name the build they timed rather
+than whatever repository the run happened to start in.
 """
 import os
 import shutil
@@ -14,6 +19,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 
@@ -52,11 +58,55 @@ def _cmake_args(ext_dir, build_type):
     except ImportError:
         pass  # a system ninja on PATH
     args.append(f"-DGAUSSREG_CUDA_ARCHS={os.environ.get('GAUSSREG_CUDA_ARCHS', '80;90')}")
-    if os.environ.get("GAUSSREG_NO_CUDA", "0") == "1":
-        args.append("-DGAUSSREG_WITH_CUDA=OFF")
-    if os.environ.get("GAUSSREG_NATIVE", "1") == "0":
-        args.append("-DGAUSSREG_NATIVE=OFF")
+    # Both ways, not only OFF: a build folder is reused (build/ of an in-tree `pip install .`),
+    # and an OFF left in its CMake cache by an earlier CPU-only build would otherwise stick.
+    args.append(f"-DGAUSSREG_WITH_CUDA={'OFF' if os.environ.get('GAUSSREG_NO_CUDA', '0') == '1' else 'ON'}")
+    args.append(f"-DGAUSSREG_NATIVE={'OFF' if os.environ.get('GAUSSREG_NATIVE', '1') == '0' else 'ON'}")
     return args
+
+
+def _git(*args):
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _source_commit():
+    """HEAD of the source tree, '+dirty' when tracked files differ from it; 'unknown' outside git.
+
+    Only a tree that is its own repository's root counts: a source tree unpacked inside some
+    other repository (an sdist in a project folder) must not take that repository's commit.
+    """
+    top = _git("rev-parse", "--show-toplevel")
+    head = _git("rev-parse", "HEAD")
+    if not top or not head or Path(top).resolve() != ROOT:
+        return "unknown"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return head + ("+dirty" if dirty else "")
+
+
+def _write_build_info(package_dir):
+    text = ('"""Written by setup.py at build time (not tracked by git): what this build was built from."""\n'
+            f"GIT_COMMIT = {_source_commit()!r}\n")
+    path = Path(package_dir) / "_build_info.py"
+    if not path.is_file() or path.read_text() != text:  # unchanged: keep the timestamp, no rebuild churn
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+class BuildPy(build_py):
+    """Writes gaussreg/_build_info.py with the package's modules.
+
+    A wheel gets it in its build folder only: building one from a checkout must not change
+    what that checkout's own editable install reports. An editable install imports the
+    source tree, so there it goes into gaussreg/ (git ignores it).
+    """
+
+    def run(self):
+        super().run()
+        _write_build_info(ROOT / "gaussreg" if self.editable_mode else Path(self.build_lib) / "gaussreg")
 
 
 class CMakeBuild(build_ext):
@@ -73,5 +123,5 @@ class CMakeBuild(build_ext):
 
 setup(
     ext_modules=[CMakeExtension("gaussreg._C")],
-    cmdclass={"build_ext": CMakeBuild},
+    cmdclass={"build_py": BuildPy, "build_ext": CMakeBuild},
 )

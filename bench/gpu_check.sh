@@ -11,15 +11,15 @@
 #   build     pip install --no-build-isolation --no-deps -e .  (sm_90 only: one architecture
 #             keeps the build to a couple of minutes on 16 cores)
 #   test      pytest -m cuda (the CUDA parity tests), then the CPU suite's quick files
-#   sanitize  compute-sanitizer memcheck and racecheck on bench/kernel_smoke.py (one small
+#   sanitize  compute-sanitizer memcheck and racecheck on gaussreg/bench/kernel_smoke.py (one small
 #             forward+backward of every CUDA kernel, float32 and float64)
-#   bench     bench.kernel_sums, bench.cdf_attraction and bench.segmented on the GPU
+#   bench     gaussreg.bench's kernel_sums, cdf_attraction and segmented on the GPU
 #
 # Everything lands under $OUT (the device tool's output folder; ./gpu_check_out elsewhere),
 # within the tool's limits on files coming back (8 files): summary.txt (one line a stage,
 # printed last), one log per stage, and bench_results.tgz with the JSON/CSV/PNG. Back on
 # the development machine: `tar xzf bench_results.tgz -C bench/results/<device-slug>/`
-# (the slug is in each JSON's meta), then `python3 -m bench.report --write-readme`, commit. Each stage has a time limit so that one stuck stage cannot use up
+# (the slug is in each JSON's meta), then `python3 -m gaussreg.bench.report --write-readme`, commit. Each stage has a time limit so that one stuck stage cannot use up
 # the 10-minute call; all four together can pass 10 minutes, so split them over two or
 # three calls (the build stays on a held machine). The exit status is that of the first
 # failing stage.
@@ -60,7 +60,7 @@ sanitize() {
   for tool in memcheck racecheck; do
     echo "== compute-sanitizer --tool $tool"
     compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 --target-processes all \
-      python3 -m bench.kernel_smoke --device cuda || failed=1
+      python3 -m gaussreg.bench.kernel_smoke --device cuda || failed=1
   done
   return "$failed"
 }
@@ -68,10 +68,10 @@ sanitize() {
 benches() {
   local results="$OUT/results"
   mkdir -p "$results"
-  python3 -m bench.cdf_attraction --device cuda --n 4096 16384 65536 131072 --ref-max-n 16384 \
+  python3 -m gaussreg.bench.cdf_attraction --device cuda --n 4096 16384 65536 131072 --ref-max-n 16384 \
     --repeats 5 --timeout 120 --out "$results" &&
-    python3 -m bench.kernel_sums --device cuda --n 4096 16384 65536 --ref-max-n 8192 --out "$results" &&
-    python3 -m bench.segmented --device cuda --n 16384 65536 262144 --dim 128 512 --slices 1024 --ref-max-n 65536 --out "$results"
+    python3 -m gaussreg.bench.kernel_sums --device cuda --n 4096 16384 65536 --ref-max-n 8192 --out "$results" &&
+    python3 -m gaussreg.bench.segmented --device cuda --n 16384 65536 262144 --dim 128 512 --slices 1024 --ref-max-n 65536 --out "$results"
   local rc=$?
   tar czf "$OUT/bench_results.tgz" -C "$results" . && rm -rf "$results"
   return "$rc"

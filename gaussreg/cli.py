@@ -3,14 +3,13 @@
 ``gaussreg demo`` reproduces Duda's Fig. 1 (``gaussreg.demo``); ``gaussreg train`` trains
 an autoencoder on the digits of scikit-learn or a ``.npy`` file (``gaussreg.train``).
 
-``gaussreg bench`` runs the benchmark families of ``bench/`` (see ``python -m bench
---help``); they ship with the source tree, not with a wheel, so it needs the package
-installed from a checkout (``pip install -e .``) or run from one.
+``gaussreg bench`` runs the benchmark families of ``gaussreg.bench`` (the same as
+``python -m gaussreg.bench``) against the installed package, wherever it was installed
+from; results go to ``./gaussreg-bench-results/<device>/`` in the current directory.
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 USAGE = """usage: gaussreg COMMAND [ARGS]
@@ -18,26 +17,13 @@ USAGE = """usage: gaussreg COMMAND [ARGS]
 commands:
   demo [OPTIONS]                 each regularizer alone from uniform [-1,1]^20: fig1.png + a diagnostics table
   train [OPTIONS]                an autoencoder on sklearn's digits (or --data file.npy) with --reg ...
-  bench [FAMILY ...] [OPTIONS]   time the losses against reference.py and peers (python -m bench --help)
+  bench [FAMILY ...] [OPTIONS]   time the losses against reference.py and peers; results in
+                                 ./gaussreg-bench-results/<device>/ (gaussreg bench --help)
 """
 
 
-def _source_root() -> Optional[Path]:
-    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        if (root / "bench" / "_harness.py").is_file():
-            return root
-    return None
-
-
 def bench(argv: List[str]) -> int:
-    root = _source_root()
-    if root is None:
-        print("gaussreg bench: the benchmark scripts (bench/) ship with the source tree, not with the wheel; "
-              "clone the repository and run it there, or install with `pip install -e .`", file=sys.stderr)
-        return 2
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from bench.__main__ import main as bench_main
+    from .bench.__main__ import main as bench_main
 
     return bench_main(argv)
 

@@ -2,22 +2,22 @@
 
 A benchmark script that rots unnoticed costs a GPU lease to find out; these tests run
 each family's full pipeline (correctness gate, timing, JSON/CSV output) in seconds, the
-kernel smoke cases that compute-sanitizer runs on a GPU, and the GPU check script's
-argument handling.
+kernel smoke cases that compute-sanitizer runs on a GPU, the GPU check script's
+argument handling, and ``gaussreg bench`` of a package installed as a user installs it.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gaussreg.bench import cdf_attraction as bench_cdf
+from gaussreg.bench import floors, kernel_smoke, kernel_sums
 
-from bench import cdf_attraction as bench_cdf  # noqa: E402
-from bench import floors, kernel_smoke, kernel_sums  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY = ["--repeats", "1", "--min-repeats", "1", "--warmup", "0", "--rotate", "1", "--no-memory", "--no-plot",
         "--check-n", "33", "--peak-size", "256"]
@@ -119,7 +119,7 @@ def _row(case, impl, n, seconds, **extra):
 
 
 def test_report_table_by_hand():
-    from bench import report
+    from gaussreg.bench import report
 
     record = {"meta": {"family": "demo", "device": "Box", "threads": 2, "dtype": "float32", "torch": "2.x",
                        "git_commit": "abcdef0123", "date": "2026-11-21T00:00:00"},
@@ -136,8 +136,106 @@ def test_report_table_by_hand():
 
 
 def test_readme_tables_are_generated_from_the_committed_results():
-    from bench import report
+    from gaussreg.bench import report
 
     readme = (ROOT / "README.md").read_text()
-    assert report.replace_block(readme, report.render()) == readme, (
-        "README.md's performance tables differ from bench/results: run python -m bench.report --write-readme")
+    assert report.replace_block(readme, report.render(ROOT)) == readme, (
+        "README.md's performance tables differ from bench/results: run python -m gaussreg.bench.report --write-readme")
+
+
+_PROBE = """
+import importlib.util, shutil
+for name in ("pip", "setuptools", "pybind11", "cmake", "ninja"):
+    if importlib.util.find_spec(name) is None and (name not in ("cmake", "ninja") or shutil.which(name) is None):
+        print(name)
+        break
+"""
+
+
+def _missing_build_tools():
+    """Why this checkout cannot be built here without a network (None when it can).
+
+    Probed in a subprocess: looking pip up in this one makes setuptools' distutils shim
+    step aside for the rest of the session (pypa/pip#8761), and a later torch.compile test
+    then imports the standard library's distutils and fails.
+    """
+    probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60)
+    if probe.returncode:
+        return f"the probe for build tools failed: {probe.stderr.strip()[-300:]}"
+    missing = probe.stdout.strip()
+    return f"{missing} is not installed (the build runs offline, without build isolation)" if missing else None
+
+
+def _checkout_head():
+    """HEAD of this checkout when it is a git work tree's root (what a build records), else None."""
+    try:
+        top = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=20)
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if top.returncode or head.returncode or Path(top.stdout.strip()).resolve() != ROOT:
+        return None
+    return head.stdout.strip()
+
+
+def _results_in_checkout():
+    """Every result file of the checkout, committed or from a local run, with its mtime."""
+    return {p: p.stat().st_mtime_ns for folder in ("bench/results", "gaussreg-bench-results")
+            for p in (ROOT / folder).rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def installed_package(tmp_path_factory):
+    """This checkout installed as a user installs it: ``pip install .``, not editable.
+
+    Into a temporary target, CPU only, without build isolation or dependencies (offline).
+    pip builds in the checkout's build/ folder, so only the first run compiles everything
+    (about a minute on 2 cores); later runs recompile only what changed.
+    """
+    missing = _missing_build_tools()
+    if missing:
+        pytest.skip(f"cannot build gaussreg here: {missing}")
+    target = tmp_path_factory.mktemp("site") / "target"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps",
+         "--no-input", "--disable-pip-version-check", "--target", str(target), str(ROOT)],
+        env=dict(os.environ, GAUSSREG_NO_CUDA="1"), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return target
+
+
+def test_installed_package_benches_from_any_directory(tmp_path, installed_package):
+    # The wheel holds the benchmarks; run from a directory outside the checkout, they time
+    # the installed build (memory worker included), write there, and name the build's commit.
+    target = installed_package
+    assert (target / "gaussreg" / "bench" / "_harness.py").is_file() and list((target / "gaussreg").glob("_C*"))
+    in_checkout = _results_in_checkout()
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    args = ["bench", "kernel_sums", "--n", "256", "--cases", "gaussian_l2_to_normal", "mmd_imq",
+            "--impls", "native", "blocked", "--repeats", "1", "--min-repeats", "1", "--warmup", "0", "--rotate", "1",
+            "--no-plot", "--check-n", "33", "--peak-size", "256"]
+    result = subprocess.run([sys.executable, str(target / "bin" / "gaussreg"), *args], cwd=work,
+                            env=dict(os.environ, PYTHONPATH=str(target)), capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "No module named" not in output, output[-4000:]
+    (json_path,) = work.glob("gaussreg-bench-results/*/kernel_sums.json")
+    assert f"wrote {json_path}" in result.stdout
+    record = json.loads(json_path.read_text())
+    meta = record["meta"]
+    assert Path(meta["gaussreg_path"]) == (target / "gaussreg").resolve()
+    assert meta["gaussreg_backends"]["cpu"]["available"], meta["gaussreg_backends"]
+    # The commit recorded when the package was built (from this checkout), not the current
+    # directory's: outside any repository here. '+dirty' when the tree had local changes.
+    head = _checkout_head()
+    assert meta["git_commit"].split("+")[0] == (head or "unknown"), (meta["git_commit"], head)
+    assert meta["source_git_commit"] is None  # an installed copy, not a checkout
+    native = [r for r in record["rows"] if r["impl"] == "native"]
+    assert {r["case"] for r in native} == {"gaussian_l2_to_normal", "mmd_imq"}
+    for row in native:
+        assert row["status"] == "ok" and row["fb_median_s"] > 0, row
+        assert row["peak_mem_bytes"] is not None and "memory run" not in row["note"], row
+    assert _results_in_checkout() == in_checkout

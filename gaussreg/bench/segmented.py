@@ -19,8 +19,8 @@ Implementations: ``native`` (the compiled engines, ``backend="native"``) and ``r
 above ``--ref-max-n``).
 
 Example:
-    python -m bench.segmented --n 4096 16384 65536 --dim 64
-    python -m bench.segmented --device cuda --n 65536 --dim 128 512
+    python -m gaussreg.bench.segmented --n 4096 16384 65536 --dim 64
+    python -m gaussreg.bench.segmented --device cuda --n 65536 --dim 128 512
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv=None):
     return _harness.main(
-        "segmented", "bench.segmented", build_cases, description=__doc__.split("\n\n")[0],
+        "segmented", "gaussreg.bench.segmented", build_cases, description=__doc__.split("\n\n")[0],
         default_n={"cpu": [1024, 4096, 16384, 65536], "cuda": [4096, 16384, 65536, 262144]},
         add_arguments=add_arguments, argv=argv,
         notes=["native = compiled engines (one radix sort per segment, residual and slope in the same pass; "

@@ -1,4 +1,4 @@
-"""The one benchmark harness behind every family script in ``bench/`` (DESIGN.md, "Benchmarks").
+"""The one benchmark harness behind every family script in ``gaussreg/bench/`` (DESIGN.md, "Benchmarks").
 
 A family script declares only what it measures -- :class:`Case` objects, each with an
 input builder, the :class:`Impl` s to compare and a FLOP count -- and calls :func:`main`.
@@ -17,10 +17,11 @@ Everything else lives here and is the same for every family:
   CPU; CUDA events with ``torch.cuda.synchronize`` before each timed call on GPU.
 * **Memory.** CPU: the extra resident memory of one forward+backward call beyond its
   inputs, measured after all timings in a fresh subprocess (``--mem-isolation run``, the
-  default, or ``case``): before each call the inputs are built, freed heap pages are
-  returned (``malloc_trim``) and the peak RSS is reset through ``/proc/self/clear_refs``,
-  so VmHWM - VmRSS is that call's own; a tiny call per implementation first keeps
-  one-time library initialisation out. ``--mem-isolation call`` (also the fallback where
+  default, or ``case``) that runs on the parent's ``sys.path`` and checks that it imported
+  the same gaussreg package (a row whose memory could not be measured says why): before
+  each call the inputs are built, freed heap pages are returned (``malloc_trim``) and the
+  peak RSS is reset through ``/proc/self/clear_refs``, so VmHWM - VmRSS is that call's
+  own; a tiny call per implementation first keeps one-time library initialisation out. ``--mem-isolation call`` (also the fallback where
   clear_refs is not writable) starts one subprocess per call and reports the peak after
   the call minus the peak after building the inputs (VmHWM, or ``ru_maxrss`` without
   /proc; VmHWM because Linux carries a forking parent's RSS into the child's
@@ -34,8 +35,10 @@ Everything else lives here and is the same for every family:
   floor = FLOPs / the rate of a large matmul timed on the same device in the same run.
   That rate is an *achievable-peak proxy*, not the datasheet peak.
 * **Output.** A printed table, and JSON + CSV + PNG (time vs n, log-log, one line per
-  implementation, plus the floor) under ``bench/results/<device-slug>/``, stamped with
-  the device, torch/gaussreg versions, git commit, thread count and date. Without
+  implementation, plus the floor) under ``./gaussreg-bench-results/<device-slug>/`` of the
+  current directory (``--results-dir`` / ``--out`` elsewhere), stamped with
+  the device, torch/gaussreg versions, the commit gaussreg was built from (recorded by
+  setup.py, not read from the current directory), thread count and date. Without
   matplotlib the plot is skipped with a message.
 """
 from __future__ import annotations
@@ -63,13 +66,13 @@ import torch
 
 from . import floors
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
+# Relative to the current directory: the package may be installed read-only, and a run
+# inside a checkout must not overwrite the committed results (bench/results/) unless asked.
+DEFAULT_RESULTS_DIR = Path("gaussreg-bench-results")
 _MEM_TAG = "@@bench-mem "  # prefix of the memory worker's result lines on stdout
 
 FLOOR_NOTE = ("floor = max(FLOPs / the rate of a {size}^3 {dtype} matmul, bytes / the bandwidth of a {copy_mib} MiB "
-              "copy), both timed on this device in this run (best of {repeats}; bench/floors.py counts FLOPs and "
+              "copy), both timed on this device in this run (best of {repeats}; gaussreg/bench/floors.py counts FLOPs and "
               "bytes): achievable-peak proxies, not datasheet peaks; 'x floor' = measured / floor")
 
 
@@ -272,20 +275,42 @@ def slug(name: str) -> str:
     return s or "unknown-device"
 
 
-def _git(*args: str) -> Optional[str]:
+def _git(where: Path, *args: str) -> Optional[str]:
     try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def git_commit() -> str:
-    """HEAD's hash, with '+dirty' when tracked files differ from it; 'unknown' outside a repo."""
-    head = _git("rev-parse", "HEAD")
-    if not head:
+def build_commit() -> str:
+    """The commit the imported gaussreg was built from, as setup.py recorded it at build time.
+
+    Not the commit of the current directory: a run may start anywhere, and an installed
+    package does not change when the checkout it came from moves on. '+dirty' when tracked
+    files differed from it at build time; 'unknown' when not built from git or built before
+    setup.py wrote ``gaussreg/_build_info.py``.
+    """
+    try:
+        from gaussreg._build_info import GIT_COMMIT
+    except ImportError:
         return "unknown"
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return GIT_COMMIT
+
+
+def source_commit(package_dir: Path) -> Optional[str]:
+    """HEAD ('+dirty' as above) of the git work tree that holds ``package_dir``, or None.
+
+    Set for an editable install or a run inside a checkout, where the Python sources are
+    the tree's current ones while the compiled modules are those of the last build; None
+    for an installed copy (its directory is no work tree's root).
+    """
+    root = package_dir.parent
+    top = _git(root, "rev-parse", "--show-toplevel")
+    head = _git(root, "rev-parse", "HEAD")
+    if not top or not head or Path(top).resolve() != root.resolve():
+        return None
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
     return head + ("+dirty" if dirty else "")
 
 
@@ -316,10 +341,13 @@ def measure_copy_bandwidth(device: torch.device, nbytes: int, repeats: int = 3) 
 
 
 def metadata(family: str, args: argparse.Namespace, device: torch.device) -> dict:
+    package_dir = built = source = None
     try:
         import gaussreg
         gaussreg_version = getattr(gaussreg, "__version__", "unknown")
         backends = gaussreg.backends()
+        package_dir = Path(gaussreg.__file__).resolve().parent
+        built, source = build_commit(), source_commit(package_dir)
     except Exception as exc:  # the harness itself does not need gaussreg
         gaussreg_version, backends = f"not importable ({_short(exc)})", None
     now = datetime.datetime.now(datetime.timezone.utc).astimezone()
@@ -334,7 +362,9 @@ def metadata(family: str, args: argparse.Namespace, device: torch.device) -> dic
         "torch_cuda": torch.version.cuda,
         "gaussreg": gaussreg_version,
         "gaussreg_backends": backends,
-        "git_commit": git_commit(),
+        "gaussreg_path": None if package_dir is None else str(package_dir),
+        "git_commit": built or "unknown",
+        "source_git_commit": source,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))},
@@ -354,9 +384,10 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def make_parser(family: str, description: str, default_n: Dict[str, List[int]]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"python -m bench.{family}", description=description,
+        prog=f"python -m gaussreg.bench.{family}", description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"Output: a table on stdout; JSON, CSV and PNG under {RESULTS_DIR.relative_to(REPO_ROOT)}/<device>/.")
+        epilog=f"Output: a table on stdout; JSON, CSV and PNG under ./{DEFAULT_RESULTS_DIR}/<device>/ of the current "
+               "directory (--results-dir, --out: elsewhere).")
     axes = p.add_argument_group("axes")
     axes.add_argument("--n", type=int, nargs="+", default=None,
                       help=f"sizes (default: CPU {default_n['cpu']}, CUDA {default_n['cuda']})")
@@ -396,7 +427,11 @@ def make_parser(family: str, description: str, default_n: Dict[str, List[int]]) 
                         help="matmul size for the peak-rate proxy (default 4096 on CPU, 8192 on CUDA)")
     checks.add_argument("--no-floor", action="store_true", help="skip the matmul rate and floor columns")
     out = p.add_argument_group("output")
-    out.add_argument("--out", type=Path, default=None, help=f"output folder (default {RESULTS_DIR}/<device-slug>)")
+    out.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR, metavar="DIR",
+                     help=f"results go to DIR/<device-slug>/ (default ./{DEFAULT_RESULTS_DIR}, in the current "
+                          "directory); from the repository root, --results-dir bench/results updates the committed "
+                          "results that README's tables are generated from")
+    out.add_argument("--out", type=Path, default=None, help="this exact output folder instead (no <device-slug>)")
     out.add_argument("--tag", default="", help="suffix of the output file names: <family>-<tag>.json")
     out.add_argument("--no-save", action="store_true", help="print only")
     out.add_argument("--no-plot", action="store_true", help="no PNG")
@@ -683,6 +718,9 @@ def _emit(record: dict) -> None:
 def _memory_worker(cases: List[Case], args: argparse.Namespace, device: torch.device) -> None:
     """Subprocess side: the extra resident memory of one forward+backward per planned (case, impl, n)."""
     spec = json.loads(args.mem_worker)
+    if spec.get("gaussreg_dir") != _gaussreg_dir():
+        # Memory of another build would be reported as this one's.
+        sys.exit(f"memory worker: imported gaussreg from {_gaussreg_dir()}, not the parent's {spec.get('gaussreg_dir')}")
     impls = {(c.name, i.name): (c, i) for c in cases for i in c.impls}
     dtype, dim = _DTYPES[args.dtype], spec["dim"]
     use_hwm = spec["method"] == "hwm" and _reset_peak_rss()
@@ -730,14 +768,34 @@ def _memory_worker(cases: List[Case], args: argparse.Namespace, device: torch.de
         _malloc_trim()
 
 
+# The memory worker's entry: the parent's sys.path replaces the child's before anything is
+# imported, so the child times the very gaussreg (and torch) the parent imported. `python -m`
+# would put the current directory first, and a checkout there would shadow an installed
+# build with its uncompiled sources.
+_WORKER_BOOT = ("import importlib, json, sys\n"
+                "sys.path[:] = json.loads(sys.argv[1])\n"
+                "importlib.import_module(sys.argv[2]).main(sys.argv[3:])\n")
+
+
+def _worker_command(family_module: str) -> List[str]:
+    path = [os.path.abspath(p) for p in sys.path if isinstance(p, str)]  # "" is the current directory
+    return [sys.executable, "-c", _WORKER_BOOT, json.dumps(path), family_module]
+
+
+def _gaussreg_dir() -> Optional[str]:
+    try:
+        import gaussreg
+    except Exception:  # the harness itself does not need gaussreg
+        return None
+    return str(Path(gaussreg.__file__).resolve().parent)
+
+
 def _memory_cpu(family_module: str, cases: List[Case], rows: List[dict], args: argparse.Namespace, dim: int) -> None:
     """Parent side: fill peak_mem_bytes of the ok rows from fresh subprocesses (see --mem-isolation)."""
     scope = args.mem_isolation
     if scope != "call" and not _reset_peak_rss():
         print("note: /proc/self/clear_refs is not writable here; measuring memory with one subprocess per call")
         scope = "call"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     by_key = {(r["case"], r["impl"], r["n"]): r for r in rows if r["status"] == "ok"}
     order = {(c.name, i.name): (k, j) for k, c in enumerate(cases) for j, i in enumerate(c.impls)}
     plan = sorted(by_key, key=lambda key: (order[key[:2]], key[2]))  # per impl, ascending n
@@ -757,12 +815,11 @@ def _memory_cpu(family_module: str, cases: List[Case], rows: List[dict], args: a
     for batch in batches:
         while batch:
             spec = {"plan": batch, "method": "maxrss" if scope == "call" else "hwm", "method_scope": scope,
-                    "dim": dim}
-            cmd = [sys.executable, "-m", family_module, *args._argv, "--_mem-worker", json.dumps(spec)]
+                    "dim": dim, "gaussreg_dir": _gaussreg_dir()}
+            cmd = [*_worker_command(family_module), *args._argv, "--_mem-worker", json.dumps(spec)]
             started, done = None, set()
             try:
-                proc = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, capture_output=True, text=True,
-                                      timeout=args.mem_timeout)
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mem_timeout)
                 out, err, rc = proc.stdout, proc.stderr, proc.returncode
                 why = f"exit status {rc}" if rc >= 0 else f"killed by signal {-rc} (likely the OOM killer)"
             except subprocess.TimeoutExpired as exc:
@@ -787,7 +844,12 @@ def _memory_cpu(family_module: str, cases: List[Case], rows: List[dict], args: a
                 annotate(started, f"memory run: worker {why}")
                 remaining = [p for p in remaining if p != started]  # go on without the call that died
             elif remaining:
+                # Timings stay valid, but each row says why its memory is missing (a worker
+                # that cannot even import the package must not pass unnoticed).
                 print(f"  [memory] worker ended ({why}) before {len(remaining)} call(s):\n{err[-2000:]}")
+                last = (err.strip().splitlines() or [""])[-1][:200]
+                for key in remaining:
+                    annotate(key, f"memory run: worker {why} before this call" + (f" ({last})" if last else ""))
                 remaining = []
             batch = remaining
 
@@ -846,7 +908,7 @@ def format_table(rows: List[dict]) -> str:
 
 def write_outputs(family: str, meta: dict, rows: List[dict], args: argparse.Namespace,
                   floor_fn: Optional[Dict[str, Callable[[int], float]]]) -> List[Path]:
-    out_dir = args.out or (RESULTS_DIR / meta["device_slug"])
+    out_dir = (args.out or (args.results_dir / meta["device_slug"])).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = family + (f"-{args.tag}" if args.tag else "")
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.csv"]
@@ -889,7 +951,7 @@ def plot(path: Path, meta: dict, rows: List[dict], floor_fn: Optional[Dict[str, 
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
         ns = sorted({r["n"] for r in case_rows if r["n"] is not None})
         if floor_fn and case in floor_fn and ns:
-            ax.plot(ns, [floor_fn[case](n, d) for n in ns], "k--", linewidth=1, label="floor (bench/floors.py)")
+            ax.plot(ns, [floor_fn[case](n, d) for n in ns], "k--", linewidth=1, label="floor (gaussreg/bench/floors.py)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(f"{case}, D = {d}" if several_d else case)
@@ -921,7 +983,7 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
 
     Args:
         family: the script's stem ("kernel_sums"): output file names and the CLI prog.
-        module: the script's module path ("bench.kernel_sums"), run again as the memory subprocess.
+        module: the script's module path ("gaussreg.bench.kernel_sums"), run again as the memory subprocess.
         build_cases: ``(args, device) -> [Case]``.
         default_n: ``{"cpu": [...], "cuda": [...]}`` sizes when ``--n`` is not given.
         add_arguments: adds the family's own options to the parser.
@@ -972,6 +1034,12 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
             + ("" if os.environ.get("OMP_WAIT_POLICY") else
                "; OpenMP's default spin-then-sleep waiting makes barrier-heavy code much slower when threads "
                "are descheduled (OMP_WAIT_POLICY=passive in the environment reduces that)"))
+        print("warning: " + meta["warnings"][-1])
+    if meta["source_git_commit"] and meta["source_git_commit"] != meta["git_commit"]:
+        meta["warnings"].append(
+            f"gaussreg is imported from a checkout at {meta['source_git_commit'][:12]} (its Python code runs as it "
+            f"is now) but was built at {meta['git_commit'][:12]} (the compiled modules and the recorded commit): "
+            "rebuild it (pip install -e .) so that the results name what ran")
         print("warning: " + meta["warnings"][-1])
     rate = bandwidth = None
     if not args.no_floor:

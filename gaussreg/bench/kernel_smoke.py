@@ -5,8 +5,8 @@ that edge paths run, and ends with a device synchronisation so that a fault surf
 its case. Nothing is compared here (the tests do that); a case passes when it returns a
 finite value and finite gradients.
 
-    python3 -m bench.kernel_smoke --device cuda            # what bench/gpu_check.sh sanitizes
-    python3 -m bench.kernel_smoke --device cpu             # the same cases on the CPU (CI runs this)
+    python3 -m gaussreg.bench.kernel_smoke --device cuda            # what bench/gpu_check.sh sanitizes
+    python3 -m gaussreg.bench.kernel_smoke --device cpu             # the same cases on the CPU (CI runs this)
 """
 from __future__ import annotations
 

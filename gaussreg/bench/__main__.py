@@ -1,12 +1,16 @@
-"""Run benchmark families: ``python -m bench [FAMILY ...] [OPTIONS]`` (also ``gaussreg bench``).
+"""Run benchmark families: ``python -m gaussreg.bench [FAMILY ...] [OPTIONS]`` (also ``gaussreg bench``).
 
 With no FAMILY every family runs, one after the other, with the same OPTIONS (those of
 the shared harness: ``--n``, ``--dim``, ``--device``, ``--dtype``, ``--repeats``, ...);
 a family's own options (``--ref-max-n``, ``--cdist-max-n``) need that family named alone.
-``python -m bench kernel_sums --help`` lists a family's options.
+``python -m gaussreg.bench kernel_sums --help`` lists a family's options.
 
-    python -m bench --n 256 1024 --repeats 3           # every family, CPU
-    python -m bench cdf_attraction --device cuda --n 16384 --ref-max-n 16384
+    python -m gaussreg.bench --n 256 1024 --repeats 3           # every family, CPU
+    python -m gaussreg.bench cdf_attraction --device cuda --n 16384 --ref-max-n 16384
+
+Results go to ./gaussreg-bench-results/<device>/ in the current directory; ``--results-dir
+DIR`` writes DIR/<device>/ instead (``--results-dir bench/results`` from the repository
+root updates the committed results that README's tables are generated from).
 """
 from __future__ import annotations
 
@@ -15,9 +19,9 @@ import sys
 from typing import List, Optional
 
 FAMILIES = {
-    "kernel_sums": "bench.kernel_sums",  # SPEC 3, 4, 5: gaussian_l2*, mmd, cw_distance
-    "cdf_attraction": "bench.cdf_attraction",  # SPEC 1
-    "segmented": "bench.segmented",  # SPEC 2, 6, 7, 7b: coordinate, SWAE, GMM KS, Epps-Pulley
+    "kernel_sums": "gaussreg.bench.kernel_sums",  # SPEC 3, 4, 5: gaussian_l2*, mmd, cw_distance
+    "cdf_attraction": "gaussreg.bench.cdf_attraction",  # SPEC 1
+    "segmented": "gaussreg.bench.segmented",  # SPEC 2, 6, 7, 7b: coordinate, SWAE, GMM KS, Epps-Pulley
 }
 
 

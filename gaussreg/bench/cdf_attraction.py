@@ -27,14 +27,14 @@ Implementations:
 * ``reference``: ``gaussreg.reference`` (``backend="reference"``): all n' pair differences
   (n' x D), ``torch.argsort`` and autograd; not run above ``--ref-max-n``.
 
-The floor (``bench/floors.py``) counts the pair distances' arithmetic and each sort key
+The floor (``gaussreg/bench/floors.py``) counts the pair distances' arithmetic and each sort key
 written and read once; no exact method can beat it, and a real sort needs several passes
 over its keys, so compare native with the yardstick at the same n as well.
 
 Example:
-    python -m bench.cdf_attraction --n 1024 4096 --ref-max-n 4096
-    python -m bench.cdf_attraction --n 16384 --impls native --no-forward
-    python -m bench.cdf_attraction --device cuda --n 4096 16384 65536 131072 --ref-max-n 16384
+    python -m gaussreg.bench.cdf_attraction --n 1024 4096 --ref-max-n 4096
+    python -m gaussreg.bench.cdf_attraction --n 16384 --impls native --no-forward
+    python -m gaussreg.bench.cdf_attraction --device cuda --n 4096 16384 65536 131072 --ref-max-n 16384
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv=None):
     return _harness.main(
-        "cdf_attraction", "bench.cdf_attraction", build_cases, description=__doc__.split("\n\n")[0],
+        "cdf_attraction", "gaussreg.bench.cdf_attraction", build_cases, description=__doc__.split("\n\n")[0],
         default_n={"cpu": [256, 512, 1024, 2048, 4096], "cuda": [1024, 4096, 16384, 65536]},
         add_arguments=add_arguments, argv=argv,
         notes=["native = compiled engine (exact ranks: selection for p = 1, bucketed sort for p = 2); "

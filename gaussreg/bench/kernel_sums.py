@@ -47,13 +47,13 @@ not a census, and "x floor" below 1 is possible in principle.
 The floor time is this count divided by the rate of a large matmul measured in the same
 run on the same device (``--peak-size``), or the bytes that must move (each point tensor
 read, each gradient written) over the bandwidth of a large copy, whichever is larger
-(``bench/floors.py``): achievable-peak proxies, not datasheet peaks.
+(``gaussreg/bench/floors.py``): achievable-peak proxies, not datasheet peaks.
 
 Example:
-    python -m bench.kernel_sums --n 256 512 --repeats 3
-    python -m bench.kernel_sums                       # CPU default: n = 256 .. 4096, D = 64
-    python -m bench.kernel_sums --n 1024 4096 --ref-max-n 1024 --cdist-max-n 4096
-    python -m bench.kernel_sums --device cuda --ref-max-n 8192
+    python -m gaussreg.bench.kernel_sums --n 256 512 --repeats 3
+    python -m gaussreg.bench.kernel_sums                       # CPU default: n = 256 .. 4096, D = 64
+    python -m gaussreg.bench.kernel_sums --n 1024 4096 --ref-max-n 1024 --cdist-max-n 4096
+    python -m gaussreg.bench.kernel_sums --device cuda --ref-max-n 8192
 """
 from __future__ import annotations
 
@@ -426,11 +426,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv=None):
     return _harness.main(
-        "kernel_sums", "bench.kernel_sums", build_cases, description=__doc__.split("\n\n")[0],
+        "kernel_sums", "gaussreg.bench.kernel_sums", build_cases, description=__doc__.split("\n\n")[0],
         default_n={"cpu": [256, 512, 1024, 2048, 4096], "cuda": [1024, 4096, 16384, 65536]},
         add_arguments=add_arguments, argv=argv,
         notes=["FLOPs count the matmul formulation: 4 n^2 D per self sum forward+backward "
-               "(see bench/kernel_sums.py); kernel evaluations are not counted",
+               "(see gaussreg/bench/kernel_sums.py); kernel evaluations are not counted",
                "blocked = PyTorch peer with a hand-written gradient (512-row blocks, matmul expansion); "
                "cdist = torch.cdist + autograd; reference = gaussreg.reference (O(n^2 D) memory)"])
 
