@@ -2,7 +2,11 @@
 
 Environment:
   GAUSSREG_CUDA_ARCHS  CUDA architectures for gaussreg._cuda (default "80;90", PTX for the last)
-  GAUSSREG_NO_CUDA=1   skip the CUDA module even when nvcc is found
+  GAUSSREG_CUDA=1      always build the CUDA module gaussreg._cuda (fails without nvcc);
+                       build machines and CI, where no GPU is visible
+  GAUSSREG_NO_CUDA=1   never build it
+  (neither)            build it when nvcc is found and a GPU is visible (nvidia-smi lists
+                       one): a GPU user gets it, a CPU user does not wait several minutes
   GAUSSREG_NATIVE=0    build the CPU module for a generic x86-64/arm64 target instead of -march=native
   GAUSSREG_DEBUG=1     build without optimisation, with assertions
 
@@ -25,8 +29,8 @@ ROOT = Path(__file__).resolve().parent
 
 
 class CMakeExtension(Extension):
-    def __init__(self, name):
-        super().__init__(name, sources=[])
+    def __init__(self, name, optional=False):
+        super().__init__(name, sources=[], optional=optional)
 
 
 def _cmake_executable():
@@ -60,9 +64,43 @@ def _cmake_args(ext_dir, build_type):
     args.append(f"-DGAUSSREG_CUDA_ARCHS={os.environ.get('GAUSSREG_CUDA_ARCHS', '80;90')}")
     # Both ways, not only OFF: a build folder is reused (build/ of an in-tree `pip install .`),
     # and an OFF left in its CMake cache by an earlier CPU-only build would otherwise stick.
-    args.append(f"-DGAUSSREG_WITH_CUDA={'OFF' if os.environ.get('GAUSSREG_NO_CUDA', '0') == '1' else 'ON'}")
+    args.append(f"-DGAUSSREG_WITH_CUDA={'ON' if CUDA_CHOICE.build else 'OFF'}")
+    args.append(f"-DGAUSSREG_REQUIRE_CUDA={'ON' if CUDA_CHOICE.required else 'OFF'}")
     args.append(f"-DGAUSSREG_NATIVE={'OFF' if os.environ.get('GAUSSREG_NATIVE', '1') == '0' else 'ON'}")
     return args
+
+
+class CudaChoice:
+    """Whether this build compiles gaussreg._cuda, and why (recorded in _build_info.py, where
+    ``gaussreg.backends()`` reads it to explain a missing module)."""
+
+    def __init__(self, build, required, reason):
+        self.build, self.required, self.reason = build, required, reason
+
+
+def _gpu_visible():
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def _choose_cuda():
+    if os.environ.get("GAUSSREG_NO_CUDA", "0") == "1":
+        return CudaChoice(False, False, "not built: GAUSSREG_NO_CUDA=1 at build time")
+    if os.environ.get("GAUSSREG_CUDA", "0") == "1":
+        return CudaChoice(True, True, "GAUSSREG_CUDA=1 at build time")
+    nvcc = shutil.which("nvcc") or os.environ.get("CUDACXX")
+    if not nvcc:
+        return CudaChoice(False, False, "not built: nvcc was not found at build time")
+    if not _gpu_visible():
+        return CudaChoice(False, False, "not built: no GPU was visible at build time (nvidia-smi); "
+                                        "reinstall with GAUSSREG_CUDA=1 to build it anyway")
+    return CudaChoice(True, False, "nvcc found and a GPU visible at build time")
+
+
+CUDA_CHOICE = _choose_cuda()
 
 
 def _git(*args):
@@ -89,7 +127,9 @@ def _source_commit():
 
 def _write_build_info(package_dir):
     text = ('"""Written by setup.py at build time (not tracked by git): what this build was built from."""\n'
-            f"GIT_COMMIT = {_source_commit()!r}\n")
+            f"GIT_COMMIT = {_source_commit()!r}\n"
+            f"CUDA_BUILD = {CUDA_CHOICE.build!r}  # whether this build compiled gaussreg._cuda\n"
+            f"CUDA_REASON = {CUDA_CHOICE.reason!r}\n")
     path = Path(package_dir) / "_build_info.py"
     if not path.is_file() or path.read_text() != text:  # unchanged: keep the timestamp, no rebuild churn
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +150,17 @@ class BuildPy(build_py):
 
 
 class CMakeBuild(build_ext):
+    """One CMake run builds every module (gaussreg._C, and gaussreg._cuda when chosen) into the
+    package folder. Both are registered extensions, so that an editable install copies each
+    module that was built into the source tree (setuptools copies only registered outputs);
+    gaussreg._cuda is optional: skipped when this build does not make it."""
+
     def build_extension(self, ext):
+        if ext.name != "gaussreg._C":
+            return  # built by the CMake run of gaussreg._C
+        print(f"gaussreg: building gaussreg._C (C++/OpenMP); gaussreg._cuda: "
+              f"{'building, several minutes' if CUDA_CHOICE.build else 'skipped'} ({CUDA_CHOICE.reason})",
+              file=sys.stderr, flush=True)
         ext_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_type = "Debug" if os.environ.get("GAUSSREG_DEBUG", "0") == "1" else "Release"
         build_dir = Path(self.build_temp).resolve() / "cmake"
@@ -122,6 +172,6 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    ext_modules=[CMakeExtension("gaussreg._C")],
+    ext_modules=[CMakeExtension("gaussreg._C"), CMakeExtension("gaussreg._cuda", optional=True)],
     cmdclass={"build_py": BuildPy, "build_ext": CMakeBuild},
 )

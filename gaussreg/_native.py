@@ -86,13 +86,21 @@ def backends() -> dict:
         cuda_entry = {"built": True, "available": mod is not None,
                       "detail": "ok" if mod is not None else f"not importable: {_import_errors['_cuda']}"}
     else:
-        cuda_entry = {
-            "built": cuda_built,
-            "available": False,
-            "detail": ("no CUDA device visible to torch" if cuda_built
-                       else "not built (nvcc was not found at build time, or GAUSSREG_NO_CUDA=1)"),
-        }
+        cuda_entry = {"built": cuda_built, "available": False,
+                      "detail": "no CUDA device visible to torch" if cuda_built else _cuda_missing_reason()}
     return {"cpu": cpu_entry, "cuda": cuda_entry}
+
+
+def _cuda_missing_reason() -> str:
+    """Why gaussreg._cuda is not installed, as the build recorded it (setup.py)."""
+    try:
+        from . import _build_info
+    except ImportError:  # built by other means than setup.py
+        return "not built (nvcc was not found at build time, or GAUSSREG_NO_CUDA=1)"
+    if getattr(_build_info, "CUDA_BUILD", False):
+        return ("built, but not installed with the package (a stale or partial install); "
+                "reinstall gaussreg")
+    return getattr(_build_info, "CUDA_REASON", "not built")
 
 
 def module_for(device: torch.device):

@@ -41,6 +41,28 @@ def test_backends_is_stable():
     assert gaussreg.backends() == gaussreg.backends()
 
 
+def test_every_module_the_build_made_is_installed():
+    """An editable install used to leave gaussreg._cuda behind in the build folder (setuptools
+    copied only the registered gaussreg._C): every module the build made must import, the
+    CUDA one without a GPU too; a module the build skipped is reported with the build's
+    reason (GAUSSREG_NO_CUDA=1, no nvcc, no GPU visible)."""
+    info = pytest.importorskip("gaussreg._build_info", reason="not built by setup.py")
+    import importlib.util
+    import subprocess
+    import sys
+
+    assert importlib.util.find_spec("gaussreg._C") is not None
+    found = importlib.util.find_spec("gaussreg._cuda") is not None
+    if info.CUDA_BUILD:
+        assert found, "the build compiled gaussreg._cuda but it is not installed"
+        # In a child: loading the CUDA runtime may not be undone (see _native._preload).
+        out = subprocess.run([sys.executable, "-c", "import gaussreg._cuda"], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+    elif not found:
+        assert gaussreg.backends()["cuda"]["detail"] == info.CUDA_REASON
+
+
 @pytest.mark.cuda
 def test_backends_cuda_available():
     info = gaussreg.backends()["cuda"]
