@@ -44,7 +44,7 @@ stage() {  # stage NAME LIMIT_SECONDS FUNCTION: run with a time limit, log, one 
 }
 
 build() {
-  GAUSSREG_CUDA_ARCHS=${GAUSSREG_CUDA_ARCHS:-90} CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+  GAUSSREG_CUDA=1 GAUSSREG_CUDA_ARCHS=${GAUSSREG_CUDA_ARCHS:-90} CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
     python3 -m pip install --no-build-isolation --no-deps -v -e . &&
     python3 -c "import gaussreg, torch; print(gaussreg.backends()); assert gaussreg.backends()['cuda']['available']"
 }

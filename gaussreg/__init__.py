@@ -1,7 +1,7 @@
 """gaussreg: latent-distribution regularizers for generative autoencoders.
 
 Every loss takes a batch of latents ``z`` of shape (n, D) and returns a differentiable
-0-dim tensor; the formulas are those of SPEC.md (section in each docstring). The O(n^2)
+0-dim tensor; the formulas are those of docs/formulas.md (section in each docstring). The O(n^2)
 work runs in fused C++/OpenMP or CUDA kernels (``gaussreg.backends()`` says which are
 built); ``gaussreg.reference`` holds the plain-PyTorch version of every formula.
 """

@@ -1,4 +1,4 @@
-"""Input validation shared by every loss (SPEC "Shapes, dtypes, devices, errors").
+"""Input validation shared by every loss (docs/formulas.md, "Inputs and errors").
 
 Errors name the argument and what was expected: TypeError for a wrong kind of object or
 dtype, ValueError for a wrong shape, size, value or device.
@@ -74,7 +74,7 @@ def same_dim(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float32 or float64: half-precision inputs are computed in float32 (SPEC)."""
+    """float32 or float64: half-precision inputs are computed in float32 (docs/formulas.md)."""
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)

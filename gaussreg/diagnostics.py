@@ -1,4 +1,4 @@
-"""Normality diagnostics for a batch of latents (SPEC 8): is ``z`` a sample of N(0, I)?
+"""Normality diagnostics for a batch of latents (formulas §8): is ``z`` a sample of N(0, I)?
 
 Each statistic returns a small frozen result in the manner of ``scipy.stats``
 (``statistic``, ``pvalue`` where a test exists), convertible with ``to_dict()`` /
@@ -8,7 +8,7 @@ Each statistic returns a small frozen result in the manner of ``scipy.stats``
   standardized with chi-squared / normal p-values;
 - ``ks_radii(z)``, ``ks_distances(z)``: Kolmogorov-Smirnov statistic and l1 area of
   the radii ||z_i||^2 and of all n(n-1)/2 half squared distances against chi2_D (the
-  quantities CDF attraction fits, SPEC 1); the distances run in the compiled engine;
+  quantities CDF attraction fits, formulas §1); the distances run in the compiled engine;
 - ``henze_zirkler(z)``: the HZ test with its lognormal p-value; ``bhep(z, beta)``
   the raw BHEP statistic it is built from;
 - ``projection_ks(z)``: KS statistics of random 1-D projections against N(0, 1);
@@ -92,7 +92,7 @@ class _Result:
 
 @dataclasses.dataclass(frozen=True)
 class MardiaResult(_Result):
-    """Mardia's multivariate skewness b1 and kurtosis b2 (SPEC 8).
+    """Mardia's multivariate skewness b1 and kurtosis b2 (formulas §8).
 
     ``standardized=False``: of the raw sample against N(0, I) (targets: b1 -> 0 with
     E b1 = D(D+2)(D+4)/n, b2 = D(D+2)); the p-values are then None (the raw statistics
@@ -151,7 +151,7 @@ class ProjectionKSResult(_Result):
 @dataclasses.dataclass(frozen=True)
 class CramerWoldResult(_Result):
     """CWAE normality index ``statistic`` = d_cw^2 / ||N(0, I)||_cw^2 = 2 sqrt(pi (1 + gamma)) d_cw^2,
-    with the squared distance ``distance`` and the smoothing ``gamma`` (SPEC 5)."""
+    with the squared distance ``distance`` and the smoothing ``gamma`` (formulas §5)."""
 
     statistic: float
     distance: float
@@ -218,7 +218,7 @@ def _two_sided_normal_pvalue(z: float) -> float:
 def _standardize(z: Tensor) -> Tuple[Optional[Tensor], bool]:
     """(S^{-1/2} (z - mean), singular?) with S the biased covariance; (None, True) if S is singular.
 
-    The symmetric inverse square root (SPEC 8) by an eigendecomposition; an eigenvalue
+    The symmetric inverse square root (formulas §8) by an eigendecomposition; an eigenvalue
     below D * 1e-12 of the largest counts as zero (n <= D always lands there).
     """
     n, dim = z.shape
@@ -298,7 +298,7 @@ def _ks_gaps_at(keys: Tensor, ranks: Tensor, m: int, cdf, chunk: int = 1 << 20) 
 
 
 def mardia(z, standardize: bool = False) -> MardiaResult:
-    """Mardia's multivariate skewness and kurtosis (SPEC 8).
+    """Mardia's multivariate skewness and kurtosis (formulas §8).
 
     .. math::
         b_1 = \\frac{1}{n^2}\\sum_{i,j} (y_i \\cdot y_j)^3, \\qquad b_2 = \\frac{1}{n}\\sum_i \\|y_i\\|^4
@@ -356,7 +356,7 @@ def mardia(z, standardize: bool = False) -> MardiaResult:
 
 
 def ks_radii(z) -> KSResult:
-    """KS statistic and l1 gap of the squared radii r_i = ||z_i||^2 against chi2_D (SPEC 8).
+    """KS statistic and l1 gap of the squared radii r_i = ||z_i||^2 against chi2_D (formulas §8).
 
     ``statistic`` = sup_x |Fhat(x) - F_D(x)| (the one-sample KS statistic, so under
     N(0, I) it follows Kolmogorov's law: about 0.87 / sqrt(n) on average); ``l1`` =
@@ -504,7 +504,7 @@ def _half_sq_distances_after(z: Tensor, rows: slice) -> Tensor:
 
 
 def ks_distances(z) -> KSResult:
-    """KS statistic and l1 gap of all n' = n(n-1)/2 half squared distances against chi2_D (SPEC 8).
+    """KS statistic and l1 gap of all n' = n(n-1)/2 half squared distances against chi2_D (formulas §8).
 
     d_ij = ||z_i - z_j||^2 / 2 (i < j) is chi2_D for independent N(0, I) points.
     ``statistic`` = sup_x |Fhat(x) - F_D(x)| over the n' values; ``l1`` =
@@ -562,7 +562,7 @@ def _bhep_parts(y: Tensor, beta: float) -> Tuple[float, float, float]:
 
 
 def bhep(z, beta) -> BHEPResult:
-    """BHEP statistic of the raw sample against N(0, I) (SPEC 8), no standardization.
+    """BHEP statistic of the raw sample against N(0, I) (formulas §8), no standardization.
 
     .. math::
         \\mathrm{mean}_{i,j} e^{-\\frac{\\beta^2}{2}\\|z_i - z_j\\|^2}
@@ -594,7 +594,7 @@ def bhep(z, beta) -> BHEPResult:
 
 
 def henze_zirkler_beta(n: int, dim: int) -> float:
-    """The usual HZ smoothing ((2D + 1) n / 4)^{1/(D+4)} / sqrt(2) (SPEC 8)."""
+    """The usual HZ smoothing ((2D + 1) n / 4)^{1/(D+4)} / sqrt(2) (formulas §8)."""
     return ((2 * dim + 1) * n / 4.0) ** (1.0 / (dim + 4)) / math.sqrt(2.0)
 
 
@@ -604,7 +604,7 @@ def _hz_lognormal_pvalue(hz_minus_one: float, n: int, dim: int, beta: float) -> 
     With a = 1 + 2b^2, the null mean is mu = 1 - a^{-D/2}(1 + D b^2/a + D(D+2) b^4/(2a^2))
     and the variance si2 a sum of D/2-th powers. At large D both a^{-D/2} and si2 are
     tiny, HZ and mu are 1 + (something tiny), so every log is taken as log1p of that
-    something: the p-value stays finite (SPEC 8) instead of becoming log(1)/0.
+    something: the p-value stays finite (formulas §8) instead of becoming log(1)/0.
     """
     p, b2 = dim, beta * beta
     b4, b8 = b2 * b2, b2**4
@@ -626,7 +626,7 @@ def _hz_lognormal_pvalue(hz_minus_one: float, n: int, dim: int, beta: float) -> 
 
 
 def henze_zirkler(z, beta: Optional[float] = None) -> HZResult:
-    """Henze-Zirkler test of multivariate normality (SPEC 8).
+    """Henze-Zirkler test of multivariate normality (formulas §8).
 
     With y = S^{-1/2}(z - mean) (S the biased covariance), D_ij = ||y_i - y_j||^2 and
     D_i = ||y_i||^2:
@@ -682,7 +682,7 @@ def _normal_cdf(x: Tensor) -> Tensor:
 
 
 def projection_ks(z, num_projections: int = 32, generator: Optional[torch.Generator] = None) -> ProjectionKSResult:
-    """KS statistics of random 1-D projections of z against N(0, 1) (SPEC 8; Duda's Fig. 2, top).
+    """KS statistics of random 1-D projections of z against N(0, 1) (formulas §8; Duda's Fig. 2, top).
 
     For unit directions theta_l uniform on the sphere (drawn on the CPU with
     ``generator``), the statistic of direction l is sup_x |Fhat_l(x) - Phi(x)| of the
@@ -712,7 +712,7 @@ def projection_ks(z, num_projections: int = 32, generator: Optional[torch.Genera
 
 
 def cramer_wold_index(z, gamma: Optional[float] = None) -> CramerWoldResult:
-    """CWAE normality index: d_cw^2(sample, N(0, I)) / ||N(0, I)||^2_cw (Tabor, Knop et al.; SPEC 5).
+    """CWAE normality index: d_cw^2(sample, N(0, I)) / ||N(0, I)||^2_cw (Tabor, Knop et al.; formulas §5).
 
     d_cw^2 is ``gaussreg.cw_distance`` (the exact 1F1 kernel below D = 20, the CWAE
     approximation from D = 20 on, as the official code does); ||N(0, I)||^2_cw =
@@ -818,7 +818,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def report(z, *, num_projections: int = 32, generator: Optional[torch.Generator] = None) -> Report:
-    """Every diagnostic of SPEC 8 on one sample, as a ``Report`` (a dict that prints as a table).
+    """Every diagnostic of formulas §8 on one sample, as a ``Report`` (a dict that prints as a table).
 
     Args:
         z: points (n, D), n >= 2, float tensor or numpy array, finite.

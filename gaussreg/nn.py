@@ -52,7 +52,7 @@ def _short_repr(value) -> str:
 
 
 class CDFAttraction(_Loss):
-    """``cdf_attraction`` (SPEC 1): sorted radii and pair distances attracted to target quantiles.
+    """``cdf_attraction`` (formulas §1): sorted radii and pair distances attracted to target quantiles.
 
     >>> CDFAttraction(distances_weight=2.0)(torch.randn(100, 4)).shape
     torch.Size([])
@@ -70,7 +70,7 @@ class CDFAttraction(_Loss):
 
 
 class GaussianL2ToNormal(_Loss):
-    """``gaussian_l2_to_normal`` (SPEC 3): L2 distance of the smoothed sample to N(0, I).
+    """``gaussian_l2_to_normal`` (formulas §3): L2 distance of the smoothed sample to N(0, I).
 
     >>> GaussianL2ToNormal(sigma="mean_field")(torch.randn(100, 4)).shape
     torch.Size([])
@@ -84,7 +84,7 @@ class GaussianL2ToNormal(_Loss):
 
 
 class GaussianL2(_Loss):
-    """``gaussian_l2`` (SPEC 3): L2 distance between two smoothed samples, ``forward(x, y)``.
+    """``gaussian_l2`` (formulas §3): L2 distance between two smoothed samples, ``forward(x, y)``.
 
     >>> GaussianL2(sigma=0.5)(torch.randn(100, 4), torch.randn(80, 4)).shape
     torch.Size([])
@@ -98,7 +98,7 @@ class GaussianL2(_Loss):
 
 
 class MMD(_Loss):
-    """``mmd`` (SPEC 4, WAE-MMD): ``forward(z, prior_sample=None)``; without a prior sample
+    """``mmd`` (formulas §4, WAE-MMD): ``forward(z, prior_sample=None)``; without a prior sample
     one is drawn from N(0, I) with ``generator`` at each call (or ``"analytic"`` for rbf).
 
     >>> MMD(kernel="imq")(torch.randn(100, 4)).shape
@@ -115,7 +115,7 @@ class MMD(_Loss):
 
 
 class CramerWold(_Loss):
-    """``cw_distance`` (SPEC 5, CWAE): Cramer-Wold distance to N(0, I); ``log=True`` is the CWAE loss.
+    """``cw_distance`` (formulas §5, CWAE): Cramer-Wold distance to N(0, I); ``log=True`` is the CWAE loss.
 
     >>> CramerWold(log=True)(torch.randn(100, 4)).shape
     torch.Size([])
@@ -130,7 +130,7 @@ class CramerWold(_Loss):
 
 
 class CoordinateCDFAttraction(_Loss):
-    """``coordinate_cdf_attraction`` (SPEC 2): each coordinate's ranks attracted to a marginal's quantiles.
+    """``coordinate_cdf_attraction`` (formulas §2): each coordinate's ranks attracted to a marginal's quantiles.
 
     >>> CoordinateCDFAttraction(marginal="torus", bits=4)(torch.rand(100, 4)).shape
     torch.Size([])
@@ -145,7 +145,7 @@ class CoordinateCDFAttraction(_Loss):
 
 
 class SlicedWasserstein(_Loss):
-    """``sliced_wasserstein`` (SPEC 6, SWAE): ``forward(z, prior_sample=None)``; fresh random
+    """``sliced_wasserstein`` (formulas §6, SWAE): ``forward(z, prior_sample=None)``; fresh random
     directions from ``generator`` at each call unless ``directions`` is fixed.
 
     >>> SlicedWasserstein(num_projections=32)(torch.randn(100, 4)).shape
@@ -162,7 +162,7 @@ class SlicedWasserstein(_Loss):
 
 
 class EppsPulley(_Loss):
-    """``epps_pulley`` (SPEC 7b, SIGReg): sliced characteristic-function test statistic against N(0, 1).
+    """``epps_pulley`` (formulas §7b, SIGReg): sliced characteristic-function test statistic against N(0, 1).
 
     >>> EppsPulley(num_slices=64)(torch.randn(100, 4)).shape
     torch.Size([])
@@ -199,7 +199,7 @@ class _MixtureLoss(_Loss):
 
 
 class GMMKS(_MixtureLoss):
-    """``gmm_ks_loss`` (SPEC 7): marginal CDFs of z against a Gaussian-mixture prior's.
+    """``gmm_ks_loss`` (formulas §7): marginal CDFs of z against a Gaussian-mixture prior's.
 
     >>> GMMKS(GaussianMixture.separated(3, 4))(torch.randn(100, 4)).shape
     torch.Size([])
@@ -213,7 +213,7 @@ class GMMKS(_MixtureLoss):
 
 
 class GMMCov(_MixtureLoss):
-    """``gmm_cov_loss`` (SPEC 7): sample covariance of z against a Gaussian-mixture prior's.
+    """``gmm_cov_loss`` (formulas §7): sample covariance of z against a Gaussian-mixture prior's.
 
     >>> GMMCov(GaussianMixture.separated(3, 4))(torch.randn(100, 4)).shape
     torch.Size([])

@@ -1,4 +1,4 @@
-"""Reference implementations of every formula in SPEC.md, sections 1-7b.
+"""Reference implementations of every formula in docs/formulas.md, sections 1-7b.
 
 These are the oracle for the test-suite and the baseline for benchmarks.
 They favour being obviously correct over being fast: plain vectorized
@@ -61,7 +61,7 @@ def _off_diagonal_mean(kernel_matrix):
 
 
 def _abs_power(e, p):
-    # For p = 1 the abs gradient at 0 is 0, which is SPEC's sgn(0) = 0.
+    # For p = 1 the abs gradient at 0 is 0, which is the formulas' sgn(0) = 0.
     return e.abs() if p == 1 else e.abs().pow(p)
 
 
@@ -71,7 +71,7 @@ def _abs_power(e, p):
 
 
 def chi2_quantiles(m, df, *, device=None, dtype=torch.float64):
-    """Q_df((k - 0.5)/m), k = 1..m: chi-squared quantiles at Hazen positions (SPEC 1)."""
+    """Q_df((k - 0.5)/m), k = 1..m: chi-squared quantiles at Hazen positions (formulas §1)."""
     import scipy.stats  # lazily: importing this module must stay cheap
 
     probabilities = _hazen_probabilities(m).numpy()
@@ -80,13 +80,13 @@ def chi2_quantiles(m, df, *, device=None, dtype=torch.float64):
 
 
 def normal_quantiles(m, *, device=None, dtype=torch.float64):
-    """Phi^{-1}((k - 0.5)/m), k = 1..m (SPEC 2 and 6)."""
+    """Phi^{-1}((k - 0.5)/m), k = 1..m (formulas §2 and 6)."""
     values = torch.special.ndtri(_hazen_probabilities(m, device=device))
     return values.to(dtype=dtype)
 
 
 class Chi2Target:
-    """Chi-squared target distribution with ``df`` degrees of freedom (SPEC 1)."""
+    """Chi-squared target distribution with ``df`` degrees of freedom (formulas §1)."""
 
     def __init__(self, df):
         self.df = df
@@ -96,7 +96,7 @@ class Chi2Target:
 
 
 class EmpiricalTarget:
-    """Target given by a reference sample (SPEC 1).
+    """Target given by a reference sample (formulas §1).
 
     The N sorted values v_(i) sit at probabilities (i - 0.5)/N (Hazen); a
     quantile in between is linearly interpolated, and beyond the first and
@@ -125,7 +125,7 @@ def _sorted_gap_loss(values, target, p):
     """(1/m) sum_k |values_(k) - target_k|^p with ascending order of the values.
 
     Sorting by index and gathering makes autograd route each residual's
-    gradient back to the point that holds that rank, which is SPEC's gradient.
+    gradient back to the point that holds that rank, which is the gradient of formulas §1.
     """
     order = torch.argsort(values.detach())
     sorted_values = values.gather(0, order)
@@ -149,7 +149,7 @@ def cdf_attraction(
     radii_target=None,
     distances_target=None,
 ):
-    """Attraction of sorted radii and pair distances to target quantiles (SPEC 1, Duda eq. 13)."""
+    """Attraction of sorted radii and pair distances to target quantiles (formulas §1, Duda eq. 13)."""
     dim = z.shape[1]
     radii_target = Chi2Target(dim) if radii_target is None else radii_target
     distances_target = Chi2Target(dim) if distances_target is None else distances_target
@@ -172,7 +172,7 @@ def _column_ranks(values):
 
 
 def _coordinate_targets(ranks, n, marginal, bits):
-    """Targets t_ij of SPEC 2 from integer ranks, in float64."""
+    """Targets t_ij of formulas §2 from integer ranks, in float64."""
     if marginal == "normal":
         return torch.special.ndtri((ranks.to(torch.float64) + 0.5) / n)
     if bits is None:
@@ -183,7 +183,7 @@ def _coordinate_targets(ranks, n, marginal, bits):
 
 
 def coordinate_cdf_attraction(z, *, marginal="normal", bits=None, p=2):
-    """Per-coordinate attraction to rank-based target quantiles (SPEC 2, Duda eq. 15)."""
+    """Per-coordinate attraction to rank-based target quantiles (formulas §2, Duda eq. 15)."""
     if marginal not in ("normal", "uniform", "torus"):
         raise ValueError(f"marginal must be 'normal', 'uniform' or 'torus', got {marginal!r}")
     if bits is not None and marginal == "normal":
@@ -232,7 +232,7 @@ def _log_mean_field_derivative_sign(u, r_sq, dim):
 
 
 def mean_field_sigma(r, dim, approx=False):
-    """Bandwidth sigma(r) minimizing SPEC 3's f(sigma) (Duda eq. 11); approx gives eq. 12."""
+    """Bandwidth sigma(r) minimizing formulas §3's f(sigma) (Duda eq. 11); approx gives eq. 12."""
     r64 = r.detach().to(torch.float64)
     if approx:
         return (1.0 + r64.pow(2) / (2.0 * dim)).to(r.dtype)
@@ -272,7 +272,7 @@ def _per_point_sigma(z, sigma):
 
 
 def gaussian_l2_to_normal(z, sigma=1.0):
-    """S = d_g^2(X, N(0, I)) (4 pi)^{D/2} for per-point bandwidths (SPEC 3, Duda eq. 9)."""
+    """S = d_g^2(X, N(0, I)) (4 pi)^{D/2} for per-point bandwidths (formulas §3, Duda eq. 9)."""
     dim = z.shape[1]
     sigma_sq = _per_point_sigma(z, sigma).pow(2)
 
@@ -292,7 +292,7 @@ def gaussian_l2_to_normal(z, sigma=1.0):
 
 
 def gaussian_l2(x, y, sigma=1.0):
-    """d_g^2(X, Y) (4 pi sigma^2)^{D/2} between two samples (SPEC 3, Duda eq. 7)."""
+    """d_g^2(X, Y) (4 pi sigma^2)^{D/2} between two samples (formulas §3, Duda eq. 7)."""
     scale = 4.0 * sigma**2
 
     def mean_kernel(a, b):
@@ -313,7 +313,7 @@ def _gaussian_overlaps(means_a, covs_a, means_b, covs_b):
 
 
 def gaussian_mixture_l2(means_x, covs_x, weights_x, means_y, covs_y, weights_y):
-    """Squared L2 distance between two full-covariance Gaussian mixtures (SPEC 3, eq. 5)."""
+    """Squared L2 distance between two full-covariance Gaussian mixtures (formulas §3, eq. 5)."""
 
     def cross(means_a, covs_a, weights_a, means_b, covs_b, weights_b):
         overlaps = _gaussian_overlaps(means_a, covs_a, means_b, covs_b)
@@ -361,7 +361,7 @@ def mmd(
     scales=(0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
     generator=None,
 ):
-    """Unbiased MMD^2 between z and a N(0, I) prior (SPEC 4, WAE-MMD)."""
+    """Unbiased MMD^2 between z and a N(0, I) prior (formulas §4, WAE-MMD)."""
     dim = z.shape[1]
     sample_sample = _off_diagonal_mean(_mmd_kernel(_pairwise_sq_dists(z, z), dim, kernel, scales))
 
@@ -416,7 +416,7 @@ class Hyp1F1Neg(torch.autograd.Function):
 
 
 def hyp1f1_neg(a, b, s):
-    """Kummer's function 1F1(a; b; -s), elementwise, exact via mpmath (SPEC 5 'exact')."""
+    """Kummer's function 1F1(a; b; -s), elementwise, exact via mpmath (formulas §5 'exact')."""
     return Hyp1F1Neg.apply(float(a), float(b), s)
 
 
@@ -431,7 +431,7 @@ def _cramer_wold_kernel(s, dim, kernel):
 
 
 def cw_distance(z, *, gamma=None, kernel="approx", log=False):
-    """Squared Cramer-Wold distance of z to N(0, I) (SPEC 5, CWAE); log=True gives log(d_cw^2)."""
+    """Squared Cramer-Wold distance of z to N(0, I) (formulas §5, CWAE); log=True gives log(d_cw^2)."""
     n, dim = z.shape
     if gamma is None:
         gamma = (4.0 / (3.0 * n)) ** 0.4  # Silverman's rule
@@ -470,7 +470,7 @@ def sliced_wasserstein(
     generator=None,
     directions=None,
 ):
-    """Sliced Wasserstein-p^p distance to N(0, I) or to a prior sample (SPEC 6, SWAE)."""
+    """Sliced Wasserstein-p^p distance to N(0, I) or to a prior sample (formulas §6, SWAE)."""
     n, dim = z.shape
     theta = _unit_directions(num_projections, dim, z, generator, directions)
     projections = torch.sort(z @ theta.T, dim=0).values  # (n, L), sorted per direction
@@ -490,7 +490,7 @@ def epps_pulley(
     generator=None,
     directions=None,
 ):
-    """Sliced Epps-Pulley statistic (SIGReg of LeJEPA), trapezoid rule on [-T, T] (SPEC 7b)."""
+    """Sliced Epps-Pulley statistic (SIGReg of LeJEPA), trapezoid rule on [-T, T] (formulas §7b)."""
     n, dim = z.shape
     slices = _unit_directions(num_slices, dim, z, generator, directions)
     projections = z @ slices.T  # u_il, (n, S)
@@ -516,7 +516,7 @@ def epps_pulley(
 
 
 def gmm_ks_loss(z, means, stds, weights):
-    """Squared gap between empirical and mixture marginal CDFs at the samples (SPEC 7)."""
+    """Squared gap between empirical and mixture marginal CDFs at the samples (formulas §7)."""
     n = z.shape[0]
     columns = z.detach().T.contiguous()  # (D, n)
     sorted_columns = torch.sort(columns, dim=1).values
@@ -530,7 +530,7 @@ def gmm_ks_loss(z, means, stds, weights):
 
 
 def gmm_cov_loss(z, means, stds, weights):
-    """Squared gap between the unbiased sample covariance and the mixture covariance (SPEC 7)."""
+    """Squared gap between the unbiased sample covariance and the mixture covariance (formulas §7)."""
     n = z.shape[0]
     centered = z - z.mean(0)
     sample_cov = centered.T @ centered / (n - 1)

@@ -1,9 +1,9 @@
-"""Quantile tables of the target distributions of CDF attraction (SPEC 1).
+"""Quantile tables of the target distributions of CDF attraction (formulas §1).
 
 A *target* is any object with a method ``quantiles(m, device, dtype)`` that
 returns a tensor of shape ``(m,)`` holding ``Q((k - 0.5) / m)`` for
 ``k = 1..m`` (Hazen positions), ascending, where ``Q`` is the target's
-quantile function (SPEC 1: the sorted radii ``r_(i)`` are attracted to
+quantile function (formulas §1: the sorted radii ``r_(i)`` are attracted to
 ``c_i = Q((i - 0.5)/n)`` and the sorted half squared distances ``d_(k)`` to
 ``c'_k = Q'((k - 0.5)/n')``). This module ships two:
 
@@ -468,7 +468,7 @@ def _(m, df, device, dtype):
 
 
 class Chi2:
-    """Chi-squared target with ``df`` degrees of freedom (SPEC 1's default, df = D).
+    """Chi-squared target with ``df`` degrees of freedom (formulas §1's default, df = D).
 
     ``quantiles(m, device, dtype)`` returns ``chi2_quantiles(m, df)`` cast to
     ``dtype``, cached per (m, df, device, dtype) in a module-level LRU cache
@@ -515,7 +515,7 @@ class Chi2:
 
 
 class Empirical:
-    """Target given by a reference sample (SPEC 1), for distributions without a closed form.
+    """Target given by a reference sample (formulas §1), for distributions without a closed form.
 
     The N sorted values ``v_(i)`` sit at probabilities ``(i - 0.5)/N`` (Hazen);
     a quantile between two positions is the linear interpolation of its
@@ -588,7 +588,7 @@ def checked_quantiles(name, target, m, device, dtype):
 
 def rank_targets(n: int, marginal: str, bits: Optional[int], device: torch.device,
                  dtype: torch.dtype) -> torch.Tensor:
-    """The targets t_r of ranks r = 0..n-1 of the coordinate and sliced losses (SPEC 2),
+    """The targets t_r of ranks r = 0..n-1 of the coordinate and sliced losses (formulas §2),
     computed in float64, returned in dtype: Hazen quantiles (r + 1/2)/n of the ``marginal``
     ("normal": through ndtri; "uniform" or "torus": the probabilities), or with ``bits`` the
     centres of the 2^bits cells the ranks fall in.

@@ -19,9 +19,9 @@ import sys
 from typing import List, Optional
 
 FAMILIES = {
-    "kernel_sums": "gaussreg.bench.kernel_sums",  # SPEC 3, 4, 5: gaussian_l2*, mmd, cw_distance
-    "cdf_attraction": "gaussreg.bench.cdf_attraction",  # SPEC 1
-    "segmented": "gaussreg.bench.segmented",  # SPEC 2, 6, 7, 7b: coordinate, SWAE, GMM KS, Epps-Pulley
+    "kernel_sums": "gaussreg.bench.kernel_sums",  # formulas §3, 4, 5: gaussian_l2*, mmd, cw_distance
+    "cdf_attraction": "gaussreg.bench.cdf_attraction",  # formulas §1
+    "segmented": "gaussreg.bench.segmented",  # formulas §2, 6, 7, 7b: coordinate, SWAE, GMM KS, Epps-Pulley
 }
 
 

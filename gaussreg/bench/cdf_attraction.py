@@ -1,4 +1,4 @@
-"""CDF attraction (SPEC 1): time and memory vs n, compiled backend vs reference, next to a plain sort.
+"""CDF attraction (formulas §1): time and memory vs n, compiled backend vs reference, next to a plain sort.
 
 Cases (D = ``--dim``; z ~ N(0, I), so the distances sit on their chi2_D target):
 

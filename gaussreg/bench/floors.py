@@ -10,12 +10,12 @@ device-to-device copy for the bandwidth) the floor time is
 and the bench reports measured / floor. The larger of the two terms says whether the
 computation is bound by arithmetic or by memory. Conventions:
 
-* pair sums (SPEC 3, 4, 5) count the matmul formulation: a self sum over n points costs
+* pair sums (formulas §3, 4, 5) count the matmul formulation: a self sum over n points costs
   2 n^2 D forward (the Gram matrix z z^T) and 2 n^2 D more for its gradient (W z); a
   cross sum over n x m points 2 n m D, plus 2 n m D per side with a gradient. Kernel
   evaluations (exp, division) are not counted. Their bytes: each point tensor read once,
   each gradient written once.
-* CDF attraction (SPEC 1) counts the pair distances from coordinate differences, 3 n' D
+* CDF attraction (formulas §1) counts the pair distances from coordinate differences, 3 n' D
   (subtract, multiply, add) forward and 4 n' D backward (each pair adds +-(z_i - z_j) to
   two rows), with n' = n(n-1)/2. Its bytes: the points read once, and each of the n'
   sort keys written and read once (a sort moves at least that); backward reads the
@@ -78,7 +78,7 @@ def sort_yardstick_cost(n: int, d: int, itemsize: int, backward: bool) -> Cost:
     return Cost(0.0, 16.0 * pairs(n))
 
 
-# Segmented losses (SPEC 2, 6, 7, 7b). Sorting n values per segment needs at least one read
+# Segmented losses (formulas §2, 6, 7, 7b). Sorting n values per segment needs at least one read
 # of the values and one write of the gradient; projections add their matrix products.
 SWAE_PROJECTIONS = 128
 EPPS_PULLEY_SLICES = 256

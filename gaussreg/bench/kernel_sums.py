@@ -1,4 +1,4 @@
-"""Kernel-sum losses (SPEC 3, 4, 5): time and memory vs n, compiled backend vs reference vs peers.
+"""Kernel-sum losses (formulas §3, 4, 5): time and memory vs n, compiled backend vs reference vs peers.
 
 Cases (D = ``--dim``; every point tensor N(0, I) unless said):
 
@@ -254,7 +254,7 @@ def keops_pair_sum(a: Tensor, b: Optional[Tensor], kernel) -> Tensor:
 
 
 # ---------------------------------------------------------------------------
-# The losses written on top of a peer pair sum (same formulas as SPEC 3, 4, 5)
+# The losses written on top of a peer pair sum (same formulas as formulas §3, 4, 5)
 # ---------------------------------------------------------------------------
 
 
@@ -262,7 +262,7 @@ def peer_losses(pair_sum):
     """The five benchmarked losses, each written with ``pair_sum(a, b_or_None, kernel)``."""
 
     def gaussian_l2_to_normal(z):
-        # SPEC 3 eq. (9) with sigma = 1: a = 2, b = 2, so every power factor is 1.
+        # formulas §3 eq. (9) with sigma = 1: a = 2, b = 2, so every power factor is 1.
         n = z.shape[0]
         return pair_sum(z, None, Gauss(0.25)) / (n * n) + 1.0 - (2.0 / n) * torch.exp(-0.25 * z.pow(2).sum(1)).sum()
 
@@ -370,7 +370,7 @@ def _optional_peer(module: str) -> Optional[str]:
 
 def _geomloss_gaussian_l2():
     """gaussian_l2 through geomloss: SamplesLoss('gaussian', blur=b) is (1/2)|a - b|_k^2 with
-    k = exp(-|x - y|^2 / (2 b^2)); b = sqrt(2) sigma gives SPEC 3's kernel, times 2."""
+    k = exp(-|x - y|^2 / (2 b^2)); b = sqrt(2) sigma gives formulas §3's kernel, times 2."""
     def loss(x, y):
         from geomloss import SamplesLoss
         return 2.0 * SamplesLoss("gaussian", blur=math.sqrt(2.0))(x, y)

@@ -1,4 +1,4 @@
-"""Segmented-sort losses (SPEC 2, 6, 7) and sliced Epps-Pulley (SPEC 7b): time and memory vs n.
+"""Segmented-sort losses (formulas §2, 6, 7) and sliced Epps-Pulley (formulas §7b): time and memory vs n.
 
 Cases (D = ``--dim``; z ~ N(0, I)):
 

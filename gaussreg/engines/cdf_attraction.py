@@ -1,4 +1,4 @@
-"""The sorted-distances custom op of CDF attraction (SPEC 1).
+"""The sorted-distances custom op of CDF attraction (formulas §1).
 
 ``cdf_pairs(z, ...)`` ranks the n' = n(n-1)/2 half squared distances d_ij exactly and
 returns, in float64, ``sum_k |d_(k) - c'_k|^p``, together with what the backward pass
@@ -8,7 +8,7 @@ never hold an n x n matrix; sort memory is bounded by ``capacity`` entries (seve
 passes when n' entries do not fit).
 
 It is a ``torch.library.custom_op`` with a fake implementation and registered autograd,
-so torch.compile traces it. The gradient is SPEC's almost-everywhere gradient; its own
+so torch.compile traces it. The gradient is the almost-everywhere gradient of formulas §1; its own
 derivative is refused (the ranks are piecewise constant, but the p = 2 residual is not).
 """
 from __future__ import annotations
@@ -143,7 +143,7 @@ def _(z, table, values, anchors, p, capacity, bins, want_sorted):
 
 @torch.library.custom_op("gaussreg::cdf_pairs_backward", mutates_args=())
 def cdf_pairs_backward_op(z: Tensor, signs: Tensor, p: int, grad_value: Tensor) -> Tensor:
-    """grad_value * d(sum_k |e_k|^p)/dz: sum_j s_ij (z_i - z_j) with s = sgn(e) or 2e (SPEC 1)."""
+    """grad_value * d(sum_k |e_k|^p)/dz: sum_j s_ij (z_i - z_j) with s = sgn(e) or 2e (formulas §1)."""
     n, d = z.shape
     grad = _native.empty((n, d), z.dtype, z.device, "cdf_attraction")
     scale = float(grad_value) * (1.0 if p == 1 else 2.0)  # one host read of the incoming gradient

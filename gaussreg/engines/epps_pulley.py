@@ -1,4 +1,4 @@
-"""The Epps-Pulley moments custom op (SPEC 7): per slice, the sums of cos(t_k u) and
+"""The Epps-Pulley moments custom op (formulas §7): per slice, the sums of cos(t_k u) and
 sin(t_k u) over the n projections at K knots t_k = k delta, in float64, and their backward.
 Compiled engines: ``csrc/*/epps_pulley.*``; the loss front is ``gaussreg.losses.epps_pulley``.
 """

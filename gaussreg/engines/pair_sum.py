@@ -1,4 +1,4 @@
-"""The pair-sum custom op shared by the kernel-sum losses (SPEC 3, 4, 5).
+"""The pair-sum custom op shared by the kernel-sum losses (formulas §3, 4, 5).
 
 ``pair_sum(x, y, ...)`` returns, in float64, ``sum k(||x_i - y_j||^2)`` over all pairs
 (i, j) of x and y, or over the unordered pairs i < j of x with itself when ``y`` is None,

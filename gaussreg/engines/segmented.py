@@ -1,4 +1,4 @@
-"""The segmented-sort custom ops behind SPEC 2, 6 and 7: many independent sorts of n values.
+"""The segmented-sort custom ops behind formulas §2, 6 and 7: many independent sorts of n values.
 
 A segment is one row of a contiguous (S, n) tensor: a column of z (passed as z^T), or
 one direction's projections (computed as theta @ z^T). Two ops:
@@ -10,7 +10,7 @@ one direction's projections (computed as theta @ z^T). Two ops:
   targets such as a prior sample's sorted projections). ``targets`` is (n,) shared by all
   segments, or (S, n).
 - ``gaussreg::segment_counts(values)``: #{i' : v_i' <= v_i} per value (int64), ties
-  counted together: the empirical CDF of SPEC 7 at the sample itself.
+  counted together: the empirical CDF of formulas §7 at the sample itself.
 
 Both are ``torch.library.custom_op``s with fake implementations, so torch.compile traces
 them; the engines are ``csrc/cpu/segmented.cpp`` and ``csrc/cuda/segmented.cu``.

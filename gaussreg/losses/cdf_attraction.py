@@ -1,4 +1,4 @@
-"""CDF attraction of radii and pairwise distances to target quantiles (SPEC 1, Duda eq. 13-14).
+"""CDF attraction of radii and pairwise distances to target quantiles (formulas §1, Duda eq. 13-14).
 
 The radii term sorts n values and stays in torch. The distances term ranks all
 n' = n(n-1)/2 half squared distances exactly in the compiled engines
@@ -24,7 +24,7 @@ from ..engines import cdf_attraction as cdf_engine
 def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: float = 1.0, p: int = 1,
                    radii_target=None, distances_target=None, backend: str = "auto",
                    max_sort_bytes: Optional[int] = None, process_group=None) -> Tensor:
-    r"""Attraction of the sorted radii and pair distances to target quantiles (SPEC 1).
+    r"""Attraction of the sorted radii and pair distances to target quantiles (formulas §1).
 
     .. math::
         L = w_r \frac{1}{n}\sum_{i=1}^{n} |r_{(i)} - c_i|^p

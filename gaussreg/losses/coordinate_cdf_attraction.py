@@ -1,4 +1,4 @@
-"""Coordinate-wise CDF attraction (SPEC 2, Duda eq. 15): every column of z ranked and
+"""Coordinate-wise CDF attraction (formulas §2, Duda eq. 15): every column of z ranked and
 pulled toward the quantiles of a normal, uniform or torus marginal.
 
 The columns are sorted by the segmented engine (``gaussreg.engines.segmented``): one radix sort per
@@ -23,7 +23,7 @@ MAX_BITS = 24  # 2^k cells of width 2^-k: beyond float32's resolution of [0, 1) 
 
 def coordinate_cdf_attraction(z: Tensor, *, marginal: str = "normal", bits: Optional[int] = None, p: int = 2,
                               backend: str = "auto", process_group=None) -> Tensor:
-    r"""Per-coordinate attraction of ranked values to target quantiles (SPEC 2, Duda eq. 15).
+    r"""Per-coordinate attraction of ranked values to target quantiles (formulas §2, Duda eq. 15).
 
     .. math::
         L = \frac{1}{nD}\sum_{i,j} |z_{ij} - t_{ij}|^p

@@ -1,4 +1,4 @@
-"""Cramer-Wold distance to N(0, I) (SPEC 5, CWAE of Tabor, Knop et al.).
+"""Cramer-Wold distance to N(0, I) (formulas §5, CWAE of Tabor, Knop et al.).
 
 The sample-sample sum runs in the fused pair kernels (``csrc/*/cramer_wold.*``); the
 O(n) sample-to-prior sum is a closed form for the approximate kernel and, for the exact
@@ -23,7 +23,7 @@ _STEM = "cramer_wold"
 
 def cw_distance(z: Tensor, *, gamma: Optional[float] = None, kernel: str = "approx", log: bool = False,
                 backend: str = "auto", process_group=None) -> Tensor:
-    r"""Squared Cramer-Wold distance between the sample and N(0, I) (SPEC 5).
+    r"""Squared Cramer-Wold distance between the sample and N(0, I) (formulas §5).
 
     .. math::
         d_{cw}^2 = \frac{1}{2n^2\sqrt{\pi}}\Big[\frac{1}{\sqrt\gamma}\sum_{i,j}

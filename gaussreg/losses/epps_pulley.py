@@ -1,4 +1,4 @@
-"""Sliced Epps-Pulley statistic (SPEC 7b; the SIGReg regularizer of LeJEPA).
+"""Sliced Epps-Pulley statistic (formulas §7b; the SIGReg regularizer of LeJEPA).
 
 Linear in n: after the projections (one matrix product), the engine
 (``csrc/*/epps_pulley.*``) makes one pass over them, accumulating the sums of
@@ -25,7 +25,7 @@ from ._projections import direction_count, project, unit_directions
 def epps_pulley(z: Tensor, *, num_slices: int = 256, t_max: float = 3.0, num_points: int = 17,
                 generator: Optional[torch.Generator] = None, directions: Optional[Tensor] = None,
                 backend: str = "auto", process_group=None) -> Tensor:
-    r"""Sliced Epps-Pulley statistic: characteristic functions of 1-D projections vs N(0, 1) (SPEC 7b).
+    r"""Sliced Epps-Pulley statistic: characteristic functions of 1-D projections vs N(0, 1) (formulas §7b).
 
     .. math::
         EP_l = n \sum_{k=0}^{K-1} w_k \Big[\big(\tfrac{1}{n}\textstyle\sum_i \cos(t_k u_{il})

@@ -1,4 +1,4 @@
-"""L2 distance between Gaussian-smoothed samples (SPEC 3, Duda Section II).
+"""L2 distance between Gaussian-smoothed samples (formulas §3, Duda Section II).
 
 Public: :func:`gaussian_l2_to_normal`, :func:`gaussian_l2`, :func:`mean_field_sigma`.
 The O(n^2) pair sums run in the fused compiled kernels (``csrc/*/gaussian_l2.*``);
@@ -22,7 +22,7 @@ _STEM = "gaussian_l2"
 
 def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, backend: str = "auto",
                           process_group=None) -> Tensor:
-    r"""Squared L2 distance between the Gaussian-smoothed sample and N(0, I) (SPEC 3, eq. 9).
+    r"""Squared L2 distance between the Gaussian-smoothed sample and N(0, I) (formulas §3, eq. 9).
 
     Each point z_i is replaced by N(z_i, sigma_i^2 I); the loss is the squared L2 distance
     of that mixture's density to the standard normal density, times (4 pi)^{D/2}:
@@ -84,7 +84,7 @@ def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, 
 
 
 def gaussian_l2(x: Tensor, y: Tensor, sigma: float = 1.0, *, backend: str = "auto", process_group=None) -> Tensor:
-    r"""Squared L2 distance between two Gaussian-smoothed samples (SPEC 3, eq. 7).
+    r"""Squared L2 distance between two Gaussian-smoothed samples (formulas §3, eq. 7).
 
     .. math::
         \frac{1}{n^2}\sum_{i,i'} k(x_i, x_{i'}) + \frac{1}{m^2}\sum_{j,j'} k(y_j, y_{j'})
@@ -121,7 +121,7 @@ def gaussian_l2(x: Tensor, y: Tensor, sigma: float = 1.0, *, backend: str = "aut
 
 
 def mean_field_sigma(r: Tensor, dim: int, approx: bool = False) -> Tensor:
-    r"""Smoothing width that best matches one point at radius r to N(0, I) (SPEC 3, eq. 11-12).
+    r"""Smoothing width that best matches one point at radius r to N(0, I) (formulas §3, eq. 11-12).
 
     For each radius r (not squared) returns the sigma > 0 minimizing
 

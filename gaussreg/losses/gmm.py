@@ -1,4 +1,4 @@
-"""Gaussian-mixture prior losses (SPEC 7, GMM-DAE of Saseendran et al.).
+"""Gaussian-mixture prior losses (formulas §7, GMM-DAE of Saseendran et al.).
 
 ``gmm_ks_loss`` compares each coordinate's empirical CDF with the mixture's marginal CDF
 at the sample itself: the empirical CDF comes from the segmented engine's tie-aware
@@ -21,7 +21,7 @@ from ._front import prepare_points
 
 
 class GaussianMixture:
-    """A K-component Gaussian mixture with diagonal covariances (the GMM-DAE prior, SPEC 7).
+    """A K-component Gaussian mixture with diagonal covariances (the GMM-DAE prior, formulas §7).
 
     Args:
         means: (K, D) component means.
@@ -121,7 +121,7 @@ class GaussianMixture:
         return (points, component) if return_components else points
 
     def covariance(self) -> Tensor:
-        """Sigma = sum_k p_k diag(sigma_k^2) + sum_k p_k (mu_k - mubar)(mu_k - mubar)^T (SPEC 7)."""
+        """Sigma = sum_k p_k diag(sigma_k^2) + sum_k p_k (mu_k - mubar)(mu_k - mubar)^T (formulas §7)."""
         offsets = self.means - self.weights @ self.means
         return torch.diag(self.weights @ self.stds.pow(2)) + (offsets.t() * self.weights) @ offsets
 
@@ -152,7 +152,7 @@ def _check_prior(prior, z: Tensor) -> GaussianMixture:
 
 
 def gmm_ks_loss(z: Tensor, prior: GaussianMixture, *, backend: str = "auto", process_group=None) -> Tensor:
-    r"""Squared gap between the empirical and the mixture marginal CDFs at the sample (SPEC 7).
+    r"""Squared gap between the empirical and the mixture marginal CDFs at the sample (formulas §7).
 
     .. math::
         L = \frac{1}{D}\sum_j \frac{1}{n}\sum_i \big(\hat F_j(z_{ij}) - F_j(z_{ij})\big)^2,
@@ -225,7 +225,7 @@ class _MixtureCdf(torch.autograd.Function):
 
 
 def gmm_cov_loss(z: Tensor, prior: GaussianMixture, *, process_group=None) -> Tensor:
-    r"""Squared gap between the sample covariance and the mixture covariance (SPEC 7).
+    r"""Squared gap between the sample covariance and the mixture covariance (formulas §7).
 
     .. math::
         L = \frac{1}{D^2}\sum_{l,j} (C_{lj} - \Sigma_{lj})^2
@@ -267,7 +267,7 @@ def _cov_bytes(dtype: torch.dtype, n: int, d: int, converts: bool) -> int:
 
 def gmm_loss_weights(prior: GaussianMixture, n: int, num_batches: int = 16,
                      generator: Optional[torch.Generator] = None) -> Tuple[float, float]:
-    """(lambda_ks, lambda_cv): the reciprocals of each loss's mean over prior batches (SPEC 7).
+    """(lambda_ks, lambda_cv): the reciprocals of each loss's mean over prior batches (formulas §7).
 
     Each loss is averaged over ``num_batches`` batches of n points drawn from the prior;
     its weight 1/mean makes both terms about 1 on samples of the prior itself, so

@@ -1,4 +1,4 @@
-"""WAE-MMD (SPEC 4, Tolstikhin et al.): unbiased MMD^2 to the N(0, I) prior.
+"""WAE-MMD (formulas §4, Tolstikhin et al.): unbiased MMD^2 to the N(0, I) prior.
 
 The three pair sums (z-z, y-y, z-y) run in the fused compiled kernels
 (``csrc/*/mmd.*``); the analytic-prior terms are O(n) and computed here in float64.
@@ -23,7 +23,7 @@ DEFAULT_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 def mmd(z: Tensor, prior_sample: Union[Tensor, str, None] = None, *, kernel: str = "imq",
         scales: Sequence[float] = DEFAULT_SCALES, generator: Optional[torch.Generator] = None,
         backend: str = "auto", process_group=None) -> Tensor:
-    r"""Unbiased MMD^2 between z and a sample of the N(0, I) prior (SPEC 4, WAE-MMD).
+    r"""Unbiased MMD^2 between z and a sample of the N(0, I) prior (formulas §4, WAE-MMD).
 
     .. math::
         \frac{1}{n(n-1)}\sum_{i\ne j} k(z_i, z_j) + \frac{1}{m(m-1)}\sum_{i\ne j} k(y_i, y_j)
@@ -37,7 +37,7 @@ def mmd(z: Tensor, prior_sample: Union[Tensor, str, None] = None, *, kernel: str
         prior_sample: a prior sample y (m, D), m >= 2; None to draw
             ``torch.randn(z.shape, generator=generator)`` on z's device; or
             ``"analytic"`` (rbf only) to replace each prior expectation by its closed form
-            (a deterministic WAE, cf. SPEC 3).
+            (a deterministic WAE, cf. formulas §3).
         kernel: "imq" or "rbf".  scales: 1 to 16 positive scales s.
         generator: torch.Generator on z's device for the prior draw (reproducibility).
         backend: "auto", "native" or "reference".

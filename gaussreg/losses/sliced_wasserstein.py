@@ -1,4 +1,4 @@
-"""Sliced Wasserstein distance to N(0, I) or to a prior sample (SPEC 6, SWAE of Kolouri et al.).
+"""Sliced Wasserstein distance to N(0, I) or to a prior sample (formulas §6, SWAE of Kolouri et al.).
 
 The L projections are one matrix product, theta @ z^T, laid out as L contiguous
 segments; the segmented engine (``gaussreg.engines.segmented``) sorts each one and takes the residual to
@@ -22,7 +22,7 @@ from ._projections import direction_count, project, unit_directions
 def sliced_wasserstein(z: Tensor, *, num_projections: int = 50, p: int = 2, prior_sample: Optional[Tensor] = None,
                        generator: Optional[torch.Generator] = None, directions: Optional[Tensor] = None,
                        backend: str = "auto", process_group=None) -> Tensor:
-    r"""Sliced Wasserstein-p distance, to the p-th power, between z and N(0, I) (SPEC 6).
+    r"""Sliced Wasserstein-p distance, to the p-th power, between z and N(0, I) (formulas §6).
 
     .. math::
         SW = \frac{1}{L}\sum_{l=1}^{L} \frac{1}{n}\sum_{i=1}^{n} |u_{(i)l} - v_{(i)l}|^p,
