@@ -46,23 +46,31 @@ def chi2_table(pairs: int, df: int, dtype=torch.float64) -> torch.Tensor:
     return torch.tensor(scipy.stats.chi2.ppf((k - 0.5) / pairs, df), dtype=dtype)
 
 
-def engine(z: torch.Tensor, table: torch.Tensor, bins: int = 0, capacity: int = 0):
+# The CUDA engine ranks by selection only when given bins > 0 (its default still sorts
+# every pair until the selection has run on a GPU); these tests then pass 2^16.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+CUDA_BINS = 1 << 16
+
+
+def engine(z: torch.Tensor, table: torch.Tensor, bins: int = 0, capacity: int = 0, device: str = "cpu"):
     """(value, gradient, stats) of the p = 1 engine with the given target table."""
-    z = z.detach().clone().contiguous().requires_grad_(True)
+    z = z.detach().clone().to(device).contiguous().requires_grad_(True)
+    if device == "cuda" and bins == 0:
+        bins = CUDA_BINS
     pairs = cdf_engine.pair_count(z.shape[0])
-    value, stats = cdf_engine.cdf_pairs(z, 1, capacity or pairs, table=table.to(z.dtype).contiguous(), bins=bins,
-                                        with_stats=True)
+    value, stats = cdf_engine.cdf_pairs(z, 1, capacity or pairs, table=table.to(device, z.dtype).contiguous(),
+                                        bins=bins, with_stats=True)
     value.backward()
-    return float(value.detach()), z.grad.double().numpy(), stats
+    return float(value.detach()), z.grad.cpu().double().numpy(), stats
 
 
-def check_against_brute_force(z, table, bins=0, capacity=0, rtol=1e-12):
-    value, grad, stats = engine(z, table, bins, capacity)
+def check_against_brute_force(z, table, bins=0, capacity=0, rtol=1e-12, device="cpu"):
+    value, grad, stats = engine(z, table, bins, capacity, device)
     expected_value, expected_grad = brute_force(z, table.double().numpy())
     scale = max(1.0, float(np.abs(z.detach().double().numpy()).max())) * z.shape[0]
     assert abs(value - expected_value) <= rtol * max(1.0, abs(expected_value)), (value, expected_value)
     np.testing.assert_allclose(grad, expected_grad, rtol=0, atol=rtol * scale ** 2)
-    assert stats["sorted_pairs"] <= cdf_engine.pair_count(z.shape[0])
+    assert 0 <= stats["sorted_pairs"] <= cdf_engine.pair_count(z.shape[0])
     return stats
 
 
@@ -87,36 +95,50 @@ SHAPES = ((2, 3), (3, 2), (300, 8), (257, 64), (120, 1), (40, 1024))
 
 
 @pytest.mark.parametrize("n, d", SHAPES)
-def test_sample_near_its_target(n, d):
+@pytest.mark.parametrize("device", DEVICES)
+def test_sample_near_its_target(n, d, device):
     z = random_points(n, d, seed=n + d)
-    check_against_brute_force(z, chi2_table(cdf_engine.pair_count(n), d))
+    check_against_brute_force(z, chi2_table(cdf_engine.pair_count(n), d), device=device)
+
+
+def selection_and_full_sort(z, table, device):
+    """(value, signs) of the selection and of the full sort (p = 1 with sorted output) of the
+    same engine: the very same keys, ranked two ways."""
+    z, table = z.to(device), table.to(device)
+    pairs = cdf_engine.pair_count(z.shape[0])
+    bins = CUDA_BINS if device == "cuda" else 0
+    value_select, signs_select, _, _ = cdf_engine.cdf_pairs_op(z, table, None, None, 1, pairs, bins, False)
+    value_sort, signs_sort, _, _ = cdf_engine.cdf_pairs_op(z, table, None, None, 1, pairs, 0, True)
+    return value_select, signs_select, value_sort, signs_sort
 
 
 @pytest.mark.parametrize("n, d", SHAPES)
-def test_float32_signs_equal_the_full_sort(n, d):
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_signs_equal_the_full_sort(n, d, device):
     """float32 keys are rounded, so a float64 brute force may disagree on pairs within a
-    rounding of their target; the full sort (p = 1 with sorted output) ranks the very same
-    keys, and must give the same signs bit for bit."""
+    rounding of their target; the full sort ranks the very same keys, and must give the
+    same signs bit for bit."""
     z = random_points(n, d, seed=n + d, dtype=torch.float32)
     pairs = cdf_engine.pair_count(n)
     table = chi2_table(pairs, d, torch.float32)
-    value_select, signs_select, _, _ = cdf_engine.cdf_pairs_op(z, table, None, None, 1, pairs, 0, False)
-    value_sort, signs_sort, _, _ = cdf_engine.cdf_pairs_op(z, table, None, None, 1, pairs, 0, True)
+    value_select, signs_select, value_sort, signs_sort = selection_and_full_sort(z, table, device)
     assert torch.equal(signs_select, signs_sort)
     assert float(value_select) == pytest.approx(float(value_sort), rel=1e-6, abs=1e-6)
     assert float(value_select) == pytest.approx(brute_force(z, table.double().numpy())[0], rel=1e-5, abs=1e-5)
 
 
 @pytest.mark.parametrize("scale", (3.0, 0.2))
-def test_sample_far_from_its_target_sorts_almost_nothing(scale):
+@pytest.mark.parametrize("device", DEVICES)
+def test_sample_far_from_its_target_sorts_almost_nothing(scale, device):
     n, d = 400, 16
     z = random_points(n, d, seed=5) * scale
     pairs = cdf_engine.pair_count(n)
-    stats = check_against_brute_force(z, chi2_table(pairs, d))
+    stats = check_against_brute_force(z, chi2_table(pairs, d), device=device)
     assert stats["sorted_pairs"] <= pairs // 100, stats  # far: only the clamp bins' few pairs
 
 
-def test_sample_on_its_own_quantiles_is_all_mixed():
+@pytest.mark.parametrize("device", DEVICES)
+def test_sample_on_its_own_quantiles_is_all_mixed(device):
     """Targets placed between neighbouring sorted distances: every rank's sign alternates,
     so nearly every bin is mixed and only exact ranks give the right signs."""
     n, d = 200, 5
@@ -128,7 +150,7 @@ def test_sample_on_its_own_quantiles_is_all_mixed():
     nudge = np.where(np.arange(keys.size) % 2 == 0, 0.25, -0.25) * np.minimum(gaps, np.diff(keys, prepend=-1.0))
     table = torch.tensor(keys + nudge)
     assert torch.all(table[1:] >= table[:-1])
-    stats = check_against_brute_force(z, table)
+    stats = check_against_brute_force(z, table, device=device)
     # Mixed wherever a bin holds two or more keys; a bin of one key may still be decided
     # (its target outside the bin's range).
     assert stats["sorted_pairs"] >= 0.8 * cdf_engine.pair_count(n), stats
@@ -138,14 +160,15 @@ def test_sample_on_its_own_quantiles_is_all_mixed():
 
 
 @pytest.mark.parametrize("bins", (0, 4))
-def test_duplicated_points_and_lattice_ties(bins):
+@pytest.mark.parametrize("device", DEVICES)
+def test_duplicated_points_and_lattice_ties(bins, device):
     """Integer points: distances are half-integers, tied in large groups (and zero for the
     duplicates), on bin edges of every width; the targets cross the ties."""
     g = torch.Generator().manual_seed(3)
     z = torch.randint(-2, 3, (150, 3), generator=g).double()
     z[100:] = z[:50]  # duplicated rows: d = 0 ties
     pairs = cdf_engine.pair_count(150)
-    check_against_brute_force(z, chi2_table(pairs, 3), bins=bins)
+    check_against_brute_force(z, chi2_table(pairs, 3), bins=bins, device=device)
 
 
 def test_ties_equal_to_their_targets_have_sign_zero():
@@ -155,44 +178,46 @@ def test_ties_equal_to_their_targets_have_sign_zero():
     assert value == 0.0 and not grad.any()
 
 
-def test_two_far_clusters_leave_empty_bins_between():
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_far_clusters_leave_empty_bins_between(device):
     z = torch.cat([random_points(100, 4, seed=1), random_points(80, 4, seed=2) + 1000.0])
     pairs = cdf_engine.pair_count(180)
-    check_against_brute_force(z, chi2_table(pairs, 4))
+    check_against_brute_force(z, chi2_table(pairs, 4), device=device)
     far_table = torch.linspace(0.0, 3e6, pairs, dtype=torch.float64)  # targets across the gap
-    check_against_brute_force(z, far_table)
+    check_against_brute_force(z, far_table, device=device)
 
 
 @pytest.mark.parametrize("bins", (1, 2, 7, 300))
-def test_tiny_bin_budget_falls_back_to_sorting(bins):
+@pytest.mark.parametrize("device", DEVICES)
+def test_tiny_bin_budget_falls_back_to_sorting(bins, device):
     """Few in-range bins: most pairs land in clamp or wide mixed bins and are sorted; the
     result is the brute force's all the same."""
     z = random_points(150, 6, seed=9)
-    stats = check_against_brute_force(z, chi2_table(cdf_engine.pair_count(150), 6), bins=bins)
+    stats = check_against_brute_force(z, chi2_table(cdf_engine.pair_count(150), 6), bins=bins, device=device)
     assert stats["bins"] <= bins + 2
 
 
 @pytest.mark.parametrize("capacity", (1, 37, 500))
-def test_tiny_sort_budget_collects_mixed_pairs_over_passes(capacity):
+@pytest.mark.parametrize("device", DEVICES)
+def test_tiny_sort_budget_collects_mixed_pairs_over_passes(capacity, device):
     z = torch.randint(0, 3, (120, 2), generator=torch.Generator().manual_seed(4)).double() + 0.5
     z[60:] = torch.randn(60, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     table = chi2_table(cdf_engine.pair_count(120), 2)
     try:
-        stats = check_against_brute_force(z, table, capacity=capacity, bins=1 << 12)
+        stats = check_against_brute_force(z, table, capacity=capacity, bins=1 << 12, device=device)
     except MemoryError as exc:  # a bin of tied distances larger than the whole budget
         assert "share one bucket" in str(exc) and capacity < 500
         return
     assert stats["passes"] >= 2
 
 
-def test_selection_matches_full_sort_value():
+@pytest.mark.parametrize("device", DEVICES)
+def test_selection_matches_full_sort_value(device):
     """The same loss through the selection (p = 1) and through the full sort that p = 1 with
     sorted output takes: equal values, identical signs."""
     z = random_points(500, 10, seed=11)
-    pairs = cdf_engine.pair_count(500)
-    table = chi2_table(pairs, 10)
-    value_select, signs_select, _, _ = cdf_engine.cdf_pairs_op(z, table, None, None, 1, pairs, 0, False)
-    value_sort, signs_sort, _, _ = cdf_engine.cdf_pairs_op(z, table, None, None, 1, pairs, 0, True)
+    table = chi2_table(cdf_engine.pair_count(500), 10)
+    value_select, signs_select, value_sort, signs_sort = selection_and_full_sort(z, table, device)
     assert torch.equal(signs_select, signs_sort)
     assert float(value_select) == pytest.approx(float(value_sort), rel=1e-13)
 

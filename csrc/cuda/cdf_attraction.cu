@@ -20,6 +20,9 @@
 //      (atomic cursor: arbitrary order), sorted as composite keys (key bits << index bits
 //      | k, so ties are ranked by k whatever the append order), ranked from the run's base.
 //
+// p = 1 without the sorted values can rank by selection instead ("selection" below, the CPU
+// engine's algorithm): taken when the caller passes bins > 0, until it has run on a GPU.
+//
 // Determinism: |e|^p is summed per fixed chunk of 2048 ranks (8 ranks per thread, 256
 // apart, then block_sum), chunks in rank order; a chunk split between two passes parks its
 // first terms in a carry buffer, so the value depends neither on the launch configuration
@@ -33,6 +36,7 @@
 #include "common/cdf_attraction.h"
 
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
 #include <cuda/std/tuple>
 #include <cuda_runtime.h>
 #include <pybind11/pybind11.h>
@@ -45,6 +49,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cdf_select.h"
 #include "common/pair_index.h"
 #include "cuda/check.cuh"
 #include "cuda/workspace.cuh"
@@ -585,7 +590,16 @@ struct ForwardArgs {
   RankArgs<T> ranks;
   double* value;
   uint64_t capacity;
+  uint64_t bins;   // > 0 with p = 1 and no sorted output: rank by selection with this many bins
+  int64_t* stats;  // optional (device): the selection's counters
 };
+
+// The selection runs when asked for with bins > 0 (p = 1, no sorted values). Until it has
+// run on a GPU the default (bins = 0) keeps the full sort.
+template <typename T>
+bool selects(int p, const T* sorted, uint64_t bins) {
+  return p == 1 && sorted == nullptr && bins > 0;
+}
 
 template <typename T, typename V>
 void rank_in_one_pass(const ForwardArgs<T>& a, const Plan& plan, const Workspace& ws, cudaStream_t stream) {
@@ -715,8 +729,448 @@ void rank_in_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace& 
   }
 }
 
+// ---------------------------------------------------------------- selection (p = 1)
+//
+// The CPU engine's selection (csrc/cpu/cdf_attraction.cpp "selection"; bins, classes and
+// exact bin sums from csrc/common/cdf_select.h), taken when the caller passes bins > 0
+// for p = 1 without the sorted values:
+//   1. a strided sample of pairs gives the smallest and largest positive key, and one
+//      thread chooses the bins from them (choose_key_bins);
+//   2. histogram pass: every key counted in its bin with the integer sum of its
+//      significands (global atomics: integer sums, so any order gives the same bits);
+//   3. prefix counts (CUB scan) give each bin its ranks; one thread per bin classifies it
+//      and writes a decided bin's share of the value;
+//   4. counts and classes come to the host (the one synchronisation: pass boundaries and
+//      CUB's item counts are host values), which cuts the mixed bins into passes of at
+//      most `capacity` pairs;
+//   5. per pass: keys regenerated; decided pairs get their sign bit (first pass only), the
+//      pass's mixed pairs are appended as composite keys (key << index bits | k), sorted
+//      by CUB (ties by pair index: the CPU's tie rule), ranked, and summed per bin.
+// The value is the sum over bins, in bin order, of each bin's share: it depends neither on
+// the launch configuration nor on how the mixed bins were cut into passes.
+
+constexpr uint64_t kSelectSample = uint64_t{1} << 16;
+constexpr int kSelectThreads = 256;
+
+template <typename T>
+struct SelectPlan {
+  uint64_t pairs, capacity, bins, sample;  // bins: all, the two clamp bins included
+  int index_bits;
+  bool wide_composite;
+  size_t sort_temp, scan_temp;
+};
+
+struct SelectWorkspace {
+  void* sample;
+  void* key_bins;                      // one KeyBins<T>, chosen on the device
+  unsigned long long* count;           // bins
+  unsigned long long* sum_lo;          // bins: significand sums, low 64 bits
+  unsigned long long* sum_hi;          // bins: and their carries (double keys)
+  unsigned long long* first;           // bins + 1: first rank of each bin, then n'
+  unsigned char* cls;                  // bins: BinClass
+  unsigned long long* mixed;           // bins: a mixed bin's count, else 0
+  unsigned long long* mixed_start;     // bins + 1: a mixed bin's first entry among all mixed
+  double* shares;                      // 2 x bins: decided bins' values, then mixed bins' sums
+  double* terms;                       // capacity: |e| of the pass's sorted entries
+  unsigned long long* cursor;
+  void* entries[2];
+  void* sort_temp;
+  void* scan_temp;
+};
+
+template <typename T>
+size_t select_scan_temp(uint64_t bins, cudaStream_t stream) {
+  size_t bytes = 0;
+  check_cuda(cub::DeviceScan::InclusiveSum(nullptr, bytes, static_cast<unsigned long long*>(nullptr),
+                                           static_cast<unsigned long long*>(nullptr), static_cast<int>(bins), stream),
+             "cub::DeviceScan::InclusiveSum (size)");
+  return bytes;
+}
+
+template <typename T>
+SelectPlan<T> make_select_plan(int64_t n, uint64_t capacity, uint64_t bins, cudaStream_t stream) {
+  SelectPlan<T> plan{};
+  plan.pairs = pair_count(static_cast<uint64_t>(n));
+  plan.bins = bins + 2;
+  plan.sample = std::min(plan.pairs, kSelectSample);
+  plan.index_bits = std::max(1, bit_width(plan.pairs - 1));
+  plan.wide_composite = !(sizeof(T) == 4 && KeyTraits<T>::kBits + plan.index_bits <= 64);
+  // `capacity` counts the sort's entries (cdf_pairs_entry_bytes); a mixed pair here takes
+  // its composite key twice (CUB's double buffer) and its |e|: fewer fit the same bytes.
+  const size_t per_pair = 2 * (plan.wide_composite ? sizeof(WideKey) : sizeof(uint64_t)) + sizeof(double);
+  const uint64_t bytes = capacity * entry_bytes_of(sizeof(T) == 4, plan.pairs);
+  plan.capacity = std::max<uint64_t>(1, std::min<uint64_t>(bytes / per_pair, plan.pairs));
+  Plan sort_plan{};
+  sort_plan.capacity = plan.capacity;
+  sort_plan.index_bits = plan.index_bits;
+  sort_plan.wide_composite = plan.wide_composite;
+  plan.sort_temp = passes_sort_temp<T>(sort_plan, stream);
+  plan.scan_temp = select_scan_temp<T>(plan.bins, stream);
+  return plan;
+}
+
+template <typename T>
+size_t select_layout(const SelectPlan<T>& plan, char* base, SelectWorkspace* out) {
+  const size_t ull = sizeof(unsigned long long);
+  const size_t composite = plan.wide_composite ? sizeof(WideKey) : sizeof(uint64_t);
+  const size_t sizes[] = {
+      plan.sample * sizeof(typename KeyTraits<T>::Bits),
+      sizeof(KeyBins<T>),
+      plan.bins * ull,
+      plan.bins * ull,
+      plan.bins * ull,
+      (plan.bins + 1) * ull,
+      plan.bins,
+      plan.bins * ull,
+      (plan.bins + 1) * ull,
+      2 * plan.bins * sizeof(double),
+      plan.capacity * sizeof(double),
+      ull,
+      plan.capacity * composite,
+      plan.capacity * composite,
+      plan.sort_temp,
+      plan.scan_temp,
+  };
+  void* parts[sizeof(sizes) / sizeof(sizes[0])];
+  const size_t total = carve_workspace(base, sizes, parts);
+  if (out != nullptr) {
+    *out = {parts[0],
+            parts[1],
+            static_cast<unsigned long long*>(parts[2]),
+            static_cast<unsigned long long*>(parts[3]),
+            static_cast<unsigned long long*>(parts[4]),
+            static_cast<unsigned long long*>(parts[5]),
+            static_cast<unsigned char*>(parts[6]),
+            static_cast<unsigned long long*>(parts[7]),
+            static_cast<unsigned long long*>(parts[8]),
+            static_cast<double*>(parts[9]),
+            static_cast<double*>(parts[10]),
+            static_cast<unsigned long long*>(parts[11]),
+            {parts[12], parts[13]},
+            parts[14],
+            parts[15]};
+  }
+  return total;
+}
+
+// The bins from the sample's smallest and largest positive key (one block; sample <= 2^16).
+template <typename T>
+__global__ void __launch_bounds__(kSelectThreads)
+choose_bins_kernel(const typename KeyTraits<T>::Bits* __restrict__ sample, uint64_t count, uint64_t max_range,
+                   KeyBins<T>* __restrict__ out) {
+  using U = typename KeyBins<T>::U;
+  __shared__ U lows[kSelectThreads], highs[kSelectThreads];
+  U lo = ~U{0}, hi = 0;
+  for (uint64_t s = threadIdx.x; s < count; s += blockDim.x) {
+    const U bits = static_cast<U>(sample[s]);
+    if (bits == 0) continue;
+    lo = bits < lo ? bits : lo;
+    hi = bits > hi ? bits : hi;
+  }
+  lows[threadIdx.x] = lo;
+  highs[threadIdx.x] = hi;
+  __syncthreads();
+  for (int half = kSelectThreads / 2; half > 0; half >>= 1) {
+    if (threadIdx.x < half) {
+      lows[threadIdx.x] = lows[threadIdx.x + half] < lows[threadIdx.x] ? lows[threadIdx.x + half] : lows[threadIdx.x];
+      highs[threadIdx.x] = highs[threadIdx.x + half] > highs[threadIdx.x] ? highs[threadIdx.x + half] : highs[threadIdx.x];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    U first = lows[0], last = highs[0];
+    if (last == 0) first = last = 1;  // every sampled key is 0: in-range bins start at the smallest subnormal
+    *out = choose_key_bins<T>(first, last, max_range);
+  }
+}
+
+// Histogram pass: count and significand sum per bin.
+template <typename T>
+struct SelectCountEmitter {
+  const KeyBins<T>* key_bins;
+  unsigned long long* count;
+  unsigned long long* sum_lo;
+  unsigned long long* sum_hi;
+  KeyBins<T> bins;
+  __device__ void begin(unsigned char*) { bins = *key_bins; }
+  __device__ void end() {}
+  __device__ void operator()(bool valid, uint64_t, T key) {
+    if (!valid) return;
+    const auto bits = static_cast<typename KeyBins<T>::U>(KeyTraits<T>::bits(key));
+    const uint64_t b = bins.bin_of(bits);
+    atomicAdd(count + b, 1ull);
+    const unsigned long long sig = static_cast<unsigned long long>(KeyBins<T>::significand(bits));
+    const unsigned long long before = atomicAdd(sum_lo + b, sig);
+    if (before + sig < before) atomicAdd(sum_hi + b, 1ull);  // the low word wrapped: carry
+  }
+};
+
+template <typename T>
+__device__ double bin_key_sum(unsigned long long lo, unsigned long long hi, const KeyBins<T>& bins, uint64_t b) {
+  typename SignificandSum<T>::type sum = lo;
+  if constexpr (sizeof(T) == 8) sum |= static_cast<unsigned __int128>(hi) << 64;
+  return integer_to_double(sum) * bins.unit(b);
+}
+
+// One thread per bin: its class and, for a decided bin, its share of the value (step 3).
+template <typename T>
+__global__ void classify_bins_kernel(const KeyBins<T>* __restrict__ key_bins, const unsigned long long* __restrict__ count,
+                                     const unsigned long long* __restrict__ sum_lo,
+                                     const unsigned long long* __restrict__ sum_hi,
+                                     const unsigned long long* __restrict__ first, RankQuantiles<T> quantiles,
+                                     uint64_t all_bins, unsigned char* __restrict__ cls,
+                                     unsigned long long* __restrict__ mixed, double* __restrict__ shares) {
+  const uint64_t b = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= all_bins) return;
+  const KeyBins<T> bins = *key_bins;
+  const uint64_t m = count[b], r = first[b];
+  BinClass c = kBinEmpty;
+  double share = 0.0;
+  if (m != 0) {
+    c = kBinMixed;
+    if (bins.finite(b)) {
+      int64_t segment = -1;
+      const T first_target = quantiles(r, &segment);
+      const T last_target = quantiles(r + m - 1, &segment);
+      c = classify_bin(bins.low(b), bins.high(b), first_target, last_target);
+    }
+    if (c != kBinMixed) {
+      const double keys = bin_key_sum<T>(sum_lo[b], sum_hi[b], bins, b);
+      const double targets = quantiles.range_sum(r, m);
+      share = c == kBinAbove ? keys - targets : targets - keys;
+    }
+  }
+  cls[b] = static_cast<unsigned char>(c);
+  mixed[b] = c == kBinMixed ? m : 0;
+  shares[b] = share;
+}
+
+// Sets bit k of `bits` for every lane with want = true: lanes whose k share a 64-bit word
+// OR their bits together and one of them writes (pairs of a row are consecutive in k).
+__device__ __forceinline__ void set_bit_aggregated(bool want, uint64_t k, unsigned long long* bits) {
+  const unsigned active = __ballot_sync(0xffffffffu, want);
+  if (active == 0) return;
+  const unsigned long long word = want ? (k >> 6) : ~0ull;
+  const unsigned group = __match_any_sync(0xffffffffu, word);
+  const unsigned long long bit = want ? (1ull << (k & 63)) : 0ull;
+  const unsigned lo = __reduce_or_sync(group, static_cast<unsigned>(bit));
+  const unsigned hi = __reduce_or_sync(group, static_cast<unsigned>(bit >> 32));
+  const int lane = threadIdx.x & 31;
+  if (want && lane == __ffs(group) - 1) atomicOr(bits + word, (static_cast<unsigned long long>(hi) << 32) | lo);
+}
+
+// A pass: signs of the decided pairs (first pass), the mixed pairs of bins [b0, b1) appended.
+template <typename T, typename C>
+struct SelectCollectEmitter {
+  const KeyBins<T>* key_bins;
+  const unsigned char* cls;
+  uint64_t b0, b1;
+  bool write_signs;
+  unsigned long long* pos_bits;
+  unsigned long long* neg_bits;
+  C* out;
+  unsigned long long* cursor;
+  uint64_t capacity;
+  int index_bits;
+  KeyBins<T> bins;
+  __device__ void begin(unsigned char*) { bins = *key_bins; }
+  __device__ void end() {}
+  __device__ void operator()(bool valid, uint64_t k, T key) {
+    const auto bits = KeyTraits<T>::bits(key);
+    const uint64_t b = valid ? bins.bin_of(static_cast<typename KeyBins<T>::U>(bits)) : 0;
+    const unsigned char c = valid ? cls[b] : static_cast<unsigned char>(kBinEmpty);
+    if (write_signs) {
+      set_bit_aggregated(c == kBinAbove, k, pos_bits);
+      set_bit_aggregated(c == kBinBelow, k, neg_bits);
+    }
+    const bool keep = c == kBinMixed && b >= b0 && b < b1;
+    const unsigned mask = __ballot_sync(0xffffffffu, keep);
+    if (mask == 0) return;
+    const int lane = threadIdx.x & 31, leader = __ffs(mask) - 1;
+    unsigned long long base = 0;
+    if (lane == leader) base = atomicAdd(cursor, static_cast<unsigned long long>(__popc(mask)));
+    base = __shfl_sync(0xffffffffu, base, leader);
+    const uint64_t pos = base + __popc(mask & ((1u << lane) - 1));
+    if (keep && pos < capacity) out[pos] = Composite<C>::make(bits, k, index_bits);
+  }
+};
+
+// Entry `pos` of the pass (sorted), whose mixed bins start at entry `offset` among all mixed
+// pairs: its rank is its bin's first rank plus its place in the bin. Writes the sign bit,
+// and |e| for the per-bin sums.
+template <typename T, typename C>
+__global__ void rank_mixed_kernel(SortedComposites<C> entries, uint64_t count, uint64_t offset,
+                                  const KeyBins<T>* __restrict__ key_bins, const unsigned long long* __restrict__ first,
+                                  const unsigned long long* __restrict__ mixed_start, RankQuantiles<T> quantiles,
+                                  unsigned long long* __restrict__ pos_bits, unsigned long long* __restrict__ neg_bits,
+                                  double* __restrict__ terms) {
+  const uint64_t pos = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (pos >= count) return;
+  const KeyBins<T> bins = *key_bins;
+  const Entry entry = entries(pos);
+  const uint64_t b = bins.bin_of(static_cast<typename KeyBins<T>::U>(entry.key_bits));
+  const uint64_t rank = first[b] + (offset + pos - mixed_start[b]);
+  int64_t segment = -1;
+  const T e = KeyTraits<T>::value(entry.key_bits) - quantiles(rank, &segment);
+  if (e != T(0)) atomicOr((e > T(0) ? pos_bits : neg_bits) + (entry.index >> 6), 1ull << (entry.index & 63));
+  terms[pos] = abs_power(e, 1);
+}
+
+// One block per bin of [b0, b1): the sum of its entries' |e|, in entry order (fixed).
+__global__ void __launch_bounds__(kSelectThreads)
+sum_mixed_bins_kernel(const double* __restrict__ terms, const unsigned long long* __restrict__ mixed_start,
+                      uint64_t b0, uint64_t offset, double* __restrict__ sums) {
+  const uint64_t b = b0 + blockIdx.x;
+  const uint64_t begin = mixed_start[b] - offset, end = mixed_start[b + 1] - offset;
+  if (begin == end) return;  // block-uniform
+  double v = 0.0;
+  for (uint64_t e = begin + threadIdx.x; e < end; e += blockDim.x) v += terms[e];
+  v = block_sum(v);
+  if (threadIdx.x == 0) sums[b] = v;
+}
+
+template <typename T>
+struct SelectArgs {
+  const T* z;
+  int64_t n, d;
+  RankQuantiles<T> quantiles;
+  unsigned long long* pos_bits;
+  unsigned long long* neg_bits;
+  double* value;
+  int64_t* stats;  // optional, on the device: sorted pairs, passes, bins, mixed bins
+};
+
+template <typename T>
+void select_histogram(const SelectArgs<T>& a, const SelectPlan<T>& plan, const SelectWorkspace& ws,
+                            cudaStream_t stream) {
+  using K = typename KeyTraits<T>::Bits;
+  auto* sample = static_cast<K*>(ws.sample);
+  auto* key_bins = static_cast<KeyBins<T>*>(ws.key_bins);
+  sample_keys_kernel<T><<<static_cast<unsigned>((plan.sample + 255) / 256), 256, 0, stream>>>(
+      a.z, a.n, a.d, plan.pairs, plan.sample, sample);
+  check_launch("sample_keys_kernel");
+  choose_bins_kernel<T><<<1, kSelectThreads, 0, stream>>>(sample, plan.sample, plan.bins - 2, key_bins);
+  check_launch("choose_bins_kernel");
+  const size_t ull = sizeof(unsigned long long);
+  check_cuda(cudaMemsetAsync(ws.count, 0, plan.bins * ull, stream), "zero bin counts");
+  check_cuda(cudaMemsetAsync(ws.sum_lo, 0, plan.bins * ull, stream), "zero bin sums");
+  check_cuda(cudaMemsetAsync(ws.sum_hi, 0, plan.bins * ull, stream), "zero bin sums");
+  launch_pair_keys(a.z, a.n, a.d, SelectCountEmitter<T>{key_bins, ws.count, ws.sum_lo, ws.sum_hi, {}}, 0, stream);
+  check_cuda(cudaMemsetAsync(ws.first, 0, ull, stream), "first rank");
+  size_t bytes = plan.scan_temp;
+  check_cuda(cub::DeviceScan::InclusiveSum(ws.scan_temp, bytes, ws.count, ws.first + 1, static_cast<int>(plan.bins),
+                                           stream),
+             "cub::DeviceScan::InclusiveSum (ranks)");
+  check_cuda(cudaMemsetAsync(ws.shares, 0, 2 * plan.bins * sizeof(double), stream), "zero bin shares");
+  classify_bins_kernel<T><<<static_cast<unsigned>((plan.bins + 255) / 256), 256, 0, stream>>>(
+      key_bins, ws.count, ws.sum_lo, ws.sum_hi, ws.first, a.quantiles, plan.bins, ws.cls, ws.mixed, ws.shares);
+  check_launch("classify_bins_kernel");
+  check_cuda(cudaMemsetAsync(ws.mixed_start, 0, ull, stream), "first mixed entry");
+  bytes = plan.scan_temp;
+  check_cuda(cub::DeviceScan::InclusiveSum(ws.scan_temp, bytes, ws.mixed, ws.mixed_start + 1,
+                                           static_cast<int>(plan.bins), stream),
+             "cub::DeviceScan::InclusiveSum (mixed entries)");
+}
+
+// Mixed bins from b0 whose pairs fit `capacity` together (the CPU's plan_mixed_pass).
+uint64_t next_mixed_run(const std::vector<unsigned long long>& mixed, uint64_t b0, uint64_t capacity) {
+  uint64_t used = 0, b = b0;
+  for (; b < mixed.size(); ++b) {
+    if (used + mixed[b] > capacity) break;
+    used += mixed[b];
+  }
+  if (b < mixed.size() && used == 0) {
+    throw std::overflow_error("cdf_attraction: " + std::to_string(mixed[b]) +
+                              " distances share one bucket, more than the " + std::to_string(capacity) +
+                              " a pass may hold (heavily tied distances); allow more sort memory");
+  }
+  return b;
+}
+
+template <typename T, typename C>
+void select_forward(const SelectArgs<T>& a, const SelectPlan<T>& plan, const SelectWorkspace& ws, cudaStream_t stream) {
+  select_histogram<T>(a, plan, ws, stream);
+  // Step 4: the mixed counts on the host (the forward's one synchronisation).
+  std::vector<unsigned long long> mixed(plan.bins), start(plan.bins + 1);
+  check_cuda(cudaMemcpyAsync(mixed.data(), ws.mixed, plan.bins * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
+                             stream),
+             "mixed counts");
+  check_cuda(cudaMemcpyAsync(start.data(), ws.mixed_start, (plan.bins + 1) * sizeof(unsigned long long),
+                             cudaMemcpyDeviceToHost, stream),
+             "mixed starts");
+  check_cuda(cudaStreamSynchronize(stream), "selection histogram");
+  const auto* key_bins = static_cast<const KeyBins<T>*>(ws.key_bins);
+  int64_t passes = 1, mixed_bins = 0;
+  for (unsigned long long m : mixed) mixed_bins += m != 0;
+  bool first_pass = true;
+  for (uint64_t b0 = 0; first_pass || b0 < plan.bins;) {
+    while (!first_pass && b0 < plan.bins && mixed[b0] == 0) ++b0;
+    if (!first_pass && b0 == plan.bins) break;
+    const uint64_t b1 = first_pass && start[plan.bins] == 0 ? plan.bins : next_mixed_run(mixed, b0, plan.capacity);
+    const uint64_t count = start[b1] - start[b0];
+    cub::DoubleBuffer<C> entries(static_cast<C*>(ws.entries[0]), static_cast<C*>(ws.entries[1]));
+    check_cuda(cudaMemsetAsync(ws.cursor, 0, sizeof(unsigned long long), stream), "zero pass cursor");
+    const SelectCollectEmitter<T, C> emit{key_bins,          ws.cls,    b0,        b1,          first_pass,
+                                          a.pos_bits,        a.neg_bits, entries.Current(), ws.cursor,
+                                          plan.capacity,     plan.index_bits, {}};
+    launch_pair_keys(a.z, a.n, a.d, emit, 0, stream);
+    ++passes;
+    if (count > 0) {
+      const int end_bit = KeyTraits<T>::kBits + plan.index_bits;
+      with_count_type(count, [&](auto items) {
+        size_t bytes = plan.sort_temp;
+        check_cuda(Composite<C>::sort(ws.sort_temp, bytes, entries, items, end_bit, stream),
+                   "cub::DeviceRadixSort::SortKeys (mixed pairs)");
+      });
+      rank_mixed_kernel<T, C><<<static_cast<unsigned>((count + 255) / 256), 256, 0, stream>>>(
+          SortedComposites<C>{entries.Current(), plan.index_bits}, count, start[b0], key_bins, ws.first,
+          ws.mixed_start, a.quantiles, a.pos_bits, a.neg_bits, ws.terms);
+      check_launch("rank_mixed_kernel");
+      sum_mixed_bins_kernel<<<static_cast<unsigned>(b1 - b0), kSelectThreads, 0, stream>>>(
+          ws.terms, ws.mixed_start, b0, start[b0], ws.shares + plan.bins);
+      check_launch("sum_mixed_bins_kernel");
+    }
+    first_pass = false;
+    b0 = b1;
+  }
+  sum_partials_kernel<<<1, 256, 0, stream>>>(ws.shares, static_cast<long long>(2 * plan.bins), 1.0, a.value);
+  check_launch("sum_partials_kernel");
+  if (a.stats != nullptr) {
+    const int64_t stats[4] = {static_cast<int64_t>(start[plan.bins]), passes, static_cast<int64_t>(plan.bins),
+                              mixed_bins};
+    check_cuda(cudaMemcpyAsync(a.stats, stats, sizeof stats, cudaMemcpyHostToDevice, stream), "selection stats");
+    check_cuda(cudaStreamSynchronize(stream), "selection stats");  // `stats` lives on this stack frame
+  }
+}
+
+template <typename T>
+void select(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes, cudaStream_t stream) {
+  const SelectPlan<T> plan = make_select_plan<T>(a.n, a.capacity, a.bins, stream);
+  SelectWorkspace ws;
+  const size_t need = select_layout<T>(plan, aligned_base(workspace), &ws);
+  if (workspace == nullptr || need > ws_bytes)
+    throw std::invalid_argument("cdf_attraction: workspace of " + std::to_string(ws_bytes) + " bytes, need " +
+                                std::to_string(need) + " (cdf_pairs_workspace_bytes)");
+  const size_t bytes = bit_words(plan.pairs) * sizeof(uint64_t);
+  check_cuda(cudaMemsetAsync(a.ranks.pos_bits, 0, bytes, stream), "zero sign bits");
+  check_cuda(cudaMemsetAsync(a.ranks.neg_bits, 0, bytes, stream), "zero sign bits");
+  const SelectArgs<T> s{a.z, a.n, a.d, a.ranks.quantiles, a.ranks.pos_bits, a.ranks.neg_bits, a.value, a.stats};
+  if (plan.wide_composite)
+    select_forward<T, WideKey>(s, plan, ws, stream);
+  else
+    select_forward<T, uint64_t>(s, plan, ws, stream);
+}
+
+template <typename T>
+size_t forward_workspace_bytes(int64_t n, uint64_t capacity, uint64_t bins, cudaStream_t stream) {
+  const size_t sort = workspace_layout<T>(make_plan<T>(n, capacity, stream), nullptr, nullptr);
+  if (bins == 0) return sort;
+  return std::max(sort, select_layout<T>(make_select_plan<T>(n, capacity, bins, stream), nullptr, nullptr));
+}
+
 template <typename T>
 void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes, cudaStream_t stream) {
+  if (selects(a.ranks.p, a.ranks.sorted, a.bins)) return select(a, workspace, ws_bytes, stream);
   const Plan plan = make_plan<T>(a.n, a.capacity, stream);
   char* base = aligned_base(workspace);
   Workspace ws;
@@ -883,7 +1337,8 @@ void backward(const BackwardArgs<T>& a, cudaStream_t stream) {
 template <typename T>
 void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
                    int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual,
-                   uintptr_t sorted, uint64_t capacity, uintptr_t workspace, size_t ws_bytes, uintptr_t stream) {
+                   uintptr_t sorted, uint64_t capacity, uint64_t bins, uintptr_t stats, uintptr_t workspace,
+                   size_t ws_bytes, uintptr_t stream) {
   const uint64_t pairs = pair_count(static_cast<uint64_t>(n));
   if (z == 0 || value == 0) throw std::invalid_argument("cdf_attraction: no points or no output for the value");
   if ((p == 1 && (pos == 0 || neg == 0)) || (p == 2 && residual == 0))
@@ -895,8 +1350,8 @@ void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t tabl
                           ptr<T>(residual),
                           ptr<T>(sorted),
                           pairs};
-  forward(ForwardArgs<T>{ptr<const T>(z), n, d, ranks, ptr<double>(value), capacity}, ptr<void>(workspace), ws_bytes,
-          stream_of(stream));
+  forward(ForwardArgs<T>{ptr<const T>(z), n, d, ranks, ptr<double>(value), capacity, bins, ptr<int64_t>(stats)},
+          ptr<void>(workspace), ws_bytes, stream_of(stream));
 }
 
 template <typename T>
@@ -921,16 +1376,15 @@ void backward_typed(int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uin
 void bind_cdf_attraction(py::module_& m) {
   m.def(
       "cdf_pairs_workspace_bytes",
-      [](int dtype, int64_t n, int64_t d, uint64_t capacity, uint64_t /*bins*/, uintptr_t stream) {
+      [](int dtype, int64_t n, int64_t d, uint64_t capacity, uint64_t bins, uintptr_t stream) {
         check_cdf_pairs_sizes(n, d, 1, capacity);
         const cudaStream_t s = stream_of(stream);
-        if (is_float(dtype)) return workspace_layout<float>(make_plan<float>(n, capacity, s), nullptr, nullptr);
-        return workspace_layout<double>(make_plan<double>(n, capacity, s), nullptr, nullptr);
+        if (is_float(dtype)) return forward_workspace_bytes<float>(n, capacity, bins, s);
+        return forward_workspace_bytes<double>(n, capacity, bins, s);
       },
       py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("capacity"), py::arg("bins"), py::arg("stream"),
       "Workspace bytes of cdf_pairs_forward: min(capacity, n') sort entries, CUB's temporary storage, and "
-      "per-2048-rank partial sums. `bins` (the CPU engine's selection histogram) is not used yet: the CUDA "
-      "engine sorts every pair.");
+      "per-2048-rank partial sums; with bins > 0, also the selection's (p = 1 without sorted values).");
   m.def(
       "cdf_pairs_entry_bytes",
       [](int dtype, int64_t n) { return entry_bytes_of(is_float(dtype), pair_count(static_cast<uint64_t>(n))); },
@@ -940,17 +1394,17 @@ void bind_cdf_attraction(py::module_& m) {
       "cdf_pairs_forward",
       [](int dtype, int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
          int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual, uintptr_t sorted,
-         uint64_t capacity, uint64_t /*bins*/, uintptr_t /*stats*/, uintptr_t workspace, size_t ws_bytes,
+         uint64_t capacity, uint64_t bins, uintptr_t stats, uintptr_t workspace, size_t ws_bytes,
          uintptr_t stream) {
         check_cdf_pairs_sizes(n, d, p, capacity);
         const bool single = is_float(dtype);
         py::gil_scoped_release release;
         if (single)
           forward_typed<float>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted, capacity,
-                               workspace, ws_bytes, stream);
+                               bins, stats, workspace, ws_bytes, stream);
         else
           forward_typed<double>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted,
-                                capacity, workspace, ws_bytes, stream);
+                                capacity, bins, stats, workspace, ws_bytes, stream);
       },
       py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("source"), py::arg("table"),
       py::arg("values"), py::arg("count"), py::arg("p"), py::arg("value"), py::arg("pos"), py::arg("neg"),
@@ -958,7 +1412,8 @@ void bind_cdf_attraction(py::module_& m) {
       py::arg("workspace"), py::arg("ws_bytes"), py::arg("stream"),
       "Sum over ranks of |d_(k) - c'_k|^p for contiguous (n, d) points; p = 1 writes sgn(e) as two bit sets "
       "(pos, neg), p = 2 writes e, both at pair index k(i, j); `sorted` (optional) receives d_(k) by rank. "
-      "`bins` and `stats` belong to the CPU engine's selection (not used here yet: every pair is sorted).");
+      "With bins > 0 (p = 1, no `sorted`) the ranks come from the selection (csrc/common/cdf_select.h) and "
+      "`stats` (optional, 4 int64 on the device) receives its counters; bins = 0 sorts every pair.");
   m.def(
       "cdf_pairs_backward",
       [](int dtype, int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
