@@ -65,7 +65,18 @@ def _cases() -> List[Tuple[str, Callable[[List[torch.Tensor]], torch.Tensor], Li
         ("cdf_attraction D=1024", lambda z: gaussreg.cdf_attraction(z), [(9, 1024)]),
         ("cdf_attraction ties, passes", lambda z: gaussreg.cdf_attraction(
             torch.cat([z, z, z]), max_sort_bytes=few_entries(z, 4000)), [(60, 3)]),
+        # The selection engine (p = 1, bins > 0; on CUDA only when asked for), one pass and
+        # several (3000 entries of sort memory a pass).
+        ("cdf selection", lambda z: _selection(z, 1 << 12, None), [(301, 7)]),
+        ("cdf selection, passes", lambda z: _selection(z, 1 << 12, 3000), [(301, 7)]),
     ]
+
+
+def _selection(z: torch.Tensor, bins: int, capacity) -> torch.Tensor:
+    """The p = 1 distances term by the engine's selection, with an exact chi2_D table."""
+    pairs = cdf_engine.pair_count(z.shape[0])
+    table = gaussreg.targets.Chi2(z.shape[1]).quantiles(pairs, z.device, z.dtype).contiguous()
+    return cdf_engine.cdf_pairs(z, 1, capacity or pairs, table=table, bins=bins) / pairs
 
 
 def run(device: torch.device, dtypes) -> int:
