@@ -226,7 +226,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gaussreg train", description=__doc__.split("\n\n")[1].replace("\n", " "))
     p.add_argument("--reg", choices=sorted(REGS), default="cdf",
                    help="latent regularizer (default cdf): " + "; ".join(f"{k}: {r.help}" for k, r in REGS.items()))
-    p.add_argument("--reg-weight", type=float, default=None, help="weight of the regularizer (default per --reg)")
+    p.add_argument("--reg-weight", type=float, default=None,
+                   help="weight of the regularizer against the reconstruction MSE (default per --reg: "
+                        + ", ".join(f"{k} {r.weight:g}" for k, r in REGS.items() if k != "none")
+                        + "; README, 'Choosing a weight')")
     p.add_argument("--latent-dim", type=int, default=8, help="latent dimension D (default 8)")
     p.add_argument("--epochs", type=int, default=150, help="passes over the training rows (default 150)")
     p.add_argument("--batch-size", type=int, default=128, help="rows per batch, the n of the regularizer (default 128)")
@@ -256,6 +259,20 @@ def _check_args(args, p: argparse.ArgumentParser) -> None:
         p.error(f"--reg-weight must be >= 0 and finite, got {args.reg_weight}")
     if args.reg == "gmm" and args.gmm_components > 2 * args.latent_dim:  # the means sit at +-4 on the axes
         p.error(f"--gmm-components {args.gmm_components} needs --latent-dim >= {math.ceil(args.gmm_components / 2)}")
+
+
+def read_report(report) -> str:
+    """What the diagnostics mean when the fitted statistics pass and the joint tests reject."""
+    n = report.n
+    typical = 0.8687 / math.sqrt(n)  # mean KS statistic of an N(0, I) sample of n radii
+    fitted_pass = report["ks_radii"].statistic < 2 * typical and report["ks_distances"].statistic < 2 * typical
+    if not fitted_pass or report["henze_zirkler"].pvalue >= 1e-3:
+        return ""
+    return ("Reading the table: radii and distances look like an N(0, I) sample's, but the joint tests\n"
+            "(Mardia, Henze-Zirkler) reject: the latents match N(0, I) in what the loss fits, not as a joint\n"
+            "distribution (on the digits, the ten classes stay as skewed clusters). No weight or length of\n"
+            "training measured on the digits made them pass (README, 'Choosing a weight'); the closest was\n"
+            "--reg mmd for 600 epochs (Henze-Zirkler p 5e-97).")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -296,7 +313,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.reg == "gmm":
         print("the prior is a Gaussian mixture: the N(0, I) diagnostics below are expected to reject")
     print(f"\ndiagnostics of the {z_test.shape[0]} held-out latents:\n")
-    print(diagnostics.report(z_test.cpu().double(), generator=torch.Generator().manual_seed(args.seed)))
+    report = diagnostics.report(z_test.cpu().double(), generator=torch.Generator().manual_seed(args.seed))
+    print(report)
+    reading = read_report(report)
+    if reading:
+        print("\n" + reading)
     if not args.no_plots:
         os.makedirs(args.out, exist_ok=True)
         samples_path = os.path.join(args.out, "train_samples.png")

@@ -217,3 +217,22 @@ def test_train_rejects_bad_data(tmp_path):
     np.save(tmp_path / "nan.npy", bad)
     with pytest.raises(SystemExit, match="NaN"):
         train.main(TINY_TRAIN + ["--data", str(tmp_path / "nan.npy")])
+
+
+def _report_stub(n, ks_radii, ks_distances, hz_pvalue):
+    from types import SimpleNamespace
+
+    stub = {"ks_radii": SimpleNamespace(statistic=ks_radii), "ks_distances": SimpleNamespace(statistic=ks_distances),
+            "henze_zirkler": SimpleNamespace(pvalue=hz_pvalue)}
+    report = type("Report", (dict,), {})(stub)
+    report.n = n
+    return report
+
+
+def test_train_reads_a_report_whose_joint_tests_reject():
+    """Fitted statistics like an N(0, I) sample's (0.87/sqrt(359) = 0.046) and HZ rejecting:
+    the output says what that means; otherwise it says nothing."""
+    assert "joint tests" in train.read_report(_report_stub(359, 0.05, 0.035, 1e-200))
+    assert train.read_report(_report_stub(359, 0.05, 0.035, 0.3)) == ""    # HZ does not reject
+    assert train.read_report(_report_stub(359, 0.15, 0.035, 1e-200)) == ""  # radii not fitted either
+    assert train.read_report(_report_stub(359, 0.05, 0.12, 1e-200)) == ""   # distances not fitted
