@@ -212,6 +212,16 @@ def test_tiny_sort_budget_collects_mixed_pairs_over_passes(capacity, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_sort_budget_below_the_mixed_pairs_takes_several_passes(device):
+    """About 11000 mixed pairs, 3000 a pass: several collection passes, each ranking its
+    bins from their first ranks; the result is the brute force's."""
+    z = random_points(301, 7, seed=0)
+    stats = check_against_brute_force(z, chi2_table(cdf_engine.pair_count(301), 7), bins=1 << 12, capacity=3000,
+                                      device=device)
+    assert stats["passes"] >= 4, stats  # the histogram and at least three collections
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_selection_matches_full_sort_value(device):
     """The same loss through the selection (p = 1) and through the full sort that p = 1 with
     sorted output takes: equal values, identical signs."""

@@ -771,7 +771,6 @@ struct SelectWorkspace {
   unsigned long long* mixed;           // bins: a mixed bin's count, else 0
   unsigned long long* mixed_start;     // bins + 1: a mixed bin's first entry among all mixed
   double* shares;                      // 2 x bins: decided bins' values, then mixed bins' sums
-  double* terms;                       // capacity: |e| of the pass's sorted entries
   unsigned long long* cursor;
   void* entries[2];
   void* sort_temp;
@@ -795,11 +794,9 @@ SelectPlan<T> make_select_plan(int64_t n, uint64_t capacity, uint64_t bins, cuda
   plan.sample = std::min(plan.pairs, kSelectSample);
   plan.index_bits = std::max(1, bit_width(plan.pairs - 1));
   plan.wide_composite = !(sizeof(T) == 4 && KeyTraits<T>::kBits + plan.index_bits <= 64);
-  // `capacity` counts the sort's entries (cdf_pairs_entry_bytes); a mixed pair here takes
-  // its composite key twice (CUB's double buffer) and its |e|: fewer fit the same bytes.
-  const size_t per_pair = 2 * (plan.wide_composite ? sizeof(WideKey) : sizeof(uint64_t)) + sizeof(double);
-  const uint64_t bytes = capacity * entry_bytes_of(sizeof(T) == 4, plan.pairs);
-  plan.capacity = std::max<uint64_t>(1, std::min<uint64_t>(bytes / per_pair, plan.pairs));
+  // `capacity` counts sort entries of cdf_pairs_entry_bytes, at least a composite key twice
+  // (CUB's double buffer): the CPU's meaning. |e| goes into the half the sort left free.
+  plan.capacity = std::max<uint64_t>(1, std::min(capacity, plan.pairs));
   Plan sort_plan{};
   sort_plan.capacity = plan.capacity;
   sort_plan.index_bits = plan.index_bits;
@@ -824,7 +821,6 @@ size_t select_layout(const SelectPlan<T>& plan, char* base, SelectWorkspace* out
       plan.bins * ull,
       (plan.bins + 1) * ull,
       2 * plan.bins * sizeof(double),
-      plan.capacity * sizeof(double),
       ull,
       plan.capacity * composite,
       plan.capacity * composite,
@@ -844,11 +840,10 @@ size_t select_layout(const SelectPlan<T>& plan, char* base, SelectWorkspace* out
             static_cast<unsigned long long*>(parts[7]),
             static_cast<unsigned long long*>(parts[8]),
             static_cast<double*>(parts[9]),
-            static_cast<double*>(parts[10]),
-            static_cast<unsigned long long*>(parts[11]),
-            {parts[12], parts[13]},
-            parts[14],
-            parts[15]};
+            static_cast<unsigned long long*>(parts[10]),
+            {parts[11], parts[12]},
+            parts[13],
+            parts[14]};
   }
   return total;
 }
@@ -1072,6 +1067,12 @@ void select_histogram(const SelectArgs<T>& a, const SelectPlan<T>& plan, const S
              "cub::DeviceScan::InclusiveSum (mixed entries)");
 }
 
+[[noreturn]] void refuse_tied_bin(uint64_t count, uint64_t capacity) {
+  throw std::overflow_error("cdf_attraction: " + std::to_string(count) + " distances share one bucket, more than the " +
+                            std::to_string(capacity) + " a pass may hold (heavily tied distances); allow more sort "
+                            "memory");
+}
+
 // Mixed bins from b0 whose pairs fit `capacity` together (the CPU's plan_mixed_pass).
 uint64_t next_mixed_run(const std::vector<unsigned long long>& mixed, uint64_t b0, uint64_t capacity) {
   uint64_t used = 0, b = b0;
@@ -1079,29 +1080,39 @@ uint64_t next_mixed_run(const std::vector<unsigned long long>& mixed, uint64_t b
     if (used + mixed[b] > capacity) break;
     used += mixed[b];
   }
-  if (b < mixed.size() && used == 0) {
-    throw std::overflow_error("cdf_attraction: " + std::to_string(mixed[b]) +
-                              " distances share one bucket, more than the " + std::to_string(capacity) +
-                              " a pass may hold (heavily tied distances); allow more sort memory");
-  }
+  if (b < mixed.size() && used == 0) refuse_tied_bin(mixed[b], capacity);
   return b;
 }
 
 template <typename T, typename C>
 void select_forward(const SelectArgs<T>& a, const SelectPlan<T>& plan, const SelectWorkspace& ws, cudaStream_t stream) {
   select_histogram<T>(a, plan, ws, stream);
-  // Step 4: the mixed counts on the host (the forward's one synchronisation).
+  // Step 4: the mixed counts on the host (the forward's one synchronisation), with the
+  // histogram's total and the bins chosen, for the checks and the counters.
   std::vector<unsigned long long> mixed(plan.bins), start(plan.bins + 1);
+  unsigned long long counted = 0;
+  KeyBins<T> chosen{};
+  const auto* key_bins = static_cast<const KeyBins<T>*>(ws.key_bins);
   check_cuda(cudaMemcpyAsync(mixed.data(), ws.mixed, plan.bins * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
                              stream),
              "mixed counts");
   check_cuda(cudaMemcpyAsync(start.data(), ws.mixed_start, (plan.bins + 1) * sizeof(unsigned long long),
                              cudaMemcpyDeviceToHost, stream),
              "mixed starts");
+  check_cuda(cudaMemcpyAsync(&counted, ws.first + plan.bins, sizeof counted, cudaMemcpyDeviceToHost, stream),
+             "pairs counted");
+  check_cuda(cudaMemcpyAsync(&chosen, key_bins, sizeof chosen, cudaMemcpyDeviceToHost, stream), "bins chosen");
   check_cuda(cudaStreamSynchronize(stream), "selection histogram");
-  const auto* key_bins = static_cast<const KeyBins<T>*>(ws.key_bins);
+  if (counted != plan.pairs)
+    throw std::runtime_error("cdf_attraction (CUDA): the histogram counted " + std::to_string(counted) +
+                             " distances, expected " + std::to_string(plan.pairs));
   int64_t passes = 1, mixed_bins = 0;
-  for (unsigned long long m : mixed) mixed_bins += m != 0;
+  uint64_t largest = 0;
+  for (unsigned long long m : mixed) {
+    mixed_bins += m != 0;
+    largest = std::max<uint64_t>(largest, m);
+  }
+  if (largest > plan.capacity) refuse_tied_bin(largest, plan.capacity);  // before any pass runs
   bool first_pass = true;
   for (uint64_t b0 = 0; first_pass || b0 < plan.bins;) {
     while (!first_pass && b0 < plan.bins && mixed[b0] == 0) ++b0;
@@ -1122,12 +1133,15 @@ void select_forward(const SelectArgs<T>& a, const SelectPlan<T>& plan, const Sel
         check_cuda(Composite<C>::sort(ws.sort_temp, bytes, entries, items, end_bit, stream),
                    "cub::DeviceRadixSort::SortKeys (mixed pairs)");
       });
+      // |e| of each sorted entry goes into the half of CUB's double buffer the sort left free
+      // (a composite key takes at least the 8 bytes of a double).
+      double* terms = reinterpret_cast<double*>(entries.Alternate());
       rank_mixed_kernel<T, C><<<static_cast<unsigned>((count + 255) / 256), 256, 0, stream>>>(
           SortedComposites<C>{entries.Current(), plan.index_bits}, count, start[b0], key_bins, ws.first,
-          ws.mixed_start, a.quantiles, a.pos_bits, a.neg_bits, ws.terms);
+          ws.mixed_start, a.quantiles, a.pos_bits, a.neg_bits, terms);
       check_launch("rank_mixed_kernel");
       sum_mixed_bins_kernel<<<static_cast<unsigned>(b1 - b0), kSelectThreads, 0, stream>>>(
-          ws.terms, ws.mixed_start, b0, start[b0], ws.shares + plan.bins);
+          terms, ws.mixed_start, b0, start[b0], ws.shares + plan.bins);
       check_launch("sum_mixed_bins_kernel");
     }
     first_pass = false;
@@ -1136,7 +1150,7 @@ void select_forward(const SelectArgs<T>& a, const SelectPlan<T>& plan, const Sel
   sum_partials_kernel<<<1, 256, 0, stream>>>(ws.shares, static_cast<long long>(2 * plan.bins), 1.0, a.value);
   check_launch("sum_partials_kernel");
   if (a.stats != nullptr) {
-    const int64_t stats[4] = {static_cast<int64_t>(start[plan.bins]), passes, static_cast<int64_t>(plan.bins),
+    const int64_t stats[4] = {static_cast<int64_t>(start[plan.bins]), passes, static_cast<int64_t>(chosen.count()),
                               mixed_bins};
     check_cuda(cudaMemcpyAsync(a.stats, stats, sizeof stats, cudaMemcpyHostToDevice, stream), "selection stats");
     check_cuda(cudaStreamSynchronize(stream), "selection stats");  // `stats` lives on this stack frame

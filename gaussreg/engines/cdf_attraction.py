@@ -24,6 +24,7 @@ from ..targets import Chi2, Empirical, checked_quantiles, chi2_anchors
 from ._autograd import first_order_only
 
 SOURCE_TABLE, SOURCE_ANCHORS, SOURCE_EMPIRICAL = 0, 1, 2  # csrc/common/cdf_attraction.h
+MAX_BINS = 1 << 28  # in-range bins of the selection: its per-bin arrays stay far below any index limit
 
 
 def pair_count(n: int) -> int:
@@ -116,9 +117,9 @@ def _check_op_args(z: Tensor, table: Optional[Tensor], values: Optional[Tensor],
     if z.dtype not in (torch.float32, torch.float64) or z.dim() != 2 or not z.is_contiguous() or z.shape[0] < 2:
         raise ValueError(f"gaussreg::cdf_pairs: z must be a contiguous (n >= 2, D) float32/float64 tensor, "
                          f"got {z.dtype} {tuple(z.shape)}")
-    if p not in (1, 2) or capacity < 1 or bins < 0:
-        raise ValueError(f"gaussreg::cdf_pairs: p must be 1 or 2, capacity positive and bins >= 0, got {p}, "
-                         f"{capacity}, {bins}")
+    if p not in (1, 2) or capacity < 1 or not 0 <= bins <= MAX_BINS:
+        raise ValueError(f"gaussreg::cdf_pairs: p must be 1 or 2, capacity positive and bins in [0, {MAX_BINS}], "
+                         f"got {p}, {capacity}, {bins}")
     if table is not None and (table.dtype != z.dtype or table.device != z.device or not table.is_contiguous()
                               or table.shape != (pair_count(z.shape[0]),)):
         raise ValueError("gaussreg::cdf_pairs: table must hold n(n-1)/2 contiguous values of z's dtype and device")
@@ -352,6 +353,8 @@ def distance_bins(z: Tensor, bins: int = 0, key_range: Optional[Tuple[float, flo
     high) to refine a part of an earlier histogram; the keys outside fall in the first and
     last (clamp) bins either way.
     """
+    if not 0 <= bins <= MAX_BINS:
+        raise ValueError(f"distance_bins: bins must be in [0, {MAX_BINS}], got {bins}")
     low_key, high_key = (0.0, 0.0) if key_range is None else (float(key_range[0]), float(key_range[1]))
     if key_range is not None and not 0.0 <= low_key <= high_key:
         raise ValueError(f"distance_bins: key_range must be 0 <= low <= high, got {key_range}")

@@ -141,7 +141,8 @@ def cdf_pairs_with_stats(z: Tensor, target, p: int = 1, max_sort_bytes: Optional
 
     The counters (``cdf_engine.STATS``) say how the distances were ranked: ``sorted_pairs``
     (p = 1: the pairs of mixed bins; p = 2: all), generation ``passes``, histogram ``bins``
-    and ``mixed_bins``; -1 where an engine does not count (CUDA). For benchmarks and tests.
+    and ``mixed_bins``; -1 where the engine sorts every pair (p = 2, and CUDA, whose selection
+    runs only when asked for with bins > 0). For benchmarks and tests.
     """
     with torch.no_grad():
         plan = cdf_engine.plan(z.device, z.dtype, z.shape[0], target, max_sort_bytes)
