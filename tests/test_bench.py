@@ -111,6 +111,14 @@ def test_gaussreg_bench_command_runs_a_family(tmp_path, capsys):
     assert cli.main(["no-such-command"]) == 2
 
 
+def test_family_help_names_the_command_users_type(capsys):
+    from gaussreg import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "segmented", "--help"])
+    assert capsys.readouterr().out.startswith("usage: gaussreg bench segmented")
+
+
 def _row(case, impl, n, seconds, **extra):
     row = {"case": case, "impl": impl, "n": n, "d": 8, "status": "ok", "fb_median_s": seconds,
            "peak_mem_bytes": None, "fb_x_floor": None}

@@ -384,7 +384,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def make_parser(family: str, description: str, default_n: Dict[str, List[int]]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"python -m gaussreg.bench.{family}", description=description,
+        prog=f"gaussreg bench {family}", description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Output: a table on stdout; JSON, CSV and PNG under ./{DEFAULT_RESULTS_DIR}/<device>/ of the current "
                "directory (--results-dir, --out: elsewhere).")
