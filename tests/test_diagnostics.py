@@ -16,6 +16,7 @@ from scipy.spatial.distance import pdist
 
 import gaussreg
 from gaussreg import diagnostics as dg
+from gaussreg.diagnostics import _ks, _report
 from gaussreg.engines import cdf_attraction as cdf_engine
 
 SEEDS_NULL = (0, 1, 2, 3, 4)
@@ -186,8 +187,8 @@ def test_ks_distances_sorted_in_several_passes(monkeypatch):
 
 def test_ks_bracketing_blocks_is_exact(monkeypatch):
     """The block bounds of long inputs prune but never change the supremum."""
-    monkeypatch.setattr(dg, "_KS_DIRECT_MAX", 50)
-    monkeypatch.setattr(dg, "_KS_BLOCK", 16)
+    monkeypatch.setattr(_ks, "_KS_DIRECT_MAX", 50)
+    monkeypatch.setattr(_ks, "_KS_BLOCK", 16)
     for seed, z in enumerate([normal(150, 4, 7), uniform(150, 4, 8) * 2, normal(150, 4, 9) * 1.05]):
         values = distances_by_scipy(z)
         expected = scipy.stats.kstest(values, scipy.stats.chi2(4).cdf).statistic
@@ -332,7 +333,7 @@ def test_report_prints_how_far_henze_zirkler_is_from_one():
     rows_t3 = dict((row[0], row[1]) for row in dg.report(t3, num_projections=2).rows())
     assert rows["Henze-Zirkler"].startswith("1 - ") and rows_t3["Henze-Zirkler"].startswith("1 + ")
     assert float(rows_t3["Henze-Zirkler"][4:]) == pytest.approx(dg.henze_zirkler(t3).statistic - 1, rel=1e-2)
-    assert dg._near_one(0.5) == "0.5" and dg._near_one(1.0) == "1"
+    assert _report._near_one(0.5) == "0.5" and _report._near_one(1.0) == "1"
 
 
 def test_report_on_a_singular_sample():

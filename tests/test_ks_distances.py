@@ -18,6 +18,7 @@ import torch
 from scipy.spatial.distance import pdist
 
 from gaussreg import diagnostics as dg
+from gaussreg.diagnostics import _ks
 from gaussreg.engines import cdf_attraction as cdf_engine
 
 pytestmark = pytest.mark.skipif(not cdf_engine.distance_bins_supported(torch.device("cpu")),
@@ -63,14 +64,14 @@ def scipy_statistic(z):
     from it by 1e-10, which is not what these tests are about (test_diagnostics holds
     ks_distances to scipy.stats.kstest)."""
     keys = np.sort(pdist(z.numpy(), "sqeuclidean") / 2)
-    f = dg._chi2_cdf(torch.from_numpy(keys), z.shape[1]).numpy()
+    f = _ks._chi2_cdf(torch.from_numpy(keys), z.shape[1]).numpy()
     m = len(keys)
     rank = np.arange(1, m + 1)
     return max(float(np.max(rank / m - f)), float(np.max(f - (rank - 1) / m)))
 
 
 def chi2_cdf(d):
-    return lambda x: dg._chi2_cdf(x, d)
+    return lambda x: _ks._chi2_cdf(x, d)
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda f: f.__name__)
@@ -78,7 +79,7 @@ def chi2_cdf(d):
 @pytest.mark.parametrize("n,d", [(2, 1), (3, 2), (150, 1), (150, 5), (40, 1024)])
 def test_statistic_matches_scipy(sample, bins, n, d):
     z = sample(n, d).contiguous()
-    assert dg._ks_of_bins(z, chi2_cdf(d), bins) == pytest.approx(scipy_statistic(z), abs=1e-12)
+    assert _ks._ks_of_bins(z, chi2_cdf(d), bins) == pytest.approx(scipy_statistic(z), abs=1e-12)
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda f: f.__name__)
@@ -87,7 +88,7 @@ def test_float32_statistic_equals_the_full_sort(sample, bins):
     """Same float32 keys as the engine's full sort: the same supremum, to the last bit."""
     z = sample(700, 6, seed=3).float().contiguous()
     every_key = cdf_engine.sorted_half_sq_distances(z)
-    assert dg._ks_of_bins(z, chi2_cdf(6), bins) == dg._ks_of_sorted(every_key, chi2_cdf(6))
+    assert _ks._ks_of_bins(z, chi2_cdf(6), bins) == _ks._ks_of_sorted(every_key, chi2_cdf(6))
 
 
 def test_ks_distances_equals_the_full_sort_path(monkeypatch):
@@ -121,9 +122,9 @@ def test_sorts_a_small_fraction_of_the_pairs(sample, monkeypatch):
     n = 3000
     z = sample(n, 32, seed=4).float().contiguous()
     seen = collected_keys(monkeypatch)
-    statistic = dg._ks_of_bins(z, chi2_cdf(32))
+    statistic = _ks._ks_of_bins(z, chi2_cdf(32))
     every_key = cdf_engine.sorted_half_sq_distances(z)
-    assert statistic == dg._ks_of_sorted(every_key, chi2_cdf(32))
+    assert statistic == _ks._ks_of_sorted(every_key, chi2_cdf(32))
     assert sum(seen) <= cdf_engine.pair_count(n) // 50, seen
 
 
@@ -133,11 +134,11 @@ def test_refined_bins_give_the_same_statistic(sample, bins, monkeypatch):
     """Refinement forced at every level: each finer count covers only the candidates' span,
     the clamp bins carry the ranks of the keys outside it."""
     z = sample(300, 3, seed=8).contiguous()
-    monkeypatch.setattr(dg, "_KS_REFINE_KEYS", 0)
+    monkeypatch.setattr(_ks, "_KS_REFINE_KEYS", 0)
     counts = []
     count = cdf_engine.distance_bins
     monkeypatch.setattr(cdf_engine, "distance_bins", lambda *args: counts.append(args) or count(*args))
-    assert dg._ks_of_bins(z, chi2_cdf(3), bins) == pytest.approx(scipy_statistic(z), abs=1e-12)
+    assert _ks._ks_of_bins(z, chi2_cdf(3), bins) == pytest.approx(scipy_statistic(z), abs=1e-12)
     if sample in (near, far, clusters):
         assert len(counts) > 1  # at least one refinement
 
@@ -149,10 +150,10 @@ def test_collection_passes_within_the_budget(monkeypatch):
     expected = scipy_statistic(z)
     seen = collected_keys(monkeypatch)
     monkeypatch.setattr(cdf_engine, "default_sort_bytes", lambda device: 16 * 6000)  # 6000 keys and their ranks
-    assert dg._ks_of_bins(z, chi2_cdf(3), bins=64) == pytest.approx(expected, abs=1e-12)
+    assert _ks._ks_of_bins(z, chi2_cdf(3), bins=64) == pytest.approx(expected, abs=1e-12)
     assert len(seen) > 1 and max(seen) <= 6000, seen
     with pytest.raises(MemoryError, match="share one key bin"):
-        dg._ks_of_bins(z, chi2_cdf(3), bins=1)
+        _ks._ks_of_bins(z, chi2_cdf(3), bins=1)
 
 
 def test_same_statistic_for_any_thread_count():
