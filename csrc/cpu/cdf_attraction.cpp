@@ -561,20 +561,30 @@ KeyBins<T> sample_key_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws
   return choose_key_bins<T>(lo, hi, a.bins == 0 ? default_select_bins(pairs) : a.bins);
 }
 
+// One pass over every pair: add(record of the key's bin, key bits) into virtual thread v's
+// own histogram (V x bins records, all first set to `empty`).
+template <typename T, typename Record, typename Add>
+void fill_histograms(const ForwardArgs<T>& a, const Plan& plan, const T* zt, const KeyBins<T>& bins, Record* hist,
+                     Record empty, Add&& add) {
+  const uint64_t count = bins.count();
+  std::fill(hist, hist + static_cast<size_t>(std::max(a.threads, 1)) * count, empty);
+  for_group_slices(a, plan.groups, [&](uint64_t g, int v) {
+    Record* mine = hist + static_cast<size_t>(v) * count;
+    for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
+      visit_block_pairs(a.z, zt, a.n, a.d, i0, [&](int64_t, int64_t, T key) {
+        const auto bits = key_bits(key);
+        add(mine[bins.bin_of(bits)], bits);
+      });
+    });
+  });
+}
+
 template <typename T>
 void count_bins(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace<T>& ws, const KeyBins<T>& bins) {
   const uint64_t count = bins.count();
-  std::fill(ws.hist, ws.hist + static_cast<size_t>(std::max(a.threads, 1)) * count, BinCount<T>{0, 0});
-  for_group_slices(a, plan.groups, [&](uint64_t g, int v) {
-    BinCount<T>* hist = ws.hist + static_cast<size_t>(v) * count;
-    for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
-      visit_block_pairs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t, int64_t, T key) {
-        const auto bits = key_bits(key);
-        BinCount<T>& h = hist[bins.bin_of(bits)];
-        ++h.count;
-        h.sum += KeyBins<T>::significand(bits);
-      });
-    });
+  fill_histograms(a, plan, ws.zt, bins, ws.hist, BinCount<T>{0, 0}, [](BinCount<T>& h, typename KeyBins<T>::U bits) {
+    ++h.count;
+    h.sum += KeyBins<T>::significand(bits);
   });
   // Merge into v = 0's histogram (integer sums: any order gives the same bits), keeping
   // each v's offset within every bin for the collection passes.
@@ -878,18 +888,10 @@ void count_key_ranges(const RangeArgs<T>& r, const RangeWorkspace<T>& ws) {
   const KeyBins<T> bins = key_bins_of_ranges(r, ws, plan.pairs);
   const uint64_t count = bins.count();
   const int64_t virtual_threads = std::max(a.threads, 1);
-  std::fill(ws.hist, ws.hist + static_cast<size_t>(virtual_threads) * count, BinRange<T>{0, ~U{0}, 0});
-  for_group_slices(a, plan.groups, [&](uint64_t g, int v) {
-    BinRange<T>* hist = ws.hist + static_cast<size_t>(v) * count;
-    for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
-      visit_block_pairs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t, int64_t, T key) {
-        const U bits = key_bits(key);
-        BinRange<T>& h = hist[bins.bin_of(bits)];
-        ++h.count;
-        h.low = std::min(h.low, bits);
-        h.high = std::max(h.high, bits);
-      });
-    });
+  fill_histograms(a, plan, ws.zt, bins, ws.hist, BinRange<T>{0, ~U{0}, 0}, [](BinRange<T>& h, U bits) {
+    ++h.count;
+    h.low = std::min(h.low, bits);
+    h.high = std::max(h.high, bits);
   });
   for (uint64_t b = 0; b < count; ++b) {
     BinRange<T> merged{0, ~U{0}, 0};

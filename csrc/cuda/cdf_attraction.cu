@@ -461,6 +461,21 @@ struct HistogramEmitter {
   }
 };
 
+// Writes `entry` of every lane with keep = true to consecutive slots of `out`, one atomic
+// per warp; the warps' order is arbitrary, so what is collected gets sorted. All lanes call.
+template <typename C>
+__device__ __forceinline__ void append_kept(bool keep, const C& entry, unsigned long long* cursor, C* out,
+                                            uint64_t capacity) {
+  const unsigned mask = __ballot_sync(0xffffffffu, keep);
+  if (mask == 0) return;
+  const int lane = threadIdx.x & 31, leader = __ffs(mask) - 1;
+  unsigned long long base = 0;
+  if (lane == leader) base = atomicAdd(cursor, static_cast<unsigned long long>(__popc(mask)));
+  base = __shfl_sync(0xffffffffu, base, leader);
+  const uint64_t pos = base + __popc(mask & ((1u << lane) - 1));
+  if (keep && pos < capacity) out[pos] = entry;
+}
+
 // A pass: keys in [lowest, beyond) appended as composite keys; one atomic per warp.
 template <typename T, typename C>
 struct CollectEmitter {
@@ -475,14 +490,7 @@ struct CollectEmitter {
   __device__ void operator()(bool valid, uint64_t k, T key) {
     const auto bits = KeyTraits<T>::bits(key);  // the histogram's comparison, see HistogramEmitter
     const bool keep = valid && !(bits < KeyTraits<T>::bits(lowest)) && (!bounded || bits < KeyTraits<T>::bits(beyond));
-    const unsigned mask = __ballot_sync(0xffffffffu, keep);
-    if (mask == 0) return;
-    const int lane = threadIdx.x & 31, leader = __ffs(mask) - 1;
-    unsigned long long base = 0;
-    if (lane == leader) base = atomicAdd(cursor, static_cast<unsigned long long>(__popc(mask)));
-    base = __shfl_sync(0xffffffffu, base, leader);
-    const uint64_t pos = base + __popc(mask & ((1u << lane) - 1));
-    if (keep && pos < capacity) out[pos] = Composite<C>::make(KeyTraits<T>::bits(key), k, index_bits);
+    append_kept(keep, Composite<C>::make(bits, k, index_bits), cursor, out, capacity);
   }
 };
 
@@ -979,14 +987,7 @@ struct SelectCollectEmitter {
       set_bit_aggregated(c == kBinBelow, k, neg_bits);
     }
     const bool keep = c == kBinMixed && b >= b0 && b < b1;
-    const unsigned mask = __ballot_sync(0xffffffffu, keep);
-    if (mask == 0) return;
-    const int lane = threadIdx.x & 31, leader = __ffs(mask) - 1;
-    unsigned long long base = 0;
-    if (lane == leader) base = atomicAdd(cursor, static_cast<unsigned long long>(__popc(mask)));
-    base = __shfl_sync(0xffffffffu, base, leader);
-    const uint64_t pos = base + __popc(mask & ((1u << lane) - 1));
-    if (keep && pos < capacity) out[pos] = Composite<C>::make(bits, k, index_bits);
+    append_kept(keep, Composite<C>::make(bits, k, index_bits), cursor, out, capacity);
   }
 };
 

@@ -13,6 +13,7 @@ derivative is refused (the ranks are piecewise constant, but the p = 2 residual 
 """
 from __future__ import annotations
 
+import operator
 import os
 from typing import NamedTuple, Optional, Tuple
 
@@ -246,7 +247,10 @@ def table_policy(target, pairs: int) -> str:
 
 def plan(device: torch.device, dtype: torch.dtype, n: int, target, max_sort_bytes: Optional[int]) -> Plan:
     """The plan of n points' distances term toward ``target`` within ``max_sort_bytes``
-    (None: ``default_sort_bytes``). Sizes only: torch.compile evaluates it once."""
+    (None: ``default_sort_bytes``). Sizes only: torch.compile evaluates it once. A symbolic n
+    (a recompile with dynamic shapes) is specialized here: the plan is a constant of the
+    graph, as the engine's workspace must be."""
+    n = operator.index(n)  # dynamo specializes a SymInt here (int() would keep it symbolic)
     policy = table_policy(target, pair_count(n))
     return Plan(*_plan_numbers(device, dtype, n, max_sort_bytes, policy), policy)
 
