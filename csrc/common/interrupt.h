@@ -19,8 +19,11 @@ struct InterruptPoll {
 
   // Called only from the thread that entered the engine, outside parallel regions.
   void operator()() const {
-    if (pending != nullptr && pending(context)) throw Interrupted();
+    if (requested()) throw Interrupted();
   }
+  // The same question without the throw, for an engine that must first leave a parallel
+  // region (its master thread, the one that entered, may ask from inside it).
+  bool requested() const { return pending != nullptr && pending(context); }
 };
 
 }  // namespace gaussreg

@@ -7,6 +7,7 @@
 #include "common/pair_sum_args.h"
 #include "common/pair_sum_bind.h"
 #include "cpu/pair_sum.h"
+#include "cpu/python_interrupt.h"
 
 namespace gaussreg {
 namespace cpu {
@@ -22,7 +23,10 @@ struct CpuBackend {
   template <typename T, typename Stem>
   static void run(int kind, const std::vector<double>& params, PairSumArgs<T> args, std::uintptr_t num_threads) {
     args.num_threads = threads(num_threads);
-    Stem::template with_kernel<T>(kind, params, [&](const auto& kernel) { pair_sum(args, kernel); });
+    // The shared binding has released the GIL; a Ctrl-C between rounds raises KeyboardInterrupt.
+    run_interruptible_released([&](InterruptPoll poll) {
+      Stem::template with_kernel<T>(kind, params, [&](const auto& kernel) { pair_sum(args, kernel, poll); });
+    });
   }
 
  private:

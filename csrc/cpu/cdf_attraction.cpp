@@ -38,6 +38,7 @@
 
 #include "common/cdf_select.h"
 #include "common/interrupt.h"
+#include "cpu/python_interrupt.h"
 #include "common/pair_index.h"
 #include "common/segmented.h"  // OrderedBits: the unsigned integer of a key's width
 #include "cpu/radix_sort.h"
@@ -1149,29 +1150,6 @@ void backward(const BackwardArgs<T>& a) {
 }
 
 // ---------------------------------------------------------------- bindings
-
-// Polled between chunks of work: a pending Ctrl-C (or any Python signal whose handler
-// raises) stops the engine; the handler's exception is left set for the binding to raise.
-bool python_signal_pending(void*) {
-  py::gil_scoped_acquire gil;
-  return PyErr_CheckSignals() != 0;
-}
-
-// Runs `work` without the GIL; a KeyboardInterrupt noticed inside is raised once the GIL
-// is back (the workspace belongs to the caller and is freed with its tensors).
-template <typename Work>
-void run_interruptible(Work&& work) {
-  bool interrupted = false;
-  {
-    py::gil_scoped_release release;
-    try {
-      work(InterruptPoll{python_signal_pending, nullptr});
-    } catch (const Interrupted&) {
-      interrupted = true;
-    }
-  }
-  if (interrupted) throw py::error_already_set();
-}
 
 template <typename T>
 void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,

@@ -15,6 +15,8 @@
 // reproducible.
 #pragma once
 
+#include "common/interrupt.h"
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -399,7 +401,7 @@ void check_args(const PairSumArgs<T>& a) {
 
 // Entry point of the engine: value (and gradients when asked) of the pair sum.
 template <typename T, typename K>
-void pair_sum(const PairSumArgs<T>& a, const K& kern) {
+void pair_sum(const PairSumArgs<T>& a, const K& kern, InterruptPoll poll = {}) {
   check_args(a);
   const bool self = a.y == nullptr;
   const index_t n = a.n, d = a.d, m = self ? a.n : a.m;
@@ -423,6 +425,7 @@ void pair_sum(const PairSumArgs<T>& a, const K& kern) {
   std::size_t widest = 1;
   for (const auto& tasks : rounds) widest = std::max(widest, tasks.size());
   const int threads = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(a.num_threads), widest));
+  bool stop = false;  // set between rounds by the master thread when an interrupt is pending
 
 #pragma omp parallel num_threads(threads)
   {
@@ -468,8 +471,15 @@ void pair_sum(const PairSumArgs<T>& a, const K& kern) {
           run_tile<T, K, false, false>(pk, kern, i0, i1, j0, j1, diagonal, acc, gpanel, nullptr, nullptr,
                                        partial[bi]);
       }
+      // Between rounds (each a fraction of the pairs): the thread that entered asks whether
+      // to stop, and the team leaves together.
+#pragma omp master
+      stop = poll.requested();
+#pragma omp barrier
+      if (stop) break;
     }
   }
+  if (stop) throw Interrupted();
   double total = 0;
   for (index_t b = 0; b < plan.blocks; ++b) total += partial[b];
   *a.value = total;
