@@ -122,7 +122,7 @@ def _ks_of_bins(z: Tensor, cdf, bins: int = 0) -> float:
     m = cdf_engine.pair_count(z.shape[0])
     found = cdf_engine.distance_bins(z, bins)
     best, candidates = _bounded_bins(found, m, cdf, 0.0, clamps=True)
-    while _held_keys(found, candidates) > max(_KS_REFINE_KEYS, m // 64):
+    while int(found.counts[candidates].sum()) > max(_KS_REFINE_KEYS, m // 64):
         span = (found.low[candidates].min(), found.high[candidates].max())
         finer = cdf_engine.distance_bins(z, bins, span)
         if int(finer.layout[1]) >= int(found.layout[1]):
@@ -162,16 +162,11 @@ def _bounded_bins(found, m: int, cdf, best: float, clamps: bool) -> Tuple[float,
     return best, used[open_bins][order]
 
 
-def _held_keys(found, chosen: Tensor) -> int:
-    return int(found.counts[chosen].sum())
-
-
 def _bin_batches(found, candidates: Tensor, budget: int):
     """The candidate bins in batches of at most ``budget`` keys (ascending bin order within a
     batch, as the collection writes them)."""
     batch, held = [], 0
-    for b in candidates.tolist():
-        size = int(found.counts[b])
+    for b, size in zip(candidates.tolist(), found.counts[candidates].tolist()):
         if size > budget:
             raise MemoryError(f"gaussreg.ks_distances: {size} distances share one key bin, more than the "
                               f"{budget} a pass may hold (heavily tied distances)")
