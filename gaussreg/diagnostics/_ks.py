@@ -218,8 +218,8 @@ def ks_distances(z) -> KSResult:
     the n' distances: on the CPU the compiled engine histograms the keys in fine bins and
     sorts only the bins near the supremum (for the statistic) and near the crossings of the
     two CDFs (for ``l1``); memory is 2 bits a pair plus those bins (n = 16384, D = 64,
-    float32: about 90 MB and 6 s on 2 cores). On CUDA the engine still sorts every pair (12 bytes a pair in
-    float32, in passes beyond half the free memory).
+    float32: under 100 MB and 3 to 6 s on 2 cores). On CUDA the engine still sorts every
+    pair (12 bytes a pair in float32, in passes beyond half the free memory).
 
     Args:
         z: points (n, D), n >= 2, float tensor or numpy array, finite.
