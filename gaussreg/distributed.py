@@ -14,7 +14,11 @@ small: the classic bug.) The backward is therefore an all-reduce (sum) of the in
 gradient followed by the rank's own rows.
 
 The losses take ``process_group=`` (a group, or ``"world"`` for the default one) and call
-this on their point tensors.
+this on their point tensors. The pair-sum losses then split the pairs: each rank sums its
+share (``gaussreg.engines.pair_sum.pair_shares``) and ``sum_over_ranks`` adds the shares;
+the gradient of every pair reaches both of its points through the gather's backward.
+A loss's input checks run through ``checked_together``, so that a rank whose checks fail
+makes every rank raise instead of leaving them in a collective.
 
 Under ``torch.compile`` the same collectives go through torch's functional collectives
 (traceable, ``fullgraph=True`` works): the all-gather's backward is a reduce-scatter of
@@ -24,12 +28,14 @@ instead of gathering wrong rows); eager calls take uneven sizes.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch import Tensor
+
+T = TypeVar("T")
 
 # The autograd-aware functional all-gather is all_gather_single_autograd from torch 2.12
 # on, all_gather_tensor_autograd before (same operation).
@@ -70,9 +76,54 @@ def check_group(process_group) -> None:
                         f"got {type(process_group).__name__}")
 
 
+def _status_device(group) -> torch.device:
+    """Where a collective of this group's backend takes its tensors (NCCL: this rank's GPU)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _failed_ranks(group, failed: bool) -> List[int]:
+    """Every rank's answer to "did my checks fail?", exchanged; the ranks that said yes."""
+    mine = torch.tensor([1 if failed else 0], dtype=torch.int64, device=_status_device(group))
+    answers = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(answers, mine, group=group)
+    return [r for r, a in enumerate(answers) if int(a.item())]
+
+
+def checked_together(process_group, checks: Callable[[], T]) -> T:
+    """``checks()``'s result, run so that if it raises on any rank of the group, every rank raises.
+
+    A loss's input checks run on each rank's own batch before the collectives; one rank
+    with a NaN or too little memory must not leave the others waiting in an all-gather
+    for ever. The failing rank re-raises its own error; the others raise a RuntimeError
+    naming it. One tiny all-gather per call (skipped under torch.compile, where a failing
+    check fails the trace).
+    """
+    if process_group is None or _compiling():
+        return checks()
+    check_group(process_group)
+    group = _group(process_group)
+    try:
+        result = checks()
+    except Exception:
+        _failed_ranks(group, True)
+        raise
+    failed = _failed_ranks(group, False)
+    if failed:
+        raise RuntimeError(f"process_group: the input checks failed on rank(s) {failed} (see the error there); "
+                           "this rank stops too rather than wait for them in a collective")
+    return result
+
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _all_shapes(z: Tensor, group) -> List[List[int]]:
-    """(n, D) of every rank, gathered first so that uneven batches and mismatched D are caught."""
-    mine = torch.tensor(list(z.shape), dtype=torch.int64, device=z.device)
+    """(n, D, dtype number) of every rank, gathered first so that uneven batches are handled
+    and mismatched D or dtype are caught on every rank."""
+    code = _DTYPES.index(z.dtype) if z.dtype in _DTYPES else -1
+    mine = torch.tensor(list(z.shape) + [code], dtype=torch.int64, device=z.device)
     shapes = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(shapes, mine, group=group)
     return [s.tolist() for s in shapes]
@@ -82,9 +133,12 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, group) -> Tensor:
         shapes = _all_shapes(z, group)
-        dims = {tuple(s[1:]) for s in shapes}
-        if len(dims) != 1:  # every rank sees the same shapes, so every rank raises: no hang
-            raise ValueError(f"process_group: the ranks' points differ in dimension: shapes {shapes}")
+        # Every rank sees the same shapes, so every rank raises: no hang.
+        if len({tuple(s[1:-1]) for s in shapes}) != 1:
+            raise ValueError(f"process_group: the ranks' points differ in dimension: shapes {[s[:-1] for s in shapes]}")
+        if len({s[-1] for s in shapes}) != 1:
+            names = [str(_DTYPES[s[-1]]) if s[-1] >= 0 else "other" for s in shapes]
+            raise ValueError(f"process_group: the ranks' points differ in dtype: {names} (convert them to one dtype)")
         sizes = [s[0] for s in shapes]
         widest = max(sizes)
         padded = z.new_zeros((widest,) + tuple(z.shape[1:]))
@@ -178,6 +232,13 @@ def sum_over_ranks(t: Tensor, process_group="world") -> Tensor:
         parts = _all_gather_autograd(t.contiguous()[None], 0, group)
         return parts.sum(0)
     return _SumOverRanks.apply(t, _group(process_group))
+
+
+def rank_and_size(process_group="world") -> Tuple[int, int]:
+    """(this process's rank in the group, the group's size); constants under torch.compile."""
+    check_group(process_group)
+    group = _traceable_group(_group(process_group))
+    return dist.get_rank(group), dist.get_world_size(group)
 
 
 def total_count(n: int, device: torch.device, process_group="world") -> int:

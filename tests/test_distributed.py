@@ -1,7 +1,11 @@
 """Global-batch losses under DDP (gloo, CPU): each rank's parameter gradients after DDP's
-averaging equal the single-process gradients on the concatenated batch, exactly, for 2
-and 3 processes with uneven local batches. The classic bug, a gradient off by a factor
-of world_size, is reproduced with a plain all-gather to show that the check sees it."""
+averaging equal the single-process gradients on the concatenated batch, exactly, for 2,
+3 and 4 processes with uneven local batches (one rank with a single point). The classic
+bug, a gradient off by a factor of world_size, is reproduced with a plain all-gather to
+show that the check sees it. The pair sums are split across the ranks: each rank's pair
+count is its share, and the shares cover every pair once. A rank whose input checks fail
+makes every rank raise."""
+import datetime
 import os
 
 import pytest
@@ -13,7 +17,7 @@ from _helpers import assert_close
 import gaussreg
 from gaussreg.testing import random_points
 
-SIZES = {2: [23, 31], 3: [17, 30, 9]}  # uneven on purpose
+SIZES = {2: [23, 31], 3: [17, 30, 9], 4: [1, 12, 7, 20]}  # uneven on purpose
 
 
 def _losses(process_group, prior):
@@ -22,8 +26,15 @@ def _losses(process_group, prior):
         "cdf_p1": lambda z: gaussreg.cdf_attraction(z, process_group=process_group),
         "cdf_p2": lambda z: gaussreg.cdf_attraction(z, p=2, process_group=process_group),
         "cw": lambda z: gaussreg.cw_distance(z, log=True, process_group=process_group),
+        "cw_exact": lambda z: gaussreg.cw_distance(z, kernel="exact", process_group=process_group),
         "l2": lambda z: gaussreg.gaussian_l2_to_normal(z, 0.8, process_group=process_group),
+        "l2_widths": lambda z: gaussreg.gaussian_l2_to_normal(z, 0.6 + prior[:, 0].abs(), process_group=process_group),
+        "l2_mean_field": lambda z: gaussreg.gaussian_l2_to_normal(z, "mean_field", process_group=process_group),
+        "l2_two_samples": lambda z: gaussreg.gaussian_l2(z, prior, 0.7, process_group=process_group),
         "mmd": lambda z: gaussreg.mmd(z, prior, process_group=process_group),
+        "mmd_rbf_analytic": lambda z: gaussreg.mmd(z, "analytic", kernel="rbf", process_group=process_group),
+        # Each rank seeds differently: the drawn prior sample must still be the first rank's.
+        "mmd_drawn": lambda z: gaussreg.mmd(z, generator=_rank_generator(), process_group=process_group),
         "coord_torus": lambda z: gaussreg.coordinate_cdf_attraction(z, marginal="torus", process_group=process_group),
         "swae_prior": lambda z: gaussreg.sliced_wasserstein(z, p=1, prior_sample=prior, directions=_directions(),
                                                             process_group=process_group),
@@ -45,6 +56,9 @@ def _compilable_losses(process_group="world"):
         "swae": lambda z: gaussreg.sliced_wasserstein(z, directions=theta, process_group=process_group),
         "epps_pulley": lambda z: gaussreg.epps_pulley(z, directions=theta, process_group=process_group),
         "cw": lambda z: gaussreg.cw_distance(z, log=True, process_group=process_group),
+        "l2": lambda z: gaussreg.gaussian_l2_to_normal(z, 0.8, process_group=process_group),
+        # A second sample made row by row from z: each rank's share of it is made from its own rows.
+        "mmd": lambda z: gaussreg.mmd(z, torch.tanh(z.detach()), process_group=process_group),
     }
 
 
@@ -88,8 +102,54 @@ class _PlainGather(torch.autograd.Function):
         return grad[ctx.start: ctx.start + ctx.size], None, None
 
 
+def _pair_counts(x_rank, y_rank):
+    """Pairs this rank evaluates in one gaussian_l2_to_normal and one gaussian_l2 call."""
+    engine = gaussreg.engines.pair_sum
+    original, counted = engine.pair_sum_op, []
+
+    def counting(x, y, *args):
+        counted.append(x.shape[0] * (x.shape[0] - 1) // 2 if y is None else x.shape[0] * y.shape[0])
+        return original(x, y, *args)
+
+    engine.pair_sum_op = counting
+    try:
+        counts = {}
+        for name, call in (("self", lambda: gaussreg.gaussian_l2_to_normal(x_rank, 0.8, process_group="world")),
+                           ("two_samples", lambda: gaussreg.gaussian_l2(x_rank, y_rank, 0.8, process_group="world"))):
+            counted.clear()
+            call()
+            counts[name] = sum(counted)
+        return counts
+    finally:
+        engine.pair_sum_op = original
+
+
+def _failures(rank, world, z):
+    """What each rank raises when one rank's input is bad (no rank may hang)."""
+    bad = z.clone()
+    if rank == 1:
+        bad[0, 0] = float("nan")
+    huge = torch.zeros(1, z.shape[1], dtype=z.dtype).expand(10 ** 9 if rank == world - 1 else 5, z.shape[1])
+    cases = {
+        "nan": lambda: gaussreg.gaussian_l2_to_normal(bad, process_group="world"),
+        "nan_cdf": lambda: gaussreg.cdf_attraction(bad, process_group="world"),
+        "memory": lambda: gaussreg.mmd(huge, process_group="world"),
+        "dtype": lambda: gaussreg.cw_distance(z.float() if rank % 2 else z, process_group="world"),
+    }
+    raised = {}
+    for name, call in cases.items():
+        try:
+            call()
+            raised[name] = "no error"
+        except (RuntimeError, ValueError, MemoryError) as exc:
+            raised[name] = f"{type(exc).__name__}: {exc}"
+    return raised
+
+
 def _worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # A collective that waits longer than this fails the test instead of hanging it.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     try:
         torch.set_num_threads(1)
         sizes = SIZES[world]
@@ -121,6 +181,8 @@ def _worker(rank, world, init_file, out_dir):
         plain = gaussreg.cw_distance(_PlainGather.apply(ddp(x_all[rows]), sizes, rank), log=True)
         plain.backward()
         results["plain_gather_cw"] = (plain.detach(), [p.grad.clone() for p in model.parameters()])
+        results["pair_counts"] = _pair_counts(x_all[rows][:, :4].clone(), prior_all[rows].clone())
+        results["failures"] = _failures(rank, world, x_all[rows][:, :4].clone())
         mismatch = torch.zeros(5, 4 + rank, dtype=torch.float64)  # D differs across ranks
         try:
             gaussreg.cw_distance(mismatch, process_group="world")
@@ -163,7 +225,7 @@ def _single_process_equal_batches(world):
     return results
 
 
-@pytest.mark.parametrize("world", (2, 3))
+@pytest.mark.parametrize("world", (2, 3, 4))
 def test_ddp_gradients_equal_the_single_process_gradient(tmp_path, world):
     mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
     expected = _single_process(world)
@@ -188,6 +250,49 @@ def test_ddp_gradients_equal_the_single_process_gradient(tmp_path, world):
         for g, h in zip(plain, expected["cw"][1]):
             assert_close(g * world, h, 1e-9, 1e-12 * float(h.abs().max()), what="plain gather x world_size")
         assert "differ in dimension" in got["mismatch"]
+        _check_failures(got["failures"], rank, world)
+    _check_pair_counts([torch.load(tmp_path / f"rank{r}.pt")["pair_counts"] for r in range(world)], world)
+
+
+def _check_pair_counts(counts, world):
+    """Every pair once over the ranks, each rank about 1/world of them."""
+    n = sum(SIZES[world])
+    for name, total in (("self", n * (n - 1) // 2), ("two_samples", n * (n - 1) + n * n)):
+        per_rank = [c[name] for c in counts]
+        assert sum(per_rank) == total, (name, per_rank, total)
+        # A rank's share is within one block of rows (at most n pairs per sum) of the even split.
+        sums = 1 if name == "self" else 3
+        assert max(per_rank) <= total / world + sums * n, (name, per_rank, total)
+
+
+def _check_failures(raised, rank, world):
+    expect = {
+        "nan": "ValueError: z contains NaN" if rank == 1 else "RuntimeError: process_group: the input checks failed "
+                                                             "on rank(s) [1]",
+        "nan_cdf": "ValueError: z contains NaN",  # checked after the gather: the same on every rank
+        "memory": "MemoryError" if rank == world - 1 else f"RuntimeError: process_group: the input checks failed on "
+                                                          f"rank(s) [{world - 1}]",
+        "dtype": "ValueError: process_group: the ranks' points differ in dtype",
+    }
+    for name, start in expect.items():
+        assert raised[name].startswith(start), (rank, name, raised[name])
+
+
+def test_pair_shares_cover_every_pair_once():
+    from gaussreg.engines.pair_sum import pair_shares
+
+    for n in (1, 2, 3, 5, 17, 40):
+        for world in (1, 2, 3, 4, 7):
+            for m in (None, 3, n):
+                seen = []
+                for pieces in pair_shares(n, m, world):
+                    for piece in pieces:
+                        for i in range(piece.row_start, piece.row_stop):
+                            cols = range(i + 1, piece.row_stop) if piece.is_triangle else \
+                                range(piece.col_start, piece.col_stop)
+                            seen += [(i, j) if m is not None else (min(i, j), max(i, j)) for j in cols]
+                expected = [(i, j) for i in range(n) for j in (range(i + 1, n) if m is None else range(m))]
+                assert sorted(seen) == expected, (n, world, m)
 
 
 def test_process_group_needs_an_initialized_backend():

@@ -9,15 +9,20 @@ compiled forward computes the gradient in the same pass when an input requires i
 It is a ``torch.library.custom_op`` with a fake implementation, so torch.compile can
 trace it, and an autograd formula registered on it. Second derivatives are refused
 with an error rather than returned wrong (first derivatives under create_graph=True work).
+
+Under a process group, ``pair_sum(..., process_group=)`` takes the gathered points and
+each rank sums only its share of the pairs (``pair_shares``); the shares' sums are
+all-reduced. Every pair is computed by exactly one rank, and the gradients of the shares
+reach every point through the gather's backward (an all-reduce of the gathered gradient).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, distributed
 from ._autograd import first_order_only
 
 # Kernel kinds of each stem, as the enums in csrc/common/<stem>.h number them.
@@ -141,8 +146,37 @@ torch.library.register_autograd("gaussreg::pair_sum", _backward, setup_context=_
 
 
 def pair_sum(stem: str, kind: int, params: Sequence[float], x: Tensor, y: Optional[Tensor] = None,
-             px: Optional[Tensor] = None, py: Optional[Tensor] = None) -> Tensor:
-    """Float64 pair sum of ``stem``'s kernel ``kind`` (see module docstring), differentiable in x and y."""
+             px: Optional[Tensor] = None, py: Optional[Tensor] = None, *, process_group=None) -> Tensor:
+    """Float64 pair sum of ``stem``'s kernel ``kind`` (see module docstring), differentiable in x and y.
+
+    With ``process_group``, x and y are the gathered points of every rank (the same on
+    each); this rank computes its ``pair_shares`` and the result is their sum over the
+    ranks, so each pair is evaluated once in the group.
+    """
+    if process_group is None:
+        return _pair_sum_here(stem, kind, params, x, y, px, py)
+    rank, world = distributed.rank_and_size(process_group)
+    # Zero, but on the autograd graph whenever x is: a rank without pairs (tiny batches)
+    # must still join the backward's collective of sum_over_ranks.
+    share = x[:0].sum(dtype=torch.float64)
+    for piece in pair_shares(x.shape[0], None if y is None else y.shape[0], world)[rank]:
+        rows, cols = slice(piece.row_start, piece.row_stop), slice(piece.col_start, piece.col_stop)
+        if piece.is_triangle:  # the unordered pairs inside one block of x
+            share = share + _pair_sum_here(stem, kind, params, x[rows], None, _part(px, rows), None)
+        else:
+            other = x if y is None else y
+            other_p = px if y is None else py
+            share = share + _pair_sum_here(stem, kind, params, x[rows], other[cols], _part(px, rows),
+                                           _part(other_p, cols))
+    return distributed.sum_over_ranks(share, process_group)
+
+
+def _part(p: Optional[Tensor], rows: slice) -> Optional[Tensor]:
+    return None if p is None else p[rows]
+
+
+def _pair_sum_here(stem: str, kind: int, params: Sequence[float], x: Tensor, y: Optional[Tensor],
+                   px: Optional[Tensor], py: Optional[Tensor]) -> Tensor:
     grad_on = torch.is_grad_enabled()
     grad_x = grad_on and x.requires_grad
     grad_y = grad_on and y is not None and y.requires_grad
@@ -150,3 +184,50 @@ def pair_sum(stem: str, kind: int, params: Sequence[float], x: Tensor, y: Option
         x, y, px, py, grad_x, grad_y = y, x, py, px, True, False
     value, _, _ = pair_sum_op(x, y, px, py, stem, kind, [float(p) for p in params], grad_x, grad_y)
     return value
+
+
+class Piece(NamedTuple):
+    """Rows [row_start, row_stop) of x against points [col_start, col_stop) of y (or of x
+    itself for a self sum); ``is_triangle``: the unordered pairs inside the rows only."""
+    row_start: int
+    row_stop: int
+    col_start: int
+    col_stop: int
+    is_triangle: bool = False
+
+    def pairs(self) -> int:
+        rows = self.row_stop - self.row_start
+        return rows * (rows - 1) // 2 if self.is_triangle else rows * (self.col_stop - self.col_start)
+
+
+def pair_shares(n: int, m: Optional[int], world: int) -> List[List[Piece]]:
+    """Each rank's pieces of the pairs of n points with themselves (m None: the n(n-1)/2
+    unordered pairs) or against m points (all n m pairs); every pair in exactly one piece.
+
+    A cross sum gives rank r the r-th of ``world`` near-equal row blocks against all m
+    points. A self sum cuts the rows into 2 world near-equal blocks; rank r takes blocks r
+    and 2 world - 1 - r, each as its triangle plus its rows against every later point.
+    A block's pairs shrink linearly with its position, so the two blocks' counts add up to
+    n(n - 1) / (2 world) give or take one block's rows, whatever the local batch sizes.
+    Pieces without pairs are left out. Depends on the sizes alone (constant under compile).
+    """
+    if m is not None:
+        edges = _edges(n, world)
+        return [[Piece(edges[r], edges[r + 1], 0, m)] if edges[r + 1] > edges[r] and m > 0 else []
+                for r in range(world)]
+    edges = _edges(n, 2 * world)
+    shares = []
+    for r in range(world):
+        pieces = []
+        for block in (r, 2 * world - 1 - r):
+            start, stop = edges[block], edges[block + 1]
+            if stop - start >= 2:
+                pieces.append(Piece(start, stop, start, stop, is_triangle=True))
+            if stop > start and n > stop:
+                pieces.append(Piece(start, stop, stop, n))
+        shares.append(pieces)
+    return shares
+
+
+def _edges(n: int, parts: int) -> List[int]:
+    return [k * n // parts for k in range(parts + 1)]

@@ -5,7 +5,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import _checks, _native
+from .. import _checks, _native, distributed
 from ..engines import pair_sum
 
 
@@ -15,7 +15,7 @@ NeedBytes = Callable[[torch.device, torch.dtype, Sequence[Tuple[int, int]]], int
 
 def prepare_points(what: str, stem: Optional[str], backend: str, *, min_dim: int = 1, min_rows: int = 2,
                    optional: Tuple[str, ...] = (), draws_partner: bool = False, entry: Optional[str] = None,
-                   need_bytes: Optional[NeedBytes] = None, **named: Optional[torch.Tensor]
+                   need_bytes: Optional[NeedBytes] = None, process_group=None, **named: Optional[torch.Tensor]
                    ) -> Tuple[List[Optional[torch.Tensor]], torch.device, torch.dtype, bool]:
     """Validate the point tensors in ``named`` for loss ``what`` (a None entry is skipped
     when its name is in ``optional``, and a TypeError naming it otherwise).
@@ -29,7 +29,26 @@ def prepare_points(what: str, stem: Optional[str], backend: str, *, min_dim: int
     inputs) and whether the compiled backend runs. Memory is checked before the
     NaN/Inf scan and the dtype conversion, so an impossible request fails at once instead
     of scanning or copying a huge (e.g. expanded) tensor.
+
+    With ``process_group`` the checks are this rank's batch's, and if they fail on any
+    rank every rank raises (``distributed.checked_together``); a rank may then hold
+    fewer than ``min_rows`` points: call ``enough_rows`` on the gathered tensors.
     """
+    if process_group is not None:
+        min_rows = min(min_rows, 1)
+    return distributed.checked_together(process_group, lambda: _prepare_points(
+        what, stem, backend, min_dim, min_rows, optional, draws_partner, entry, need_bytes, named))
+
+
+def enough_rows(min_rows: int, **gathered: Optional[torch.Tensor]) -> None:
+    """The global batch (the gathered points, the same on every rank) has ``min_rows`` points."""
+    for name, v in gathered.items():
+        if v is not None and v.shape[0] < min_rows:
+            raise ValueError(f"{name} needs at least {min_rows} points (rows) for its pairs over all ranks' "
+                             f"batches, got n = {v.shape[0]}")
+
+
+def _prepare_points(what, stem, backend, min_dim, min_rows, optional, draws_partner, entry, need_bytes, named):
     present = {k: _checks.points(k, v, min_rows=min_rows) for k, v in named.items()
                if v is not None or k not in optional}
     for k, v in present.items():

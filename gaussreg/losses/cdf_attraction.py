@@ -71,8 +71,9 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
         >>> loss = gaussreg.cdf_attraction(z)
         >>> loss.backward()
     """
-    z = _checks.points("z", z)
+    z = _checks.points("z", z, min_rows=2 if process_group is None else 1)
     (z,) = maybe_gather(process_group, z)
+    z = _checks.points("z", z)  # the global batch
     device = z.device
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"cdf_attraction: z on device {device}; gaussreg computes on CPU and CUDA tensors only")

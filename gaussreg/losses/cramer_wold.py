@@ -16,7 +16,7 @@ from torch import Tensor
 from .. import _checks, reference
 from ..engines import pair_sum
 from ..distributed import maybe_gather
-from ._front import prepare_points, squared_norms
+from ._front import enough_rows, prepare_points, squared_norms
 
 _STEM = "cramer_wold"
 
@@ -54,8 +54,10 @@ def cw_distance(z: Tensor, *, gamma: Optional[float] = None, kernel: str = "appr
     if not isinstance(log, bool):
         raise TypeError(f"log must be a bool, got {type(log).__name__}")
     min_dim = 2 if kernel == "approx" else 1
-    (z,), device, dtype, native = prepare_points("cw_distance", _STEM, backend, min_dim=min_dim, z=z)
+    (z,), device, dtype, native = prepare_points("cw_distance", _STEM, backend, min_dim=min_dim,
+                                                 process_group=process_group, z=z)
     (z,) = maybe_gather(process_group, z)
+    enough_rows(2, z=z)
     n, d = z.shape
     gamma = (4.0 / (3.0 * n)) ** 0.4 if gamma is None else _checks.positive_float("gamma", gamma)
     if not native:
@@ -64,8 +66,8 @@ def cw_distance(z: Tensor, *, gamma: Optional[float] = None, kernel: str = "appr
         kind, pair_params = pair_sum.CW_APPROX, [1.0 / (gamma * (2 * d - 3))]  # phi(t / (4 gamma))
     else:
         kind, pair_params = pair_sum.CW_EXACT, [1.0 / (4.0 * gamma), 0.5 * d]
-    pairs = 2.0 * pair_sum.pair_sum(_STEM, kind, pair_params, z) + n  # phi(0) = 1 on the diagonal
-    points = _point_sum(z, kind, gamma)
+    pairs = 2.0 * pair_sum.pair_sum(_STEM, kind, pair_params, z, process_group=process_group) + n  # phi(0) = 1
+    points = _point_sum(z, kind, gamma, process_group)
     value = (pairs / math.sqrt(gamma) + n * n / math.sqrt(1.0 + gamma)
              - 2.0 * n / math.sqrt(gamma + 0.5) * points) / (2.0 * n * n * math.sqrt(math.pi))
     if log:
@@ -73,7 +75,7 @@ def cw_distance(z: Tensor, *, gamma: Optional[float] = None, kernel: str = "appr
     return value.to(dtype)
 
 
-def _point_sum(z: Tensor, kind: int, gamma: float) -> Tensor:
+def _point_sum(z: Tensor, kind: int, gamma: float, process_group) -> Tensor:
     """sum_i phi_D(||z_i||^2 / (2 + 4 gamma)) in float64, differentiable in z.
 
     The approximate kernel is a closed form (plain torch on the float64 squared norms); the
@@ -85,4 +87,5 @@ def _point_sum(z: Tensor, kind: int, gamma: float) -> Tensor:
         s = squared_norms(z) / (2.0 + 4.0 * gamma)
         return torch.rsqrt(1.0 + 4.0 * s / (2 * d - 3)).sum()
     origin = torch.zeros((1, d), dtype=z.dtype, device=z.device)
-    return pair_sum.pair_sum(_STEM, kind, [1.0 / (2.0 + 4.0 * gamma), 0.5 * d], z, origin)
+    return pair_sum.pair_sum(_STEM, kind, [1.0 / (2.0 + 4.0 * gamma), 0.5 * d], z, origin,
+                             process_group=process_group)

@@ -66,7 +66,8 @@ def epps_pulley(z: Tensor, *, num_slices: int = 256, t_max: float = 3.0, num_poi
     count = direction_count(num_slices, directions)
     (zc,), device, out_dtype, native = prepare_points(
         "epps_pulley", None, backend, min_rows=1, entry="epps_pulley_forward",
-        need_bytes=lambda dev, dtype, sizes: _projection_bytes(count, *sizes[0], dtype), z=z)
+        need_bytes=lambda dev, dtype, sizes: _projection_bytes(count, *sizes[0], dtype),
+        process_group=process_group, z=z)
     slices = unit_directions("num_slices", num_slices, zc, generator, directions, process_group)
     if not native and process_group is None:
         return reference.epps_pulley(zc, t_max=t_max, num_points=int(num_points), directions=slices).to(out_dtype)

@@ -15,7 +15,7 @@ from torch import Tensor
 from .. import _checks, reference
 from ..engines import pair_sum
 from ..distributed import maybe_gather
-from ._front import prepare_points, squared_norms
+from ._front import enough_rows, prepare_points, squared_norms
 
 _STEM = "gaussian_l2"
 
@@ -55,11 +55,13 @@ def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, 
         >>> loss = gaussreg.gaussian_l2_to_normal(z, sigma="mean_field")
         >>> loss.backward()
     """
-    (z,), device, dtype, native = prepare_points("gaussian_l2_to_normal", _STEM, backend, z=z)
+    (z,), device, dtype, native = prepare_points("gaussian_l2_to_normal", _STEM, backend, process_group=process_group,
+                                                 z=z)
     if isinstance(sigma, Tensor):
         z, sigma = maybe_gather(process_group, z, sigma)  # per-point widths travel with their points
     else:
         (z,) = maybe_gather(process_group, z)
+    enough_rows(2, z=z)
     n, d = z.shape
     sigma = _sigma_per_point_or_float(sigma, z)
     if not native:
@@ -68,13 +70,14 @@ def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, 
         s2 = sigma * sigma
         # k(t) = exp(-t / (4 sigma^2)); the factor (sigma^2)^(-D/2) is applied in float64 here
         # so that it cannot overflow float32 inside the kernel.
-        pairs = pair_sum.pair_sum(_STEM, pair_sum.GAUSS_EXP_SUM, [1.0 / (4.0 * s2), 1.0], z)
+        pairs = pair_sum.pair_sum(_STEM, pair_sum.GAUSS_EXP_SUM, [1.0 / (4.0 * s2), 1.0], z,
+                                  process_group=process_group)
         # In log space: the factor alone may pass 1e308 (small sigma, large D), the term is inf then.
         pair_term = torch.exp(torch.log(2.0 * pairs + n) - 0.5 * d * math.log(s2) - 2.0 * math.log(n))
         b = torch.full((n,), 1.0 + s2, dtype=torch.float64, device=device)
     else:
         s2 = sigma.to(z.dtype).pow(2).contiguous()
-        pairs = pair_sum.pair_sum(_STEM, pair_sum.GAUSS_PER_POINT, [0.5 * d], z, px=s2)
+        pairs = pair_sum.pair_sum(_STEM, pair_sum.GAUSS_PER_POINT, [0.5 * d], z, px=s2, process_group=process_group)
         diagonal = torch.exp(-0.5 * d * torch.log(s2.double())).sum()  # (a_ii / 2)^(-D/2), a_ii = 2 sigma_i^2
         pair_term = (2.0 * pairs + diagonal) / (n * n)
         b = 1.0 + s2.double()
@@ -107,16 +110,17 @@ def gaussian_l2(x: Tensor, y: Tensor, sigma: float = 1.0, *, backend: str = "aut
         >>> gaussreg.gaussian_l2(x, y, sigma=0.5)
     """
     sigma = _checks.positive_float("sigma", sigma)
-    (x, y), device, dtype, native = prepare_points("gaussian_l2", _STEM, backend, x=x, y=y)
+    (x, y), device, dtype, native = prepare_points("gaussian_l2", _STEM, backend, process_group=process_group, x=x, y=y)
     x, y = maybe_gather(process_group, x, y)
+    enough_rows(2, x=x, y=y)
     if not native:
         return reference.gaussian_l2(x, y, sigma)
     n, m = x.shape[0], y.shape[0]
     params = [1.0 / (4.0 * sigma * sigma), 1.0]
     kind = pair_sum.GAUSS_EXP_SUM
-    xx = (2.0 * pair_sum.pair_sum(_STEM, kind, params, x) + n) / (n * n)
-    yy = (2.0 * pair_sum.pair_sum(_STEM, kind, params, y) + m) / (m * m)
-    xy = pair_sum.pair_sum(_STEM, kind, params, x, y) / (n * m)
+    xx = (2.0 * pair_sum.pair_sum(_STEM, kind, params, x, process_group=process_group) + n) / (n * n)
+    yy = (2.0 * pair_sum.pair_sum(_STEM, kind, params, y, process_group=process_group) + m) / (m * m)
+    xy = pair_sum.pair_sum(_STEM, kind, params, x, y, process_group=process_group) / (n * m)
     return (xx + yy - 2.0 * xy).to(dtype)
 
 

@@ -178,7 +178,8 @@ def gmm_ks_loss(z: Tensor, prior: GaussianMixture, *, backend: str = "auto", pro
     prior = _check_prior(prior, z)
     (z,) = maybe_gather(process_group, z)
     (zc,), device, out_dtype, native = prepare_points(
-        "gmm_ks_loss", None, backend, min_rows=1, entry="segmented_counts", need_bytes=_ks_bytes, z=z)
+        "gmm_ks_loss", None, backend, min_rows=1, entry="segmented_counts", need_bytes=_ks_bytes,
+        process_group=process_group, z=z)
     means, stds, weights = (t.to(zc.dtype) for t in (prior.means, prior.stds, prior.weights))
     if not native:
         return reference.gmm_ks_loss(zc, means, stds, weights)

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from .. import _checks, reference
 from ..engines import pair_sum
-from ..distributed import maybe_gather
-from ._front import prepare_points, squared_norms
+from ..distributed import broadcast_from_first, maybe_gather
+from ._front import enough_rows, prepare_points, squared_norms
 
 _STEM = "mmd"
 DEFAULT_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -63,24 +63,28 @@ def mmd(z: Tensor, prior_sample: Union[Tensor, str, None] = None, *, kernel: str
     if prior_sample is not None and not analytic and y_in is None:
         raise TypeError(f"prior_sample must be a tensor (m, D), None or 'analytic', got {type(prior_sample).__name__}")
     (z, y), device, dtype, native = prepare_points("mmd", _STEM, backend, optional=("prior_sample",),
-                                                     draws_partner=prior_sample is None, z=z, prior_sample=y_in)
+                                                     draws_partner=prior_sample is None, process_group=process_group,
+                                                     z=z, prior_sample=y_in)
     _checks.generator(generator, draws_on=device if prior_sample is None else None)
-    # A drawn prior sample is drawn after the gather, at the global size, by each rank from
-    # its own generator: seed it alike on every rank for the same loss everywhere.
+    # A drawn prior sample is drawn after the gather, at the global size, and is the group's
+    # first rank's draw on every rank: the ranks sum shares of one statistic.
     z, y = maybe_gather(process_group, z, y)
+    enough_rows(2, z=z, prior_sample=y)
     if prior_sample is None:
         y = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=device)
+        if process_group is not None:
+            y = broadcast_from_first(y, process_group)
     if not native:
         return reference.mmd(z, "analytic" if analytic else y, kernel=kernel, scales=scales, generator=generator)
     n, d = z.shape
     kind, params = _kernel_params(kernel, scales, d)
-    zz = 2.0 * pair_sum.pair_sum(_STEM, kind, params, z) / (n * (n - 1))
+    zz = 2.0 * pair_sum.pair_sum(_STEM, kind, params, z, process_group=process_group) / (n * (n - 1))
     if analytic:
         yy, zy = _analytic_prior_terms(z, scales)
         return (zz + yy - 2.0 * zy).to(dtype)
     m = y.shape[0]
-    yy = 2.0 * pair_sum.pair_sum(_STEM, kind, params, y) / (m * (m - 1))
-    zy = pair_sum.pair_sum(_STEM, kind, params, z, y) / (n * m)
+    yy = 2.0 * pair_sum.pair_sum(_STEM, kind, params, y, process_group=process_group) / (m * (m - 1))
+    zy = pair_sum.pair_sum(_STEM, kind, params, z, y, process_group=process_group) / (n * m)
     return (zz + yy - 2.0 * zy).to(dtype)
 
 

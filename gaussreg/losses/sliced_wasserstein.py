@@ -73,7 +73,7 @@ def sliced_wasserstein(z: Tensor, *, num_projections: int = 50, p: int = 2, prio
 
     (zc, prior), device, out_dtype, native = prepare_points(
         "sliced_wasserstein", None, backend, min_rows=1, optional=("prior_sample",), entry="segmented_forward",
-        need_bytes=need_bytes, z=z, prior_sample=prior_sample)
+        need_bytes=need_bytes, process_group=process_group, z=z, prior_sample=prior_sample)
     theta = unit_directions("num_projections", num_projections, zc, generator, directions, process_group)
     if not native:
         return reference.sliced_wasserstein(zc, p=p, prior_sample=prior, directions=theta).to(out_dtype)
