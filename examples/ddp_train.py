@@ -7,7 +7,9 @@ Run on the CPU with two processes (gloo):
 or with NCCL on GPUs: ``torchrun --nproc_per_node=NGPU examples/ddp_train.py --backend nccl``.
 Each rank encodes its own shard of the batch; ``process_group="world"`` makes the
 regularizer see every rank's latents (``gaussreg.distributed``), and after DDP's averaging
-each parameter gradient equals that of one process training on the whole batch. Rank 0
+each parameter gradient equals that of one process training on the whole batch. The
+Cramer-Wold term's pairs are split across the ranks (each evaluates about 1/W of them);
+the CDF attraction term is still computed whole on every rank. Rank 0
 prints the reconstruction error and the regularizer's parts every 10 steps. The data is a
 synthetic 8-dimensional manifold in 32 dimensions (no download).
 """

@@ -111,6 +111,26 @@ def test_gaussreg_bench_command_runs_a_family(tmp_path, capsys):
     assert cli.main(["no-such-command"]) == 2
 
 
+def test_distributed_bench_times_both_sides_and_counts_the_bytes(tmp_path):
+    from gaussreg import cli
+
+    args = ["bench", "distributed", "--n", "64", "--dim", "4", "--repeats", "1", "--results-dir", str(tmp_path),
+            "--losses", "gaussian_l2_to_normal", "cdf_attraction"]
+    assert cli.main(args) == 0
+    (path,) = tmp_path.glob("*/distributed-w2-gloo.json")
+    record = json.loads(path.read_text())
+    rows = {r["loss"]: r for r in record["rows"]}
+    assert set(rows) == {"gaussian_l2_to_normal", "cdf_attraction"}
+    for row in rows.values():
+        assert len(row["one_process_s"]) == len(row["split_s"]) == 1 and row["speedup"] > 0
+    # Rank 0's collectives in one gaussian_l2_to_normal step, by hand (float32, 32 x 4 points a rank):
+    # check status 8 + sizes 24 + its points 512 (all-gathers); its pair share 8 forward and 8 backward,
+    # and the gathered gradient 64 x 4 x 4 = 1024 (all-reduces).
+    assert rows["gaussian_l2_to_normal"]["payload_bytes"] == 8 + 24 + 512 + 8 + 8 + 1024
+    from gaussreg.bench import report
+    assert "| gaussian_l2_to_normal |" in report.distributed_table(record, "x.json")
+
+
 def test_family_help_names_the_command_users_type(capsys):
     from gaussreg import cli
 

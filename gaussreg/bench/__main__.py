@@ -3,6 +3,8 @@
 With no FAMILY every family runs, one after the other, with the same OPTIONS (those of
 the shared harness: ``--n``, ``--dim``, ``--device``, ``--dtype``, ``--repeats``, ...);
 a family's own options (``--ref-max-n``, ``--cdist-max-n``) need that family named alone.
+``distributed`` (W processes against one on the same global batch) has options of its own
+and runs only when named: ``python -m gaussreg.bench distributed --help``.
 ``python -m gaussreg.bench kernel_sums --help`` lists a family's options.
 
     python -m gaussreg.bench --n 256 1024 --repeats 3           # every family, CPU
@@ -22,7 +24,11 @@ FAMILIES = {
     "kernel_sums": "gaussreg.bench.kernel_sums",  # formulas §3, 4, 5: gaussian_l2*, mmd, cw_distance
     "cdf_attraction": "gaussreg.bench.cdf_attraction",  # formulas §1
     "segmented": "gaussreg.bench.segmented",  # formulas §2, 6, 7, 7b: coordinate, SWAE, GMM KS, Epps-Pulley
+    "distributed": "gaussreg.bench.distributed",  # W ranks against one process on the same global batch
 }
+
+# Families with options of their own (not the shared harness's): they run only when named.
+NAMED_ONLY = ("distributed",)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -39,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"unknown benchmark famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
               f"known: {', '.join(FAMILIES)}", file=sys.stderr)
         return 2
-    for name in names or list(FAMILIES):
+    for name in names or [f for f in FAMILIES if f not in NAMED_ONLY]:
         importlib.import_module(FAMILIES[name]).main(argv)
     return 0
 

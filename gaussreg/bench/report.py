@@ -92,6 +92,24 @@ def family_table(record: dict, source: str) -> str:
     return title + "\n\n" + "\n".join(lines)
 
 
+def distributed_table(record: dict, source: str) -> str:
+    """``gaussreg bench distributed``'s rows: one process against W ranks on the same global batch."""
+    meta, rows = record["meta"], record["rows"]
+    world = meta["world"]
+    head = ["loss", "1 process", f"{world} ranks", "speedup", "sent to collectives per rank", "received (ring)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append(f"| {r['loss']} | {_ms(r['one_process_median_s'])} | {_ms(r['split_median_s'])} | "
+                     f"{r['speedup']:.2f}x | {r['payload_bytes'] / 2**20:.2f} MiB | "
+                     f"{r['received_bytes_ring'] / 2**20:.2f} MiB |")
+    title = (f"**distributed** on {meta['device']}: N = {meta['n']}, D = {meta['dim']}, {meta['dtype']}, "
+             f"{world} {meta['backend']} ranks x {meta['threads']} thread(s) against 1 process x {meta['threads']}, "
+             f"torch {meta['torch']}, commit {meta['git_commit'][:7]}, {meta['date'][:10]}, load "
+             f"{meta['loadavg_at_start'][0]:.1f} at start (`{source}`): forward+backward medians of "
+             f"{meta['repeats']} interleaved pairs; the ranks' time is the slowest rank's; bytes per step.")
+    return title + "\n\n" + "\n".join(lines)
+
+
 def find_checkout() -> Optional[Path]:
     """The current directory, else the checkout this package lives in (an editable install), if
     it holds ``bench/results/`` and README.md; None otherwise (an installed copy)."""
@@ -107,7 +125,8 @@ def render(root: Path) -> str:
     for path in sorted((root / RESULTS).glob("*/*.json")):
         record = json.loads(path.read_text())
         if "meta" in record and "rows" in record:
-            blocks.append(family_table(record, path.relative_to(root).as_posix()))
+            table = distributed_table if record["meta"].get("family") == "distributed" else family_table
+            blocks.append(table(record, path.relative_to(root).as_posix()))
     return "\n\n".join(blocks)
 
 
