@@ -118,8 +118,7 @@ def compile_file(cu: Path, arch: str, includes: List[str]) -> List[dict]:
     rows = []
     for mangled, fields in info.items():
         threads = sizes.get(mangled)
-        row = {"file": cu.relative_to(ROOT).as_posix(), "kernel": names[mangled], "mangled": mangled,
-               "block_threads": threads, **fields}
+        row = {"file": cu.relative_to(ROOT).as_posix(), "kernel": names[mangled], "block_threads": threads, **fields}
         row.update(occupancy(fields["registers"], fields["shared_static"], threads or 256))
         if threads is None:
             row["note"] = "no __launch_bounds__: occupancy at 256 threads a block"
