@@ -124,6 +124,27 @@ def _pair_counts(x_rank, y_rank):
         engine.pair_sum_op = original
 
 
+CDF_SHARE_CASES = {  # n = 600: 75 row blocks of 8
+    "random": lambda: random_points(600, 5, seed=3),
+    # 150 points 4 times over: zero distances and exact ties across bins and ranks
+    "duplicated": lambda: random_points(150, 3, seed=4).repeat(4, 1),
+}
+
+
+def _cdf_share(z_all):
+    """This rank's pairs, the value and the gradient of its share of a split cdf_attraction
+    distances term (p = 1)."""
+    from gaussreg.engines import cdf_attraction as engine
+
+    stats = {}
+    z_all = z_all.contiguous().requires_grad_(True)
+    target = gaussreg.targets.Chi2(z_all.shape[1])
+    source = engine.quantile_source(z_all, target, engine.plan(z_all.device, z_all.dtype, z_all.shape[0], target, None))
+    value = engine.sharded_cdf_pairs(z_all, source, "world", stats)
+    value.backward()
+    return stats, float(value.detach()), z_all.grad
+
+
 def _failures(rank, world, z):
     """What each rank raises when one rank's input is bad (no rank may hang)."""
     bad = z.clone()
@@ -182,6 +203,7 @@ def _worker(rank, world, init_file, out_dir):
         plain.backward()
         results["plain_gather_cw"] = (plain.detach(), [p.grad.clone() for p in model.parameters()])
         results["pair_counts"] = _pair_counts(x_all[rows][:, :4].clone(), prior_all[rows].clone())
+        results["cdf_share"] = {name: _cdf_share(make()) for name, make in CDF_SHARE_CASES.items()}
         results["failures"] = _failures(rank, world, x_all[rows][:, :4].clone())
         mismatch = torch.zeros(5, 4 + rank, dtype=torch.float64)  # D differs across ranks
         try:
@@ -252,6 +274,7 @@ def test_ddp_gradients_equal_the_single_process_gradient(tmp_path, world):
         assert "differ in dimension" in got["mismatch"]
         _check_failures(got["failures"], rank, world)
     _check_pair_counts([torch.load(tmp_path / f"rank{r}.pt")["pair_counts"] for r in range(world)], world)
+    _check_cdf_shares([torch.load(tmp_path / f"rank{r}.pt")["cdf_share"] for r in range(world)], world)
 
 
 def _check_pair_counts(counts, world):
@@ -263,6 +286,32 @@ def _check_pair_counts(counts, world):
         # A rank's share is within one block of rows (at most n pairs per sum) of the even split.
         sums = 1 if name == "self" else 3
         assert max(per_rank) <= total / world + sums * n, (name, per_rank, total)
+
+
+def _check_cdf_shares(shares, world):
+    """cdf_attraction's pairs split too: each once, about 1/world a rank; the value bit for bit
+    one process's (the same ranks, the same sums) and the gradients summed over the ranks its."""
+    from gaussreg.engines import cdf_attraction as engine
+
+    for name, make in CDF_SHARE_CASES.items():
+        z = make()
+        n = z.shape[0]
+        total = n * (n - 1) // 2
+        got = [s[name] for s in shares]
+        pairs = [stats["pairs"] for stats, _, _ in got]
+        assert sum(pairs) == total, (name, pairs)
+        # Shares are whole row blocks of 8: within 8 rows of pairs (8 n) per share run of the even split.
+        assert max(pairs) <= total / world + 2 * 8 * n, (name, pairs)
+        assert sum(stats["mixed_pairs"] for stats, _, _ in got) == got[0][0]["all_mixed_pairs"] > 0, name
+        z = z.requires_grad_(True)
+        table = gaussreg.targets.Chi2(z.shape[1]).quantiles(total, torch.device("cpu"), torch.float64)
+        single = engine.cdf_pairs(z, 1, total, table=table)
+        single.backward()
+        for _, value, _ in got:
+            assert value == float(single.detach()), (name, value, float(single.detach()))
+        # Each rank's backward is world_size times its pairs' share (the gather's convention).
+        summed = sum(grad for _, _, grad in got) / world
+        assert_close(summed, z.grad, 1e-12, 1e-12 * float(z.grad.abs().max()), what=f"{name} split gradient")
 
 
 def _check_failures(raised, rank, world):

@@ -19,6 +19,8 @@
 //
 // p = 1 without the sorted values ranks by selection instead (see "selection" below): only
 // the pairs of histogram bins near a crossing of the empirical and target CDFs are sorted.
+// The selection also runs split over the ranks of a process group ("shares across ranks"):
+// each rank counts, signs and differentiates its own pairs.
 //
 // Backward: g_i = scale * ((sum_j s_ij) z_i - sum_j s_ij z_j), a product of the sign (or
 // residual) matrix with the points in register tiles; the pairs (j, i0..i0+r) with j < i0
@@ -34,6 +36,8 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/cdf_select.h"
@@ -307,7 +311,32 @@ struct ForwardArgs {
   int64_t* stats;      // optional: SelectStats, for the bench and the tests
   InterruptPoll poll;
   int threads;
+  int64_t share_rank = 0, share_world = 1;  // this rank's share of the pairs (ShareRows)
 };
+
+// The rows whose pairs (i, j > i) one rank of `world` owns: of 2 world near-equal runs of
+// row blocks, runs `rank` and 2 world - 1 - rank. A run's pairs shrink linearly with its
+// position, so the two add up to about n(n - 1) / (2 world) (the pair-sum losses' split,
+// gaussreg/engines/pair_sum.py pair_shares, in whole row blocks).
+struct ShareRows {
+  int64_t start[2] = {0, 0}, stop[2] = {0, 0};
+  bool all = true;
+
+  bool contains(int64_t i) const { return all || (i >= start[0] && i < stop[0]) || (i >= start[1] && i < stop[1]); }
+};
+
+inline ShareRows share_rows(int64_t n, int64_t rank, int64_t world) {
+  ShareRows s;
+  if (world <= 1) return s;
+  s.all = false;
+  const int64_t blocks = (n + kRowBlock - 1) / kRowBlock, runs = 2 * world;
+  const int64_t run[2] = {rank, runs - 1 - rank};
+  for (int q = 0; q < 2; ++q) {
+    s.start[q] = std::min(n, run[q] * blocks / runs * kRowBlock);
+    s.stop[q] = std::min(n, (run[q] + 1) * blocks / runs * kRowBlock);
+  }
+  return s;
+}
 
 template <typename T>
 void transpose_points(const T* z, int64_t n, int64_t d, T* zt, int threads) {
@@ -569,9 +598,11 @@ void fill_histograms(const ForwardArgs<T>& a, const Plan& plan, const T* zt, con
                      Record empty, Add&& add) {
   const uint64_t count = bins.count();
   std::fill(hist, hist + static_cast<size_t>(std::max(a.threads, 1)) * count, empty);
+  const ShareRows share = share_rows(a.n, a.share_rank, a.share_world);
   for_group_slices(a, plan.groups, [&](uint64_t g, int v) {
     Record* mine = hist + static_cast<size_t>(v) * count;
     for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
+      if (!share.contains(i0)) return;  // another rank's rows (share runs are whole row blocks)
       visit_block_pairs(a.z, zt, a.n, a.d, i0, [&](int64_t, int64_t, T key) {
         const auto bits = key_bits(key);
         add(mine[bins.bin_of(bits)], bits);
@@ -694,9 +725,11 @@ void classify_pairs(const ForwardArgs<T>& a, const Plan& plan, const SelectWorks
   auto* entries = static_cast<typename E::Entry*>(ws.entries);
   const uint64_t n = static_cast<uint64_t>(a.n);
   const uint64_t count = bins.count();
+  const ShareRows share = share_rows(a.n, a.share_rank, a.share_world);
   for_group_slices(a, plan.groups, [&](uint64_t g, int v) {
     uint64_t* cursor = ws.cursor + static_cast<size_t>(v) * count;
     for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
+      if (!share.contains(i0)) return;
       RowSigns rows[kRowBlock];
       visit_block_runs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t i, int64_t j, const T* keys, int64_t count) {
         const uint64_t k = pair_index(n, i, j);
@@ -734,6 +767,7 @@ void order_ties_by_index(typename E::Entry* first, uint64_t count) {
 template <typename T, typename E>
 void rank_mixed_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, uint64_t b0, uint64_t b1) {
   auto* entries = static_cast<typename E::Entry*>(ws.entries);
+  const ShareRows share = share_rows(a.n, a.share_rank, a.share_world);
   uint64_t largest = 0;
   for (uint64_t b = b0; b < b1; ++b)
     if (ws.cls[b] == kBinMixed) largest = std::max(largest, ws.hist[b].count);
@@ -754,7 +788,8 @@ void rank_mixed_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, uint
         const T e = key_value<T>(E::key(first[pos])) - a.quantiles(ws.first[b] + pos, &segment);
         sum += abs_power(e, 1);
         const uint64_t k = E::index(first[pos]);
-        if (e != T(0))
+        const bool mine = share.all || share.contains(static_cast<int64_t>(pair_of(static_cast<uint64_t>(a.n), k).i));
+        if (e != T(0) && mine)
           __atomic_fetch_or((e > T(0) ? a.pos_bits : a.neg_bits) + (k >> 6), uint64_t{1} << (k & 63),
                             __ATOMIC_RELAXED);
       }
@@ -800,6 +835,125 @@ void select_forward(const ForwardArgs<T>& a, const Plan& plan, const SelectWorks
     a.stats[kStatBins] = static_cast<int64_t>(count);
     a.stats[kStatMixedBins] = mixed_bins;
   }
+}
+
+// ---------------------------------------------------------------- shares across ranks (p = 1)
+//
+// The selection with the pairs split over the ranks of a process group (SPEC 1). Every
+// rank holds all n points and calls these in order on one workspace; the caller
+// (gaussreg/engines/cdf_attraction.py, sharded_cdf_pairs) runs the collectives between:
+//   1. share_count: this rank's pairs (ShareRows) counted in the bins, which come from a
+//      sample of all pairs and so are the same on every rank; the caller all-reduces the
+//      counts and the significand sums (as 32-bit limbs, which add without overflow);
+//   2. share_classify: the global histogram classifies every bin as one process would;
+//      returns this rank's mixed pairs and all ranks' together;
+//   3. share_collect: this rank's pairs once more: decided ones get their sign bits, mixed
+//      ones go out as (key bits, pair index); the caller all-gathers every rank's;
+//   4. share_rank: each mixed entry placed in its bin, every mixed bin sorted and ranked as
+//      in one process (ties by pair index); sign bits of this rank's pairs only, and the
+//      value, the same on every rank.
+// The backward (share_backward) then adds this rank's pairs' terms to every point's
+// gradient; the sum over the ranks is the gradient of one process.
+
+constexpr int kSumLimbs = 4;
+
+template <typename T>
+void write_limbs(typename SignificandSum<T>::type sum, int64_t* out) {
+  const unsigned __int128 wide = sum;
+  for (int l = 0; l < kSumLimbs; ++l)
+    out[l] = static_cast<int64_t>(static_cast<uint64_t>(wide >> (32 * l)) & 0xffffffffu);
+}
+
+template <typename T>
+typename SignificandSum<T>::type read_limbs(const int64_t* in) {
+  unsigned __int128 wide = 0;
+  for (int l = 0; l < kSumLimbs; ++l) {
+    if (in[l] < 0) throw std::invalid_argument("cdf_attraction: a negative limb of a histogram sum");
+    wide += static_cast<unsigned __int128>(static_cast<uint64_t>(in[l])) << (32 * l);
+  }
+  return static_cast<typename SignificandSum<T>::type>(wide);
+}
+
+template <typename T>
+uint64_t share_count(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, int64_t* counts, int64_t* limbs) {
+  const Plan plan = make_plan(a.n, 1, a.threads);
+  transpose_points(a.z, a.n, a.d, ws.zt, a.threads);
+  const KeyBins<T> bins = sample_key_bins(a, ws, plan.pairs);
+  count_bins(a, plan, ws, bins);
+  const uint64_t count = bins.count();
+  for (uint64_t b = 0; b < count; ++b) {
+    counts[b] = static_cast<int64_t>(ws.hist[b].count);
+    write_limbs<T>(ws.hist[b].sum, limbs + kSumLimbs * b);
+  }
+  return count;
+}
+
+// totals[0]: this rank's mixed pairs, totals[1]: all ranks'.
+template <typename T>
+void share_classify(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const int64_t* counts,
+                    const int64_t* limbs, int64_t* totals) {
+  const Plan plan = make_plan(a.n, 1, a.threads);
+  const KeyBins<T> bins = sample_key_bins(a, ws, plan.pairs);
+  const uint64_t count = bins.count();
+  uint64_t total = 0;
+  for (uint64_t b = 0; b < count; ++b) {
+    ws.start[b] = ws.hist[b].count;  // this rank's, kept until the global starts replace it below
+    if (counts[b] < 0 || static_cast<uint64_t>(counts[b]) < ws.hist[b].count)
+      throw std::invalid_argument("cdf_attraction: a global bin count below this rank's");
+    ws.hist[b] = {static_cast<uint64_t>(counts[b]), read_limbs<T>(limbs + kSumLimbs * b)};
+    total += ws.hist[b].count;
+  }
+  if (total != plan.pairs) throw std::invalid_argument("cdf_attraction: the global histogram does not hold n' pairs");
+  ws.first[0] = 0;
+  for (uint64_t b = 0; b < count; ++b) ws.first[b + 1] = ws.first[b] + ws.hist[b].count;
+  classify_bins(a, ws, bins);
+  uint64_t mine = 0, all = 0;
+  for (uint64_t b = 0; b < count; ++b) {
+    if (ws.cls[b] != kBinMixed) continue;
+    for (int64_t v = 0; v < std::max(a.threads, 1); ++v)
+      ws.cursor[static_cast<size_t>(v) * count + b] = mine + ws.offset[static_cast<size_t>(v) * count + b];
+    mine += ws.start[b];
+    ws.start[b] = all;
+    all += ws.hist[b].count;
+  }
+  totals[0] = static_cast<int64_t>(mine);
+  totals[1] = static_cast<int64_t>(all);
+}
+
+template <typename T>
+void share_collect(const ForwardArgs<T>& a, SelectWorkspace<T> ws, WideEntry* mine) {
+  const Plan plan = make_plan(a.n, 1, a.threads);
+  const KeyBins<T> bins = sample_key_bins(a, ws, plan.pairs);
+  ws.entries = mine;
+  classify_pairs<T, WideEntries>(a, plan, ws, bins, true);
+}
+
+template <typename T>
+void share_rank(const ForwardArgs<T>& a, SelectWorkspace<T> ws, const WideEntry* all, int64_t all_count,
+                WideEntry* placed) {
+  using U = typename KeyBins<T>::U;
+  const Plan plan = make_plan(a.n, 1, a.threads);
+  const KeyBins<T> bins = sample_key_bins(a, ws, plan.pairs);
+  const uint64_t count = bins.count();
+  uint64_t* cursor = ws.cursor;  // v = 0's row: the collection is done
+  uint64_t expected = 0;
+  for (uint64_t b = 0; b < count; ++b) {
+    cursor[b] = ws.start[b];
+    if (ws.cls[b] == kBinMixed) expected += ws.hist[b].count;
+  }
+  if (static_cast<uint64_t>(all_count) != expected)
+    throw std::invalid_argument("cdf_attraction: the gathered entries are not the mixed bins' pairs");
+  for (int64_t e = 0; e < all_count; ++e) {
+    const uint64_t b = bins.bin_of(static_cast<U>(all[e].key));
+    if (ws.cls[b] != kBinMixed || cursor[b] >= ws.start[b] + ws.hist[b].count)
+      throw std::invalid_argument("cdf_attraction: a gathered entry outside its mixed bin");
+    placed[cursor[b]++] = all[e];
+  }
+  ws.entries = placed;
+  rank_mixed_bins<T, WideEntries>(a, ws, 0, count);
+  double total = 0.0;
+  for (uint64_t b = 0; b < count; ++b) total += ws.value[b];
+  *a.value = total;
 }
 
 // ---------------------------------------------------------------- key ranges (KS statistic)
@@ -1009,6 +1163,7 @@ struct BackwardArgs {
   T* grad;
   InterruptPoll poll;
   int threads;
+  int64_t share_rank = 0, share_world = 1;  // only this rank's pairs have signs (ShareRows)
 };
 
 // The backward is a product with the n x n matrix of weights w_ij = s_ij (sgn(e) for p = 1,
@@ -1112,17 +1267,67 @@ void accumulate_tile(const T* z, int64_t d, int64_t j0, int64_t cols, const Weig
 
 // g_i for the rows [i0, i0 + kTileRows): partners in ascending order, a fixed summation
 // order whatever the thread count (bitwise reproducible).
+// The partners j of rows [i0, i1) that can share a signed pair with them: all of [0, n)
+// in one process; with shares, the owned rows below i1 (pairs (j, i), j owned) and, when
+// the tile holds an owned row, every j from i0 on (pairs (i, j)). Sorted, disjoint; a
+// partner outside the rank's pairs has no sign bits, so covering a few more costs only time.
+struct PartnerRanges {
+  int64_t start[3], stop[3];
+  int count = 0;
+};
+
+inline PartnerRanges partner_ranges(const ShareRows& share, int64_t n, int64_t i0, int64_t i1) {
+  PartnerRanges out;
+  if (share.all) {
+    out.start[0] = 0;
+    out.stop[0] = n;
+    out.count = 1;
+    return out;
+  }
+  int64_t lo[3], hi[3];
+  int m = 0;
+  bool owned_row = false;
+  for (int q = 0; q < 2; ++q) {
+    if (share.stop[q] > share.start[q] && std::min(share.stop[q], i1) > share.start[q]) {
+      lo[m] = share.start[q];
+      hi[m++] = std::min(share.stop[q], i1);
+    }
+    owned_row = owned_row || (share.start[q] < i1 && share.stop[q] > i0);
+  }
+  if (owned_row) {
+    lo[m] = i0;
+    hi[m++] = n;
+  }
+  for (int q = 1; q < m; ++q)  // by start (at most 3 ranges), then merged where they touch
+    for (int r = q; r > 0 && lo[r] < lo[r - 1]; --r) {
+      std::swap(lo[r], lo[r - 1]);
+      std::swap(hi[r], hi[r - 1]);
+    }
+  for (int q = 0; q < m; ++q) {
+    if (out.count > 0 && lo[q] <= out.stop[out.count - 1]) {
+      out.stop[out.count - 1] = std::max(out.stop[out.count - 1], hi[q]);
+    } else {
+      out.start[out.count] = lo[q];
+      out.stop[out.count++] = hi[q];
+    }
+  }
+  return out;
+}
+
 template <typename T>
 void backward_tile(const BackwardArgs<T>& a, int64_t i0, T* acc) {
   const int64_t rows = std::min(kTileRows, a.n - i0);
   std::fill(acc, acc + kTileRows * a.d, T(0));
   double weight_sum[kTileRows] = {};
   alignas(64) WeightTile<T> w;
-  for (int64_t j0 = 0; j0 < a.n; j0 += kTileCols) {
-    const int64_t cols = std::min(kTileCols, a.n - j0);
-    fill_weights(a, i0, rows, j0, cols, w);
-    for (int64_t r = 0; r < rows; ++r) weight_sum[r] += tile_row_sum(w[r]);
-    accumulate_tile(a.z, a.d, j0, cols, w, acc);
+  const PartnerRanges partners = partner_ranges(share_rows(a.n, a.share_rank, a.share_world), a.n, i0, i0 + rows);
+  for (int q = 0; q < partners.count; ++q) {
+    for (int64_t j0 = partners.start[q]; j0 < partners.stop[q]; j0 += kTileCols) {
+      const int64_t cols = std::min(kTileCols, partners.stop[q] - j0);
+      fill_weights(a, i0, rows, j0, cols, w);
+      for (int64_t r = 0; r < rows; ++r) weight_sum[r] += tile_row_sum(w[r]);
+      accumulate_tile(a.z, a.d, j0, cols, w, acc);
+    }
   }
   for (int64_t r = 0; r < rows; ++r) {
     const T* zi = a.z + (i0 + r) * a.d;
@@ -1241,9 +1446,187 @@ void ks_collect_typed(int64_t n, int64_t d, uintptr_t z, uint64_t bins, uintptr_
   });
 }
 
+// ---- shares across ranks: one argument pack for the four steps and the backward
+
+template <typename Fn>
+auto by_dtype(int dtype, Fn&& fn) {
+  return is_float(dtype) ? fn(float{}) : fn(double{});
+}
+
+// What every step takes: the points, the quantile source, the bins, this rank's share and
+// the workspace (the same one through all four steps).
+struct ShareCall {
+  int64_t n, d;
+  uintptr_t z;
+  int source;
+  uintptr_t table, values;
+  int64_t count;
+  uint64_t bins;
+  int64_t rank, world;
+  uintptr_t workspace;
+  size_t ws_bytes;
+  int threads;
+
+  template <typename T>
+  ForwardArgs<T> args(InterruptPoll poll) const {
+    ForwardArgs<T> a{};
+    a.z = ptr<const T>(z);
+    a.n = n;
+    a.d = d;
+    a.quantiles = rank_quantiles<T>(source, table, values, count, pair_count(static_cast<uint64_t>(n)));
+    a.p = 1;
+    a.bins = bins;
+    a.poll = poll;
+    a.threads = threads;
+    a.share_rank = rank;
+    a.share_world = world;
+    return a;
+  }
+
+  // The same with the sign bit sets the steps 3 and 4 write.
+  template <typename T>
+  ForwardArgs<T> signed_args(InterruptPoll poll, uintptr_t pos, uintptr_t neg) const {
+    if (pos == 0 || neg == 0) throw std::invalid_argument("cdf_attraction: null sign bits");
+    ForwardArgs<T> a = args<T>(poll);
+    a.pos_bits = ptr<uint64_t>(pos);
+    a.neg_bits = ptr<uint64_t>(neg);
+    return a;
+  }
+
+  template <typename T>
+  SelectWorkspace<T> space() const {
+    check_cdf_pairs_sizes(n, d, 1, 1);
+    if (z == 0 || workspace == 0) throw std::invalid_argument("cdf_attraction: null points or workspace");
+    if (world < 1 || rank < 0 || rank >= world) throw std::invalid_argument("cdf_attraction: rank outside the group");
+    if (select_layout<T>(n, d, 0, bins, threads, nullptr, nullptr) > ws_bytes)
+      throw std::invalid_argument("cdf_attraction: workspace smaller than cdf_share_workspace_bytes");
+    SelectWorkspace<T> ws;
+    select_layout<T>(n, d, 0, bins, threads, aligned_base(ptr<void>(workspace)), &ws);
+    return ws;
+  }
+};
+
+ShareCall share_call(const py::dict& c) {
+  return {c["n"].cast<int64_t>(),         c["d"].cast<int64_t>(),     c["z"].cast<uintptr_t>(),
+          c["source"].cast<int>(),        c["table"].cast<uintptr_t>(), c["values"].cast<uintptr_t>(),
+          c["count"].cast<int64_t>(),     c["bins"].cast<uint64_t>(),  c["rank"].cast<int64_t>(),
+          c["world"].cast<int64_t>(),     c["workspace"].cast<uintptr_t>(), c["ws_bytes"].cast<size_t>(),
+          c["threads"].cast<int>()};
+}
+
+// The element type of a SelectWorkspace<T> (the generic step lambdas see only the workspace).
+template <typename W>
+using ScalarOf = std::remove_pointer_t<decltype(std::declval<std::decay_t<W>>().zt)>;
+
+// One step: the call's arguments read, its workspace laid out for the dtype, then
+// step(call, workspace, poll) with the GIL released and Ctrl-C polled.
+template <typename Step>
+auto share_step(int dtype, const py::dict& call, Step&& step) {
+  const ShareCall c = share_call(call);
+  return by_dtype(dtype, [&](auto t) {
+    using T = decltype(t);
+    const SelectWorkspace<T> ws = c.space<T>();
+    decltype(step(c, ws, InterruptPoll{})) out{};
+    run_interruptible([&](InterruptPoll poll) { out = step(c, ws, poll); });
+    return out;
+  });
+}
+
+void bind_cdf_shares(py::module_& m) {
+  m.def(
+      "cdf_share_workspace_bytes",
+      [](int dtype, int64_t n, int64_t d, uint64_t bins, int threads) {
+        check_cdf_pairs_sizes(n, d, 1, 1);
+        return by_dtype(dtype, [&](auto t) {
+          return select_layout<decltype(t)>(n, d, 0, bins, threads, nullptr, nullptr);
+        });
+      },
+      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("bins"), py::arg("threads"),
+      "Workspace bytes of the cdf_share_* steps.");
+  m.def(
+      "cdf_share_count",
+      [](int dtype, const py::dict& call, uintptr_t counts, uintptr_t limbs) {
+        return share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
+          using T = ScalarOf<decltype(ws)>;
+          return share_count<T>(c.args<T>(poll), ws, ptr<int64_t>(counts), ptr<int64_t>(limbs));
+        });
+      },
+      py::arg("dtype"), py::arg("call"), py::arg("counts"), py::arg("limbs"),
+      "Step 1: this rank's pairs per bin into counts (int64, ks_distances_bin_count of them) and their "
+      "significand sums as 4 32-bit limbs a bin into limbs; returns the bins used.");
+  m.def(
+      "cdf_share_classify",
+      [](int dtype, const py::dict& call, uintptr_t counts, uintptr_t limbs, uintptr_t totals) {
+        share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
+          using T = ScalarOf<decltype(ws)>;
+          share_classify<T>(c.args<T>(poll), ws, ptr<const int64_t>(counts), ptr<const int64_t>(limbs),
+                            ptr<int64_t>(totals));
+          return 0;
+        });
+      },
+      py::arg("dtype"), py::arg("call"), py::arg("counts"), py::arg("limbs"), py::arg("totals"),
+      "Step 2: the all-reduced counts and limbs classify the bins; totals (2 int64) receives this rank's mixed "
+      "pairs and all ranks'.");
+  m.def(
+      "cdf_share_collect",
+      [](int dtype, const py::dict& call, uintptr_t pos, uintptr_t neg, uintptr_t mine) {
+        share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
+          using T = ScalarOf<decltype(ws)>;
+          share_collect<T>(c.signed_args<T>(poll, pos, neg), ws, ptr<WideEntry>(mine));
+          return 0;
+        });
+      },
+      py::arg("dtype"), py::arg("call"), py::arg("pos"), py::arg("neg"), py::arg("mine"),
+      "Step 3: sign bits of this rank's pairs in decided bins (pos, neg zeroed by the caller); its mixed pairs "
+      "into mine as (key bits, pair index), totals[0] of them.");
+  m.def(
+      "cdf_share_rank",
+      [](int dtype, const py::dict& call, uintptr_t pos, uintptr_t neg, uintptr_t all, int64_t all_count,
+         uintptr_t placed, uintptr_t value) {
+        if (value == 0 || (all_count > 0 && (all == 0 || placed == 0)))
+          throw std::invalid_argument("cdf_attraction: null value or entries");
+        share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
+          using T = ScalarOf<decltype(ws)>;
+          ForwardArgs<T> a = c.signed_args<T>(poll, pos, neg);
+          a.value = ptr<double>(value);
+          share_rank<T>(a, ws, ptr<const WideEntry>(all), all_count, ptr<WideEntry>(placed));
+          return 0;
+        });
+      },
+      py::arg("dtype"), py::arg("call"), py::arg("pos"), py::arg("neg"), py::arg("all"), py::arg("all_count"),
+      py::arg("placed"), py::arg("value"),
+      "Step 4: every rank's mixed entries (all, totals[1] of them; placed: as many for the work) ranked; sign bits "
+      "of this rank's pairs; value receives sum_k |d_(k) - c'_k|, the same on every rank.");
+  m.def(
+      "cdf_share_backward",
+      [](int dtype, int64_t n, int64_t d, uintptr_t z, uintptr_t pos, uintptr_t neg, double scale, uintptr_t grad,
+         int64_t rank, int64_t world, int threads) {
+        check_cdf_pairs_sizes(n, d, 1, 1);
+        check_cdf_pointers(z, 1, pos, neg, 0);
+        if (grad == 0) throw std::invalid_argument("cdf_attraction: null gradient");
+        if (world < 1 || rank < 0 || rank >= world)
+          throw std::invalid_argument("cdf_attraction: rank outside the group");
+        by_dtype(dtype, [&](auto t) {
+          using T = decltype(t);
+          run_interruptible([&](InterruptPoll poll) {
+            BackwardArgs<T> a{ptr<const T>(z), n, d, 1, ptr<const uint64_t>(pos), ptr<const uint64_t>(neg), nullptr,
+                              scale, ptr<T>(grad), poll, threads};
+            a.share_rank = rank;
+            a.share_world = world;
+            backward(a);
+          });
+          return 0;
+        });
+      },
+      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("pos"), py::arg("neg"), py::arg("scale"),
+      py::arg("grad"), py::arg("rank"), py::arg("world"), py::arg("threads"),
+      "grad_i = scale * sum over this rank's pairs (i, j) of s_ij (z_i - z_j), for every point i.");
+}
+
 }  // namespace
 
 void bind_cdf_attraction(py::module_& m) {
+  bind_cdf_shares(m);
   m.def(
       "cdf_pairs_workspace_bytes",
       [](int dtype, int64_t n, int64_t d, uint64_t capacity, uint64_t bins, int threads) {

@@ -398,3 +398,135 @@ def collect_distance_bins(z: Tensor, found: DistanceBins, chosen: Tensor, bins: 
                    found.layout.data_ptr(), starts.data_ptr(), ends.data_ptr(), keys.data_ptr() if total else 0,
                    total, workspace.data_ptr(), ws_bytes)
     return keys
+
+
+# ---------------------------------------------------------------- shares across ranks (p = 1)
+
+
+def shares_supported(device: torch.device) -> bool:
+    """Whether the compiled module for ``device`` splits the p = 1 selection across ranks (CPU)."""
+    module = _native.module_for(device)
+    return module is not None and hasattr(module, "cdf_share_count")
+
+
+def share_workspace_bytes(dtype: torch.dtype, n: int, d: int) -> int:
+    module = _native.module_for(torch.device("cpu"))
+    return int(module.cdf_share_workspace_bytes(_native.dtype_code(dtype), n, d, 0, _native.num_threads()))
+
+
+def share_bytes(dtype: torch.dtype, n: int, d: int, mixed: int) -> int:
+    """Working bytes of one rank's split call: the workspace, the signs kept for the backward
+    and the mixed entries of all ranks, twice (gathered, then placed by bin), 16 bytes each."""
+    return share_workspace_bytes(dtype, n, d) + signs_bytes(n, 1, dtype) + 2 * 16 * mixed
+
+
+class _ShardedCdfPairs(torch.autograd.Function):
+    """sum_k |d_(k) - c'_k| with each rank of ``group`` handling its share of the pairs.
+
+    Every rank holds all n gathered points. The four engine steps (``cdf_share_*`` in
+    csrc/cpu/cdf_attraction.cpp) run with three collectives between them: an all-reduce of
+    the bin histogram (bins x 5 int64, whatever n), an all-gather of the mixed bins'
+    entries (16 bytes each), and the value comes out the same on every rank. Backward:
+    each rank adds its own pairs' terms to every point's gradient, times the world size,
+    so that the gather's backward (a sum over ranks) gives world size times the gradient,
+    the convention of ``gaussreg.distributed``.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, source: dict, group, rank: int, world: int, stats: Optional[dict]) -> Tensor:
+        import torch.distributed as dist
+
+        module = _native.module_for(z.device)
+        code = _native.dtype_code(z.dtype)
+        n, d = z.shape
+        what = "cdf_attraction"
+        ws_bytes = share_workspace_bytes(z.dtype, n, d)
+        workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, z.device, what)
+        call = _share_call(z, source, rank, world, workspace, ws_bytes)
+        most = int(module.ks_distances_bin_count(n, 0))
+        counts = torch.zeros(most, dtype=torch.int64)
+        limbs = torch.zeros(most, 4, dtype=torch.int64)
+        bins = int(module.cdf_share_count(code, call, counts.data_ptr(), limbs.data_ptr()))
+        my_pairs = int(counts[:bins].sum())
+        histogram = torch.cat([counts[:bins, None], limbs[:bins]], 1).contiguous()
+        dist.all_reduce(histogram, group=group)
+        counts, limbs = histogram[:, 0].contiguous(), histogram[:, 1:].contiguous()
+        totals = torch.zeros(2, dtype=torch.int64)
+        module.cdf_share_classify(code, call, counts.data_ptr(), limbs.data_ptr(), totals.data_ptr())
+        mine_count, all_count = (int(t) for t in totals)
+        # The same histogram on every rank: the same verdict on every rank, no hang.
+        _native.check_fits(share_bytes(z.dtype, n, d, all_count), z.device, what)
+        signs = torch.zeros(_signs_shape(n, 1), dtype=torch.int64)
+        mine = _native.empty((mine_count, 2), torch.int64, z.device, what)
+        module.cdf_share_collect(code, call, signs[0].data_ptr(), signs[1].data_ptr(), mine.data_ptr())
+        every = _gather_entries(mine, all_count, group)
+        placed = _native.empty((all_count, 2), torch.int64, z.device, what)
+        value = torch.zeros((), dtype=torch.float64)
+        module.cdf_share_rank(code, call, signs[0].data_ptr(), signs[1].data_ptr(), every.data_ptr(), all_count,
+                              placed.data_ptr(), value.data_ptr())
+        ctx.save_for_backward(z, signs)
+        ctx.rank, ctx.world = rank, world
+        if stats is not None:
+            stats.update(pairs=my_pairs, mixed_pairs=mine_count, all_mixed_pairs=all_count, bins=bins)
+        return value
+
+    @staticmethod
+    def backward(ctx, g_value: Tensor):
+        z, signs = ctx.saved_tensors
+        n, d = z.shape
+        grad = _native.empty((n, d), z.dtype, z.device, "cdf_attraction")
+        module = _native.module_for(z.device)
+        module.cdf_share_backward(_native.dtype_code(z.dtype), n, d, z.data_ptr(), signs[0].data_ptr(),
+                                  signs[1].data_ptr(), float(g_value) * ctx.world, grad.data_ptr(), ctx.rank,
+                                  ctx.world, _native.num_threads())
+        return first_order_only(grad, "cdf_attraction", z), None, None, None, None, None
+
+
+def _share_call(z: Tensor, source: dict, rank: int, world: int, workspace: Tensor, ws_bytes: int) -> dict:
+    n, d = z.shape
+    call = dict(n=n, d=d, z=z.data_ptr(), bins=0, rank=rank, world=world, workspace=workspace.data_ptr(),
+                ws_bytes=ws_bytes, threads=_native.num_threads(), table=0, values=0, count=0)
+    if "table" in source:
+        call.update(source=SOURCE_TABLE, table=source["table"].data_ptr())
+    elif "anchors" in source:
+        call.update(source=SOURCE_ANCHORS, values=source["anchors"].data_ptr(), count=source["anchors"].shape[0] // 3)
+    else:
+        call.update(source=SOURCE_EMPIRICAL, values=source["values"].data_ptr(), count=source["values"].shape[0])
+    return call
+
+
+def _gather_entries(mine: Tensor, all_count: int, group) -> Tensor:
+    """Every rank's (key bits, pair index) entries, concatenated in rank order."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    size = torch.tensor([mine.shape[0]], dtype=torch.int64)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    sizes = [int(s) for s in sizes]
+    widest = max(sizes)
+    padded = torch.zeros((widest, 2), dtype=torch.int64)
+    padded[: mine.shape[0]] = mine
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    every = torch.cat([part[:count] for part, count in zip(parts, sizes)]).contiguous()
+    if every.shape[0] != all_count:
+        raise RuntimeError(f"cdf_attraction: the ranks hold {every.shape[0]} mixed pairs, the histogram {all_count}")
+    return every
+
+
+def sharded_cdf_pairs(z: Tensor, source: dict, process_group, stats: Optional[dict] = None) -> Tensor:
+    """sum_k |d_(k) - c'_k| (p = 1) of the gathered points z, each rank of ``process_group``
+    ranking its share of the pairs; float64, the same on every rank, differentiable in z
+    (gradient convention of ``gaussreg.distributed``). CPU, eager mode. ``stats``, a dict,
+    receives this rank's ``pairs`` and ``mixed_pairs``, all ranks' ``all_mixed_pairs`` and
+    the ``bins``."""
+    from .. import distributed
+
+    if z.device.type != "cpu" or z.dtype not in (torch.float32, torch.float64) or z.dim() != 2 \
+            or not z.is_contiguous() or z.shape[0] < 2 or not shares_supported(z.device):
+        raise ValueError(f"sharded_cdf_pairs: z must be a contiguous (n >= 2, D) float32/float64 CPU tensor "
+                         f"and the CPU module built, got {z.dtype} {tuple(z.shape)} on {z.device}")
+    rank, world = distributed.rank_and_size(process_group)
+    group = None if process_group == "world" else process_group
+    return _ShardedCdfPairs.apply(z, source, group, rank, world, stats)

@@ -63,6 +63,7 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
 
         process_group: compute the loss on the global batch of all ranks (a
             ``torch.distributed`` group, or "world"); see ``gaussreg.distributed``.
+            With p = 1 on the CPU (eager) the ranks split the pairs between them.
     Returns:
         0-dim tensor with z's dtype (float32 for half inputs).
 
@@ -105,10 +106,22 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
         terms.append(radii_weight * _radii_term(zc, radii_target, p))
     if distances_weight != 0.0:
         pairs = cdf_engine.pair_count(n)
-        terms.append(distances_weight * (_distances_sum(zc, distances_target, p, plan) / pairs).to(dtype))
+        if _splits_pairs(zc, p, process_group):
+            source = cdf_engine.quantile_source(zc, distances_target, plan, "distances_target")
+            total = cdf_engine.sharded_cdf_pairs(zc, source, process_group)
+        else:
+            total = _distances_sum(zc, distances_target, p, plan)
+        terms.append(distances_weight * (total / pairs).to(dtype))
     if not terms:  # both weights 0: a zero that keeps the graph (zero gradient)
         return (zc * 0.0).sum()
     return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
+def _splits_pairs(z: Tensor, p: int, process_group) -> bool:
+    """Whether the ranks of ``process_group`` split the pairs (p = 1 on the CPU, eager);
+    otherwise every rank ranks all of them (p = 2, CUDA, torch.compile)."""
+    return (process_group is not None and p == 1 and z.device.type == "cpu" and not _checks.compiling()
+            and cdf_engine.shares_supported(z.device))
 
 
 def _finite_weight(name: str, value) -> float:

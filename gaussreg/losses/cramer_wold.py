@@ -43,6 +43,7 @@ def cw_distance(z: Tensor, *, gamma: Optional[float] = None, kernel: str = "appr
 
         process_group: compute the loss on the global batch of all ranks (a
             ``torch.distributed`` group, or "world"); see ``gaussreg.distributed``.
+            The ranks split the pairs between them.
     Returns:
         0-dim tensor with z's dtype (float32 for half inputs).
 

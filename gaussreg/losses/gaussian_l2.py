@@ -43,6 +43,7 @@ def gaussian_l2_to_normal(z: Tensor, sigma: Union[float, Tensor, str] = 1.0, *, 
 
         process_group: compute the loss on the global batch of all ranks (a
             ``torch.distributed`` group, or "world"); see ``gaussreg.distributed``.
+            The ranks split the pairs between them.
     Returns:
         0-dim tensor with z's dtype (float32 for half inputs).
 
@@ -102,6 +103,7 @@ def gaussian_l2(x: Tensor, y: Tensor, sigma: float = 1.0, *, backend: str = "aut
 
         process_group: compute the loss on the global batch of all ranks (a
             ``torch.distributed`` group, or "world"); see ``gaussreg.distributed``.
+            The ranks split the pairs between them.
     Returns:
         0-dim tensor, differentiable in x and y.
 

@@ -39,11 +39,13 @@ def mmd(z: Tensor, prior_sample: Union[Tensor, str, None] = None, *, kernel: str
             ``"analytic"`` (rbf only) to replace each prior expectation by its closed form
             (a deterministic WAE, cf. formulas §3).
         kernel: "imq" or "rbf".  scales: 1 to 16 positive scales s.
-        generator: torch.Generator on z's device for the prior draw (reproducibility).
+        generator: torch.Generator on z's device for the prior draw (reproducibility);
+            with ``process_group`` the group's first rank's draw is used on every rank.
         backend: "auto", "native" or "reference".
 
         process_group: compute the loss on the global batch of all ranks (a
             ``torch.distributed`` group, or "world"); see ``gaussreg.distributed``.
+            The ranks split the pairs between them.
     Returns:
         0-dim tensor (may be slightly negative: the estimator is unbiased), differentiable
         in z and in a given prior_sample.
