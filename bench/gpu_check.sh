@@ -10,7 +10,8 @@
 # Stages:
 #   build     pip install --no-build-isolation --no-deps -e .  (sm_90 only: one architecture
 #             keeps the build to a couple of minutes on 16 cores)
-#   test      pytest -m cuda (the CUDA parity tests), then the CPU suite's quick files
+#   test      pytest -m cuda (the CUDA parity tests), the CPU suite's quick files, and the
+#             process_group path over NCCL with one rank (gaussreg bench distributed)
 #   sanitize  compute-sanitizer memcheck and racecheck on gaussreg/bench/kernel_smoke.py (one small
 #             forward+backward of every CUDA kernel, float32 and float64)
 #   bench     gaussreg.bench's kernel_sums, cdf_attraction and segmented on the GPU
@@ -52,7 +53,9 @@ build() {
 tests() {
   python3 -m pytest -q -m cuda tests &&
     python3 -m pytest -q tests/test_cdf_attraction.py tests/test_targets.py tests/test_backends.py \
-      tests/test_coordinate_cdf_attraction.py tests/test_sliced_wasserstein.py tests/test_epps_pulley.py tests/test_gmm.py
+      tests/test_coordinate_cdf_attraction.py tests/test_sliced_wasserstein.py tests/test_epps_pulley.py tests/test_gmm.py &&
+    # The process_group path over NCCL (one GPU: one rank; the split and the collectives run).
+    python3 -m gaussreg.bench distributed --world 1 --backend nccl --device cuda --n 4096 --repeats 1 --no-save
 }
 
 sanitize() {

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _checks, _native, reference
+from .. import _checks, _native, distributed, reference
 from ..distributed import maybe_gather
 from ..targets import Chi2, checked_quantiles
 from ..engines import cdf_attraction as cdf_engine
@@ -118,10 +118,11 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
 
 
 def _splits_pairs(z: Tensor, p: int, process_group) -> bool:
-    """Whether the ranks of ``process_group`` split the pairs (p = 1 on the CPU, eager);
-    otherwise every rank ranks all of them (p = 2, CUDA, torch.compile)."""
-    return (process_group is not None and p == 1 and z.device.type == "cpu" and not _checks.compiling()
-            and cdf_engine.shares_supported(z.device))
+    """Whether the ranks of ``process_group`` split the pairs (p = 1 on the CPU, eager, more
+    than one rank); otherwise every rank ranks all of them (p = 2, CUDA, torch.compile)."""
+    if process_group is None or p != 1 or z.device.type != "cpu" or _checks.compiling():
+        return False
+    return cdf_engine.shares_supported(z.device) and distributed.rank_and_size(process_group)[1] > 1
 
 
 def _finite_weight(name: str, value) -> float:
