@@ -433,9 +433,12 @@ class _ShardedCdfPairs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, source: dict, group, rank: int, world: int, stats: Optional[dict]) -> Tensor:
+    def forward(ctx, z: Tensor, source: dict, process_group, rank: int, world: int, stats: Optional[dict]) -> Tensor:
         import torch.distributed as dist
 
+        from .. import distributed
+
+        group = None if process_group == "world" else process_group
         module = _native.module_for(z.device)
         code = _native.dtype_code(z.dtype)
         n, d = z.shape
@@ -454,8 +457,9 @@ class _ShardedCdfPairs(torch.autograd.Function):
         totals = torch.zeros(2, dtype=torch.int64)
         module.cdf_share_classify(code, call, counts.data_ptr(), limbs.data_ptr(), totals.data_ptr())
         mine_count, all_count = (int(t) for t in totals)
-        # The same histogram on every rank: the same verdict on every rank, no hang.
-        _native.check_fits(share_bytes(z.dtype, n, d, all_count), z.device, what)
+        # Free memory differs between ranks: they agree on the verdict (all raise or none).
+        need = share_bytes(z.dtype, n, d, all_count)
+        distributed.checked_together(process_group, lambda: _native.check_fits(need, z.device, what))
         signs = torch.zeros(_signs_shape(n, 1), dtype=torch.int64)
         mine = _native.empty((mine_count, 2), torch.int64, z.device, what)
         module.cdf_share_collect(code, call, signs[0].data_ptr(), signs[1].data_ptr(), mine.data_ptr())
@@ -528,5 +532,4 @@ def sharded_cdf_pairs(z: Tensor, source: dict, process_group, stats: Optional[di
         raise ValueError(f"sharded_cdf_pairs: z must be a contiguous (n >= 2, D) float32/float64 CPU tensor "
                          f"and the CPU module built, got {z.dtype} {tuple(z.shape)} on {z.device}")
     rank, world = distributed.rank_and_size(process_group)
-    group = None if process_group == "world" else process_group
-    return _ShardedCdfPairs.apply(z, source, group, rank, world, stats)
+    return _ShardedCdfPairs.apply(z, source, process_group, rank, world, stats)

@@ -94,8 +94,9 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
     if native and distances_weight != 0.0:
         plan = cdf_engine.plan(device, dtype, n, distances_target, max_sort_bytes)
     if plan is not None and not _checks.compiling():
-        # Before the copy and the NaN/Inf scan: an impossible request fails at once.
-        cdf_engine.check_memory(z, dtype, p, plan)
+        # Before the copy and the NaN/Inf scan: an impossible request fails at once (on
+        # every rank together: their free memory differs).
+        distributed.checked_together(process_group, lambda: cdf_engine.check_memory(z, dtype, p, plan))
     _checks.finite("z", z)
     zc = z.to(dtype).contiguous()
     if not native:
