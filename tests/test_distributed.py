@@ -6,6 +6,7 @@ show that the check sees it. The pair sums are split across the ranks: each rank
 count is its share, and the shares cover every pair once. A rank whose input checks fail
 makes every rank raise."""
 import datetime
+import importlib
 import os
 
 import pytest
@@ -173,6 +174,10 @@ def _worker(rank, world, init_file, out_dir):
                             timeout=datetime.timedelta(seconds=120))
     try:
         torch.set_num_threads(1)
+        # The batches here are far below where cdf_attraction's split pays: split them anyway.
+        cdf_front = importlib.import_module("gaussreg.losses.cdf_attraction")
+        small_splits = cdf_front._splits_pairs(torch.zeros(64, 8), 1, "world")
+        cdf_front.SPLIT_MIN_PAIR_WORK = 0
         sizes = SIZES[world]
         x_all, prior_all = _data(sum(sizes))
         rows = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
@@ -202,6 +207,7 @@ def _worker(rank, world, init_file, out_dir):
         plain = gaussreg.cw_distance(_PlainGather.apply(ddp(x_all[rows]), sizes, rank), log=True)
         plain.backward()
         results["plain_gather_cw"] = (plain.detach(), [p.grad.clone() for p in model.parameters()])
+        results["cdf_splits"] = (small_splits, cdf_front._splits_pairs(x_all[: sum(sizes)], 1, "world"))
         results["pair_counts"] = _pair_counts(x_all[rows][:, :4].clone(), prior_all[rows].clone())
         results["cdf_share"] = {name: _cdf_share(make()) for name, make in CDF_SHARE_CASES.items()}
         results["failures"] = _failures(rank, world, x_all[rows][:, :4].clone())
@@ -273,6 +279,8 @@ def test_ddp_gradients_equal_the_single_process_gradient(tmp_path, world):
             assert_close(g * world, h, 1e-9, 1e-12 * float(h.abs().max()), what="plain gather x world_size")
         assert "differ in dimension" in got["mismatch"]
         _check_failures(got["failures"], rank, world)
+        # 64 points split only below the default threshold; the cdf_p1 case above went through the split.
+        assert got["cdf_splits"] == (False, True)
     _check_pair_counts([torch.load(tmp_path / f"rank{r}.pt")["pair_counts"] for r in range(world)], world)
     _check_cdf_shares([torch.load(tmp_path / f"rank{r}.pt")["cdf_share"] for r in range(world)], world)
 
