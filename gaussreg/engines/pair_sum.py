@@ -156,6 +156,8 @@ def pair_sum(stem: str, kind: int, params: Sequence[float], x: Tensor, y: Option
     if process_group is None:
         return _pair_sum_here(stem, kind, params, x, y, px, py)
     rank, world = distributed.rank_and_size(process_group)
+    if world == 1:  # nothing to split or add up
+        return _pair_sum_here(stem, kind, params, x, y, px, py)
     # Zero, but on the autograd graph whenever x is: a rank without pairs (tiny batches)
     # must still join the backward's collective of sum_over_ranks.
     share = x[:0].sum(dtype=torch.float64)
