@@ -125,10 +125,13 @@ def _pair_counts(x_rank, y_rank):
         engine.pair_sum_op = original
 
 
-CDF_SHARE_CASES = {  # n = 600: 75 row blocks of 8
+CDF_SHARE_CASES = {  # the engine splits in row blocks of 8: n = 600 has 75
     "random": lambda: random_points(600, 5, seed=3),
     # 150 points 4 times over: zero distances and exact ties across bins and ranks
     "duplicated": lambda: random_points(150, 3, seed=4).repeat(4, 1),
+    # 3 points far out: one row block, so one rank holds every pair and the others none;
+    # every bin decided, no mixed pair to exchange
+    "three_far": lambda: random_points(3, 5, seed=3) * 10,
 }
 
 
@@ -311,7 +314,8 @@ def _check_cdf_shares(shares, world):
         assert sum(pairs) == total, (name, pairs)
         # Shares are whole row blocks of 8: within 8 rows of pairs (8 n) per share run of the even split.
         assert max(pairs) <= total / world + 2 * 8 * n, (name, pairs)
-        assert sum(stats["mixed_pairs"] for stats, _, _ in got) == got[0][0]["all_mixed_pairs"] > 0, name
+        mixed = sum(stats["mixed_pairs"] for stats, _, _ in got)
+        assert mixed == got[0][0]["all_mixed_pairs"] and (mixed == 0) == (name == "three_far"), (name, mixed)
         z = z.requires_grad_(True)
         table = gaussreg.targets.Chi2(z.shape[1]).quantiles(total, torch.device("cpu"), torch.float64)
         single = engine.cdf_pairs(z, 1, total, table=table)
