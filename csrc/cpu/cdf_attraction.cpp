@@ -874,11 +874,17 @@ typename SignificandSum<T>::type read_limbs(const int64_t* in) {
   return static_cast<typename SignificandSum<T>::type>(wide);
 }
 
+// Also writes the bins to `layout` (3 int64), which the later steps take instead of
+// sampling them again.
 template <typename T>
-uint64_t share_count(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, int64_t* counts, int64_t* limbs) {
+uint64_t share_count(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, int64_t* counts, int64_t* limbs,
+                     int64_t* layout) {
   const Plan plan = make_plan(a.n, 1, a.threads);
   transpose_points(a.z, a.n, a.d, ws.zt, a.threads);
   const KeyBins<T> bins = sample_key_bins(a, ws, plan.pairs);
+  layout[0] = static_cast<int64_t>(bins.base);
+  layout[1] = bins.shift;
+  layout[2] = static_cast<int64_t>(bins.range);
   count_bins(a, plan, ws, bins);
   const uint64_t count = bins.count();
   for (uint64_t b = 0; b < count; ++b) {
@@ -890,10 +896,9 @@ uint64_t share_count(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, int6
 
 // totals[0]: this rank's mixed pairs, totals[1]: all ranks'.
 template <typename T>
-void share_classify(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const int64_t* counts,
-                    const int64_t* limbs, int64_t* totals) {
+void share_classify(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const KeyBins<T>& bins,
+                    const int64_t* counts, const int64_t* limbs, int64_t* totals) {
   const Plan plan = make_plan(a.n, 1, a.threads);
-  const KeyBins<T> bins = sample_key_bins(a, ws, plan.pairs);
   const uint64_t count = bins.count();
   uint64_t total = 0;
   for (uint64_t b = 0; b < count; ++b) {
@@ -921,19 +926,16 @@ void share_classify(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const
 }
 
 template <typename T>
-void share_collect(const ForwardArgs<T>& a, SelectWorkspace<T> ws, WideEntry* mine) {
+void share_collect(const ForwardArgs<T>& a, SelectWorkspace<T> ws, const KeyBins<T>& bins, WideEntry* mine) {
   const Plan plan = make_plan(a.n, 1, a.threads);
-  const KeyBins<T> bins = sample_key_bins(a, ws, plan.pairs);
   ws.entries = mine;
   classify_pairs<T, WideEntries>(a, plan, ws, bins, true);
 }
 
 template <typename T>
-void share_rank(const ForwardArgs<T>& a, SelectWorkspace<T> ws, const WideEntry* all, int64_t all_count,
-                WideEntry* placed) {
+void share_rank(const ForwardArgs<T>& a, SelectWorkspace<T> ws, const KeyBins<T>& bins, const WideEntry* all,
+                int64_t all_count, WideEntry* placed) {
   using U = typename KeyBins<T>::U;
-  const Plan plan = make_plan(a.n, 1, a.threads);
-  const KeyBins<T> bins = sample_key_bins(a, ws, plan.pairs);
   const uint64_t count = bins.count();
   uint64_t* cursor = ws.cursor;  // v = 0's row: the collection is done
   uint64_t expected = 0;
@@ -1466,6 +1468,7 @@ struct ShareCall {
   uintptr_t workspace;
   size_t ws_bytes;
   int threads;
+  uintptr_t layout;  // 3 int64: written by step 1, read by steps 2 to 4
 
   template <typename T>
   ForwardArgs<T> args(InterruptPoll poll) const {
@@ -1483,6 +1486,14 @@ struct ShareCall {
     return a;
   }
 
+  // The bins step 1 wrote.
+  template <typename T>
+  KeyBins<T> key_bins() const {
+    const int64_t* lay = ptr<const int64_t>(layout);
+    check_range_layout<T>(n, bins, lay);
+    return bins_of_layout<T>(lay);
+  }
+
   // The same with the sign bit sets the steps 3 and 4 write.
   template <typename T>
   ForwardArgs<T> signed_args(InterruptPoll poll, uintptr_t pos, uintptr_t neg) const {
@@ -1498,6 +1509,7 @@ struct ShareCall {
     check_cdf_pairs_sizes(n, d, 1, 1);
     if (z == 0 || workspace == 0) throw std::invalid_argument("cdf_attraction: null points or workspace");
     if (world < 1 || rank < 0 || rank >= world) throw std::invalid_argument("cdf_attraction: rank outside the group");
+    if (layout == 0) throw std::invalid_argument("cdf_attraction: null bin layout");
     if (select_layout<T>(n, d, 0, bins, threads, nullptr, nullptr) > ws_bytes)
       throw std::invalid_argument("cdf_attraction: workspace smaller than cdf_share_workspace_bytes");
     SelectWorkspace<T> ws;
@@ -1511,7 +1523,7 @@ ShareCall share_call(const py::dict& c) {
           c["source"].cast<int>(),        c["table"].cast<uintptr_t>(), c["values"].cast<uintptr_t>(),
           c["count"].cast<int64_t>(),     c["bins"].cast<uint64_t>(),  c["rank"].cast<int64_t>(),
           c["world"].cast<int64_t>(),     c["workspace"].cast<uintptr_t>(), c["ws_bytes"].cast<size_t>(),
-          c["threads"].cast<int>()};
+          c["threads"].cast<int>(),       c["layout"].cast<uintptr_t>()};
 }
 
 // The element type of a SelectWorkspace<T> (the generic step lambdas see only the workspace).
@@ -1548,19 +1560,21 @@ void bind_cdf_shares(py::module_& m) {
       [](int dtype, const py::dict& call, uintptr_t counts, uintptr_t limbs) {
         return share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
           using T = ScalarOf<decltype(ws)>;
-          return share_count<T>(c.args<T>(poll), ws, ptr<int64_t>(counts), ptr<int64_t>(limbs));
+          return share_count<T>(c.args<T>(poll), ws, ptr<int64_t>(counts), ptr<int64_t>(limbs),
+                                ptr<int64_t>(c.layout));
         });
       },
       py::arg("dtype"), py::arg("call"), py::arg("counts"), py::arg("limbs"),
-      "Step 1: this rank's pairs per bin into counts (int64, ks_distances_bin_count of them) and their "
-      "significand sums as 4 32-bit limbs a bin into limbs; returns the bins used.");
+      "Step 1: the bins into call['layout'] (3 int64), this rank's pairs per bin into counts (int64, "
+      "ks_distances_bin_count of them) and their significand sums as 4 32-bit limbs a bin into limbs; returns "
+      "the bins used.");
   m.def(
       "cdf_share_classify",
       [](int dtype, const py::dict& call, uintptr_t counts, uintptr_t limbs, uintptr_t totals) {
         share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
           using T = ScalarOf<decltype(ws)>;
-          share_classify<T>(c.args<T>(poll), ws, ptr<const int64_t>(counts), ptr<const int64_t>(limbs),
-                            ptr<int64_t>(totals));
+          share_classify<T>(c.args<T>(poll), ws, c.key_bins<T>(), ptr<const int64_t>(counts),
+                            ptr<const int64_t>(limbs), ptr<int64_t>(totals));
           return 0;
         });
       },
@@ -1572,7 +1586,7 @@ void bind_cdf_shares(py::module_& m) {
       [](int dtype, const py::dict& call, uintptr_t pos, uintptr_t neg, uintptr_t mine) {
         share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
           using T = ScalarOf<decltype(ws)>;
-          share_collect<T>(c.signed_args<T>(poll, pos, neg), ws, ptr<WideEntry>(mine));
+          share_collect<T>(c.signed_args<T>(poll, pos, neg), ws, c.key_bins<T>(), ptr<WideEntry>(mine));
           return 0;
         });
       },
@@ -1589,7 +1603,7 @@ void bind_cdf_shares(py::module_& m) {
           using T = ScalarOf<decltype(ws)>;
           ForwardArgs<T> a = c.signed_args<T>(poll, pos, neg);
           a.value = ptr<double>(value);
-          share_rank<T>(a, ws, ptr<const WideEntry>(all), all_count, ptr<WideEntry>(placed));
+          share_rank<T>(a, ws, c.key_bins<T>(), ptr<const WideEntry>(all), all_count, ptr<WideEntry>(placed));
           return 0;
         });
       },

@@ -445,7 +445,8 @@ class _ShardedCdfPairs(torch.autograd.Function):
         what = "cdf_attraction"
         ws_bytes = share_workspace_bytes(z.dtype, n, d)
         workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, z.device, what)
-        call = _share_call(z, source, rank, world, workspace, ws_bytes)
+        layout = torch.zeros(3, dtype=torch.int64)  # the bins, from step 1 to the others
+        call = _share_call(z, source, rank, world, workspace, ws_bytes, layout)
         most = int(module.ks_distances_bin_count(n, 0))
         counts = torch.zeros(most, dtype=torch.int64)
         limbs = torch.zeros(most, 4, dtype=torch.int64)
@@ -486,10 +487,12 @@ class _ShardedCdfPairs(torch.autograd.Function):
         return first_order_only(grad, "cdf_attraction", z), None, None, None, None, None
 
 
-def _share_call(z: Tensor, source: dict, rank: int, world: int, workspace: Tensor, ws_bytes: int) -> dict:
+def _share_call(z: Tensor, source: dict, rank: int, world: int, workspace: Tensor, ws_bytes: int,
+                layout: Tensor) -> dict:
     n, d = z.shape
     call = dict(n=n, d=d, z=z.data_ptr(), bins=0, rank=rank, world=world, workspace=workspace.data_ptr(),
-                ws_bytes=ws_bytes, threads=_native.num_threads(), table=0, values=0, count=0)
+                ws_bytes=ws_bytes, threads=_native.num_threads(), table=0, values=0, count=0,
+                layout=layout.data_ptr())
     if "table" in source:
         call.update(source=SOURCE_TABLE, table=source["table"].data_ptr())
     elif "anchors" in source:
