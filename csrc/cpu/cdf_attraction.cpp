@@ -788,7 +788,8 @@ void rank_mixed_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, uint
         const T e = key_value<T>(E::key(first[pos])) - a.quantiles(ws.first[b] + pos, &segment);
         sum += abs_power(e, 1);
         const uint64_t k = E::index(first[pos]);
-        const bool mine = share.all || share.contains(static_cast<int64_t>(pair_of(static_cast<uint64_t>(a.n), k).i));
+        const bool mine =
+            share.all || share.contains(static_cast<int64_t>(pair_of(static_cast<uint64_t>(a.n), k).i));
         if (e != T(0) && mine)
           __atomic_fetch_or((e > T(0) ? a.pos_bits : a.neg_bits) + (k >> 6), uint64_t{1} << (k & 63),
                             __ATOMIC_RELAXED);
@@ -852,8 +853,8 @@ void select_forward(const ForwardArgs<T>& a, const Plan& plan, const SelectWorks
 //   4. share_rank: each mixed entry placed in its bin, every mixed bin sorted and ranked as
 //      in one process (ties by pair index); sign bits of this rank's pairs only, and the
 //      value, the same on every rank.
-// The backward (share_backward) then adds this rank's pairs' terms to every point's
-// gradient; the sum over the ranks is the gradient of one process.
+// The backward (cdf_pairs_backward given rank and world) then adds this rank's pairs'
+// terms to every point's gradient; the sum over the ranks is the gradient of one process.
 
 constexpr int kSumLimbs = 4;
 
@@ -1267,8 +1268,6 @@ void accumulate_tile(const T* z, int64_t d, int64_t j0, int64_t cols, const Weig
     }
 }
 
-// g_i for the rows [i0, i0 + kTileRows): partners in ascending order, a fixed summation
-// order whatever the thread count (bitwise reproducible).
 // The partners j of rows [i0, i1) that can share a signed pair with them: all of [0, n)
 // in one process; with shares, the owned rows below i1 (pairs (j, i), j owned) and, when
 // the tile holds an owned row, every j from i0 on (pairs (i, j)). Sorted, disjoint; a
@@ -1316,6 +1315,8 @@ inline PartnerRanges partner_ranges(const ShareRows& share, int64_t n, int64_t i
   return out;
 }
 
+// g_i for the rows [i0, i0 + kTileRows): partners in ascending order, a fixed summation
+// order whatever the thread count (bitwise reproducible).
 template <typename T>
 void backward_tile(const BackwardArgs<T>& a, int64_t i0, T* acc) {
   const int64_t rows = std::min(kTileRows, a.n - i0);
@@ -1374,10 +1375,10 @@ void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t tabl
 
 template <typename T>
 void backward_typed(int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
-                    double scale, uintptr_t grad, int threads) {
+                    double scale, uintptr_t grad, int threads, int64_t rank, int64_t world) {
   run_interruptible([&](InterruptPoll poll) {
     backward(BackwardArgs<T>{ptr<const T>(z), n, d, p, ptr<const uint64_t>(pos), ptr<const uint64_t>(neg),
-                             ptr<const T>(residual), scale, ptr<T>(grad), poll, threads});
+                             ptr<const T>(residual), scale, ptr<T>(grad), poll, threads, rank, world});
   });
 }
 
@@ -1611,30 +1612,6 @@ void bind_cdf_shares(py::module_& m) {
       py::arg("placed"), py::arg("value"),
       "Step 4: every rank's mixed entries (all, totals[1] of them; placed: as many for the work) ranked; sign bits "
       "of this rank's pairs; value receives sum_k |d_(k) - c'_k|, the same on every rank.");
-  m.def(
-      "cdf_share_backward",
-      [](int dtype, int64_t n, int64_t d, uintptr_t z, uintptr_t pos, uintptr_t neg, double scale, uintptr_t grad,
-         int64_t rank, int64_t world, int threads) {
-        check_cdf_pairs_sizes(n, d, 1, 1);
-        check_cdf_pointers(z, 1, pos, neg, 0);
-        if (grad == 0) throw std::invalid_argument("cdf_attraction: null gradient");
-        if (world < 1 || rank < 0 || rank >= world)
-          throw std::invalid_argument("cdf_attraction: rank outside the group");
-        by_dtype(dtype, [&](auto t) {
-          using T = decltype(t);
-          run_interruptible([&](InterruptPoll poll) {
-            BackwardArgs<T> a{ptr<const T>(z), n, d, 1, ptr<const uint64_t>(pos), ptr<const uint64_t>(neg), nullptr,
-                              scale, ptr<T>(grad), poll, threads};
-            a.share_rank = rank;
-            a.share_world = world;
-            backward(a);
-          });
-          return 0;
-        });
-      },
-      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("pos"), py::arg("neg"), py::arg("scale"),
-      py::arg("grad"), py::arg("rank"), py::arg("world"), py::arg("threads"),
-      "grad_i = scale * sum over this rank's pairs (i, j) of s_ij (z_i - z_j), for every point i.");
 }
 
 }  // namespace
@@ -1685,18 +1662,22 @@ void bind_cdf_attraction(py::module_& m) {
   m.def(
       "cdf_pairs_backward",
       [](int dtype, int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
-         double scale, uintptr_t grad, int threads) {
+         double scale, uintptr_t grad, int threads, int64_t rank, int64_t world) {
         check_cdf_pairs_sizes(n, d, p, 1);
         check_cdf_pointers(z, p, pos, neg, residual);
         if (grad == 0) throw std::invalid_argument("cdf_attraction: null gradient");
+        if (world < 1 || rank < 0 || rank >= world || (world > 1 && p != 1))
+          throw std::invalid_argument("cdf_attraction: rank outside the group, or a split backward with p != 1");
         if (is_float(dtype))
-          backward_typed<float>(n, d, z, p, pos, neg, residual, scale, grad, threads);
+          backward_typed<float>(n, d, z, p, pos, neg, residual, scale, grad, threads, rank, world);
         else
-          backward_typed<double>(n, d, z, p, pos, neg, residual, scale, grad, threads);
+          backward_typed<double>(n, d, z, p, pos, neg, residual, scale, grad, threads, rank, world);
       },
       py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("p"), py::arg("pos"), py::arg("neg"),
-      py::arg("residual"), py::arg("scale"), py::arg("grad"), py::arg("threads"),
-      "grad_i = scale * sum_{j != i} s_ij (z_i - z_j) with s from cdf_pairs_forward.");
+      py::arg("residual"), py::arg("scale"), py::arg("grad"), py::arg("threads"), py::arg("rank") = 0,
+      py::arg("world") = 1,
+      "grad_i = scale * sum_{j != i} s_ij (z_i - z_j) with s from cdf_pairs_forward; with world > 1, the sum "
+      "over this rank's pairs only (those the cdf_share_* steps signed), for every point i.");
   m.def(
       "ks_distances_workspace_bytes",
       [](int dtype, int64_t n, int64_t d, uint64_t bins, int threads) {

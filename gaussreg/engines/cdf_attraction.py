@@ -481,9 +481,9 @@ class _ShardedCdfPairs(torch.autograd.Function):
         n, d = z.shape
         grad = _native.empty((n, d), z.dtype, z.device, "cdf_attraction")
         module = _native.module_for(z.device)
-        module.cdf_share_backward(_native.dtype_code(z.dtype), n, d, z.data_ptr(), signs[0].data_ptr(),
-                                  signs[1].data_ptr(), float(g_value) * ctx.world, grad.data_ptr(), ctx.rank,
-                                  ctx.world, _native.num_threads())
+        module.cdf_pairs_backward(_native.dtype_code(z.dtype), n, d, z.data_ptr(), 1, signs[0].data_ptr(),
+                                  signs[1].data_ptr(), 0, float(g_value) * ctx.world, grad.data_ptr(),
+                                  _native.num_threads(), ctx.rank, ctx.world)
         return first_order_only(grad, "cdf_attraction", z), None, None, None, None, None
 
 
