@@ -28,6 +28,7 @@ enum BinClass : uint8_t {
   kBinBelow = 2,    // every key below every target of its ranks: sgn = -1
   kBinMixed = 3,    // ranks needed: collected and sorted in the current pass
   kBinLater = 4,    // mixed, collected in a later pass (sort memory)
+  kBinRefined = 5,  // mixed, cut into leaves (KeyLeaves): its keys are classified by leaf
 };
 
 // Integer sum of significands: exact for any bin of float keys (24 + 40 bits), and of
@@ -108,6 +109,47 @@ GAUSSREG_HD KeyBins<T> choose_key_bins(typename KeyBins<T>::U lo, typename KeyBi
   const U top = hi >> shift;
   const U base = static_cast<uint64_t>(top - (lo >> shift)) + 1 > max_range ? top - (max_range - 1) : lo >> shift;
   return {base, shift, static_cast<uint64_t>(top - base) + 1};
+}
+
+// The second histogram level: each refined bin cut into 2^bits leaves, aligned ranges of
+// 2^(shift - bits) bit patterns in key order. A leaf lies within its bin's exponent, so its
+// sum is exact as the bin's is, and its ranks follow from its bin's first rank and the
+// counts of the leaves before it. Leaves occupy consecutive slots after the bins.
+template <typename T>
+struct KeyLeaves {
+  using U = typename KeyBins<T>::U;
+  int bits = 0;        // log2 of leaves per refined bin; 0: nothing refined
+  uint64_t first = 0;  // slot of the first refined bin's first leaf
+  uint64_t used = 0;   // refined bins
+
+  GAUSSREG_HD uint64_t per_bin() const { return uint64_t{1} << bits; }
+  GAUSSREG_HD uint64_t slots() const { return used << bits; }
+
+  // The slot of a key of the bin that was refined `refined`-th.
+  GAUSSREG_HD uint64_t slot_of(const KeyBins<T>& bins, uint64_t refined, U key) const {
+    return first + (refined << bits) + static_cast<uint64_t>((key >> (bins.shift - bits)) & (per_bin() - 1));
+  }
+
+  // Smallest and largest key that leaf `leaf` of in-range bin b can hold.
+  GAUSSREG_HD T low(const KeyBins<T>& bins, uint64_t b, uint64_t leaf) const {
+    return KeyBins<T>::value_of(low_bits(bins, b, leaf));
+  }
+  GAUSSREG_HD T high(const KeyBins<T>& bins, uint64_t b, uint64_t leaf) const {
+    return KeyBins<T>::value_of(static_cast<U>(low_bits(bins, b, leaf) + ((U{1} << (bins.shift - bits)) - 1)));
+  }
+
+ private:
+  GAUSSREG_HD U low_bits(const KeyBins<T>& bins, uint64_t b, uint64_t leaf) const {
+    return static_cast<U>(((bins.base + (b - 1)) << bins.shift) + (static_cast<U>(leaf) << (bins.shift - bits)));
+  }
+};
+
+// log2 of leaves per refined bin: as many as `refined` bins may have within `budget` leaves,
+// and no more than a bin's 2^shift bit patterns.
+GAUSSREG_HD int choose_leaf_bits(int shift, uint64_t refined, uint64_t budget) {
+  int bits = 0;
+  while (bits < shift && bits < 62 && refined <= (budget >> (bits + 1))) ++bits;
+  return bits;
 }
 
 // Bin [low, high] holding the ranks whose targets run from first to last (non-decreasing):

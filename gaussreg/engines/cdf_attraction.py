@@ -66,7 +66,7 @@ def signs_bytes(n: int, p: int, dtype: torch.dtype) -> int:
 
 
 # The engine's counters, in the order it writes them (csrc/cpu/cdf_attraction.cpp SelectStat).
-STATS = ("sorted_pairs", "passes", "bins", "mixed_bins")
+STATS = ("sorted_pairs", "passes", "bins", "mixed_bins", "refined_bins")
 
 
 @torch.library.custom_op("gaussreg::cdf_pairs", mutates_args=())

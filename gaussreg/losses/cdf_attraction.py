@@ -168,9 +168,11 @@ def cdf_pairs_with_stats(z: Tensor, target, p: int = 1, max_sort_bytes: Optional
     """(sum_k |d_(k) - c'_k|^p as a float, the engine's counters) for contiguous float32/64 z.
 
     The counters (``cdf_engine.STATS``) say how the distances were ranked: ``sorted_pairs``
-    (p = 1: the pairs of mixed bins; p = 2: all), generation ``passes``, histogram ``bins``
-    and ``mixed_bins``; -1 where the engine sorts every pair (p = 2, and CUDA, whose selection
-    runs only when asked for with bins > 0). For benchmarks and tests.
+    (p = 1: the pairs of mixed bins and leaves; p = 2: all), generation ``passes``, histogram
+    ``bins``, ``mixed_bins`` (the bins and leaves sorted) and ``refined_bins`` (the mixed bins
+    cut into leaves by a second pass; 0 when none); -1 where the engine does not report a
+    counter (CUDA has no second level, and its selection runs only when asked for with
+    bins > 0). For benchmarks and tests.
     """
     with torch.no_grad():
         plan = cdf_engine.plan(z.device, z.dtype, z.shape[0], target, max_sort_bytes)
