@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -27,6 +26,7 @@ import torch
 import gaussreg
 
 from . import diagnostics
+from ._progress import Progress
 
 
 @dataclass(frozen=True)
@@ -57,32 +57,6 @@ METHODS = (
     Method("epps_pulley", "Epps-Pulley (SIGReg)", "epps_pulley", lambda f, g: lambda z: f(z, generator=g)),
 )
 NOT_AVAILABLE = "not available yet"
-
-
-class Progress:
-    """A one-line progress bar on stderr (a line per finished block when stderr is not a terminal)."""
-
-    def __init__(self, total: int, stream=None, width: int = 28):
-        self.total, self.done, self.width = max(total, 1), 0, width
-        self.stream = sys.stderr if stream is None else stream
-        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.perf_counter()
-
-    def step(self, what: str, finished_block: bool = False) -> None:
-        self.done += 1
-        filled = self.width * self.done // self.total
-        line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-                f"{time.perf_counter() - self.start:6.1f}s  {what}")
-        if self.live:
-            self.stream.write("\r" + line.ljust(100)[:100])
-            self.stream.flush()
-        elif finished_block or self.done == self.total:
-            self.stream.write(line + "\n")
-
-    def close(self) -> None:
-        if self.live:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def minimize(loss: Callable, z0: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
@@ -209,6 +183,7 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated keys to run: " + ",".join(m.key for m in METHODS) + " (default all)")
     p.add_argument("--seed", type=int, default=0, help="base seed (run r uses 1000 * seed + r)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr (the table still prints)")
     return p
 
 
@@ -244,7 +219,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"device {device}, {args.threads} thread(s)")
     start, cpu_start = time.perf_counter(), time.process_time()
     available = [m for m in methods if m.loss_name is None or m.loss() is not None]
-    progress = Progress(len(available) * args.runs)
+    progress = Progress(len(available) * args.runs, "demo", quiet=args.quiet)
     results = {m.key: run_method(m, args, device, progress) for m in methods}
     progress.close()
     elapsed = time.perf_counter() - start

@@ -24,7 +24,7 @@ from torch import nn
 import gaussreg
 
 from . import diagnostics
-from .demo import Progress
+from ._progress import Progress
 
 
 @dataclass(frozen=True)
@@ -242,6 +242,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the model is small)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the model and the draws (default 0)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr (the summary still prints)")
     return p
 
 
@@ -299,7 +300,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"latent D = {args.latent_dim}; --reg {args.reg} (weight {weight:g}); {args.epochs} epochs of batches of "
           f"{args.batch_size}; device {device}")
     start = time.perf_counter()
-    train(model, loss_of_latents, weight, train_x, args, generator, Progress(args.epochs))
+    train(model, loss_of_latents, weight, train_x, args, generator, Progress(args.epochs, "train", quiet=args.quiet))
     seconds = time.perf_counter() - start
 
     model.eval()

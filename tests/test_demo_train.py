@@ -4,6 +4,7 @@ Losses that have not landed yet must show as "not available yet"; where one is m
 a stand-in built from ``gaussreg.reference`` (SPEC signature) checks the wiring too, so
 these tests pass with and without them.
 """
+import io
 import json
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 import gaussreg
 from gaussreg import cli, demo, reference, train
+from gaussreg._progress import Progress
 
 pytest.importorskip("matplotlib")
 
@@ -139,6 +141,46 @@ def test_console_entry_runs_demo(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "CDF attraction" in captured.out and "4/4" in captured.err
     assert (tmp_path / "demo.json").exists()
+
+
+def test_demo_quiet_prints_no_progress(tmp_path, capsys):
+    assert cli.main(["demo", *TINY_DEMO, "--methods", "normal", "--out", str(tmp_path), "--no-plots", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "N(0, I)" in captured.out and captured.err == ""
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_draws_a_bar_on_a_terminal_and_lines_elsewhere(capsys):
+    """A terminal gets tqdm's bar (counts and an ETA); a log gets one line per finished block;
+    quiet gets nothing; result lines reach stdout in every case."""
+    pytest.importorskip("tqdm")
+    terminal = _Terminal()
+    bar = Progress(4, "bench", stream=terminal)
+    assert bar.live
+    for k in range(4):
+        bar.write(f"row {k}")
+        bar.step(f"case {k}")
+    bar.close()
+    drawn = terminal.getvalue()
+    assert "bench" in drawn and "4/4" in drawn and "case 3" in drawn and "<" in drawn  # tqdm's elapsed<remaining
+
+    log = io.StringIO()
+    lines = Progress(4, "train", stream=log)
+    assert not lines.live
+    for k in range(4):
+        lines.step(f"epoch {k + 1}", finished_block=k == 1)
+    assert log.getvalue().splitlines()[0].startswith("train: 2/4") and len(log.getvalue().splitlines()) == 2
+
+    silent = io.StringIO()
+    quiet = Progress(4, stream=silent, quiet=True)
+    quiet.step("x", finished_block=True)
+    quiet.write("result")
+    assert silent.getvalue() == "" and not quiet.live
+    assert capsys.readouterr().out.split() == ["row", "0", "row", "1", "row", "2", "row", "3", "result"]
 
 
 def test_cli_usage_lists_the_commands(capsys):

@@ -65,6 +65,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import floors
+from .._progress import Progress
 
 # Relative to the current directory: the package may be installed read-only, and a run
 # inside a checkout must not overwrite the committed results (bench/results/) unless asked.
@@ -435,6 +436,8 @@ def make_parser(family: str, description: str, default_n: Dict[str, List[int]]) 
     out.add_argument("--tag", default="", help="suffix of the output file names: <family>-<tag>.json")
     out.add_argument("--no-save", action="store_true", help="print only")
     out.add_argument("--no-plot", action="store_true", help="no PNG")
+    out.add_argument("--quiet", action="store_true",
+                     help="no progress bar on stderr (drawn only on a terminal, with tqdm installed)")
     p.add_argument("--_mem-worker", dest="mem_worker", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -632,25 +635,33 @@ def _skip_reason(impl: Impl, n: int, ctx: _Ctx, stopped: Dict[str, str]) -> Opti
     return None
 
 
+def _timed_impls(case: Case) -> List[Impl]:
+    return [i for i in case.impls if i.unavailable is None and not i.oracle_only]
+
+
 def run_cases(cases: List[Case], ctx: _Ctx, sizes: List[int]) -> List[dict]:
     rows: List[dict] = []
+    progress = Progress(sum(len(_timed_impls(c)) for c in cases) * len(sizes), f"{ctx.device.type} D={ctx.dim}",
+                        quiet=ctx.args.quiet, lines=False)  # without a bar, the row lines say enough
     for case in cases:
-        print(f"\n== {case.name}: {case.description}", flush=True)
+        progress.write(f"\n== {case.name}: {case.description}")
         _check_small(case, ctx)
         for impl in case.impls:
             if impl.unavailable is not None:
                 rows.append(_row(case, impl, None, ctx, "unavailable", impl.unavailable))
             else:
                 ok, msg = ctx.gate.get((case.name, impl.name), (None, ""))
-                print(f"  [check] {impl.name:<10} {msg}", flush=True)
+                progress.write(f"  [check] {impl.name:<10} {msg}")
                 if ok is False:
                     rows.append(_row(case, impl, None, ctx, "wrong", msg + "; not timed"))
                 elif (case.name, impl.name) in ctx.gate_errors:
                     rows.append(_row(case, impl, None, ctx, "error",
                                      f"correctness check raised {ctx.gate_errors[(case.name, impl.name)]}; not timed"))
-        runnable = [i for i in case.impls
-                    if i.unavailable is None and not i.oracle_only and ctx.gate.get((case.name, i.name), (None,))[0] is not False
+        runnable = [i for i in _timed_impls(case)
+                    if ctx.gate.get((case.name, i.name), (None,))[0] is not False
                     and (case.name, i.name) not in ctx.gate_errors]
+        for _ in range((len(_timed_impls(case)) - len(runnable)) * len(sizes)):
+            progress.step(f"{case.name}: not timed")
         stopped: Dict[str, str] = {}
         oracle_cache: dict = {}
         for n in sizes:
@@ -663,19 +674,21 @@ def run_cases(cases: List[Case], ctx: _Ctx, sizes: List[int]) -> List[dict]:
                     if row["status"] in ("oom", "timeout", "error"):
                         stopped[impl.name] = f"skipped after {row['status']} at n={n}"
                 rows.append(row)
-                _print_progress(row)
+                progress.write(_row_line(row))
+                progress.step(f"{case.name} {impl.name} n={n}", finished_block=impl is runnable[-1])
             oracle_cache.pop(n, None)
+    progress.close()
     return rows
 
 
-def _print_progress(row: dict) -> None:
+def _row_line(row: dict) -> str:
     if row["status"] == "ok":
         extra = f"fb {_ms(row['fb_median_s'])} ms  fwd {_ms(row['fwd_median_s'])} ms"
         if row.get("fb_x_floor"):
             extra += f"  x floor {row['fb_x_floor']:.1f}"
     else:
         extra = f"{row['status']}: {row['note']}"
-    print(f"  {row['impl']:<10} n={row['n']:<6} {extra}", flush=True)
+    return f"  {row['impl']:<10} n={row['n']:<6} {extra}"
 
 
 # ---------------------------------------------------------------------------
