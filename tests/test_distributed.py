@@ -132,19 +132,36 @@ CDF_SHARE_CASES = {  # the engine splits in row blocks of 8: n = 600 has 75
     # 3 points far out: one row block, so one rank holds every pair and the others none;
     # every bin decided, no mixed pair to exchange
     "three_far": lambda: random_points(3, 5, seed=3) * 10,
+    # targets on the sample's own distances (_share_target): nearly every bin mixed, so the
+    # ranks cut them into leaves (the second level) before exchanging the mixed pairs
+    "own_quantiles": lambda: random_points(400, 4, seed=8),
+    # "random" with a sort budget of 50 mixed pairs a rank (SHARE_BUDGETS): the budget, the
+    # least over the ranks, forces the second level
+    "small_budget": lambda: random_points(600, 5, seed=3),
 }
+SHARE_BUDGETS = {"small_budget": 50 * 32}  # max_sort_bytes; a rank holds a mixed pair in 32 bytes
+REFINED_SHARES = ("own_quantiles", "small_budget")
 
 
-def _cdf_share(z_all):
+def _share_target(name, z):
+    """Chi2, or for "own_quantiles" an Empirical target of z's own half squared distances,
+    whose quantile at rank k is the k-th smallest key."""
+    if name != "own_quantiles":
+        return gaussreg.targets.Chi2(z.shape[1])
+    i, j = torch.triu_indices(z.shape[0], z.shape[0], 1)
+    return gaussreg.targets.Empirical(0.5 * ((z[i] - z[j]) ** 2).sum(1))
+
+
+def _cdf_share(name, z_all):
     """This rank's pairs, the value and the gradient of its share of a split cdf_attraction
     distances term (p = 1)."""
     from gaussreg.engines import cdf_attraction as engine
 
     stats = {}
     z_all = z_all.contiguous().requires_grad_(True)
-    target = gaussreg.targets.Chi2(z_all.shape[1])
+    target = _share_target(name, z_all.detach())
     source = engine.quantile_source(z_all, target, engine.plan(z_all.device, z_all.dtype, z_all.shape[0], target, None))
-    value = engine.sharded_cdf_pairs(z_all, source, "world", stats)
+    value = engine.sharded_cdf_pairs(z_all, source, "world", stats, max_sort_bytes=SHARE_BUDGETS.get(name))
     value.backward()
     return stats, float(value.detach()), z_all.grad
 
@@ -212,7 +229,7 @@ def _worker(rank, world, init_file, out_dir):
         results["plain_gather_cw"] = (plain.detach(), [p.grad.clone() for p in model.parameters()])
         results["cdf_splits"] = (small_splits, cdf_front._splits_pairs(x_all[: sum(sizes)], 1, "world"))
         results["pair_counts"] = _pair_counts(x_all[rows][:, :4].clone(), prior_all[rows].clone())
-        results["cdf_share"] = {name: _cdf_share(make()) for name, make in CDF_SHARE_CASES.items()}
+        results["cdf_share"] = {name: _cdf_share(name, make()) for name, make in CDF_SHARE_CASES.items()}
         results["failures"] = _failures(rank, world, x_all[rows][:, :4].clone())
         mismatch = torch.zeros(5, 4 + rank, dtype=torch.float64)  # D differs across ranks
         try:
@@ -316,10 +333,15 @@ def _check_cdf_shares(shares, world):
         assert max(pairs) <= total / world + 2 * 8 * n, (name, pairs)
         mixed = sum(stats["mixed_pairs"] for stats, _, _ in got)
         assert mixed == got[0][0]["all_mixed_pairs"] and (mixed == 0) == (name == "three_far"), (name, mixed)
+        target = _share_target(name, z)
+        source = engine.quantile_source(z, target, engine.plan(z.device, z.dtype, n, target, None))  # as the split's
         z = z.requires_grad_(True)
-        table = gaussreg.targets.Chi2(z.shape[1]).quantiles(total, torch.device("cpu"), torch.float64)
-        single = engine.cdf_pairs(z, 1, total, table=table)
+        capacity = SHARE_BUDGETS[name] // 32 if name in SHARE_BUDGETS else total
+        single, single_stats = engine.cdf_pairs(z, 1, capacity, with_stats=True, **source)
         single.backward()
+        refined = {stats["refined_bins"] for stats, _, _ in got}
+        assert refined == {single_stats["refined_bins"]}, (name, refined, single_stats)
+        assert (single_stats["refined_bins"] > 0) == (name in REFINED_SHARES), (name, single_stats)
         for _, value, _ in got:
             assert value == float(single.detach()), (name, value, float(single.detach()))
         # Each rank's backward is world_size times its pairs' share (the gather's convention).

@@ -704,37 +704,47 @@ void classify_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const 
 // leaves (KeyLeaves), and only the mixed leaves are sorted.
 
 // Whether one more pass over the pairs pays for itself: when the mixed pairs need more than
-// one collection pass (each one also a pass over every pair), or when their sort entries
-// would take more than a byte a pair (four times the signs the backward keeps). Measured on
-// 2 AVX2 cores, n = 8192, D = 64, forward + backward: with 27% of the pairs mixed the
-// refined call took 0.81 s against 0.84 s (0.04% left to sort, 329 against 396 MiB peak);
-// with 1% or less mixed it would cost up to a pass (about 0.18 s) and is not taken.
-bool worth_refining(uint64_t mixed, uint64_t pairs, uint64_t capacity, size_t entry_bytes) {
-  return mixed > capacity || mixed > pairs / entry_bytes;
+// one collection pass (each one also a pass over every pair), or when they are more than
+// 1/16 of the pairs. Then their sort entries would take at least half a byte a pair (twice
+// the signs the backward keeps), and sorting them costs about a pass: measured on 2 AVX2
+// cores at D = 64, collecting, sorting and ranking a mixed pair costs as much as generating
+// about 6 keys at n = 8192 and 18 at n = 131072. At n = 8192 with 27% of the pairs mixed the
+// refined forward + backward took 0.81 s against 0.84 s (0.04% left to sort, 329 against
+// 396 MiB peak). The same rule on every rank of a split (without a sort budget there).
+constexpr uint64_t kRefineFraction = 16;
+bool worth_refining(uint64_t mixed, uint64_t pairs, uint64_t capacity) {
+  return mixed > capacity || mixed > pairs / kRefineFraction;
 }
 
-// Cuts the finite mixed bins into leaves, counts their keys in one more pass and classifies
-// the leaves; returns what was refined (nothing when it would not pay).
-template <typename T, typename E>
-KeyLeaves<T> refine_mixed_bins(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace<T>& ws,
-                               const KeyBins<T>& bins) {
+// Marks the finite mixed bins of more than one key kBinRefined, each with its place among
+// them, when refining pays (worth_refining); returns the leaves (none when it would not pay
+// or no bin can be cut).
+template <typename T>
+KeyLeaves<T> plan_leaves(const SelectWorkspace<T>& ws, const KeyBins<T>& bins, uint64_t pairs, uint64_t capacity) {
   KeyLeaves<T> leaves;
   const uint64_t count = bins.count();
-  uint64_t mixed = 0, refinable = 0;
+  auto refinable = [&](uint64_t b) { return ws.cls[b] == kBinMixed && bins.finite(b) && ws.hist[b].count > 1; };
+  uint64_t mixed = 0, cut = 0;
   for (uint64_t b = 0; b < count; ++b) {
-    if (ws.cls[b] != kBinMixed) continue;
-    mixed += ws.hist[b].count;
-    refinable += bins.finite(b) && ws.hist[b].count > 1;
+    if (ws.cls[b] == kBinMixed) mixed += ws.hist[b].count;
+    cut += refinable(b);
   }
-  if (!worth_refining(mixed, plan.pairs, a.capacity, sizeof(typename E::Entry)) || refinable == 0) return leaves;
-  leaves.bits = choose_leaf_bits(bins.shift, refinable, ws.slots - count);
+  if (!worth_refining(mixed, pairs, capacity) || cut == 0) return leaves;
+  leaves.bits = choose_leaf_bits(bins.shift, cut, ws.slots - count);
   if (leaves.bits == 0) return leaves;
   leaves.first = count;
   for (uint64_t b = 0; b < count; ++b) {
-    if (ws.cls[b] != kBinMixed || !bins.finite(b) || ws.hist[b].count <= 1) continue;
+    if (!refinable(b)) continue;
     ws.refined[b] = static_cast<uint32_t>(leaves.used++);
     ws.cls[b] = kBinRefined;
   }
+  return leaves;
+}
+
+// One pass over (this rank's) pairs: the keys of refined bins counted in their leaves.
+template <typename T>
+void count_leaves(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace<T>& ws, const KeyBins<T>& bins,
+                  const KeyLeaves<T>& leaves) {
   const uint64_t lo = leaves.first, hi = lo + leaves.slots();
   fill_histograms(a, plan, ws.zt, ws.hist, ws.slots, lo, hi, BinCount<T>{0, 0},
                   [&](BinCount<T>* mine, typename KeyBins<T>::U bits) {
@@ -742,6 +752,13 @@ KeyLeaves<T> refine_mixed_bins(const ForwardArgs<T>& a, const Plan& plan, const 
                     if (ws.cls[b] == kBinRefined) add_key<T>(mine[leaves.slot_of(bins, ws.refined[b], bits)], bits);
                   });
   merge_histograms(a, ws, lo, hi);
+}
+
+// The leaves' first ranks (their bin's first rank plus the leaves before them) and classes.
+template <typename T>
+void classify_leaves(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const KeyBins<T>& bins,
+                     const KeyLeaves<T>& leaves) {
+  const uint64_t count = bins.count();
   for (uint64_t b = 0; b < count; ++b) {
     if (ws.cls[b] != kBinRefined) continue;
     uint64_t rank = ws.first[b];
@@ -751,7 +768,7 @@ KeyLeaves<T> refine_mixed_bins(const ForwardArgs<T>& a, const Plan& plan, const 
       rank += ws.hist[slot0 + leaf].count;
     }
     if (rank != ws.first[b] + ws.hist[b].count)
-      throw std::logic_error("cdf_attraction: a refined bin's leaves do not hold its keys");
+      throw std::invalid_argument("cdf_attraction: a refined bin's leaves do not hold its keys");
   }
 #pragma omp parallel for num_threads(a.threads) schedule(dynamic, 64)
   for (int64_t sb = 0; sb < static_cast<int64_t>(count); ++sb) {
@@ -761,6 +778,16 @@ KeyLeaves<T> refine_mixed_bins(const ForwardArgs<T>& a, const Plan& plan, const 
     for (uint64_t leaf = 0; leaf < leaves.per_bin(); ++leaf)
       classify_slot(a, ws, slot0 + leaf, true, leaves.low(bins, b, leaf), leaves.high(bins, b, leaf), bins.unit(b));
   }
+}
+
+// The second level in one process: plan, count in one more pass, classify.
+template <typename T>
+KeyLeaves<T> refine_mixed_bins(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace<T>& ws,
+                               const KeyBins<T>& bins) {
+  const KeyLeaves<T> leaves = plan_leaves(ws, bins, plan.pairs, a.capacity);
+  if (leaves.used == 0) return leaves;
+  count_leaves(a, plan, ws, bins, leaves);
+  classify_leaves(a, ws, bins, leaves);
   return leaves;
 }
 
@@ -909,7 +936,7 @@ void select_forward(const ForwardArgs<T>& a, const Plan& plan, const SelectWorks
   count_bins(a, plan, ws, bins);
   a.poll();
   classify_bins(a, ws, bins);
-  const KeyLeaves<T> leaves = refine_mixed_bins<T, E>(a, plan, ws, bins);
+  const KeyLeaves<T> leaves = refine_mixed_bins(a, plan, ws, bins);
   const uint64_t count = bins.count() + leaves.slots();  // slots in use: bins, then leaves
 
   int64_t passes = leaves.used > 0 ? 2 : 1, sorted_pairs = 0, mixed_slots = 0;
@@ -952,7 +979,12 @@ void select_forward(const ForwardArgs<T>& a, const Plan& plan, const SelectWorks
 //      sample of all pairs and so are the same on every rank; the caller all-reduces the
 //      counts and the significand sums (as 32-bit limbs, which add without overflow);
 //   2. share_classify: the global histogram classifies every bin as one process would;
-//      returns this rank's mixed pairs and all ranks' together;
+//      returns this rank's mixed pairs and all ranks' together, or, when the mixed pairs
+//      are many, the leaves they are cut into (the second level, decided alike on every
+//      rank from the global histogram): then
+//      2b. share_count_leaves counts this rank's pairs of refined bins in the leaves, the
+//          caller all-reduces them as in step 1, and
+//      2c. share_classify_leaves classifies the leaves and returns the mixed pairs;
 //   3. share_collect: this rank's pairs once more: decided ones get their sign bits, mixed
 //      ones go out as (key bits, pair index); the caller all-gathers every rank's;
 //   4. share_rank: each mixed entry placed in its bin, every mixed bin sorted and ranked as
@@ -980,8 +1012,19 @@ typename SignificandSum<T>::type read_limbs(const int64_t* in) {
   return static_cast<typename SignificandSum<T>::type>(wide);
 }
 
-// Also writes the bins to `layout` (3 int64), which the later steps take instead of
-// sampling them again.
+// The bins and leaves one call hands from step to step in `layout` (kLayoutSize int64): the
+// bins (base, shift, range), which step 1 writes, then the leaves (bits, first slot, refined
+// bins), which step 2 writes when it refines (zero otherwise).
+constexpr int kLayoutSize = 6;
+
+template <typename T>
+void write_leaves(const KeyLeaves<T>& leaves, int64_t* layout) {
+  layout[3] = leaves.bits;
+  layout[4] = static_cast<int64_t>(leaves.first);
+  layout[5] = static_cast<int64_t>(leaves.used);
+}
+
+// Also writes the bins to `layout`, which the later steps take instead of sampling them again.
 template <typename T>
 uint64_t share_count(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, int64_t* counts, int64_t* limbs,
                      int64_t* layout) {
@@ -991,6 +1034,7 @@ uint64_t share_count(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, int6
   layout[0] = static_cast<int64_t>(bins.base);
   layout[1] = bins.shift;
   layout[2] = static_cast<int64_t>(bins.range);
+  write_leaves(KeyLeaves<T>{}, layout);
   count_bins(a, plan, ws, bins);
   const uint64_t count = bins.count();
   for (uint64_t b = 0; b < count; ++b) {
@@ -1000,26 +1044,28 @@ uint64_t share_count(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, int6
   return count;
 }
 
-// totals[0]: this rank's mixed pairs, totals[1]: all ranks'.
+// Replaces this rank's counts of slots [lo, hi) by the all-reduced ones, keeping this rank's
+// in `start` until share_mixed_totals; returns their total.
 template <typename T>
-void share_classify(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const KeyBins<T>& bins,
-                    const int64_t* counts, const int64_t* limbs, int64_t* totals) {
-  const Plan plan = make_plan(a.n, 1, a.threads);
-  const uint64_t count = bins.count();
+uint64_t take_global_counts(const SelectWorkspace<T>& ws, uint64_t lo, uint64_t hi, const int64_t* counts,
+                            const int64_t* limbs) {
   uint64_t total = 0;
-  for (uint64_t b = 0; b < count; ++b) {
-    ws.start[b] = ws.hist[b].count;  // this rank's, kept until the global starts replace it below
-    if (counts[b] < 0 || static_cast<uint64_t>(counts[b]) < ws.hist[b].count)
+  for (uint64_t b = lo; b < hi; ++b) {
+    ws.start[b] = ws.hist[b].count;
+    if (counts[b - lo] < 0 || static_cast<uint64_t>(counts[b - lo]) < ws.hist[b].count)
       throw std::invalid_argument("cdf_attraction: a global bin count below this rank's");
-    ws.hist[b] = {static_cast<uint64_t>(counts[b]), read_limbs<T>(limbs + kSumLimbs * b)};
+    ws.hist[b] = {static_cast<uint64_t>(counts[b - lo]), read_limbs<T>(limbs + kSumLimbs * (b - lo))};
     total += ws.hist[b].count;
   }
-  if (total != plan.pairs) throw std::invalid_argument("cdf_attraction: the global histogram does not hold n' pairs");
-  ws.first[0] = 0;
-  for (uint64_t b = 0; b < count; ++b) ws.first[b + 1] = ws.first[b] + ws.hist[b].count;
-  classify_bins(a, ws, bins);
+  return total;
+}
+
+// Cursors of this rank's mixed pairs among its own entries, each mixed slot's start among all
+// ranks' entries; totals[0]: this rank's mixed pairs, totals[1]: all ranks', totals[2] = 0.
+template <typename T>
+void share_mixed_totals(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, uint64_t slots, int64_t* totals) {
   uint64_t mine = 0, all = 0;
-  for (uint64_t b = 0; b < count; ++b) {
+  for (uint64_t b = 0; b < slots; ++b) {
     if (ws.cls[b] != kBinMixed) continue;
     for (int64_t v = 0; v < std::max(a.threads, 1); ++v)
       ws.cursor[static_cast<size_t>(v) * ws.slots + b] = mine + ws.offset[static_cast<size_t>(v) * ws.slots + b];
@@ -1029,38 +1075,88 @@ void share_classify(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const
   }
   totals[0] = static_cast<int64_t>(mine);
   totals[1] = static_cast<int64_t>(all);
+  totals[2] = 0;
+}
+
+// totals[2] > 0: the mixed bins are cut into that many leaves, which steps 2b and 2c count
+// and classify before totals[0] and totals[1] are set; else the mixed pairs as in
+// share_mixed_totals.
+template <typename T>
+void share_classify(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const KeyBins<T>& bins,
+                    const int64_t* counts, const int64_t* limbs, int64_t* totals, int64_t* layout) {
+  const Plan plan = make_plan(a.n, 1, a.threads);
+  const uint64_t count = bins.count();
+  if (take_global_counts(ws, 0, count, counts, limbs) != plan.pairs)
+    throw std::invalid_argument("cdf_attraction: the global histogram does not hold n' pairs");
+  ws.first[0] = 0;
+  for (uint64_t b = 0; b < count; ++b) ws.first[b + 1] = ws.first[b] + ws.hist[b].count;
+  classify_bins(a, ws, bins);
+  // a.capacity: the mixed pairs the ranks agreed to hold (the least over the ranks), so the
+  // same decision on every rank.
+  const KeyLeaves<T> leaves = plan_leaves(ws, bins, plan.pairs, a.capacity);
+  write_leaves(leaves, layout);
+  if (leaves.used == 0) {
+    share_mixed_totals(a, ws, count, totals);
+    return;
+  }
+  totals[0] = totals[1] = -1;
+  totals[2] = static_cast<int64_t>(leaves.slots());
+}
+
+// Step 2b: this rank's pairs of refined bins per leaf (leaves.slots() of them).
+template <typename T>
+void share_count_leaves(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const KeyBins<T>& bins,
+                        const KeyLeaves<T>& leaves, int64_t* counts, int64_t* limbs) {
+  const Plan plan = make_plan(a.n, 1, a.threads);
+  count_leaves(a, plan, ws, bins, leaves);
+  for (uint64_t l = 0; l < leaves.slots(); ++l) {
+    counts[l] = static_cast<int64_t>(ws.hist[leaves.first + l].count);
+    write_limbs<T>(ws.hist[leaves.first + l].sum, limbs + kSumLimbs * l);
+  }
+}
+
+// Step 2c: the all-reduced leaf counts classify the leaves; totals as share_mixed_totals.
+template <typename T>
+void share_classify_leaves(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const KeyBins<T>& bins,
+                           const KeyLeaves<T>& leaves, const int64_t* counts, const int64_t* limbs, int64_t* totals) {
+  take_global_counts(ws, leaves.first, leaves.first + leaves.slots(), counts, limbs);
+  classify_leaves(a, ws, bins, leaves);  // refuses leaves whose counts do not add up to their bin's
+  share_mixed_totals(a, ws, leaves.first + leaves.slots(), totals);
 }
 
 template <typename T>
-void share_collect(const ForwardArgs<T>& a, SelectWorkspace<T> ws, const KeyBins<T>& bins, WideEntry* mine) {
+void share_collect(const ForwardArgs<T>& a, SelectWorkspace<T> ws, const KeyBins<T>& bins,
+                   const KeyLeaves<T>& leaves, WideEntry* mine) {
   const Plan plan = make_plan(a.n, 1, a.threads);
   ws.entries = mine;
-  classify_pairs<T, WideEntries>(a, plan, ws, bins, KeyLeaves<T>{}, true);  // no leaves: not refined across ranks
+  classify_pairs<T, WideEntries>(a, plan, ws, bins, leaves, true);
 }
 
 template <typename T>
-void share_rank(const ForwardArgs<T>& a, SelectWorkspace<T> ws, const KeyBins<T>& bins, const WideEntry* all,
-                int64_t all_count, WideEntry* placed) {
+void share_rank(const ForwardArgs<T>& a, SelectWorkspace<T> ws, const KeyBins<T>& bins, const KeyLeaves<T>& leaves,
+                const WideEntry* all, int64_t all_count, WideEntry* placed) {
   using U = typename KeyBins<T>::U;
-  const uint64_t count = bins.count();
+  const uint64_t slots = bins.count() + leaves.slots();
   uint64_t* cursor = ws.cursor;  // v = 0's row: the collection is done
   uint64_t expected = 0;
-  for (uint64_t b = 0; b < count; ++b) {
+  for (uint64_t b = 0; b < slots; ++b) {
     cursor[b] = ws.start[b];
     if (ws.cls[b] == kBinMixed) expected += ws.hist[b].count;
   }
   if (static_cast<uint64_t>(all_count) != expected)
     throw std::invalid_argument("cdf_attraction: the gathered entries are not the mixed bins' pairs");
   for (int64_t e = 0; e < all_count; ++e) {
-    const uint64_t b = bins.bin_of(static_cast<U>(all[e].key));
+    const U bits = static_cast<U>(all[e].key);
+    uint64_t b = bins.bin_of(bits);
+    if (ws.cls[b] == kBinRefined) b = leaves.slot_of(bins, ws.refined[b], bits);
     if (ws.cls[b] != kBinMixed || cursor[b] >= ws.start[b] + ws.hist[b].count)
       throw std::invalid_argument("cdf_attraction: a gathered entry outside its mixed bin");
     placed[cursor[b]++] = all[e];
   }
   ws.entries = placed;
-  rank_mixed_bins<T, WideEntries>(a, ws, 0, count);
+  rank_mixed_bins<T, WideEntries>(a, ws, 0, slots);
   double total = 0.0;
-  for (uint64_t b = 0; b < count; ++b) total += ws.value[b];
+  for (uint64_t b = 0; b < slots; ++b) total += ws.value[b];
   *a.value = total;
 }
 
@@ -1573,10 +1669,11 @@ struct ShareCall {
   int64_t count;
   uint64_t bins;
   int64_t rank, world;
+  uint64_t capacity;  // mixed pairs every rank may hold before the second level is forced
   uintptr_t workspace;
   size_t ws_bytes;
   int threads;
-  uintptr_t layout;  // 3 int64: written by step 1, read by steps 2 to 4
+  uintptr_t layout;  // kLayoutSize int64: the bins from step 1, the leaves from step 2
 
   template <typename T>
   ForwardArgs<T> args(InterruptPoll poll) const {
@@ -1587,6 +1684,7 @@ struct ShareCall {
     a.quantiles = rank_quantiles<T>(source, table, values, count, pair_count(static_cast<uint64_t>(n)));
     a.p = 1;
     a.bins = bins;
+    a.capacity = capacity;
     a.poll = poll;
     a.threads = threads;
     a.share_rank = rank;
@@ -1600,6 +1698,25 @@ struct ShareCall {
     const int64_t* lay = ptr<const int64_t>(layout);
     check_range_layout<T>(n, bins, lay);
     return bins_of_layout<T>(lay);
+  }
+
+  // The leaves step 2 wrote (none when it did not refine), refused unless they fit the bins
+  // and the workspace's leaf slots.
+  template <typename T>
+  KeyLeaves<T> key_leaves() const {
+    const int64_t* lay = ptr<const int64_t>(layout);
+    const KeyBins<T> b = key_bins<T>();
+    KeyLeaves<T> leaves;
+    if (lay[5] == 0) return leaves;
+    const uint64_t most = select_bins_of(bins, pair_count(static_cast<uint64_t>(n)));
+    const uint64_t room = most + leaf_slots_of(most) - b.count();  // the workspace's slots after the bins
+    if (lay[3] < 1 || lay[3] > b.shift || static_cast<uint64_t>(lay[4]) != b.count() || lay[5] < 0 ||
+        static_cast<uint64_t>(lay[5]) > b.count() || (static_cast<uint64_t>(lay[5]) << lay[3]) > room)
+      throw std::invalid_argument("cdf_attraction: leaves that cdf_share_classify did not write");
+    leaves.bits = static_cast<int>(lay[3]);
+    leaves.first = static_cast<uint64_t>(lay[4]);
+    leaves.used = static_cast<uint64_t>(lay[5]);
+    return leaves;
   }
 
   // The same with the sign bit sets the steps 3 and 4 write.
@@ -1630,7 +1747,8 @@ ShareCall share_call(const py::dict& c) {
   return {c["n"].cast<int64_t>(),         c["d"].cast<int64_t>(),     c["z"].cast<uintptr_t>(),
           c["source"].cast<int>(),        c["table"].cast<uintptr_t>(), c["values"].cast<uintptr_t>(),
           c["count"].cast<int64_t>(),     c["bins"].cast<uint64_t>(),  c["rank"].cast<int64_t>(),
-          c["world"].cast<int64_t>(),     c["workspace"].cast<uintptr_t>(), c["ws_bytes"].cast<size_t>(),
+          c["world"].cast<int64_t>(),     c["capacity"].cast<uint64_t>(), c["workspace"].cast<uintptr_t>(),
+          c["ws_bytes"].cast<size_t>(),
           c["threads"].cast<int>(),       c["layout"].cast<uintptr_t>()};
 }
 
@@ -1673,7 +1791,7 @@ void bind_cdf_shares(py::module_& m) {
         });
       },
       py::arg("dtype"), py::arg("call"), py::arg("counts"), py::arg("limbs"),
-      "Step 1: the bins into call['layout'] (3 int64), this rank's pairs per bin into counts (int64, "
+      "Step 1: the bins into call['layout'] (6 int64), this rank's pairs per bin into counts (int64, "
       "ks_distances_bin_count of them) and their significand sums as 4 32-bit limbs a bin into limbs; returns "
       "the bins used.");
   m.def(
@@ -1682,19 +1800,45 @@ void bind_cdf_shares(py::module_& m) {
         share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
           using T = ScalarOf<decltype(ws)>;
           share_classify<T>(c.args<T>(poll), ws, c.key_bins<T>(), ptr<const int64_t>(counts),
-                            ptr<const int64_t>(limbs), ptr<int64_t>(totals));
+                            ptr<const int64_t>(limbs), ptr<int64_t>(totals), ptr<int64_t>(c.layout));
           return 0;
         });
       },
       py::arg("dtype"), py::arg("call"), py::arg("counts"), py::arg("limbs"), py::arg("totals"),
-      "Step 2: the all-reduced counts and limbs classify the bins; totals (2 int64) receives this rank's mixed "
-      "pairs and all ranks'.");
+      "Step 2: the all-reduced counts and limbs classify the bins; totals (3 int64) receives this rank's mixed "
+      "pairs, all ranks' and 0, or -1, -1 and the leaves that steps 2b and 2c count and classify first (their "
+      "layout into call['layout']).");
+  m.def(
+      "cdf_share_count_leaves",
+      [](int dtype, const py::dict& call, uintptr_t counts, uintptr_t limbs) {
+        share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
+          using T = ScalarOf<decltype(ws)>;
+          share_count_leaves<T>(c.args<T>(poll), ws, c.key_bins<T>(), c.key_leaves<T>(), ptr<int64_t>(counts),
+                                ptr<int64_t>(limbs));
+          return 0;
+        });
+      },
+      py::arg("dtype"), py::arg("call"), py::arg("counts"), py::arg("limbs"),
+      "Step 2b: this rank's pairs per leaf into counts and limbs (totals[2] of each, as in step 1).");
+  m.def(
+      "cdf_share_classify_leaves",
+      [](int dtype, const py::dict& call, uintptr_t counts, uintptr_t limbs, uintptr_t totals) {
+        share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
+          using T = ScalarOf<decltype(ws)>;
+          share_classify_leaves<T>(c.args<T>(poll), ws, c.key_bins<T>(), c.key_leaves<T>(),
+                                   ptr<const int64_t>(counts), ptr<const int64_t>(limbs), ptr<int64_t>(totals));
+          return 0;
+        });
+      },
+      py::arg("dtype"), py::arg("call"), py::arg("counts"), py::arg("limbs"), py::arg("totals"),
+      "Step 2c: the all-reduced leaf counts and limbs classify the leaves; totals as step 2 without leaves.");
   m.def(
       "cdf_share_collect",
       [](int dtype, const py::dict& call, uintptr_t pos, uintptr_t neg, uintptr_t mine) {
         share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
           using T = ScalarOf<decltype(ws)>;
-          share_collect<T>(c.signed_args<T>(poll, pos, neg), ws, c.key_bins<T>(), ptr<WideEntry>(mine));
+          share_collect<T>(c.signed_args<T>(poll, pos, neg), ws, c.key_bins<T>(), c.key_leaves<T>(),
+                           ptr<WideEntry>(mine));
           return 0;
         });
       },
@@ -1711,7 +1855,8 @@ void bind_cdf_shares(py::module_& m) {
           using T = ScalarOf<decltype(ws)>;
           ForwardArgs<T> a = c.signed_args<T>(poll, pos, neg);
           a.value = ptr<double>(value);
-          share_rank<T>(a, ws, c.key_bins<T>(), ptr<const WideEntry>(all), all_count, ptr<WideEntry>(placed));
+          share_rank<T>(a, ws, c.key_bins<T>(), c.key_leaves<T>(), ptr<const WideEntry>(all), all_count,
+                        ptr<WideEntry>(placed));
           return 0;
         });
       },

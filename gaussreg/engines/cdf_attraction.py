@@ -414,26 +414,44 @@ def share_workspace_bytes(dtype: torch.dtype, n: int, d: int) -> int:
     return int(module.cdf_share_workspace_bytes(_native.dtype_code(dtype), n, d, 0, _native.num_threads()))
 
 
+SHARE_ENTRY_BYTES = 2 * 16  # every rank holds all ranks' mixed entries twice (gathered, then placed)
+
+
 def share_bytes(dtype: torch.dtype, n: int, d: int, mixed: int) -> int:
     """Working bytes of one rank's split call: the workspace, the signs kept for the backward
     and the mixed entries of all ranks, twice (gathered, then placed by bin), 16 bytes each."""
-    return share_workspace_bytes(dtype, n, d) + signs_bytes(n, 1, dtype) + 2 * 16 * mixed
+    return share_workspace_bytes(dtype, n, d) + signs_bytes(n, 1, dtype) + SHARE_ENTRY_BYTES * mixed
+
+
+def _share_capacity(max_sort_bytes: Optional[int], group) -> int:
+    """The mixed pairs every rank can hold within its sort budget (``max_sort_bytes``, else
+    ``default_sort_bytes``): the least over the ranks, so that all decide the second level
+    alike. More mixed pairs than this make the engine cut their bins into leaves."""
+    import torch.distributed as dist
+
+    budget = default_sort_bytes(torch.device("cpu")) if max_sort_bytes is None else max_sort_bytes
+    capacity = torch.tensor([max(1, budget // SHARE_ENTRY_BYTES)], dtype=torch.int64)
+    dist.all_reduce(capacity, op=dist.ReduceOp.MIN, group=group)
+    return int(capacity)
 
 
 class _ShardedCdfPairs(torch.autograd.Function):
     """sum_k |d_(k) - c'_k| with each rank of ``group`` handling its share of the pairs.
 
-    Every rank holds all n gathered points. The four engine steps (``cdf_share_*`` in
-    csrc/cpu/cdf_attraction.cpp) run with three collectives between them: an all-reduce of
-    the bin histogram (bins x 5 int64, whatever n), an all-gather of the mixed bins'
-    entries (16 bytes each), and the value comes out the same on every rank. Backward:
+    Every rank holds all n gathered points. The engine steps (``cdf_share_*`` in
+    csrc/cpu/cdf_attraction.cpp) run with collectives between them: an all-reduce of the
+    bin histogram (bins x 5 int64, whatever n), when the mixed pairs are many one more pass
+    and an all-reduce of the leaves they are cut into (the second level), an all-gather of
+    the mixed bins' or leaves' entries (16 bytes each), and the value comes out the same on
+    every rank. Backward:
     each rank adds its own pairs' terms to every point's gradient, times the world size,
     so that the gather's backward (a sum over ranks) gives world size times the gradient,
     the convention of ``gaussreg.distributed``.
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, source: dict, process_group, rank: int, world: int, stats: Optional[dict]) -> Tensor:
+    def forward(ctx, z: Tensor, source: dict, process_group, rank: int, world: int, stats: Optional[dict],
+                max_sort_bytes: Optional[int]) -> Tensor:
         import torch.distributed as dist
 
         from .. import distributed
@@ -445,19 +463,25 @@ class _ShardedCdfPairs(torch.autograd.Function):
         what = "cdf_attraction"
         ws_bytes = share_workspace_bytes(z.dtype, n, d)
         workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, z.device, what)
-        layout = torch.zeros(3, dtype=torch.int64)  # the bins, from step 1 to the others
+        layout = torch.zeros(6, dtype=torch.int64)  # the bins and leaves, from steps 1 and 2 to the others
         call = _share_call(z, source, rank, world, workspace, ws_bytes, layout)
+        call["capacity"] = _share_capacity(max_sort_bytes, group)
         most = int(module.ks_distances_bin_count(n, 0))
         counts = torch.zeros(most, dtype=torch.int64)
         limbs = torch.zeros(most, 4, dtype=torch.int64)
         bins = int(module.cdf_share_count(code, call, counts.data_ptr(), limbs.data_ptr()))
         my_pairs = int(counts[:bins].sum())
-        histogram = torch.cat([counts[:bins, None], limbs[:bins]], 1).contiguous()
-        dist.all_reduce(histogram, group=group)
-        counts, limbs = histogram[:, 0].contiguous(), histogram[:, 1:].contiguous()
-        totals = torch.zeros(2, dtype=torch.int64)
+        counts, limbs = _all_reduce_histogram(counts[:bins], limbs[:bins], group)
+        totals = torch.zeros(3, dtype=torch.int64)
         module.cdf_share_classify(code, call, counts.data_ptr(), limbs.data_ptr(), totals.data_ptr())
-        mine_count, all_count = (int(t) for t in totals)
+        leaves = int(totals[2])
+        if leaves:  # the second level: the mixed bins cut into leaves, counted by one more split pass
+            counts = torch.zeros(leaves, dtype=torch.int64)
+            limbs = torch.zeros(leaves, 4, dtype=torch.int64)
+            module.cdf_share_count_leaves(code, call, counts.data_ptr(), limbs.data_ptr())
+            counts, limbs = _all_reduce_histogram(counts, limbs, group)
+            module.cdf_share_classify_leaves(code, call, counts.data_ptr(), limbs.data_ptr(), totals.data_ptr())
+        mine_count, all_count, _ = (int(t) for t in totals)
         # Free memory differs between ranks: they agree on the verdict (all raise or none).
         need = share_bytes(z.dtype, n, d, all_count)
         distributed.checked_together(process_group, lambda: _native.check_fits(need, z.device, what))
@@ -472,7 +496,8 @@ class _ShardedCdfPairs(torch.autograd.Function):
         ctx.save_for_backward(z, signs)
         ctx.rank, ctx.world = rank, world
         if stats is not None:
-            stats.update(pairs=my_pairs, mixed_pairs=mine_count, all_mixed_pairs=all_count, bins=bins)
+            stats.update(pairs=my_pairs, mixed_pairs=mine_count, all_mixed_pairs=all_count, bins=bins,
+                         refined_bins=int(layout[5]))
         return value
 
     @staticmethod
@@ -484,7 +509,7 @@ class _ShardedCdfPairs(torch.autograd.Function):
         module.cdf_pairs_backward(_native.dtype_code(z.dtype), n, d, z.data_ptr(), 1, signs[0].data_ptr(),
                                   signs[1].data_ptr(), 0, float(g_value) * ctx.world, grad.data_ptr(),
                                   _native.num_threads(), ctx.rank, ctx.world)
-        return first_order_only(grad, "cdf_attraction", z), None, None, None, None, None
+        return first_order_only(grad, "cdf_attraction", z), None, None, None, None, None, None
 
 
 def _share_call(z: Tensor, source: dict, rank: int, world: int, workspace: Tensor, ws_bytes: int,
@@ -500,6 +525,15 @@ def _share_call(z: Tensor, source: dict, rank: int, world: int, workspace: Tenso
     else:
         call.update(source=SOURCE_EMPIRICAL, values=source["values"].data_ptr(), count=source["values"].shape[0])
     return call
+
+
+def _all_reduce_histogram(counts: Tensor, limbs: Tensor, group) -> Tuple[Tensor, Tensor]:
+    """Every rank's counts and significand limbs summed (int64: exact in any order)."""
+    import torch.distributed as dist
+
+    histogram = torch.cat([counts[:, None], limbs], 1).contiguous()
+    dist.all_reduce(histogram, group=group)
+    return histogram[:, 0].contiguous(), histogram[:, 1:].contiguous()
 
 
 def _gather_entries(mine: Tensor, all_count: int, group) -> Tensor:
@@ -522,12 +556,15 @@ def _gather_entries(mine: Tensor, all_count: int, group) -> Tensor:
     return every
 
 
-def sharded_cdf_pairs(z: Tensor, source: dict, process_group, stats: Optional[dict] = None) -> Tensor:
+def sharded_cdf_pairs(z: Tensor, source: dict, process_group, stats: Optional[dict] = None,
+                      max_sort_bytes: Optional[int] = None) -> Tensor:
     """sum_k |d_(k) - c'_k| (p = 1) of the gathered points z, each rank of ``process_group``
     ranking its share of the pairs; float64, the same on every rank, differentiable in z
-    (gradient convention of ``gaussreg.distributed``). CPU, eager mode. ``stats``, a dict,
-    receives this rank's ``pairs`` and ``mixed_pairs``, all ranks' ``all_mixed_pairs`` and
-    the ``bins``."""
+    (gradient convention of ``gaussreg.distributed``). CPU, eager mode. ``max_sort_bytes``
+    bounds the mixed pairs' entries a rank holds before the second level is forced (None:
+    ``default_sort_bytes``; the least over the ranks counts). ``stats``, a dict,
+    receives this rank's ``pairs`` and ``mixed_pairs``, all ranks' ``all_mixed_pairs``, the
+    ``bins`` and the ``refined_bins`` of the second level (0: none)."""
     from .. import distributed
 
     if z.device.type != "cpu" or z.dtype not in (torch.float32, torch.float64) or z.dim() != 2 \
@@ -535,4 +572,4 @@ def sharded_cdf_pairs(z: Tensor, source: dict, process_group, stats: Optional[di
         raise ValueError(f"sharded_cdf_pairs: z must be a contiguous (n >= 2, D) float32/float64 CPU tensor "
                          f"and the CPU module built, got {z.dtype} {tuple(z.shape)} on {z.device}")
     rank, world = distributed.rank_and_size(process_group)
-    return _ShardedCdfPairs.apply(z, source, process_group, rank, world, stats)
+    return _ShardedCdfPairs.apply(z, source, process_group, rank, world, stats, max_sort_bytes)

@@ -57,8 +57,10 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
             pair's, or with p = 1 on the CPU the pairs of mixed histogram bins; and an
             Empirical target's table when that takes at most half of it); default a
             quarter of RAM on CPU, half the free memory on a GPU. Beyond it the engine
-            collects in several passes, regenerating the distances each pass: slower,
-            same exact result. Chi2 targets need no table beyond 65536 pairs. A long call
+            (p = 1, CPU) first cuts the mixed bins into finer leaves with one more pass,
+            then collects in several passes, regenerating the distances each pass:
+            slower, same exact result. Split across ranks, each rank holds all mixed
+            pairs (32 bytes each) within it (the least budget of the ranks). Chi2 targets need no table beyond 65536 pairs. A long call
             on the CPU stops at Ctrl-C (KeyboardInterrupt) within about a second.
 
         process_group: compute the loss on the global batch of all ranks (a
@@ -109,7 +111,7 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
         pairs = cdf_engine.pair_count(n)
         if _splits_pairs(zc, p, process_group):
             source = cdf_engine.quantile_source(zc, distances_target, plan, "distances_target")
-            total = cdf_engine.sharded_cdf_pairs(zc, source, process_group)
+            total = cdf_engine.sharded_cdf_pairs(zc, source, process_group, max_sort_bytes=max_sort_bytes)
         else:
             total = _distances_sum(zc, distances_target, p, plan)
         terms.append(distances_weight * (total / pairs).to(dtype))
