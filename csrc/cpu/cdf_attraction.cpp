@@ -1024,6 +1024,15 @@ void write_leaves(const KeyLeaves<T>& leaves, int64_t* layout) {
   layout[5] = static_cast<int64_t>(leaves.used);
 }
 
+// This rank's counts and significand sums of slots [lo, hi), for the caller's all-reduce.
+template <typename T>
+void write_histogram(const SelectWorkspace<T>& ws, uint64_t lo, uint64_t hi, int64_t* counts, int64_t* limbs) {
+  for (uint64_t b = lo; b < hi; ++b) {
+    counts[b - lo] = static_cast<int64_t>(ws.hist[b].count);
+    write_limbs<T>(ws.hist[b].sum, limbs + kSumLimbs * (b - lo));
+  }
+}
+
 // Also writes the bins to `layout`, which the later steps take instead of sampling them again.
 template <typename T>
 uint64_t share_count(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, int64_t* counts, int64_t* limbs,
@@ -1036,12 +1045,8 @@ uint64_t share_count(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, int6
   layout[2] = static_cast<int64_t>(bins.range);
   write_leaves(KeyLeaves<T>{}, layout);
   count_bins(a, plan, ws, bins);
-  const uint64_t count = bins.count();
-  for (uint64_t b = 0; b < count; ++b) {
-    counts[b] = static_cast<int64_t>(ws.hist[b].count);
-    write_limbs<T>(ws.hist[b].sum, limbs + kSumLimbs * b);
-  }
-  return count;
+  write_histogram(ws, 0, bins.count(), counts, limbs);
+  return bins.count();
 }
 
 // Replaces this rank's counts of slots [lo, hi) by the all-reduced ones, keeping this rank's
@@ -1109,10 +1114,7 @@ void share_count_leaves(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, c
                         const KeyLeaves<T>& leaves, int64_t* counts, int64_t* limbs) {
   const Plan plan = make_plan(a.n, 1, a.threads);
   count_leaves(a, plan, ws, bins, leaves);
-  for (uint64_t l = 0; l < leaves.slots(); ++l) {
-    counts[l] = static_cast<int64_t>(ws.hist[leaves.first + l].count);
-    write_limbs<T>(ws.hist[leaves.first + l].sum, limbs + kSumLimbs * l);
-  }
+  write_histogram(ws, leaves.first, leaves.first + leaves.slots(), counts, limbs);
 }
 
 // Step 2c: the all-reduced leaf counts classify the leaves; totals as share_mixed_totals.
