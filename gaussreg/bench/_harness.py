@@ -2,7 +2,19 @@
 
 A family script declares only what it measures -- :class:`Case` objects, each with an
 input builder, the :class:`Impl` s to compare and a FLOP count -- and calls :func:`main`.
-Everything else lives here and is the same for every family:
+Everything else is the same for every family, in these modules:
+
+* ``_cases``: :class:`Case` and :class:`Impl`, and running an implementation on a case's inputs.
+* ``_harness`` (this module): the command line, the measurement (:func:`run_cases`) and
+  :func:`main`, the entry point of every family script.
+* ``_environment``: device name, versions, build commit, the matmul rate and copy bandwidth
+  behind the floor, and the metadata every output is stamped with.
+* ``_memory``: CPU peak memory, measured in fresh subprocesses after all timings.
+* ``_output``: the printed table and the JSON, CSV and PNG files.
+* ``_util``: small helpers the others share (out-of-memory errors, timing one call).
+* ``floors``: the FLOP and byte counts, and the floor they give.
+
+What this module does:
 
 * **Correctness before speed.** Before its first timing each implementation is compared
   with the case's oracle (``gaussreg.reference``) in float64 on a small input (value,
@@ -15,47 +27,23 @@ Everything else lives here and is the same for every family:
   forward+backward, and forward-only under ``torch.no_grad``; backward as the difference
   of the two medians (``bwd_est_s``). ``time.perf_counter`` on
   CPU; CUDA events with ``torch.cuda.synchronize`` before each timed call on GPU.
-* **Memory.** CPU: the extra resident memory of one forward+backward call beyond its
-  inputs, measured after all timings in a fresh subprocess (``--mem-isolation run``, the
-  default, or ``case``) that runs on the parent's ``sys.path`` and checks that it imported
-  the same gaussreg package (a row whose memory could not be measured says why): before
-  each call the inputs are built, freed heap pages are returned (``malloc_trim``) and the
-  peak RSS is reset through ``/proc/self/clear_refs``, so VmHWM - VmRSS is that call's
-  own; a tiny call per implementation first keeps one-time library initialisation out. ``--mem-isolation call`` (also the fallback where
-  clear_refs is not writable) starts one subprocess per call and reports the peak after
-  the call minus the peak after building the inputs (VmHWM, or ``ru_maxrss`` without
-  /proc; VmHWM because Linux carries a forking parent's RSS into the child's
-  ``ru_maxrss``, which would hide every call smaller than the benchmark process). CUDA:
+* **Memory.** CPU: after all timings, in fresh subprocesses (``_memory``). CUDA:
   ``torch.cuda.max_memory_allocated`` above the allocation before the call.
 * **Failures are results.** Out-of-memory, a call slower than ``--timeout``, an exception,
   a size an implementation is not run at (``Impl.max_n``) or one whose estimated memory
   (``Impl.bytes_needed``) exceeds what is available: each becomes a row with a status and
   a note, and larger sizes of that implementation are skipped after a failure.
 * **Efficiency.** GFLOP/s from the case's FLOP count, and measured/floor with
-  floor = FLOPs / the rate of a large matmul timed on the same device in the same run.
-  That rate is an *achievable-peak proxy*, not the datasheet peak.
-* **Output.** A printed table, and JSON + CSV + PNG (time vs n, log-log, one line per
-  implementation, plus the floor) under ``./gaussreg-bench-results/<device-slug>/`` of the
-  current directory (``--results-dir`` / ``--out`` elsewhere), stamped with
-  the device, torch/gaussreg versions, the commit gaussreg was built from (recorded by
-  setup.py, not read from the current directory), thread count and date. Without
-  matplotlib the plot is skipped with a message.
+  floor = max(FLOPs / the rate of a large matmul, bytes / the bandwidth of a large copy),
+  both timed on the same device in the same run (``_environment``, ``floors``).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import ctypes
-import datetime
 import gc
-import json
 import math
 import os
-import platform
-import re
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -66,11 +54,11 @@ import torch
 
 from . import floors
 from .._progress import Progress
-
-# Relative to the current directory: the package may be installed read-only, and a run
-# inside a checkout must not overwrite the committed results (bench/results/) unless asked.
-DEFAULT_RESULTS_DIR = Path("gaussreg-bench-results")
-_MEM_TAG = "@@bench-mem "  # prefix of the memory worker's result lines on stdout
+from ._cases import Case, Impl, _clear_grads, _forward_backward, _forward_only, _leaves, _value_and_grads
+from ._environment import measure_copy_bandwidth, measure_matmul_rate, metadata
+from ._memory import _memory_cpu, _memory_worker
+from ._output import CSV_FIELDS, DEFAULT_RESULTS_DIR, _load, _ms, format_table, write_outputs
+from ._util import _DTYPES, _available_bytes, _release, _short, _time_once, is_oom
 
 FLOOR_NOTE = ("floor = max(FLOPs / the rate of a {size}^3 {dtype} matmul, bytes / the bandwidth of a {copy_mib} MiB "
               "copy), both timed on this device in this run (best of {repeats}; gaussreg/bench/floors.py counts FLOPs and "
@@ -78,309 +66,8 @@ FLOOR_NOTE = ("floor = max(FLOPs / the rate of a {size}^3 {dtype} matmul, bytes 
 
 
 # ---------------------------------------------------------------------------
-# What a family script declares
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class Impl:
-    """One implementation of a case.
-
-    Attributes:
-        name: short label (table, CSV, plot legend).
-        fn: ``fn(*inputs) -> 0-dim loss tensor``; inputs come from ``Case.make_inputs``.
-        max_n: sizes above it are not run (recorded as ``skipped`` with ``max_n_note``).
-        max_n_note: why, e.g. "n > --ref-max-n 1024 (O(n^2 D) memory and time)".
-        bytes_needed: ``(n, d, itemsize) -> bytes`` estimate of its working memory; a size
-            whose estimate exceeds ``--mem-fraction`` of the available memory is skipped
-            (so an O(n^2 D) implementation is not run into the kernel's OOM killer).
-        unavailable: None when usable, else why not (e.g. "pykeops is not installed").
-        oracle_only: run only as the correctness oracle, never timed (set by ``--impls``).
-        details: ``fn(*inputs) -> dict`` of what the implementation reports about one call
-            (e.g. the fraction of pairs a selection sorted), run once per size, untimed,
-            and written to the row's ``details`` field.
-    """
-
-    name: str
-    fn: Callable[..., torch.Tensor]
-    max_n: Optional[int] = None
-    max_n_note: str = ""
-    bytes_needed: Optional[Callable[[int, int, int], float]] = None
-    unavailable: Optional[str] = None
-    oracle_only: bool = False
-    details: Optional[Callable[..., dict]] = None
-
-
-@dataclass
-class Case:
-    """One quantity to benchmark over n.
-
-    Attributes:
-        name: short label, also used by ``--cases``.
-        make_inputs: ``(n, d, dtype, device, seed) -> tuple of tensors``; tensors that should
-            receive gradients have ``requires_grad=True``. Different seeds give the rotated sets.
-        impls: the implementations compared.
-        cost: ``(n, d, itemsize, backward) -> floors.Cost(flops, bytes)`` of one call
-            (forward+backward when ``backward``), or None for no FLOP/s and floor columns.
-        oracle: name of the impl that the float64 small-case check compares against.
-        size_oracles: impl names tried in order for the float64 run at each timed size.
-        gate_rtol: tolerance of the float64 small-case check (value relative to the
-            oracle's value, gradients norm-wise relative).
-        description: one line printed above the case.
-    """
-
-    name: str
-    make_inputs: Callable[[int, int, torch.dtype, torch.device, int], Tuple[torch.Tensor, ...]]
-    impls: List[Impl]
-    cost: Optional[Callable[[int, int, int, bool], "floors.Cost"]] = None
-    oracle: str = "reference"
-    size_oracles: Sequence[str] = ("reference",)
-    gate_rtol: float = 1e-9
-    description: str = ""
-
-
-# ---------------------------------------------------------------------------
-# Small utilities
-# ---------------------------------------------------------------------------
-
-
-def is_oom(exc: BaseException) -> bool:
-    """Whether an exception means 'not enough memory' (CPU or CUDA, torch or gaussreg)."""
-    if isinstance(exc, MemoryError):
-        return True
-    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
-        return True
-    text = str(exc).lower()
-    return any(s in text for s in ("out of memory", "can't allocate", "cannot allocate", "not enough memory"))
-
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    text = f"{type(exc).__name__}: {first}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _leaves(inputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-    return [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-
-
-def _clear_grads(inputs: Sequence[torch.Tensor]) -> None:
-    for t in _leaves(inputs):
-        t.grad = None
-
-
-def _forward_backward(impl: Impl, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    loss = impl.fn(*inputs)
-    if _leaves(inputs):
-        loss.backward()
-    return loss
-
-
-def _forward_only(impl: Impl, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return impl.fn(*inputs)
-
-
-def _time_once(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds of one call: CUDA events (after a synchronize) on GPU, perf_counter on CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def _stats(times: List[float]) -> Dict[str, float]:
-    if len(times) >= 2:
-        q = statistics.quantiles(times, n=4, method="inclusive")
-        iqr = q[2] - q[0]
-    else:
-        iqr = 0.0
-    return {"median": statistics.median(times), "iqr": iqr, "min": min(times)}
-
-
-def _value_and_grads(impl: Impl, inputs: Sequence[torch.Tensor]) -> Tuple[float, List[torch.Tensor]]:
-    _clear_grads(inputs)
-    loss = _forward_backward(impl, inputs)
-    value = float(loss.detach())
-    grads = [t.grad.detach().clone() if t.grad is not None else torch.zeros_like(t) for t in _leaves(inputs)]
-    _clear_grads(inputs)
-    return value, grads
-
-
-def _errors(value: float, grads: List[torch.Tensor], ref_value: float, ref_grads: List[torch.Tensor]
-            ) -> Tuple[float, float]:
-    """(relative value error, norm-wise relative gradient error) against a float64 result."""
-    val_err = abs(value - ref_value) / max(abs(ref_value), 1e-300)
-    if not ref_grads:
-        return val_err, 0.0
-    num = math.sqrt(sum(float((g.double() - r.double()).pow(2).sum()) for g, r in zip(grads, ref_grads)))
-    den = math.sqrt(sum(float(r.double().pow(2).sum()) for r in ref_grads))
-    return val_err, num / max(den, 1e-300)
-
-
-def _as_float64(inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
-    return tuple(t.detach().to(torch.float64).requires_grad_(t.requires_grad) for t in inputs)
-
-
-def _available_bytes(device: torch.device) -> Optional[int]:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-# ---------------------------------------------------------------------------
-# Device, versions, peak rate
-# ---------------------------------------------------------------------------
-
-
-def device_name(device: torch.device) -> str:
-    """GPU name from torch, or the CPU model from /proc/cpuinfo."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def slug(name: str) -> str:
-    """'Intel(R) Xeon(R) Processor @ 2.80GHz' -> 'intel-xeon-processor-2-80ghz'."""
-    s = re.sub(r"\((r|tm|c)\)", "", name.lower())
-    s = re.sub(r"[^a-z0-9]+", "-", s).strip("-")
-    return s or "unknown-device"
-
-
-def _git(where: Path, *args: str) -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def build_commit() -> str:
-    """The commit the imported gaussreg was built from, as setup.py recorded it at build time.
-
-    Not the commit of the current directory: a run may start anywhere, and an installed
-    package does not change when the checkout it came from moves on. '+dirty' when tracked
-    files differed from it at build time; 'unknown' when not built from git or built before
-    setup.py wrote ``gaussreg/_build_info.py``.
-    """
-    try:
-        from gaussreg._build_info import GIT_COMMIT
-    except ImportError:
-        return "unknown"
-    return GIT_COMMIT
-
-
-def source_commit(package_dir: Path) -> Optional[str]:
-    """HEAD ('+dirty' as above) of the git work tree that holds ``package_dir``, or None.
-
-    Set for an editable install or a run inside a checkout, where the Python sources are
-    the tree's current ones while the compiled modules are those of the last build; None
-    for an installed copy (its directory is no work tree's root).
-    """
-    root = package_dir.parent
-    top = _git(root, "rev-parse", "--show-toplevel")
-    head = _git(root, "rev-parse", "HEAD")
-    if not top or not head or Path(top).resolve() != root.resolve():
-        return None
-    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
-    return head + ("+dirty" if dirty else "")
-
-
-def measure_matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 3) -> float:
-    """FLOP/s of a size x size @ size x size matmul: the best of ``repeats`` after a warm-up."""
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=g, dtype=dtype).to(device)
-    b = torch.randn(size, size, generator=g, dtype=dtype).to(device)
-    c = torch.empty(size, size, dtype=dtype, device=device)
-    fn = lambda: torch.mm(a, b, out=c)  # noqa: E731
-    _time_once(fn, device)
-    best = min(_time_once(fn, device) for _ in range(repeats))
-    del a, b, c
-    _release(device)
-    return 2.0 * size ** 3 / best
-
-
-def measure_copy_bandwidth(device: torch.device, nbytes: int, repeats: int = 3) -> float:
-    """Bytes/s of a device-to-device copy of ``nbytes``, counting bytes read plus bytes written."""
-    src = torch.rand(nbytes // 4, device=device)
-    dst = torch.empty_like(src)
-    fn = lambda: dst.copy_(src)  # noqa: E731
-    _time_once(fn, device)
-    best = min(_time_once(fn, device) for _ in range(repeats))
-    del src, dst
-    _release(device)
-    return 2.0 * (nbytes // 4) * 4 / best
-
-
-def metadata(family: str, args: argparse.Namespace, device: torch.device) -> dict:
-    package_dir = built = source = None
-    try:
-        import gaussreg
-        gaussreg_version = getattr(gaussreg, "__version__", "unknown")
-        backends = gaussreg.backends()
-        package_dir = Path(gaussreg.__file__).resolve().parent
-        built, source = build_commit(), source_commit(package_dir)
-    except Exception as exc:  # the harness itself does not need gaussreg
-        gaussreg_version, backends = f"not importable ({_short(exc)})", None
-    now = datetime.datetime.now(datetime.timezone.utc).astimezone()
-    name = device_name(device)
-    return {
-        "family": family,
-        "date": now.isoformat(timespec="seconds"),
-        "device": name,
-        "device_type": device.type,
-        "device_slug": slug(name),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "gaussreg": gaussreg_version,
-        "gaussreg_backends": backends,
-        "gaussreg_path": None if package_dir is None else str(package_dir),
-        "git_commit": built or "unknown",
-        "source_git_commit": source,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))},
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "argv": list(args._argv),
-    }
-
-
-# ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def make_parser(family: str, description: str, default_n: Dict[str, List[int]]) -> argparse.ArgumentParser:
@@ -446,13 +133,29 @@ def make_parser(family: str, description: str, default_n: Dict[str, List[int]]) 
 # The measurement
 # ---------------------------------------------------------------------------
 
-CSV_FIELDS = [
-    "case", "impl", "n", "d", "dtype", "device", "status", "note", "check",
-    "repeats", "fb_median_s", "fb_iqr_s", "fb_min_s", "fwd_median_s", "fwd_iqr_s", "fwd_min_s", "bwd_est_s",
-    "fb_flops", "fb_bytes", "fb_gflops", "fb_floor_s", "fb_x_floor", "fb_bound",
-    "fwd_flops", "fwd_bytes", "fwd_gflops", "fwd_floor_s", "fwd_x_floor", "fwd_bound",
-    "peak_mem_bytes", "mem_method", "size_oracle", "val_err", "grad_err", "details",
-]
+
+def _stats(times: List[float]) -> Dict[str, float]:
+    if len(times) >= 2:
+        q = statistics.quantiles(times, n=4, method="inclusive")
+        iqr = q[2] - q[0]
+    else:
+        iqr = 0.0
+    return {"median": statistics.median(times), "iqr": iqr, "min": min(times)}
+
+
+def _errors(value: float, grads: List[torch.Tensor], ref_value: float, ref_grads: List[torch.Tensor]
+            ) -> Tuple[float, float]:
+    """(relative value error, norm-wise relative gradient error) against a float64 result."""
+    val_err = abs(value - ref_value) / max(abs(ref_value), 1e-300)
+    if not ref_grads:
+        return val_err, 0.0
+    num = math.sqrt(sum(float((g.double() - r.double()).pow(2).sum()) for g, r in zip(grads, ref_grads)))
+    den = math.sqrt(sum(float(r.double().pow(2).sum()) for r in ref_grads))
+    return val_err, num / max(den, 1e-300)
+
+
+def _as_float64(inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    return tuple(t.detach().to(torch.float64).requires_grad_(t.requires_grad) for t in inputs)
 
 
 def _row(case: Case, impl: Impl, n: Optional[int], ctx: "_Ctx", status: str, note: str = "", **fields) -> dict:
@@ -689,298 +392,6 @@ def _row_line(row: dict) -> str:
     else:
         extra = f"{row['status']}: {row['note']}"
     return f"  {row['impl']:<10} n={row['n']:<6} {extra}"
-
-
-# ---------------------------------------------------------------------------
-# CPU peak memory in fresh subprocesses
-# ---------------------------------------------------------------------------
-
-
-def _proc_status_kb(key: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _proc_status_kb("VmHWM") is not None
-    except OSError:
-        return False
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _emit(record: dict) -> None:
-    print(_MEM_TAG + json.dumps(record), flush=True)
-
-
-def _memory_worker(cases: List[Case], args: argparse.Namespace, device: torch.device) -> None:
-    """Subprocess side: the extra resident memory of one forward+backward per planned (case, impl, n)."""
-    spec = json.loads(args.mem_worker)
-    if spec.get("gaussreg_dir") != _gaussreg_dir():
-        # Memory of another build would be reported as this one's.
-        sys.exit(f"memory worker: imported gaussreg from {_gaussreg_dir()}, not the parent's {spec.get('gaussreg_dir')}")
-    impls = {(c.name, i.name): (c, i) for c in cases for i in c.impls}
-    dtype, dim = _DTYPES[args.dtype], spec["dim"]
-    use_hwm = spec["method"] == "hwm" and _reset_peak_rss()
-    # Without the reset, the peak is the process's own high-water mark: VmHWM, which starts
-    # afresh at exec. (ru_maxrss does not: Linux carries the forking parent's RSS into the
-    # child's ru_maxrss, so a big benchmark process would hide every call below its size.)
-    peak_key = "VmHWM" if _proc_status_kb("VmHWM") is not None else None
-    method = (f"fresh subprocess per {spec['method_scope']}: VmHWM (reset through clear_refs) - VmRSS before the call"
-              if use_hwm else
-              f"fresh subprocess per call: {peak_key or 'ru_maxrss'} after the call - after building the inputs")
-
-    def peak_kb() -> int:
-        if peak_key is not None:
-            return _proc_status_kb(peak_key)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    # One tiny call per impl first: library initialisation (OpenMP pool, BLAS buffers,
-    # autograd engine threads) is a one-time cost, not the call's memory.
-    for key in dict.fromkeys((c, i) for c, i, _ in spec["plan"]):
-        case, impl = impls[key]
-        try:
-            _forward_backward(impl, case.make_inputs(min(64, args.check_n), dim, dtype, device, 99))
-        except Exception:
-            pass
-    for case_name, impl_name, n in spec["plan"]:
-        case, impl = impls[(case_name, impl_name)]
-        _emit({"event": "start", "case": case_name, "impl": impl_name, "n": n})
-        inputs = case.make_inputs(n, dim, dtype, device, 0)
-        gc.collect()
-        _malloc_trim()  # freed heap pages leave the RSS, so reusing them counts again
-        if use_hwm:
-            base_kb = _proc_status_kb("VmRSS")
-            _reset_peak_rss()
-        else:
-            base_kb = peak_kb()
-        record = {"event": "done", "case": case_name, "impl": impl_name, "n": n, "method": method}
-        try:
-            loss = _forward_backward(impl, inputs)
-            del loss
-            record["extra_bytes"] = (peak_kb() - base_kb) * 1024
-        except Exception as exc:
-            record["error"] = ("oom: " if is_oom(exc) else "") + _short(exc)
-        _emit(record)
-        del inputs
-        gc.collect()
-        _malloc_trim()
-
-
-# The memory worker's entry: the parent's sys.path replaces the child's before anything is
-# imported, so the child times the very gaussreg (and torch) the parent imported. `python -m`
-# would put the current directory first, and a checkout there would shadow an installed
-# build with its uncompiled sources.
-_WORKER_BOOT = ("import importlib, json, sys\n"
-                "sys.path[:] = json.loads(sys.argv[1])\n"
-                "importlib.import_module(sys.argv[2]).main(sys.argv[3:])\n")
-
-
-def _worker_command(family_module: str) -> List[str]:
-    path = [os.path.abspath(p) for p in sys.path if isinstance(p, str)]  # "" is the current directory
-    return [sys.executable, "-c", _WORKER_BOOT, json.dumps(path), family_module]
-
-
-def _gaussreg_dir() -> Optional[str]:
-    try:
-        import gaussreg
-    except Exception:  # the harness itself does not need gaussreg
-        return None
-    return str(Path(gaussreg.__file__).resolve().parent)
-
-
-def _memory_cpu(family_module: str, cases: List[Case], rows: List[dict], args: argparse.Namespace, dim: int) -> None:
-    """Parent side: fill peak_mem_bytes of the ok rows from fresh subprocesses (see --mem-isolation)."""
-    scope = args.mem_isolation
-    if scope != "call" and not _reset_peak_rss():
-        print("note: /proc/self/clear_refs is not writable here; measuring memory with one subprocess per call")
-        scope = "call"
-    by_key = {(r["case"], r["impl"], r["n"]): r for r in rows if r["status"] == "ok"}
-    order = {(c.name, i.name): (k, j) for k, c in enumerate(cases) for j, i in enumerate(c.impls)}
-    plan = sorted(by_key, key=lambda key: (order[key[:2]], key[2]))  # per impl, ascending n
-    if scope == "run":
-        batches = [plan]
-    elif scope == "case":
-        batches = [[p for p in plan if p[0] == c.name] for c in cases]
-    else:
-        batches = [[p] for p in plan]
-    batches = [b for b in batches if b]
-    print(f"  [memory] {len(plan)} calls in {len(batches)} fresh subprocess(es) (--mem-isolation {scope})", flush=True)
-
-    def annotate(key, text):
-        row = by_key[key]
-        row["note"] = (row["note"] + "; " if row["note"] else "") + text
-
-    for batch in batches:
-        while batch:
-            spec = {"plan": batch, "method": "maxrss" if scope == "call" else "hwm", "method_scope": scope,
-                    "dim": dim, "gaussreg_dir": _gaussreg_dir()}
-            cmd = [*_worker_command(family_module), *args._argv, "--_mem-worker", json.dumps(spec)]
-            started, done = None, set()
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mem_timeout)
-                out, err, rc = proc.stdout, proc.stderr, proc.returncode
-                why = f"exit status {rc}" if rc >= 0 else f"killed by signal {-rc} (likely the OOM killer)"
-            except subprocess.TimeoutExpired as exc:
-                out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-                err, rc, why = "", -1, f"timed out after {args.mem_timeout:g} s"
-            for line in out.splitlines():
-                if not line.startswith(_MEM_TAG):
-                    continue
-                rec = json.loads(line[len(_MEM_TAG):])
-                key = (rec["case"], rec["impl"], rec["n"])
-                if rec["event"] == "start":
-                    started = key
-                    continue
-                done.add(key)
-                by_key[key]["mem_method"] = rec["method"]
-                if "extra_bytes" in rec:
-                    by_key[key]["peak_mem_bytes"] = rec["extra_bytes"]
-                else:
-                    annotate(key, "memory run: " + rec["error"])
-            remaining = [p for p in batch if p not in done]
-            if rc != 0 and started is not None and started not in done:
-                annotate(started, f"memory run: worker {why}")
-                remaining = [p for p in remaining if p != started]  # go on without the call that died
-            elif remaining:
-                # Timings stay valid, but each row says why its memory is missing (a worker
-                # that cannot even import the package must not pass unnoticed).
-                print(f"  [memory] worker ended ({why}) before {len(remaining)} call(s):\n{err[-2000:]}")
-                last = (err.strip().splitlines() or [""])[-1][:200]
-                for key in remaining:
-                    annotate(key, f"memory run: worker {why} before this call" + (f" ({last})" if last else ""))
-                remaining = []
-            batch = remaining
-
-
-# ---------------------------------------------------------------------------
-# Output
-# ---------------------------------------------------------------------------
-
-
-def _ms(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "-"
-    ms = seconds * 1e3
-    if ms >= 100:
-        return f"{ms:.0f}"
-    if ms >= 10:
-        return f"{ms:.1f}"
-    return f"{ms:.2f}"
-
-
-def _load(avg) -> str:
-    return "-" if not avg else "/".join(f"{x:.1f}" for x in avg)
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def format_table(rows: List[dict]) -> str:
-    head = ["case", "impl", "n", "D", "fb med ms", "IQR", "min", "fwd med ms", "GFLOP/s", "floor ms", "x floor",
-            "peak MiB", "val err", "grad err", "status / note"]
-    lines = []
-    for r in rows:
-        note = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['note']}"
-        if r["status"] == "ok" and r["note"]:
-            note += f" ({r['note']})"
-        lines.append([
-            r["case"], r["impl"], "-" if r["n"] is None else str(r["n"]), str(r["d"]),
-            _ms(r["fb_median_s"]), _ms(r["fb_iqr_s"]), _ms(r["fb_min_s"]), _ms(r["fwd_median_s"]),
-            _fmt(r["fb_gflops"], ".1f"), _ms(r["fb_floor_s"]), _fmt(r["fb_x_floor"], ".1f"),
-            _fmt(None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20, ".1f"),
-            _fmt(r["val_err"], ".0e"), _fmt(r["grad_err"], ".0e"), note,
-        ])
-    widths = [max(len(head[k]), *(len(l[k]) for l in lines)) if lines else len(head[k]) for k in range(len(head) - 1)]
-    fmt_line = lambda cells: "  ".join(  # noqa: E731
-        [c.ljust(w) if k < 2 else c.rjust(w) for k, (c, w) in enumerate(zip(cells[:-1], widths))] + [cells[-1]])
-    out = [fmt_line(head), fmt_line(["-" * w for w in widths] + ["-" * 13])]
-    prev_case = None
-    for cells in lines:
-        if prev_case is not None and cells[0] != prev_case:
-            out.append("")
-        prev_case = cells[0]
-        out.append(fmt_line(cells))
-    return "\n".join(out)
-
-
-def write_outputs(family: str, meta: dict, rows: List[dict], args: argparse.Namespace,
-                  floor_fn: Optional[Dict[str, Callable[[int], float]]]) -> List[Path]:
-    out_dir = (args.out or (args.results_dir / meta["device_slug"])).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = family + (f"-{args.tag}" if args.tag else "")
-    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.csv"]
-    with open(paths[0], "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
-    with open(paths[1], "w", newline="") as f:
-        # Stamp lines first (CSV readers: skip lines starting with '#').
-        for key in ("family", "date", "device", "torch", "gaussreg", "git_commit", "threads", "floor_note"):
-            f.write(f"# {key}: {meta.get(key)}\n")
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    if not args.no_plot:
-        png = out_dir / f"{stem}.png"
-        if plot(png, meta, rows, floor_fn):
-            paths.append(png)
-    return paths
-
-
-def plot(path: Path, meta: dict, rows: List[dict], floor_fn: Optional[Dict[str, Callable[[int, int], float]]]) -> bool:
-    """Forward+backward time vs n (log-log), one panel per case and D, one line per impl, plus the floor."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipped the plot (pip install matplotlib to get it)")
-        return False
-    panels = list(dict.fromkeys((r["case"], r["d"]) for r in rows))
-    several_d = len({d for _, d in panels}) > 1
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), squeeze=False)
-    for ax, (case, d) in zip(axes.flat, panels):
-        case_rows = [r for r in rows if r["case"] == case and r["d"] == d]
-        for impl in dict.fromkeys(r["impl"] for r in case_rows):
-            pts = sorted((r["n"], r["fb_median_s"]) for r in case_rows
-                         if r["impl"] == impl and r["status"] == "ok" and r["fb_median_s"])
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
-        ns = sorted({r["n"] for r in case_rows if r["n"] is not None})
-        if floor_fn and case in floor_fn and ns:
-            ax.plot(ns, [floor_fn[case](n, d) for n in ns], "k--", linewidth=1, label="floor (gaussreg/bench/floors.py)")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(f"{case}, D = {d}" if several_d else case)
-        ax.set_xlabel("n")
-        ax.set_ylabel("forward+backward time [s]")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    fig.suptitle(f"{meta['family']}: {meta['device']} ({meta['threads']} threads), D={meta.get('dim')}, "
-                 f"{meta.get('dtype')}; torch {meta['torch']}, gaussreg {meta['gaussreg']}, "
-                 f"{meta['git_commit'][:12]}, {meta['date'][:10]}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
 
 
 # ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from . import _harness
+from . import _environment, _output
 
 LOSSES: Dict[str, Callable] = {}
 
@@ -156,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gaussreg bench distributed", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=f"Output: a table on stdout and distributed.json under "
-                                       f"./{_harness.DEFAULT_RESULTS_DIR}/<device>/ (--results-dir: elsewhere).")
+                                       f"./{_output.DEFAULT_RESULTS_DIR}/<device>/ (--results-dir: elsewhere).")
     p.add_argument("--n", type=int, default=8192, help="global batch size N (default 8192)")
     p.add_argument("--dim", type=int, default=64, help="D (default 64)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -168,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="default: gaussian_l2_to_normal gaussian_l2 mmd cw_distance cdf_attraction")
     p.add_argument("--repeats", type=int, default=3, help="timed A B pairs after one warm-up pair (default 3)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds a collective may wait (default 1800)")
-    p.add_argument("--results-dir", type=Path, default=Path(_harness.DEFAULT_RESULTS_DIR))
+    p.add_argument("--results-dir", type=Path, default=Path(_output.DEFAULT_RESULTS_DIR))
     p.add_argument("--no-save", action="store_true", help="print only")
     return p
 
@@ -183,7 +183,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     if args.backend == "nccl" and torch.cuda.device_count() < args.world:
         _parser().error(f"--backend nccl needs {args.world} GPUs (one a rank), torch sees {torch.cuda.device_count()}")
     device = torch.device("cuda:0" if args.backend == "nccl" else args.device)
-    name = _harness.device_name(device)
+    name = _environment.device_name(device)
     load = os.getloadavg()
     print(f"distributed: {name}, N = {args.n}, D = {args.dim}, {args.dtype}, {args.world} {args.backend} ranks x "
           f"{args.threads} thread(s) against 1 process x {args.threads}; {args.repeats} A B pairs; "
@@ -195,13 +195,13 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
         with open(out) as f:
             rows = json.load(f)
     meta = {"family": "distributed", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": name, "torch": torch.__version__, "git_commit": _harness.build_commit(),
+            "device": name, "torch": torch.__version__, "git_commit": _environment.build_commit(),
             "loadavg_at_start": load, "loadavg_at_end": os.getloadavg(), "cpu_count": os.cpu_count(),
             "argv": list(sys.argv[1:] if argv is None else argv),
             **{k: getattr(args, k) for k in ("n", "dim", "dtype", "world", "threads", "backend", "repeats")}}
     print(f"load at end {meta['loadavg_at_end'][0]:.2f}")
     if not args.no_save:
-        out_dir = args.results_dir / _harness.slug(name)
+        out_dir = args.results_dir / _environment.slug(name)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"distributed-w{args.world}-{args.backend}.json"
         with open(path, "w") as f:
