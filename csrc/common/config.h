@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -23,10 +24,27 @@ inline bool is_float(int dtype) {
   return dtype == static_cast<int>(DType::Float32);
 }
 
+// fn(float{}) or fn(double{}) for a dtype code: the one dispatch of every binding.
+template <typename Fn>
+auto by_dtype(int dtype, Fn&& fn) {
+  return is_float(dtype) ? fn(float{}) : fn(double{});
+}
+
 // Pointers cross the Python boundary as integers (tensor.data_ptr()).
 template <typename T>
 T* ptr(std::uintptr_t address) {
   return reinterpret_cast<T*>(address);
+}
+
+// A binding's required pointers: the first that is null raises std::invalid_argument (a
+// ValueError in Python) naming it, instead of a crash in the kernel.
+struct NamedPointer {
+  const char* name;
+  std::uintptr_t address;
+};
+inline void require_pointers(const char* what, std::initializer_list<NamedPointer> pointers) {
+  for (const NamedPointer& p : pointers)
+    if (p.address == 0) throw std::invalid_argument(std::string(what) + ": null pointer for " + p.name);
 }
 
 }  // namespace gaussreg

@@ -1656,11 +1656,6 @@ void ks_collect_typed(int64_t n, int64_t d, uintptr_t z, uint64_t bins, uintptr_
 
 // ---- shares across ranks: one argument pack for the four steps and the backward
 
-template <typename Fn>
-auto by_dtype(int dtype, Fn&& fn) {
-  return is_float(dtype) ? fn(float{}) : fn(double{});
-}
-
 // What every step takes: the points, the quantile source, the bins, this rank's share and
 // the workspace (the same one through all four steps).
 struct ShareCall {

@@ -107,13 +107,14 @@ void bind_epps_pulley(py::module_& m) {
       [](int dtype, int64_t slices, int64_t n, uintptr_t u, int knots, double delta, uintptr_t cos_sums,
          uintptr_t sin_sums, int threads) {
         check_epps_pulley_sizes(slices, n, knots);
-        py::gil_scoped_release release;
-        if (dtype == static_cast<int>(DType::Float32))
-          moments(MomentsArgs<float>{ptr<const float>(u), slices, n, knots, delta, ptr<double>(cos_sums),
-                                     ptr<double>(sin_sums), threads_of(threads)});
-        else
-          moments(MomentsArgs<double>{ptr<const double>(u), slices, n, knots, delta, ptr<double>(cos_sums),
-                                      ptr<double>(sin_sums), threads_of(threads)});
+        require_pointers("epps_pulley_forward", {{"u", u}, {"cos_sums", cos_sums}, {"sin_sums", sin_sums}});
+        by_dtype(dtype, [&](auto t) {
+          using T = decltype(t);
+          py::gil_scoped_release release;
+          moments(MomentsArgs<T>{ptr<const T>(u), slices, n, knots, delta, ptr<double>(cos_sums),
+                                 ptr<double>(sin_sums), threads_of(threads)});
+          return 0;
+        });
       },
       py::arg("dtype"), py::arg("slices"), py::arg("n"), py::arg("u"), py::arg("knots"), py::arg("delta"),
       py::arg("cos_sums"), py::arg("sin_sums"), py::arg("num_threads"),
@@ -123,15 +124,16 @@ void bind_epps_pulley(py::module_& m) {
       [](int dtype, int64_t slices, int64_t n, uintptr_t u, int knots, double delta, uintptr_t grad_cos,
          uintptr_t grad_sin, uintptr_t grad_u, int threads) {
         check_epps_pulley_sizes(slices, n, knots);
-        py::gil_scoped_release release;
-        if (dtype == static_cast<int>(DType::Float32))
-          moments_backward(MomentsBackwardArgs<float>{ptr<const float>(u), slices, n, knots, delta,
-                                                      ptr<const double>(grad_cos), ptr<const double>(grad_sin),
-                                                      ptr<float>(grad_u), threads_of(threads)});
-        else
-          moments_backward(MomentsBackwardArgs<double>{ptr<const double>(u), slices, n, knots, delta,
-                                                       ptr<const double>(grad_cos), ptr<const double>(grad_sin),
-                                                       ptr<double>(grad_u), threads_of(threads)});
+        require_pointers("epps_pulley_backward",
+                         {{"u", u}, {"grad_cos", grad_cos}, {"grad_sin", grad_sin}, {"grad_u", grad_u}});
+        by_dtype(dtype, [&](auto t) {
+          using T = decltype(t);
+          py::gil_scoped_release release;
+          moments_backward(MomentsBackwardArgs<T>{ptr<const T>(u), slices, n, knots, delta,
+                                                  ptr<const double>(grad_cos), ptr<const double>(grad_sin),
+                                                  ptr<T>(grad_u), threads_of(threads)});
+          return 0;
+        });
       },
       py::arg("dtype"), py::arg("slices"), py::arg("n"), py::arg("u"), py::arg("knots"), py::arg("delta"),
       py::arg("grad_cos"), py::arg("grad_sin"), py::arg("grad_u"), py::arg("num_threads"),

@@ -390,6 +390,7 @@ void check_args(const PairSumArgs<T>& a) {
   if (a.n < 1 || a.d < 1 || (a.y != nullptr && a.m < 1))
     throw std::invalid_argument("pair_sum: empty input (n=" + std::to_string(a.n) + ", m=" + std::to_string(a.m) +
                                 ", d=" + std::to_string(a.d) + ")");
+  if (a.x == nullptr) throw std::invalid_argument("pair_sum: null pointer for x");
   if (a.value == nullptr) throw std::invalid_argument("pair_sum: no output for the value");
   if (a.grad_x == nullptr && a.grad_y != nullptr)
     throw std::invalid_argument("pair_sum: a y gradient alone is not computed; swap x and y");

@@ -187,13 +187,14 @@ void bind_segmented(py::module_& m) {
         check_segmented_sizes(segments, n, p);
         if (targets_kind != 0 && targets_kind != 1)
           throw std::invalid_argument("segmented_forward: targets_kind must be 0 (shared) or 1 (per segment)");
-        py::gil_scoped_release release;
-        if (is_float(dtype))
-          forward_typed<float>(segments, n, values, torus, targets_kind, targets, p, value, slope, sorted_slope,
-                               workspace, ws_bytes, threads);
-        else
-          forward_typed<double>(segments, n, values, torus, targets_kind, targets, p, value, slope, sorted_slope,
-                                workspace, ws_bytes, threads);
+        require_pointers("segmented_forward", {{"values", values}, {"targets", targets}, {"value", value},
+                                               {"slope", slope}, {"workspace", workspace}});
+        by_dtype(dtype, [&](auto t) {
+          py::gil_scoped_release release;
+          forward_typed<decltype(t)>(segments, n, values, torus, targets_kind, targets, p, value, slope, sorted_slope,
+                                     workspace, ws_bytes, threads);
+          return 0;
+        });
       },
       py::arg("dtype"), py::arg("segments"), py::arg("n"), py::arg("values"), py::arg("torus"),
       py::arg("targets_kind"), py::arg("targets"), py::arg("p"), py::arg("value"), py::arg("slope"),
@@ -205,13 +206,14 @@ void bind_segmented(py::module_& m) {
       [](int dtype, int64_t segments, int64_t n, uintptr_t values, uintptr_t counts, uintptr_t workspace,
          std::size_t ws_bytes, int threads) {
         check_segmented_sizes(segments, n, 1);
-        py::gil_scoped_release release;
-        if (is_float(dtype))
-          counts_at_or_below<float>(ptr<const float>(values), segments, n, ptr<int64_t>(counts), ptr<void>(workspace),
-                                    ws_bytes, threads);
-        else
-          counts_at_or_below<double>(ptr<const double>(values), segments, n, ptr<int64_t>(counts),
-                                     ptr<void>(workspace), ws_bytes, threads);
+        require_pointers("segmented_counts", {{"values", values}, {"counts", counts}, {"workspace", workspace}});
+        by_dtype(dtype, [&](auto t) {
+          using T = decltype(t);
+          py::gil_scoped_release release;
+          counts_at_or_below<T>(ptr<const T>(values), segments, n, ptr<int64_t>(counts), ptr<void>(workspace), ws_bytes,
+                                threads);
+          return 0;
+        });
       },
       py::arg("dtype"), py::arg("segments"), py::arg("n"), py::arg("values"), py::arg("counts"), py::arg("workspace"),
       py::arg("workspace_bytes"), py::arg("num_threads"),

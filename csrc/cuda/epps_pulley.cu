@@ -175,8 +175,7 @@ void bind_epps_pulley(py::module_& m) {
       [](int dtype, int64_t slices, int64_t n, uintptr_t u, int knots, double delta, uintptr_t cos_sums,
          uintptr_t sin_sums, uintptr_t stream) {
         check_epps_pulley_sizes(slices, n, knots);
-        if (u == 0 || cos_sums == 0 || sin_sums == 0)
-          throw std::invalid_argument("epps_pulley_forward: null u, cos_sums or sin_sums pointer");
+        require_pointers("epps_pulley_forward", {{"u", u}, {"cos_sums", cos_sums}, {"sin_sums", sin_sums}});
         const bool single = is_float(dtype);
         py::gil_scoped_release release;
         if (single)
@@ -194,8 +193,8 @@ void bind_epps_pulley(py::module_& m) {
       [](int dtype, int64_t slices, int64_t n, uintptr_t u, int knots, double delta, uintptr_t grad_cos,
          uintptr_t grad_sin, uintptr_t grad_u, uintptr_t stream) {
         check_epps_pulley_sizes(slices, n, knots);
-        if (u == 0 || grad_cos == 0 || grad_sin == 0 || grad_u == 0)
-          throw std::invalid_argument("epps_pulley_backward: null u, grad_cos, grad_sin or grad_u pointer");
+        require_pointers("epps_pulley_backward",
+                         {{"u", u}, {"grad_cos", grad_cos}, {"grad_sin", grad_sin}, {"grad_u", grad_u}});
         const bool single = is_float(dtype);
         py::gil_scoped_release release;
         if (single)

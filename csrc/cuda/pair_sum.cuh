@@ -162,6 +162,7 @@ void check_args(const PairSumArgs<T>& a) {
     throw std::invalid_argument("pair_sum (CUDA): D = " + std::to_string(a.d) + " is too large for one shared-memory "
                                 "row; the CUDA kernels support D <= " +
                                 std::to_string(kSharedBudget / sizeof(T) - 1));
+  if (a.x == nullptr) throw std::invalid_argument("pair_sum: null pointer for x");
   if (a.value == nullptr) throw std::invalid_argument("pair_sum: no output for the value");
   if (a.grad_x == nullptr && a.grad_y != nullptr)
     throw std::invalid_argument("pair_sum: a y gradient alone is not computed; swap x and y");

@@ -385,8 +385,8 @@ void bind_segmented(py::module_& m) {
         check_segmented_sizes(segments, n, p);
         if (targets_kind != 0 && targets_kind != 1)
           throw std::invalid_argument("segmented_forward: targets_kind must be 0 (shared) or 1 (per segment)");
-        if (values == 0 || targets == 0 || value == 0 || slope == 0)
-          throw std::invalid_argument("segmented_forward: null values, targets, value or slope pointer");
+        require_pointers("segmented_forward", {{"values", values}, {"targets", targets}, {"value", value},
+                                               {"slope", slope}, {"workspace", workspace}});
         const bool single = is_float(dtype);
         py::gil_scoped_release release;
         if (single)
@@ -406,8 +406,7 @@ void bind_segmented(py::module_& m) {
       [](int dtype, int64_t segments, int64_t n, uintptr_t values, uintptr_t counts, uintptr_t workspace,
          size_t ws_bytes, uintptr_t stream) {
         check_segmented_sizes(segments, n, 1);
-        if (values == 0 || counts == 0)
-          throw std::invalid_argument("segmented_counts: null values or counts pointer");
+        require_pointers("segmented_counts", {{"values", values}, {"counts", counts}, {"workspace", workspace}});
         const bool single = is_float(dtype);
         py::gil_scoped_release release;
         if (single)
