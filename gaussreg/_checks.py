@@ -86,14 +86,21 @@ def compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def capturing() -> bool:
+    """True while a CUDA graph captures the current stream: no host read of device data then."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def require(condition: torch.Tensor, error: type, message: str) -> None:
     """Raise ``error(message)`` unless the 0-dim bool tensor ``condition`` holds.
 
     Eagerly this reads the flag (one reduction, one sync on CUDA). Under torch.compile the
     check becomes an in-graph assertion, so a compiled model keeps it without a graph
-    break; it then fails as a RuntimeError carrying the same message.
+    break; it then fails as a RuntimeError carrying the same message. While a CUDA graph
+    captures, it becomes a device-side assertion as well (a host read would end the
+    capture), which every replay checks.
     """
-    if compiling():
+    if compiling() or capturing():
         torch._assert_async(condition, message)
     elif not bool(condition):
         raise error(message)

@@ -186,8 +186,8 @@ def num_threads() -> int:
 
 
 def _device_capacity(device: torch.device) -> Optional[int]:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1]
+    if device.type == "cuda":  # the total, from the cached properties: no CUDA call (allowed during graph capture)
+        return torch.cuda.get_device_properties(device).total_memory
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
