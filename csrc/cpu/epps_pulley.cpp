@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/config.h"
+#include "common/epps_pulley_bind.h"
 
 namespace py = pybind11;
 
@@ -26,23 +27,12 @@ constexpr int64_t kParallelMinValues = int64_t{1} << 14;
 int team_for(int requested, int64_t values) { return values < kParallelMinValues ? 1 : requested; }
 
 template <typename T>
-struct MomentsArgs {
-  const T* u;  // (slices, n) projections, contiguous
-  int64_t slices, n;
-  int knots;
-  double delta;
-  double* cos_sums;  // out (slices, knots)
-  double* sin_sums;  // out (slices, knots)
-  int threads;
-};
-
-template <typename T>
-void moments(const MomentsArgs<T>& a) {
+void moments(const MomentsCall<T>& a, int threads) {
   const int64_t chunks = (a.n + kChunk - 1) / kChunk;
   const int64_t tasks = a.slices * chunks;
   const int64_t K = a.knots;
   std::vector<double> partial(static_cast<std::size_t>(tasks * 2 * K), 0.0);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(team_for(a.threads, a.slices * a.n))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team_for(threads, a.slices * a.n))
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t l = task / chunks, first = (task % chunks) * kChunk;
     const int64_t last = first + kChunk < a.n ? first + kChunk : a.n;
@@ -68,23 +58,11 @@ void moments(const MomentsArgs<T>& a) {
   }
 }
 
-template <typename T>
-struct MomentsBackwardArgs {
-  const T* u;
-  int64_t slices, n;
-  int knots;
-  double delta;
-  const double* grad_cos;  // (slices, knots): dL/d(cos sum)
-  const double* grad_sin;  // (slices, knots): dL/d(sin sum)
-  T* grad_u;               // out (slices, n)
-  int threads;
-};
-
 // dL/du_il = sum_k t_k (-grad_cos_lk sin(t_k u_il) + grad_sin_lk cos(t_k u_il)).
 template <typename T>
-void moments_backward(const MomentsBackwardArgs<T>& a) {
+void moments_backward(const MomentsBackwardCall<T>& a, int threads) {
   const int64_t total = a.slices * a.n;
-#pragma omp parallel for schedule(static) num_threads(team_for(a.threads, total))
+#pragma omp parallel for schedule(static) num_threads(team_for(threads, total))
   for (int64_t idx = 0; idx < total; ++idx) {
     const int64_t l = idx / a.n;
     const double* gc = a.grad_cos + l * a.knots;
@@ -97,48 +75,26 @@ void moments_backward(const MomentsBackwardArgs<T>& a) {
   }
 }
 
-int threads_of(int requested) { return requested < 1 ? 1 : requested; }
+int threads_of(std::uintptr_t requested) { return requested < 1 ? 1 : static_cast<int>(requested); }
+
+// The CPU side of the shared bindings (common/epps_pulley_bind.h).
+struct EppsPulleyCpu {
+  static constexpr const char* kLastArg = "num_threads";
+
+  template <typename T>
+  static void moments(const MomentsCall<T>& c, std::uintptr_t threads) {
+    cpu::moments(c, threads_of(threads));
+  }
+
+  template <typename T>
+  static void moments_backward(const MomentsBackwardCall<T>& c, std::uintptr_t threads) {
+    cpu::moments_backward(c, threads_of(threads));
+  }
+};
 
 }  // namespace
 
-void bind_epps_pulley(py::module_& m) {
-  m.def(
-      "epps_pulley_forward",
-      [](int dtype, int64_t slices, int64_t n, uintptr_t u, int knots, double delta, uintptr_t cos_sums,
-         uintptr_t sin_sums, int threads) {
-        check_epps_pulley_sizes(slices, n, knots);
-        require_pointers("epps_pulley_forward", {{"u", u}, {"cos_sums", cos_sums}, {"sin_sums", sin_sums}});
-        by_dtype(dtype, [&](auto t) {
-          using T = decltype(t);
-          py::gil_scoped_release release;
-          moments(MomentsArgs<T>{ptr<const T>(u), slices, n, knots, delta, ptr<double>(cos_sums),
-                                 ptr<double>(sin_sums), threads_of(threads)});
-          return 0;
-        });
-      },
-      py::arg("dtype"), py::arg("slices"), py::arg("n"), py::arg("u"), py::arg("knots"), py::arg("delta"),
-      py::arg("cos_sums"), py::arg("sin_sums"), py::arg("num_threads"),
-      "Sums over i of cos(k delta u[l, i]) and sin(k delta u[l, i]), (slices, knots) float64 each.");
-  m.def(
-      "epps_pulley_backward",
-      [](int dtype, int64_t slices, int64_t n, uintptr_t u, int knots, double delta, uintptr_t grad_cos,
-         uintptr_t grad_sin, uintptr_t grad_u, int threads) {
-        check_epps_pulley_sizes(slices, n, knots);
-        require_pointers("epps_pulley_backward",
-                         {{"u", u}, {"grad_cos", grad_cos}, {"grad_sin", grad_sin}, {"grad_u", grad_u}});
-        by_dtype(dtype, [&](auto t) {
-          using T = decltype(t);
-          py::gil_scoped_release release;
-          moments_backward(MomentsBackwardArgs<T>{ptr<const T>(u), slices, n, knots, delta,
-                                                  ptr<const double>(grad_cos), ptr<const double>(grad_sin),
-                                                  ptr<T>(grad_u), threads_of(threads)});
-          return 0;
-        });
-      },
-      py::arg("dtype"), py::arg("slices"), py::arg("n"), py::arg("u"), py::arg("knots"), py::arg("delta"),
-      py::arg("grad_cos"), py::arg("grad_sin"), py::arg("grad_u"), py::arg("num_threads"),
-      "grad_u[l, i] = sum_k k delta (grad_sin[l, k] cos(k delta u) - grad_cos[l, k] sin(k delta u)).");
-}
+void bind_epps_pulley(py::module_& m) { bind_epps_pulley_engine<EppsPulleyCpu>(m); }
 
 }  // namespace cpu
 }  // namespace gaussreg

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/config.h"
+#include "common/segmented_bind.h"
 #include "cpu/radix_sort.h"
 
 #if defined(GAUSSREG_HAVE_OPENMP)
@@ -101,25 +102,12 @@ void for_each_sorted_segment(const T* values, int64_t segments, int64_t n, bool 
   }
 }
 
-template <typename T>
-struct SortedGapsArgs {
-  const T* values;
-  int64_t segments, n;
-  bool torus;
-  RankTargets<T> targets;
-  int p;
-  double* value;    // out: sum over all elements of |e|^p
-  T* slope;         // out (segments, n): d|e|^p/de at each value's own position
-  T* sorted_slope;  // optional out (segments, n): the same by rank (gradient of rank targets)
-  int threads;
-};
-
 // SPEC 2 / 6: e = key_(r) - t_r per rank r of each segment (wrapped on the torus).
 template <typename T>
-void sorted_gaps(const SortedGapsArgs<T>& a, void* workspace, std::size_t ws_bytes) {
+void sorted_gaps(const SortedGapsCall<T>& a, int threads) {
   using E = typename SegmentEntries<T>::type;
   std::vector<double> per_segment(static_cast<std::size_t>(a.segments), 0.0);
-  for_each_sorted_segment<T>(a.values, a.segments, a.n, a.torus, workspace, ws_bytes, a.threads,
+  for_each_sorted_segment<T>(a.values, a.segments, a.n, a.torus, a.workspace, a.ws_bytes, threads,
                              [&](int64_t s, const typename E::Entry* entries) {
     double sum = 0.0;
     T* slope = a.slope + s * a.n;
@@ -157,68 +145,30 @@ void counts_at_or_below(const T* values, int64_t segments, int64_t n, int64_t* c
   });
 }
 
-template <typename T>
-void forward_typed(int64_t segments, int64_t n, uintptr_t values, bool torus, int targets_kind, uintptr_t targets,
-                   int p, uintptr_t value, uintptr_t slope, uintptr_t sorted_slope, uintptr_t workspace,
-                   std::size_t ws_bytes, int threads) {
-  const SortedGapsArgs<T> a{ptr<const T>(values), segments, n, torus,
-                            RankTargets<T>{static_cast<SegmentTargets>(targets_kind), ptr<const T>(targets), n},
-                            p, ptr<double>(value), ptr<T>(slope), ptr<T>(sorted_slope), threads};
-  sorted_gaps(a, ptr<void>(workspace), ws_bytes);
-}
+// The CPU side of the shared bindings (common/segmented_bind.h).
+struct SegmentedCpu {
+  static constexpr const char* kLastArg = "num_threads";
+
+  template <typename T>
+  static std::size_t workspace_bytes(int64_t segments, int64_t n, std::uintptr_t threads) {
+    return cpu::workspace_bytes<T>(segments, n, static_cast<int>(threads));
+  }
+
+  template <typename T>
+  static void sorted_gaps(const SortedGapsCall<T>& c, std::uintptr_t threads) {
+    cpu::sorted_gaps(c, static_cast<int>(threads));
+  }
+
+  template <typename T>
+  static void counts(const T* values, int64_t segments, int64_t n, int64_t* counts, void* workspace,
+                     std::size_t ws_bytes, std::uintptr_t threads) {
+    counts_at_or_below<T>(values, segments, n, counts, workspace, ws_bytes, static_cast<int>(threads));
+  }
+};
 
 }  // namespace
 
-void bind_segmented(py::module_& m) {
-  m.def(
-      "segmented_workspace_bytes",
-      [](int dtype, int64_t segments, int64_t n, int threads) {
-        check_segmented_sizes(segments, n, 1);
-        return is_float(dtype) ? workspace_bytes<float>(segments, n, threads)
-                               : workspace_bytes<double>(segments, n, threads);
-      },
-      py::arg("dtype"), py::arg("segments"), py::arg("n"), py::arg("num_threads"),
-      "Workspace bytes of segmented_forward and segmented_counts.");
-  m.def(
-      "segmented_forward",
-      [](int dtype, int64_t segments, int64_t n, uintptr_t values, bool torus, int targets_kind, uintptr_t targets,
-         int p, uintptr_t value, uintptr_t slope, uintptr_t sorted_slope, uintptr_t workspace, std::size_t ws_bytes,
-         int threads) {
-        check_segmented_sizes(segments, n, p);
-        if (targets_kind != 0 && targets_kind != 1)
-          throw std::invalid_argument("segmented_forward: targets_kind must be 0 (shared) or 1 (per segment)");
-        require_pointers("segmented_forward", {{"values", values}, {"targets", targets}, {"value", value},
-                                               {"slope", slope}, {"workspace", workspace}});
-        by_dtype(dtype, [&](auto t) {
-          py::gil_scoped_release release;
-          forward_typed<decltype(t)>(segments, n, values, torus, targets_kind, targets, p, value, slope, sorted_slope,
-                                     workspace, ws_bytes, threads);
-          return 0;
-        });
-      },
-      py::arg("dtype"), py::arg("segments"), py::arg("n"), py::arg("values"), py::arg("torus"),
-      py::arg("targets_kind"), py::arg("targets"), py::arg("p"), py::arg("value"), py::arg("slope"),
-      py::arg("sorted_slope"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("num_threads"),
-      "Sort each contiguous segment of n values; value = sum |key_(r) - t_r|^p (wrapped residual on the torus), "
-      "slope[s, i] = d|e|^p/de at value i, sorted_slope (optional, 0 skips) the same by rank.");
-  m.def(
-      "segmented_counts",
-      [](int dtype, int64_t segments, int64_t n, uintptr_t values, uintptr_t counts, uintptr_t workspace,
-         std::size_t ws_bytes, int threads) {
-        check_segmented_sizes(segments, n, 1);
-        require_pointers("segmented_counts", {{"values", values}, {"counts", counts}, {"workspace", workspace}});
-        by_dtype(dtype, [&](auto t) {
-          using T = decltype(t);
-          py::gil_scoped_release release;
-          counts_at_or_below<T>(ptr<const T>(values), segments, n, ptr<int64_t>(counts), ptr<void>(workspace), ws_bytes,
-                                threads);
-          return 0;
-        });
-      },
-      py::arg("dtype"), py::arg("segments"), py::arg("n"), py::arg("values"), py::arg("counts"), py::arg("workspace"),
-      py::arg("workspace_bytes"), py::arg("num_threads"),
-      "counts[s, i] = #{i' : v[s, i'] <= v[s, i]} (int64) for each contiguous segment of n values.");
-}
+void bind_segmented(py::module_& m) { bind_segmented_engine<SegmentedCpu>(m); }
 
 }  // namespace cpu
 }  // namespace gaussreg

@@ -34,6 +34,7 @@
 #include <string>
 
 #include "common/config.h"
+#include "common/epps_pulley_bind.h"
 #include "cuda/check.cuh"
 #include "cuda/reduce.cuh"
 
@@ -163,51 +164,27 @@ void moments_backward(const T* u, int64_t slices, int64_t n, int knots, double d
 
 // ---------------------------------------------------------------- bindings
 
+// The CUDA side of the shared bindings (common/epps_pulley_bind.h): everything runs on
+// `stream`, with no synchronisation and no workspace. Errors: std::invalid_argument (sizes,
+// pointers), std::runtime_error (CUDA, naming the kernel).
+struct EppsPulleyCuda {
+  static constexpr const char* kLastArg = "stream";
+
+  template <typename T>
+  static void moments(const MomentsCall<T>& c, uintptr_t stream) {
+    cuda::moments<T>(c.u, c.slices, c.n, c.knots, c.delta, c.cos_sums, c.sin_sums, stream_of(stream));
+  }
+
+  template <typename T>
+  static void moments_backward(const MomentsBackwardCall<T>& c, uintptr_t stream) {
+    cuda::moments_backward<T>(c.u, c.slices, c.n, c.knots, c.delta, c.grad_cos, c.grad_sin, c.grad_u,
+                              stream_of(stream));
+  }
+};
+
 }  // namespace
 
-// @param dtype 0 float32, 1 float64; u contiguous (slices, n) on the current device; the
-//        sums and gradients of the sums are (slices, knots) float64.
-// @note Everything runs on `stream`, with no synchronisation and no workspace. Errors:
-//       std::invalid_argument (sizes, pointers), std::runtime_error (CUDA, naming the kernel).
-void bind_epps_pulley(py::module_& m) {
-  m.def(
-      "epps_pulley_forward",
-      [](int dtype, int64_t slices, int64_t n, uintptr_t u, int knots, double delta, uintptr_t cos_sums,
-         uintptr_t sin_sums, uintptr_t stream) {
-        check_epps_pulley_sizes(slices, n, knots);
-        require_pointers("epps_pulley_forward", {{"u", u}, {"cos_sums", cos_sums}, {"sin_sums", sin_sums}});
-        const bool single = is_float(dtype);
-        py::gil_scoped_release release;
-        if (single)
-          moments<float>(ptr<const float>(u), slices, n, knots, delta, ptr<double>(cos_sums), ptr<double>(sin_sums),
-                         stream_of(stream));
-        else
-          moments<double>(ptr<const double>(u), slices, n, knots, delta, ptr<double>(cos_sums),
-                          ptr<double>(sin_sums), stream_of(stream));
-      },
-      py::arg("dtype"), py::arg("slices"), py::arg("n"), py::arg("u"), py::arg("knots"), py::arg("delta"),
-      py::arg("cos_sums"), py::arg("sin_sums"), py::arg("stream"),
-      "Sums over i of cos(k delta u[l, i]) and sin(k delta u[l, i]), (slices, knots) float64 each.");
-  m.def(
-      "epps_pulley_backward",
-      [](int dtype, int64_t slices, int64_t n, uintptr_t u, int knots, double delta, uintptr_t grad_cos,
-         uintptr_t grad_sin, uintptr_t grad_u, uintptr_t stream) {
-        check_epps_pulley_sizes(slices, n, knots);
-        require_pointers("epps_pulley_backward",
-                         {{"u", u}, {"grad_cos", grad_cos}, {"grad_sin", grad_sin}, {"grad_u", grad_u}});
-        const bool single = is_float(dtype);
-        py::gil_scoped_release release;
-        if (single)
-          moments_backward<float>(ptr<const float>(u), slices, n, knots, delta, ptr<const double>(grad_cos),
-                                  ptr<const double>(grad_sin), ptr<float>(grad_u), stream_of(stream));
-        else
-          moments_backward<double>(ptr<const double>(u), slices, n, knots, delta, ptr<const double>(grad_cos),
-                                   ptr<const double>(grad_sin), ptr<double>(grad_u), stream_of(stream));
-      },
-      py::arg("dtype"), py::arg("slices"), py::arg("n"), py::arg("u"), py::arg("knots"), py::arg("delta"),
-      py::arg("grad_cos"), py::arg("grad_sin"), py::arg("grad_u"), py::arg("stream"),
-      "grad_u[l, i] = sum_k k delta (grad_sin[l, k] cos(k delta u) - grad_cos[l, k] sin(k delta u)).");
-}
+void bind_epps_pulley(py::module_& m) { bind_epps_pulley_engine<EppsPulleyCuda>(m); }
 
 }  // namespace cuda
 }  // namespace gaussreg

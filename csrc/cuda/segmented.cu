@@ -37,6 +37,7 @@
 #include <string>
 
 #include "common/config.h"
+#include "common/segmented_bind.h"
 #include "cuda/check.cuh"
 #include "cuda/workspace.cuh"
 #include "cuda/reduce.cuh"
@@ -298,24 +299,13 @@ void check_workspace(const Plan& plan, void* workspace, size_t ws_bytes, char** 
   workspace_layout<T>(plan, *base, ws);
 }
 
+// a.value is one double on the device.
 template <typename T>
-struct GapsArgs {
-  const T* values;
-  int64_t segments, n;
-  bool torus;
-  RankTargets<T> targets;
-  int p;
-  double* value;    // out: one double on the device
-  T* slope;         // out (segments, n)
-  T* sorted_slope;  // optional out (segments, n)
-};
-
-template <typename T>
-void sorted_gaps(const GapsArgs<T>& a, void* workspace, size_t ws_bytes, cudaStream_t stream) {
+void sorted_gaps(const SortedGapsCall<T>& a, cudaStream_t stream) {
   const Plan plan = make_plan<T>(a.segments, a.n, stream);
   char* base = nullptr;
   Workspace ws{};
-  check_workspace<T>(plan, workspace, ws_bytes, &base, &ws, "segmented_forward");
+  check_workspace<T>(plan, a.workspace, a.ws_bytes, &base, &ws, "segmented_forward");
   for_each_sorted_batch<T>(plan, a.values, a.torus, ws, stream,
                            [&](int64_t s0, int64_t items, const Key<T>* keys, const Index* index, int64_t b) {
     // Batches before the last are full, so batch b's partials start at b * batch_chunks.
@@ -345,81 +335,34 @@ void counts_at_or_below(const T* values, int64_t segments, int64_t n, int64_t* c
 
 // ---------------------------------------------------------------- bindings
 
-template <typename T>
-size_t workspace_bytes_typed(int64_t segments, int64_t n, uintptr_t stream) {
-  return workspace_layout<T>(make_plan<T>(segments, n, stream_of(stream)), nullptr, nullptr);
-}
+// The CUDA side of the shared bindings (common/segmented_bind.h). Everything runs on
+// `stream`, with no synchronisation; the workspace comes from segmented_workspace_bytes
+// (sort keys and rows of one batch of segments, segment offsets, per-2048-position partial
+// sums and CUB's temporary storage). Errors: std::invalid_argument (sizes, options,
+// workspace), std::runtime_error (CUDA, naming the kernel or CUB call).
+struct SegmentedCuda {
+  static constexpr const char* kLastArg = "stream";
 
-template <typename T>
-void forward_typed(int64_t segments, int64_t n, uintptr_t values, bool torus, int targets_kind, uintptr_t targets,
-                   int p, uintptr_t value, uintptr_t slope, uintptr_t sorted_slope, uintptr_t workspace,
-                   size_t ws_bytes, uintptr_t stream) {
-  const GapsArgs<T> a{ptr<const T>(values), segments, n, torus,
-                      RankTargets<T>{static_cast<SegmentTargets>(targets_kind), ptr<const T>(targets), n},
-                      p, ptr<double>(value), ptr<T>(slope), ptr<T>(sorted_slope)};
-  sorted_gaps(a, ptr<void>(workspace), ws_bytes, stream_of(stream));
-}
+  template <typename T>
+  static size_t workspace_bytes(int64_t segments, int64_t n, uintptr_t stream) {
+    return workspace_layout<T>(make_plan<T>(segments, n, stream_of(stream)), nullptr, nullptr);
+  }
+
+  template <typename T>
+  static void sorted_gaps(const SortedGapsCall<T>& c, uintptr_t stream) {
+    cuda::sorted_gaps(c, stream_of(stream));
+  }
+
+  template <typename T>
+  static void counts(const T* values, int64_t segments, int64_t n, int64_t* counts, void* workspace,
+                     size_t ws_bytes, uintptr_t stream) {
+    counts_at_or_below<T>(values, segments, n, counts, workspace, ws_bytes, stream_of(stream));
+  }
+};
 
 }  // namespace
 
-// @param dtype 0 float32, 1 float64; values contiguous (segments, n) on the current device.
-// @note Everything runs on `stream`, with no synchronisation; the workspace comes from
-//       segmented_workspace_bytes. Errors: std::invalid_argument (sizes, options, workspace),
-//       std::runtime_error (CUDA, naming the kernel or CUB call).
-void bind_segmented(py::module_& m) {
-  m.def(
-      "segmented_workspace_bytes",
-      [](int dtype, int64_t segments, int64_t n, uintptr_t stream) {
-        check_segmented_sizes(segments, n, 1);
-        return is_float(dtype) ? workspace_bytes_typed<float>(segments, n, stream)
-                               : workspace_bytes_typed<double>(segments, n, stream);
-      },
-      py::arg("dtype"), py::arg("segments"), py::arg("n"), py::arg("stream"),
-      "Workspace bytes of segmented_forward and segmented_counts: sort keys and rows (double buffers) of one "
-      "batch of segments, segment offsets, per-2048-position partial sums and CUB's temporary storage.");
-  m.def(
-      "segmented_forward",
-      [](int dtype, int64_t segments, int64_t n, uintptr_t values, bool torus, int targets_kind, uintptr_t targets,
-         int p, uintptr_t value, uintptr_t slope, uintptr_t sorted_slope, uintptr_t workspace, size_t ws_bytes,
-         uintptr_t stream) {
-        check_segmented_sizes(segments, n, p);
-        if (targets_kind != 0 && targets_kind != 1)
-          throw std::invalid_argument("segmented_forward: targets_kind must be 0 (shared) or 1 (per segment)");
-        require_pointers("segmented_forward", {{"values", values}, {"targets", targets}, {"value", value},
-                                               {"slope", slope}, {"workspace", workspace}});
-        const bool single = is_float(dtype);
-        py::gil_scoped_release release;
-        if (single)
-          forward_typed<float>(segments, n, values, torus, targets_kind, targets, p, value, slope, sorted_slope,
-                               workspace, ws_bytes, stream);
-        else
-          forward_typed<double>(segments, n, values, torus, targets_kind, targets, p, value, slope, sorted_slope,
-                                workspace, ws_bytes, stream);
-      },
-      py::arg("dtype"), py::arg("segments"), py::arg("n"), py::arg("values"), py::arg("torus"),
-      py::arg("targets_kind"), py::arg("targets"), py::arg("p"), py::arg("value"), py::arg("slope"),
-      py::arg("sorted_slope"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
-      "Sort each contiguous segment of n values; value = sum |key_(r) - t_r|^p (wrapped residual on the torus), "
-      "slope[s, i] = d|e|^p/de at value i, sorted_slope (optional, 0 skips) the same by rank.");
-  m.def(
-      "segmented_counts",
-      [](int dtype, int64_t segments, int64_t n, uintptr_t values, uintptr_t counts, uintptr_t workspace,
-         size_t ws_bytes, uintptr_t stream) {
-        check_segmented_sizes(segments, n, 1);
-        require_pointers("segmented_counts", {{"values", values}, {"counts", counts}, {"workspace", workspace}});
-        const bool single = is_float(dtype);
-        py::gil_scoped_release release;
-        if (single)
-          counts_at_or_below<float>(ptr<const float>(values), segments, n, ptr<int64_t>(counts), ptr<void>(workspace),
-                                    ws_bytes, stream_of(stream));
-        else
-          counts_at_or_below<double>(ptr<const double>(values), segments, n, ptr<int64_t>(counts),
-                                     ptr<void>(workspace), ws_bytes, stream_of(stream));
-      },
-      py::arg("dtype"), py::arg("segments"), py::arg("n"), py::arg("values"), py::arg("counts"), py::arg("workspace"),
-      py::arg("workspace_bytes"), py::arg("stream"),
-      "counts[s, i] = #{i' : v[s, i'] <= v[s, i]} (int64) for each contiguous segment of n values.");
-}
+void bind_segmented(py::module_& m) { bind_segmented_engine<SegmentedCuda>(m); }
 
 }  // namespace cuda
 }  // namespace gaussreg
