@@ -710,7 +710,8 @@ void classify_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const 
 // cores at D = 64, collecting, sorting and ranking a mixed pair costs as much as generating
 // about 6 keys at n = 8192 and 18 at n = 131072. At n = 8192 with 27% of the pairs mixed the
 // refined forward + backward took 0.81 s against 0.84 s (0.04% left to sort, 329 against
-// 396 MiB peak). The same rule on every rank of a split (without a sort budget there).
+// 396 MiB peak). The same rule on every rank of a split, with the sort budget the ranks
+// agreed on (the least of theirs).
 constexpr uint64_t kRefineFraction = 16;
 bool worth_refining(uint64_t mixed, uint64_t pairs, uint64_t capacity) {
   return mixed > capacity || mixed > pairs / kRefineFraction;
@@ -1112,6 +1113,7 @@ void share_classify(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const
 template <typename T>
 void share_count_leaves(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const KeyBins<T>& bins,
                         const KeyLeaves<T>& leaves, int64_t* counts, int64_t* limbs) {
+  if (leaves.used == 0) throw std::invalid_argument("cdf_attraction: step 2 cut no bin into leaves");
   const Plan plan = make_plan(a.n, 1, a.threads);
   count_leaves(a, plan, ws, bins, leaves);
   write_histogram(ws, leaves.first, leaves.first + leaves.slots(), counts, limbs);
@@ -1121,6 +1123,7 @@ void share_count_leaves(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, c
 template <typename T>
 void share_classify_leaves(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const KeyBins<T>& bins,
                            const KeyLeaves<T>& leaves, const int64_t* counts, const int64_t* limbs, int64_t* totals) {
+  if (leaves.used == 0) throw std::invalid_argument("cdf_attraction: step 2 cut no bin into leaves");
   take_global_counts(ws, leaves.first, leaves.first + leaves.slots(), counts, limbs);
   classify_leaves(a, ws, bins, leaves);  // refuses leaves whose counts do not add up to their bin's
   share_mixed_totals(a, ws, leaves.first + leaves.slots(), totals);
@@ -1697,22 +1700,24 @@ struct ShareCall {
     return bins_of_layout<T>(lay);
   }
 
-  // The leaves step 2 wrote (none when it did not refine), refused unless they fit the bins
-  // and the workspace's leaf slots.
+  // The leaves step 2 wrote (none when it did not refine), refused unless they are the ones
+  // its classes in the workspace imply: as many as the refined bins, cut as step 2 cuts them
+  // (so a changed layout cannot send a key past the workspace's slots).
   template <typename T>
-  KeyLeaves<T> key_leaves() const {
+  KeyLeaves<T> key_leaves(const SelectWorkspace<T>& ws) const {
     const int64_t* lay = ptr<const int64_t>(layout);
     const KeyBins<T> b = key_bins<T>();
+    uint64_t refined = 0;
+    for (uint64_t k = 0; k < b.count(); ++k) refined += ws.cls[k] == kBinRefined;
     KeyLeaves<T> leaves;
-    if (lay[5] == 0) return leaves;
-    const uint64_t most = select_bins_of(bins, pair_count(static_cast<uint64_t>(n)));
-    const uint64_t room = most + leaf_slots_of(most) - b.count();  // the workspace's slots after the bins
-    if (lay[3] < 1 || lay[3] > b.shift || static_cast<uint64_t>(lay[4]) != b.count() || lay[5] < 0 ||
-        static_cast<uint64_t>(lay[5]) > b.count() || (static_cast<uint64_t>(lay[5]) << lay[3]) > room)
+    if (refined > 0) {
+      leaves.bits = choose_leaf_bits(b.shift, refined, ws.slots - b.count());
+      leaves.first = b.count();
+      leaves.used = refined;
+    }
+    if (lay[3] != leaves.bits || lay[4] != static_cast<int64_t>(leaves.first) ||
+        lay[5] != static_cast<int64_t>(leaves.used))
       throw std::invalid_argument("cdf_attraction: leaves that cdf_share_classify did not write");
-    leaves.bits = static_cast<int>(lay[3]);
-    leaves.first = static_cast<uint64_t>(lay[4]);
-    leaves.used = static_cast<uint64_t>(lay[5]);
     return leaves;
   }
 
@@ -1810,7 +1815,7 @@ void bind_cdf_shares(py::module_& m) {
       [](int dtype, const py::dict& call, uintptr_t counts, uintptr_t limbs) {
         share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
           using T = ScalarOf<decltype(ws)>;
-          share_count_leaves<T>(c.args<T>(poll), ws, c.key_bins<T>(), c.key_leaves<T>(), ptr<int64_t>(counts),
+          share_count_leaves<T>(c.args<T>(poll), ws, c.key_bins<T>(), c.key_leaves<T>(ws), ptr<int64_t>(counts),
                                 ptr<int64_t>(limbs));
           return 0;
         });
@@ -1822,7 +1827,7 @@ void bind_cdf_shares(py::module_& m) {
       [](int dtype, const py::dict& call, uintptr_t counts, uintptr_t limbs, uintptr_t totals) {
         share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
           using T = ScalarOf<decltype(ws)>;
-          share_classify_leaves<T>(c.args<T>(poll), ws, c.key_bins<T>(), c.key_leaves<T>(),
+          share_classify_leaves<T>(c.args<T>(poll), ws, c.key_bins<T>(), c.key_leaves<T>(ws),
                                    ptr<const int64_t>(counts), ptr<const int64_t>(limbs), ptr<int64_t>(totals));
           return 0;
         });
@@ -1834,7 +1839,7 @@ void bind_cdf_shares(py::module_& m) {
       [](int dtype, const py::dict& call, uintptr_t pos, uintptr_t neg, uintptr_t mine) {
         share_step(dtype, call, [&](const ShareCall& c, const auto& ws, InterruptPoll poll) {
           using T = ScalarOf<decltype(ws)>;
-          share_collect<T>(c.signed_args<T>(poll, pos, neg), ws, c.key_bins<T>(), c.key_leaves<T>(),
+          share_collect<T>(c.signed_args<T>(poll, pos, neg), ws, c.key_bins<T>(), c.key_leaves<T>(ws),
                            ptr<WideEntry>(mine));
           return 0;
         });
@@ -1852,7 +1857,7 @@ void bind_cdf_shares(py::module_& m) {
           using T = ScalarOf<decltype(ws)>;
           ForwardArgs<T> a = c.signed_args<T>(poll, pos, neg);
           a.value = ptr<double>(value);
-          share_rank<T>(a, ws, c.key_bins<T>(), c.key_leaves<T>(), ptr<const WideEntry>(all), all_count,
+          share_rank<T>(a, ws, c.key_bins<T>(), c.key_leaves<T>(ws), ptr<const WideEntry>(all), all_count,
                         ptr<WideEntry>(placed));
           return 0;
         });
