@@ -6,7 +6,7 @@ work runs in fused C++/OpenMP or CUDA kernels (``gaussreg.backends()`` says whic
 built); ``gaussreg.reference`` holds the plain-PyTorch version of every formula.
 """
 from . import diagnostics, nn, targets
-from ._native import backends
+from .engines import backends
 from .losses.cdf_attraction import cdf_attraction
 from .losses.coordinate_cdf_attraction import coordinate_cdf_attraction
 from .losses.cramer_wold import cw_distance

@@ -19,6 +19,8 @@ from test_hostile import _still_works
 import gaussreg
 from gaussreg import _checks, _native
 from gaussreg.engines import cdf_attraction as cdf_engine
+from gaussreg.engines import epps_pulley as epps_engine
+from gaussreg.engines import pair_sum, segmented
 from gaussreg.losses import cdf_attraction as cdf_module
 
 HUGE_CASES = [c for c in CASES if c.huge_rows]
@@ -67,6 +69,65 @@ def test_estimates_count_every_buffer_kept():
     with pytest.raises(MemoryError) as info:
         gaussreg.gaussian_l2(huge, torch.zeros(3, d))
     assert bytes_in_message(str(info.value)) >= 2 * (n + 3) * d * 4
+
+
+# ---------------------------------------------------------------------------
+# The engines' plans: what the front checks is what the op allocates
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def workspaces(monkeypatch):
+    """The byte sizes of the uint8 workspaces the ops allocate, in order."""
+    sizes = []
+    real_empty = _native.empty
+
+    def recording_empty(shape, dtype, device, what):
+        if dtype == torch.uint8:
+            sizes.append(shape[0])
+        return real_empty(shape, dtype, device, what)
+
+    monkeypatch.setattr(_native, "empty", recording_empty)
+    return sizes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("m", [0, 9])
+def test_pair_sum_op_allocates_its_plans_workspace(workspaces, dtype, m):
+    x = torch.randn(23, 5, dtype=dtype, requires_grad=True)
+    y = torch.randn(m, 5, dtype=dtype) if m else None
+    pair_sum.pair_sum("mmd", pair_sum.MMD_IMQ, [1.0], x, y).backward()
+    planned = pair_sum.plan("mmd", x.device, dtype, 23, m, 5)
+    assert workspaces == [max(planned.workspace_bytes, 1)]
+    assert planned.gradient_bytes == (23 + m) * 5 * x.element_size()  # one (n + m, D) gradient set
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_segmented_ops_allocate_their_plans_workspace(workspaces, dtype):
+    values = torch.randn(3, 40, dtype=dtype)
+    segmented.sorted_gaps_op(values, torch.randn(40, dtype=dtype), False, 2, False)
+    segmented.segment_counts_op(values)
+    planned = segmented.plan(values.device, dtype, 3, 40)
+    assert workspaces == [max(planned.workspace_bytes, 1)] * 2
+    slopes = segmented.plan(values.device, dtype, 3, 40, sorted_slope=True)
+    assert slopes.need_bytes - planned.need_bytes == values.numel() * values.element_size()  # the kept sorted slope
+
+
+def test_epps_pulley_plan_counts_the_moments_and_projections():
+    u = torch.randn(7, 30, dtype=torch.float32)
+    cos_sums, sin_sums = epps_engine.moments(u, 16, 0.2)
+    planned = epps_engine.plan(torch.float32, 7, 30, 4, 16)
+    outputs = sum(t.numel() * t.element_size() for t in (cos_sums, sin_sums))
+    assert planned.moments_bytes == 2 * outputs  # the sums and their gradients
+    assert planned.need_bytes - planned.moments_bytes == (2 * u.numel() + 30 * 4) * 4
+
+
+def test_cdf_op_allocates_its_plans_workspace(workspaces):
+    z = torch.randn(40, 3)
+    plan = cdf_engine.plan(z.device, z.dtype, 40, gaussreg.targets.Chi2(3), None)
+    source = cdf_engine.quantile_source(z, gaussreg.targets.Chi2(3), plan)
+    cdf_engine.cdf_pairs(z, 2, plan.capacity, **source)
+    assert workspaces == [max(cdf_engine.workspace_bytes(z.device, z.dtype, 40, 3, plan.capacity), 1)]
 
 
 # ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Compiled engines: ``csrc/*/epps_pulley.*``; the loss front is ``gaussreg.losses.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import torch
 from torch import Tensor
@@ -13,6 +13,21 @@ from .. import _native
 from ._autograd import first_order_only
 
 MAX_POINTS = 64  # csrc/common/epps_pulley.h kEppsPulleyMaxKnots
+
+
+class Plan(NamedTuple):
+    """What one Epps-Pulley call needs beyond z, from the sizes alone: the (S, K) cos and sin
+    sums with their gradients, the (S, n) projections with theirs, and z's gradient. The
+    engine itself has no workspace."""
+    moments_bytes: int
+    need_bytes: int
+
+
+def plan(dtype: torch.dtype, slices: int, n: int, d: int, num_points: int) -> Plan:
+    """The plan of S = ``slices`` directions' moments of n points in D = d at K = ``num_points`` knots."""
+    moments = 2 * 2 * slices * num_points * 8  # cos and sin sums, float64, and their gradients
+    projections = (2 * slices * n + n * d) * torch.empty((), dtype=dtype).element_size()
+    return Plan(moments, moments + projections)
 
 
 def _check_moments_args(u: Tensor, num_points: int) -> None:

@@ -31,16 +31,26 @@ MMD_IMQ, MMD_RBF = 0, 1
 CW_APPROX, CW_EXACT = 0, 1
 
 
-def workspace_bytes(stem: str, device: torch.device, dtype: torch.dtype, n: int, m: int, d: int,
-                    grad_copies: int = 1) -> int:
-    """Bytes of working memory beyond the inputs: one pair sum's workspace (x of n points
-    against y of m points, m = 0 for x with itself) plus ``grad_copies`` sets of gradient
-    buffers for the n + m points (a loss of several pair sums keeps each one's)."""
+class Plan(NamedTuple):
+    """What one pair sum needs beyond its inputs, from the sizes alone: the engine's
+    workspace and the gradient buffers the forward fills for the backward."""
+    workspace_bytes: int
+    gradient_bytes: int
+
+    @property
+    def need_bytes(self) -> int:
+        return self.workspace_bytes + self.gradient_bytes
+
+
+def plan(stem: str, device: torch.device, dtype: torch.dtype, n: int, m: int, d: int,
+         grad_copies: int = 1) -> Plan:
+    """The plan of ``stem``'s pair sum of x (n points) against y (m points; m = 0 for x with
+    itself) in D = d, with ``grad_copies`` sets of gradient buffers for the n + m points (a
+    loss of several pair sums keeps each one's). The op sizes its workspace with it too."""
     module = _native.module_for(device)
     threads = _native.num_threads() if device.type == "cpu" else 1
-    ws = getattr(module, f"{stem}_workspace_bytes")(_native.dtype_code(dtype), n, m, d, threads)
-    grads = grad_copies * (n + m) * d * torch.empty((), dtype=dtype).element_size()
-    return int(ws) + grads
+    workspace = int(getattr(module, f"{stem}_workspace_bytes")(_native.dtype_code(dtype), n, m, d, threads))
+    return Plan(workspace, grad_copies * (n + m) * d * torch.empty((), dtype=dtype).element_size())
 
 
 @torch.library.custom_op("gaussreg::pair_sum", mutates_args=())
@@ -51,17 +61,15 @@ def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Option
     device, dtype = x.device, x.dtype
     n, d = x.shape
     m = 0 if y is None else y.shape[0]
-    threads = _native.num_threads() if device.type == "cpu" else 1
-    code = _native.dtype_code(dtype)
     what = f"{stem} pair sum"
-    ws_bytes = int(getattr(module, f"{stem}_workspace_bytes")(code, n, m, d, threads))
+    ws_bytes = plan(stem, device, dtype, n, m, d).workspace_bytes
     workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, device, what)
     value = torch.zeros((), dtype=torch.float64, device=device)
     want_x, want_y = _wanted(x, y, grad_x, grad_y)
     out_x = _native.empty((n, d) if want_x else (0,), dtype, device, what)
     out_y = _native.empty((m, d) if want_y else (0,), dtype, device, what)
     args = [
-        code, kind,
+        _native.dtype_code(dtype), kind,
         x.data_ptr(), n, d, x.stride(0), x.stride(1),
         0 if y is None else y.data_ptr(), m, 0 if y is None else y.stride(0), 0 if y is None else y.stride(1),
         list(params),

@@ -17,7 +17,7 @@ them; the engines are ``csrc/cpu/segmented.cpp`` and ``csrc/cuda/segmented.cu``.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import torch
 from torch import Tensor
@@ -33,21 +33,20 @@ def supported(device: torch.device) -> bool:
     return module is not None and hasattr(module, "segmented_forward")
 
 
-def workspace_bytes(values: Tensor) -> int:
-    """The engine's working memory for sorting ``values`` (segments, n)."""
-    return engine_bytes(values.device, values.dtype, *values.shape)
+class Plan(NamedTuple):
+    """What sorting (segments, n) values needs, from the sizes alone: the engine's workspace,
+    and with it the values' contiguous copy and the slopes kept for the backward."""
+    workspace_bytes: int
+    need_bytes: int
 
 
-def engine_bytes(device: torch.device, dtype: torch.dtype, segments: int, n: int) -> int:
+def plan(device: torch.device, dtype: torch.dtype, segments: int, n: int, sorted_slope: bool = False) -> Plan:
+    """The plan of one ``sorted_gaps`` (or ``segment_counts``) call on (segments, n) values;
+    ``sorted_slope``: the slope by rank is kept too. The ops size their workspace with it."""
     module = _native.module_for(device)
-    return int(_native.launch(module.segmented_workspace_bytes, device, _native.dtype_code(dtype), segments, n))
-
-
-def sort_bytes(device: torch.device, dtype: torch.dtype, segments: int, n: int, sorted_slope: bool = False) -> int:
-    """Memory of one sorted_gaps call on (segments, n) values, from the sizes: the values'
-    contiguous copy, the engine's workspace and the slopes kept for the backward."""
+    workspace = int(_native.launch(module.segmented_workspace_bytes, device, _native.dtype_code(dtype), segments, n))
     values = segments * n * torch.empty((), dtype=dtype).element_size()
-    return values * (3 if sorted_slope else 2) + engine_bytes(device, dtype, segments, n)
+    return Plan(workspace, workspace + values * (3 if sorted_slope else 2))
 
 
 def _check_values(op: str, values: Tensor) -> None:
@@ -76,7 +75,7 @@ def _check_targets(values: Tensor, targets: Tensor, p: int) -> int:
 
 
 def _workspace(values: Tensor, what: str) -> Tuple[Tensor, int]:
-    nbytes = workspace_bytes(values)
+    nbytes = plan(values.device, values.dtype, *values.shape).workspace_bytes
     return _native.empty((max(nbytes, 1),), torch.uint8, values.device, what), nbytes
 
 

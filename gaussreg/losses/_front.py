@@ -5,7 +5,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import _checks, _native, distributed
+from .. import _checks, distributed, engines
 from ..engines import pair_sum
 
 
@@ -63,7 +63,7 @@ def _prepare_points(what, stem, backend, min_dim, min_rows, optional, draws_part
         _checks.same_dim(items[0][0], items[0][1], k, v)
     dtype = _checks.compute_dtype(*present.values())
     out_dtype = _checks.compute_dtype(items[0][1])
-    native = _native.use_native(device, backend, what, entry=entry)
+    native = engines.use_native(device, backend, what, entry=entry)
     if native and not _checks.compiling():  # sizes are static under compile; the op still reports OOM
         # From the sizes, before any copy: the inputs converted to the compute dtype, then the
         # largest pair sum's workspace and every pair sum's gradient buffers (kept for backward).
@@ -77,8 +77,8 @@ def _prepare_points(what, stem, backend, min_dim, min_rows, optional, draws_part
         if need_bytes is not None:
             need = copies + need_bytes(device, dtype, sizes)
         else:
-            need = copies + pair_sum.workspace_bytes(stem, device, dtype, n, m, d, grad_copies=2 if m else 1)
-        _native.check_fits(need, device, what)
+            need = copies + pair_sum.plan(stem, device, dtype, n, m, d, grad_copies=2 if m else 1).need_bytes
+        engines.check_fits(need, device, what)
     for k, v in present.items():
         _checks.finite(k, v)
     converted = [None if v is None else v.to(dtype) for v in named.values()]

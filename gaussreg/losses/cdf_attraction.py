@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _checks, _native, distributed, reference
+from .. import _checks, distributed, engines, reference
 from ..distributed import maybe_gather
 from ..targets import Chi2, checked_quantiles
 from ..engines import cdf_attraction as cdf_engine
@@ -91,7 +91,7 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
             raise ValueError(f"max_sort_bytes must be a positive int (bytes), got {max_sort_bytes!r}")
         max_sort_bytes = int(max_sort_bytes)
     dtype = _checks.compute_dtype(z)
-    native = _native.use_native(device, backend, "cdf_attraction", entry="cdf_pairs_forward")
+    native = engines.use_native(device, backend, "cdf_attraction", entry="cdf_pairs_forward")
     plan = None
     if native and distances_weight != 0.0:
         plan = cdf_engine.plan(device, dtype, n, distances_target, max_sort_bytes)

@@ -69,7 +69,7 @@ def coordinate_cdf_attraction(z: Tensor, *, marginal: str = "normal", bits: Opti
     (z,) = maybe_gather(process_group, z)
     (zc,), device, out_dtype, native = prepare_points(
         "coordinate_cdf_attraction", None, backend, min_rows=1, entry="segmented_forward",
-        need_bytes=lambda dev, dtype, sizes: segmented.sort_bytes(dev, dtype, sizes[0][1], sizes[0][0]),
+        need_bytes=lambda dev, dtype, sizes: segmented.plan(dev, dtype, sizes[0][1], sizes[0][0]).need_bytes,
         process_group=process_group, z=z)
     if not native:
         return reference.coordinate_cdf_attraction(zc, marginal=marginal, bits=bits, p=p)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import _checks, reference
 from ..distributed import check_group, sum_over_ranks, total_count
-from ..engines.epps_pulley import MAX_POINTS, moments
+from ..engines.epps_pulley import MAX_POINTS, moments, plan as moments_plan
 from ._front import prepare_points
 from ._projections import direction_count, project, unit_directions
 
@@ -66,7 +66,7 @@ def epps_pulley(z: Tensor, *, num_slices: int = 256, t_max: float = 3.0, num_poi
     count = direction_count(num_slices, directions)
     (zc,), device, out_dtype, native = prepare_points(
         "epps_pulley", None, backend, min_rows=1, entry="epps_pulley_forward",
-        need_bytes=lambda dev, dtype, sizes: _projection_bytes(count, *sizes[0], dtype),
+        need_bytes=lambda dev, dtype, sizes: moments_plan(dtype, count, *sizes[0], int(num_points)).need_bytes,
         process_group=process_group, z=z)
     slices = unit_directions("num_slices", num_slices, zc, generator, directions, process_group)
     if not native and process_group is None:
@@ -82,11 +82,6 @@ def epps_pulley(z: Tensor, *, num_slices: int = 256, t_max: float = 3.0, num_poi
         cos_sums, sin_sums = sum_over_ranks(torch.stack((cos_sums, sin_sums)), process_group).unbind(0)
         n = total_count(n, device, process_group)
     return statistic(cos_sums, sin_sums, n, delta).to(out_dtype)
-
-
-def _projection_bytes(slices: int, n: int, d: int, dtype: torch.dtype) -> int:
-    """The (S, n) projections and their gradient, and z's gradient (n, D)."""
-    return (2 * slices * n + n * d) * torch.empty((), dtype=dtype).element_size()
 
 
 def knot_weights(num_points: int, delta: float, device: torch.device) -> Tuple[Tensor, Tensor]:

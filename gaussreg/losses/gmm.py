@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _checks, _native, reference
+from .. import _checks, engines, reference
 from ..distributed import maybe_gather
 from ..engines import segmented
 from ._front import prepare_points
@@ -193,7 +193,7 @@ def gmm_ks_loss(z: Tensor, prior: GaussianMixture, *, backend: str = "auto", pro
 def _ks_bytes(device: torch.device, dtype: torch.dtype, sizes) -> int:
     """The column sort, its int64 counts and the empirical and mixture CDFs (n x D each)."""
     n, d = sizes[0]
-    return segmented.sort_bytes(device, dtype, d, n) + n * d * (8 + 2 * torch.empty((), dtype=dtype).element_size())
+    return segmented.plan(device, dtype, d, n).need_bytes + n * d * (8 + 2 * torch.empty((), dtype=dtype).element_size())
 
 
 class _MixtureCdf(torch.autograd.Function):
@@ -252,7 +252,7 @@ def gmm_cov_loss(z: Tensor, prior: GaussianMixture, *, process_group=None) -> Te
     (z,) = maybe_gather(process_group, z)
     dtype = _checks.compute_dtype(z)
     if not _checks.compiling():  # from the sizes, before the scan or any copy of z
-        _native.check_fits(_cov_bytes(dtype, *z.shape, converts=z.dtype != dtype), z.device, "gmm_cov_loss",
+        engines.check_fits(_cov_bytes(dtype, *z.shape, converts=z.dtype != dtype), z.device, "gmm_cov_loss",
                            "a smaller batch (the loss is O(n D + D^2))")
     _checks.finite("z", z)
     zc = z.to(dtype)

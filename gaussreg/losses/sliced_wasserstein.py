@@ -69,7 +69,7 @@ def sliced_wasserstein(z: Tensor, *, num_projections: int = 50, p: int = 2, prio
         # the backward's gradients of the point tensors (n x D each).
         prior_bytes = count * n * (2 * elem + 8) if len(sizes) > 1 else 0
         gradients = sum(rows * d for rows, d in sizes) * elem
-        return segmented.sort_bytes(dev, dtype, count, n, sorted_slope=len(sizes) > 1) + prior_bytes + gradients
+        return segmented.plan(dev, dtype, count, n, sorted_slope=len(sizes) > 1).need_bytes + prior_bytes + gradients
 
     (zc, prior), device, out_dtype, native = prepare_points(
         "sliced_wasserstein", None, backend, min_rows=1, optional=("prior_sample",), entry="segmented_forward",
