@@ -4,10 +4,12 @@ Sections as in DESIGN.md "Tests": (1) float64 value and gradient vs the referenc
 (2) gradcheck, (3) float32 error, (4) layouts and half inputs, (5) CPU/CUDA parity,
 (6) SPEC errors, (7) opcheck and the pair_sum contract, (8) torch.compile, then
 autograd edge cases and determinism. The reference's "exact" kernel evaluates 1F1 with
-mpmath per pair, so the exact kernel is compared at n <= 17.
+mpmath per pair, so the exact kernel is compared at n <= 17. This module holds the stem's
+cases and its own checks; the checks every pair-sum stem shares (reference, gradcheck,
+layouts, half inputs, CUDA parity, SPEC errors, memory errors, opcheck, the op's contract,
+compile and determinism) run over its tables in tests/test_pair_sum_losses.py.
 """
 import math
-import time
 
 import mpmath
 import pytest
@@ -18,9 +20,8 @@ from gaussreg import reference as ref
 from gaussreg.engines import pair_sum
 from gaussreg.testing import LAYOUTS, random_points, with_layout
 
-from _helpers import (FLOAT_DTYPES, assert_close, assert_identical, bytes_in_message, check_cuda_parity,
-                      check_float32, check_layout, check_pair_sum_contract, compare_with_reference,
-                      half_precision_check, op_inputs, run_opcheck, value_and_grads)
+from _helpers import (assert_close, assert_identical, bytes_in_message, check_float32, compare_with_reference,
+                      op_inputs, value_and_grads)
 
 # ---------------------------------------------------------------------------
 # Cases: (n, D, scale, seed). Scaled inputs move ||z_i - z_j||^2 / (4 gamma) across the
@@ -38,10 +39,6 @@ LARGE = [(1000, 2, 1.0, 3), (1000, 20, 0.2, 4)]
 def case_id(case):
     n, d, scale, seed = case
     return f"n{n}-D{d}-x{scale:g}-s{seed}"
-
-
-def _ids(cases):
-    return [f"{o}-{case_id(c)}" for o, c in cases]
 
 
 # Each option: build(n, d, scale, seed) -> ([z] (float64, CPU), fn(z, backend), ref_fn(z)).
@@ -82,25 +79,6 @@ LARGE_CASES = [("approx", LARGE[1]), ("approx_log", LARGE[0])]
 # ---------------------------------------------------------------------------
 # 1. value and gradient vs reference (float64)
 # ---------------------------------------------------------------------------
-
-
-@pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("option, case", SMALL_CASES, ids=_ids(SMALL_CASES))
-def test_matches_reference(option, case):
-    inputs, fn, ref_fn = OPTIONS[option](*case)
-    compare_with_reference(fn, ref_fn, inputs, what=f"{option} {case_id(case)}")
-
-
-@pytest.mark.parametrize("option, case", MEDIUM_CASES, ids=_ids(MEDIUM_CASES))
-def test_matches_reference_medium(option, case):
-    inputs, fn, ref_fn = OPTIONS[option](*case)
-    compare_with_reference(fn, ref_fn, inputs, what=f"{option} {case_id(case)}")
-
-
-@pytest.mark.parametrize("option, case", LARGE_CASES, ids=_ids(LARGE_CASES))
-def test_matches_reference_large(option, case):
-    inputs, fn, ref_fn = OPTIONS[option](*case)
-    compare_with_reference(fn, ref_fn, inputs, what=f"{option} {case_id(case)}")
 
 
 @pytest.mark.parametrize("kernel", ["approx", "exact"])
@@ -145,16 +123,6 @@ GRADCHECK_CASES = ([(o, (4, 3, 0.7)) for o in sorted(OPTIONS)]
                    + [(o, (3, 1, 0.5)) for o in EXACT])
 
 
-@pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("option, case", GRADCHECK_CASES,
-                         ids=[f"{o}-n{c[0]}-D{c[1]}-x{c[2]:g}" for o, c in GRADCHECK_CASES])
-def test_gradcheck(option, case):
-    n, d, scale = case
-    inputs, fn, _ = OPTIONS[option](n, d, scale, 7)
-    leaves = tuple(t.detach().clone().requires_grad_(True) for t in inputs)
-    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-8, rtol=1e-6)
-
-
 # ---------------------------------------------------------------------------
 # 3. float32 vs float64
 # ---------------------------------------------------------------------------
@@ -178,18 +146,8 @@ def test_float32_error(option, shape, record_property):
 # 4. layouts and half precision
 # ---------------------------------------------------------------------------
 
-
-@pytest.mark.parametrize("option", ("approx", "exact_log"))
-def test_layouts_match_contiguous(option, layout):
-    inputs, fn, _ = OPTIONS[option](70, 9, 0.7, 8)
-    check_layout(fn, inputs, layout)
-
-
-@pytest.mark.parametrize("option", ("approx", "approx_log", "exact"))
-def test_half_inputs(option, half_dtype):
-    inputs, fn, _ = OPTIONS[option](33, 5, 1.0, 9)
-    half_precision_check(fn, inputs, half_dtype)
-
+LAYOUT_OPTIONS = ("approx", "exact_log")
+HALF_OPTIONS = ("approx", "approx_log", "exact")
 
 # ---------------------------------------------------------------------------
 # 5. CPU / CUDA parity
@@ -198,13 +156,9 @@ def test_half_inputs(option, half_dtype):
 CUDA_OPTIONS = ("approx", "approx_gamma0.3", "approx_log", "exact", "exact_log")
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("shape", [(2, 2), (17, 3), (300, 20), (1000, 128)], ids=lambda s: f"n{s[0]}-D{s[1]}")
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("option", CUDA_OPTIONS)
-def test_cuda_matches_cpu(option, dtype, shape):
-    inputs, fn, _ = OPTIONS[option](shape[0], shape[1], 0.5, 12)
-    check_cuda_parity(fn, inputs, dtype, value_floor=0.0)
+def value_floor(option):
+    """The size of the value's terms, below which errors are absolute (none: relative throughout)."""
+    return 0.0
 
 
 @pytest.mark.cuda
@@ -293,34 +247,19 @@ BAD_CALLS = {
 }
 
 
-def _assert_still_works():
+def assert_still_works():
     z = random_points(9, 4, seed=5, scale=0.5)
     compare_with_reference(lambda z: gaussreg.cw_distance(z, kernel="exact"),
                            lambda z: ref.cw_distance(z, kernel="exact"), [z], what="after an error")
 
 
-@pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("case", sorted(BAD_CALLS))
-def test_spec_error(case):
-    call, exc, match = BAD_CALLS[case]
-    with pytest.raises(exc, match=match):
-        call()
-    _assert_still_works()
+MEMORY_CALLS = {  # the fronts' memory checks, each given a 2^40 x 64 expanded tensor
+    "approx": lambda huge: gaussreg.cw_distance(huge),
+    "exact_log": lambda huge: gaussreg.cw_distance(huge, kernel="exact", log=True),
+    "float64": lambda huge: gaussreg.cw_distance(torch.zeros(1, 64, dtype=torch.float64).expand(huge.shape),
+                                                 gamma=0.5),
+}
 
-
-@pytest.mark.parametrize("call", [
-    lambda huge: gaussreg.cw_distance(huge),
-    lambda huge: gaussreg.cw_distance(huge, kernel="exact", log=True),
-    lambda huge: gaussreg.cw_distance(torch.zeros(1, 64, dtype=torch.float64).expand(huge.shape), gamma=0.5),
-], ids=["approx", "exact_log", "float64"])
-def test_memory_error_names_bytes(call):
-    huge = torch.zeros(1, 64).expand(2**40, 64)
-    start = time.perf_counter()
-    with pytest.raises(MemoryError) as info:
-        call(huge)
-    assert time.perf_counter() - start < 2.0, "the memory check must come before any O(n) work"
-    assert bytes_in_message(str(info.value)) >= 2**40 * 64 * 4  # at least the float32 gradient
-    _assert_still_works()
 
 
 # ---------------------------------------------------------------------------
@@ -338,7 +277,7 @@ def _exact(params):
     return lambda t, pi, pj: ref.hyp1f1_neg(0.5, b, c * t)
 
 
-def _op_cases(dtype):
+def op_cases(dtype):
     """name -> (pair_sum arguments, brute-force kernel k(t, p_i, p_j))."""
     x, y, _, _ = op_inputs(dtype)
     origin = torch.zeros(1, x.shape[1], dtype=dtype)
@@ -358,20 +297,6 @@ def _op_cases(dtype):
 OP_CASES = ["self_approx", "self_approx_nograd", "cross_approx", "origin_approx", "self_exact", "cross_exact",
             "origin_exact_nograd"]
 OPCHECK_CASES = [(name, torch.float64) for name in OP_CASES] + [("self_exact", torch.float32)]
-
-
-@pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("name, dtype", OPCHECK_CASES, ids=[f"{n}-{d}" for n, d in OPCHECK_CASES])
-def test_opcheck(name, dtype):
-    run_opcheck(_op_cases(dtype)[name][0])
-
-
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("name", OP_CASES)
-def test_pair_sum_contract(name, dtype):
-    """The op's three outputs against a brute-force float64 sum over all pairs."""
-    args, kernel = _op_cases(dtype)[name]
-    check_pair_sum_contract(args, kernel)
 
 
 # ---------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 Sections as in DESIGN.md "Tests": (1) float64 value and gradient vs the reference,
 (2) gradcheck, (3) float32 error, (4) layouts and half inputs, (5) CPU/CUDA parity,
 (6) SPEC errors, (7) opcheck and the pair_sum contract, (8) torch.compile, then
-autograd edge cases and determinism.
+autograd edge cases and determinism. This module holds the stem's cases and its own
+checks; the checks every pair-sum stem shares (reference, gradcheck, layouts, half
+inputs, CUDA parity, SPEC errors, memory errors, opcheck, the op's contract, compile and
+determinism) run over its tables in tests/test_pair_sum_losses.py.
 """
 import math
-import time
 
 import pytest
 import torch
@@ -16,9 +18,8 @@ from gaussreg import reference as ref
 from gaussreg.engines import pair_sum
 from gaussreg.testing import LAYOUTS, random_points, with_layout
 
-from _helpers import (FLOAT_DTYPES, assert_close, assert_identical, bytes_in_message, check_cuda_parity,
-                      check_float32, check_layout, check_pair_sum_contract, compare_with_reference,
-                      half_precision_check, op_inputs, run_opcheck, value_and_grads)
+from _helpers import (assert_close, assert_identical, bytes_in_message, check_float32, compare_with_reference,
+                      op_inputs, value_and_grads)
 
 DEFAULT_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 SIXTEEN_SCALES = tuple(0.05 * 1.5**k for k in range(16))
@@ -122,36 +123,13 @@ MEDIUM_CASES = [(o, c) for o in MAIN_OPTIONS for c in MEDIUM[:2]] + [("imq", MED
 LARGE_CASES = [("imq", LARGE[1]), ("rbf_drawn", LARGE[0])]
 
 
-def _atol(option):
+def reference_atol(option):
     return 1e-13 * KERNEL_SIZE[option]  # the estimator may be ~0: errors are relative to its terms
 
 
 # ---------------------------------------------------------------------------
 # 1. value and gradient vs reference (float64)
 # ---------------------------------------------------------------------------
-
-
-def _ids(cases):
-    return [f"{o}-{case_id(c)}" for o, c in cases]
-
-
-@pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("option, case", SMALL_CASES, ids=_ids(SMALL_CASES))
-def test_matches_reference(option, case):
-    inputs, fn, ref_fn = OPTIONS[option](*case)
-    compare_with_reference(fn, ref_fn, inputs, atol=_atol(option), what=f"{option} {case_id(case)}")
-
-
-@pytest.mark.parametrize("option, case", MEDIUM_CASES, ids=_ids(MEDIUM_CASES))
-def test_matches_reference_medium(option, case):
-    inputs, fn, ref_fn = OPTIONS[option](*case)
-    compare_with_reference(fn, ref_fn, inputs, atol=_atol(option), what=f"{option} {case_id(case)}")
-
-
-@pytest.mark.parametrize("option, case", LARGE_CASES, ids=_ids(LARGE_CASES))
-def test_matches_reference_large(option, case):
-    inputs, fn, ref_fn = OPTIONS[option](*case)
-    compare_with_reference(fn, ref_fn, inputs, atol=_atol(option), what=f"{option} {case_id(case)}")
 
 
 def test_imq_spelled_out():
@@ -219,16 +197,6 @@ GRADCHECK_CASES = ([(o, (4, 3, 0.7)) for o in sorted(OPTIONS)]
                    + [(o, c) for o in MAIN_OPTIONS for c in ((2, 2, 0.3), (3, 1, 1.5))])
 
 
-@pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("option, case", GRADCHECK_CASES,
-                         ids=[f"{o}-n{c[0]}-D{c[1]}-x{c[2]:g}" for o, c in GRADCHECK_CASES])
-def test_gradcheck(option, case):
-    n, d, scale = case
-    inputs, fn, _ = OPTIONS[option](n, d, scale, 7)
-    leaves = tuple(t.detach().clone().requires_grad_(True) for t in inputs)
-    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-8, rtol=1e-6)
-
-
 # ---------------------------------------------------------------------------
 # 3. float32 vs float64 (given prior samples: a drawn one differs between dtypes)
 # ---------------------------------------------------------------------------
@@ -253,18 +221,7 @@ def test_float32_error(option, shape, record_property):
 # ---------------------------------------------------------------------------
 
 LAYOUT_OPTIONS = ("imq", "rbf_drawn", "rbf_analytic")
-
-
-@pytest.mark.parametrize("option", LAYOUT_OPTIONS)
-def test_layouts_match_contiguous(option, layout):
-    inputs, fn, _ = OPTIONS[option](70, 9, 0.7, 8)
-    check_layout(fn, inputs, layout)
-
-
-@pytest.mark.parametrize("option", ("imq", "rbf", "imq_drawn", "rbf_analytic"))
-def test_half_inputs(option, half_dtype):
-    inputs, fn, _ = OPTIONS[option](33, 5, 1.0, 9)
-    half_precision_check(fn, inputs, half_dtype)
+HALF_OPTIONS = ("imq", "rbf", "imq_drawn", "rbf_analytic")
 
 
 def test_half_z_with_float32_prior():
@@ -284,13 +241,9 @@ def test_half_z_with_float32_prior():
 CUDA_OPTIONS = ("imq", "rbf", "imq_scales", "rbf_one_scale", "rbf_analytic")
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("shape", [(2, 2), (17, 3), (300, 20), (1000, 128)], ids=lambda s: f"n{s[0]}-D{s[1]}")
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("option", CUDA_OPTIONS)
-def test_cuda_matches_cpu(option, dtype, shape):
-    inputs, fn, _ = OPTIONS[option](shape[0], shape[1], 0.5, 12)
-    check_cuda_parity(fn, inputs, dtype, value_floor=KERNEL_SIZE[option])
+def value_floor(option):
+    """The size of the value's terms, below which errors are absolute (the estimator may be ~0)."""
+    return KERNEL_SIZE[option]
 
 
 @pytest.mark.cuda
@@ -401,37 +354,21 @@ BAD_CALLS = {
 }
 
 
-def _assert_still_works():
+def assert_still_works():
     z = random_points(9, 4, seed=5, scale=0.5)
     y = random_points(7, 4, seed=6)
     compare_with_reference(lambda z, y: gaussreg.mmd(z, y), lambda z, y: ref.mmd(z, y), [z, y],
                            what="after an error")
 
 
-@pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("case", sorted(BAD_CALLS))
-def test_spec_error(case):
-    call, exc, match = BAD_CALLS[case]
-    with pytest.raises(exc, match=match):
-        call()
-    _assert_still_works()
+MEMORY_CALLS = {  # the fronts' memory checks, each given a 2^40 x 64 expanded tensor
+    "drawn": lambda huge: gaussreg.mmd(huge),
+    "analytic": lambda huge: gaussreg.mmd(huge, "analytic", kernel="rbf"),
+    "both_huge": lambda huge: gaussreg.mmd(huge, huge, kernel="rbf"),
+    "prior_huge": lambda huge: gaussreg.mmd(torch.zeros(3, 64), huge),
+    "z_huge": lambda huge: gaussreg.mmd(huge, torch.zeros(3, 64)),
+}
 
-
-@pytest.mark.parametrize("call", [
-    lambda huge: gaussreg.mmd(huge),
-    lambda huge: gaussreg.mmd(huge, "analytic", kernel="rbf"),
-    lambda huge: gaussreg.mmd(huge, huge, kernel="rbf"),
-    lambda huge: gaussreg.mmd(torch.zeros(3, 64), huge),
-    lambda huge: gaussreg.mmd(huge, torch.zeros(3, 64)),
-], ids=["drawn", "analytic", "both_huge", "prior_huge", "z_huge"])
-def test_memory_error_names_bytes(call):
-    huge = torch.zeros(1, 64).expand(2**40, 64)
-    start = time.perf_counter()
-    with pytest.raises(MemoryError) as info:
-        call(huge)
-    assert time.perf_counter() - start < 2.0, "the memory check must come before any O(n) work"
-    assert bytes_in_message(str(info.value)) >= 2**40 * 64 * 4  # at least the float32 gradient
-    _assert_still_works()
 
 
 # ---------------------------------------------------------------------------
@@ -447,7 +384,7 @@ def _rbf(params):
     return lambda t, pi, pj: sum(w * torch.exp(-c * t) for c, w in zip(params[0::2], params[1::2]))
 
 
-def _op_cases(dtype):
+def op_cases(dtype):
     """name -> (pair_sum arguments, brute-force kernel k(t, p_i, p_j))."""
     x, y, _, _ = op_inputs(dtype)
     imq, rbf = pair_sum.MMD_IMQ, pair_sum.MMD_RBF
@@ -466,20 +403,6 @@ def _op_cases(dtype):
 
 OP_CASES = ["self_imq", "self_imq_nograd", "cross_imq", "self_rbf", "cross_rbf", "cross_rbf_nograd"]
 OPCHECK_CASES = [(name, torch.float64) for name in OP_CASES] + [("cross_imq", torch.float32)]
-
-
-@pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("name, dtype", OPCHECK_CASES, ids=[f"{n}-{d}" for n, d in OPCHECK_CASES])
-def test_opcheck(name, dtype):
-    run_opcheck(_op_cases(dtype)[name][0])
-
-
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("name", OP_CASES)
-def test_pair_sum_contract(name, dtype):
-    """The op's three outputs against a brute-force float64 sum over all pairs."""
-    args, kernel = _op_cases(dtype)[name]
-    check_pair_sum_contract(args, kernel)
 
 
 # ---------------------------------------------------------------------------

@@ -1,20 +1,32 @@
-"""Autograd edge cases, determinism and torch.compile of the pair-sum losses, one table over their stems.
+"""The checks every pair-sum loss shares, one table over their stems.
 
 Each stem's test module (tests/test_gaussian_l2.py, test_mmd.py, test_cramer_wold.py) keeps
-its ``OPTIONS`` (a builder per option: ``OPTIONS[o](n, d, scale, seed) -> (inputs, fn,
-reference)``) and names the options these checks run in ``EDGE_OPTIONS`` and
-``COMPILE_OPTIONS``; the checks are the same for every stem: a second derivative is refused,
-backward runs twice, repeated calls and any thread count give the same bits, and the loss
-compiled with ``fullgraph=True`` gives the eager values and gradients.
+its cases and its own checks; this module runs the shared ones over the stem's tables:
+
+- ``OPTIONS[o](n, d, scale, seed) -> (inputs, fn, reference)``, ``case_id(case)``, the
+  (option, case) lists ``SMALL_CASES``, ``MEDIUM_CASES``, ``LARGE_CASES`` (against the
+  float64 reference, with ``reference_atol(option)`` where a stem needs its own) and
+  ``GRADCHECK_CASES``;
+- option names: ``LAYOUT_OPTIONS``, ``HALF_OPTIONS``, ``CUDA_OPTIONS`` (CPU / CUDA parity
+  with ``value_floor(option)``), ``EDGE_OPTIONS`` (a second derivative is refused, backward
+  runs twice, repeated calls and any thread count give the same bits) and
+  ``COMPILE_OPTIONS`` (``fullgraph=True`` gives the eager values and gradients);
+- errors: ``BAD_CALLS`` (SPEC's input errors) and ``MEMORY_CALLS`` (an impossible size),
+  each followed by ``assert_still_works()``;
+- the op: ``op_cases(dtype)``, ``OP_CASES`` and ``OPCHECK_CASES``.
 """
+import time
+
 import pytest
 import torch
 
 import test_cramer_wold
 import test_gaussian_l2
 import test_mmd
-from _helpers import (assert_close, check_backward_twice, check_double_backward_refused, check_repeatable,
-                      check_thread_independent, value_and_grads)
+from _helpers import (F64_ATOL, FLOAT_DTYPES, assert_close, bytes_in_message, check_backward_twice,
+                      check_cuda_parity, check_double_backward_refused, check_layout, check_pair_sum_contract,
+                      check_repeatable, check_thread_independent, compare_with_reference, half_precision_check,
+                      run_opcheck, value_and_grads)
 
 STEMS = {"gaussian_l2": test_gaussian_l2, "mmd": test_mmd, "cramer_wold": test_cramer_wold}
 EDGE_CASES = [(stem, option) for stem, module in STEMS.items() for option in module.EDGE_OPTIONS]
@@ -67,3 +79,140 @@ def test_compile_fullgraph_loss(stem, option):
     assert_close(compiled_v, eager_v, 1e-12, getattr(STEMS[stem], "COMPILE_VALUE_ATOL", 0))
     for g, h in zip(compiled_g, eager_g):
         assert_close(g, h, 1e-12, 1e-15)
+
+
+# ---------------------------------------------------------------------------
+# Value and gradient against the reference (float64), gradcheck
+# ---------------------------------------------------------------------------
+
+
+def _option_cases(table: str):
+    """[(stem, option, case)] of every stem's ``table`` of (option, case) pairs."""
+    return [(stem, option, case) for stem, module in STEMS.items() for option, case in getattr(module, table)]
+
+
+def _case_ids(cases):
+    return [f"{stem}-{option}-{STEMS[stem].case_id(case)}" for stem, option, case in cases]
+
+
+def _check_reference(stem, option, case):
+    module = STEMS[stem]
+    inputs, fn, ref_fn = module.OPTIONS[option](*case)
+    atol = module.reference_atol(option) if hasattr(module, "reference_atol") else F64_ATOL
+    compare_with_reference(fn, ref_fn, inputs, atol=atol, what=f"{stem} {option} {module.case_id(case)}")
+
+
+SMALL_CASES, MEDIUM_CASES, LARGE_CASES = (_option_cases(t) for t in ("SMALL_CASES", "MEDIUM_CASES", "LARGE_CASES"))
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("stem, option, case", SMALL_CASES, ids=_case_ids(SMALL_CASES))
+def test_matches_reference(stem, option, case):
+    _check_reference(stem, option, case)
+
+
+@pytest.mark.parametrize("stem, option, case", MEDIUM_CASES, ids=_case_ids(MEDIUM_CASES))
+def test_matches_reference_medium(stem, option, case):
+    _check_reference(stem, option, case)
+
+
+@pytest.mark.parametrize("stem, option, case", LARGE_CASES, ids=_case_ids(LARGE_CASES))
+def test_matches_reference_large(stem, option, case):
+    _check_reference(stem, option, case)
+
+
+GRADCHECK_CASES = _option_cases("GRADCHECK_CASES")
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("stem, option, case", GRADCHECK_CASES,
+                         ids=[f"{s}-{o}-n{c[0]}-D{c[1]}-x{c[2]:g}" for s, o, c in GRADCHECK_CASES])
+def test_gradcheck(stem, option, case):
+    n, d, scale = case
+    inputs, fn, _ = build(stem, option, n, d, scale, 7)
+    leaves = tuple(t.detach().clone().requires_grad_(True) for t in inputs)
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Layouts, half inputs and CPU / CUDA parity
+# ---------------------------------------------------------------------------
+
+
+def _options(table: str):
+    """[(stem, option)] of every stem's ``table`` of option names."""
+    return [(stem, option) for stem, module in STEMS.items() for option in getattr(module, table)]
+
+
+LAYOUT_CASES, HALF_CASES, CUDA_CASES = (_options(t) for t in ("LAYOUT_OPTIONS", "HALF_OPTIONS", "CUDA_OPTIONS"))
+
+
+@pytest.mark.parametrize("stem, option", LAYOUT_CASES, ids=[f"{s}-{o}" for s, o in LAYOUT_CASES])
+def test_layouts_match_contiguous(stem, option, layout):
+    inputs, fn, _ = build(stem, option, 70, 9, 0.7, 8)
+    check_layout(fn, inputs, layout)
+
+
+@pytest.mark.parametrize("stem, option", HALF_CASES, ids=[f"{s}-{o}" for s, o in HALF_CASES])
+def test_half_inputs(stem, option, half_dtype):
+    inputs, fn, _ = build(stem, option, 33, 5, 1.0, 9)
+    half_precision_check(fn, inputs, half_dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(2, 2), (17, 3), (300, 20), (1000, 128)], ids=lambda s: f"n{s[0]}-D{s[1]}")
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("stem, option", CUDA_CASES, ids=[f"{s}-{o}" for s, o in CUDA_CASES])
+def test_cuda_matches_cpu(stem, option, dtype, shape):
+    inputs, fn, _ = build(stem, option, shape[0], shape[1], 0.5, 12)
+    check_cuda_parity(fn, inputs, dtype, value_floor=STEMS[stem].value_floor(option))
+
+
+# ---------------------------------------------------------------------------
+# Errors: SPEC's input errors and impossible memory, each followed by a working call
+# ---------------------------------------------------------------------------
+
+BAD_CALLS = [(stem, case) for stem, module in STEMS.items() for case in sorted(module.BAD_CALLS)]
+MEMORY_CALLS = [(stem, case) for stem, module in STEMS.items() for case in module.MEMORY_CALLS]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("stem, case", BAD_CALLS, ids=[f"{s}-{c}" for s, c in BAD_CALLS])
+def test_spec_error(stem, case):
+    call, exc, match = STEMS[stem].BAD_CALLS[case]
+    with pytest.raises(exc, match=match):
+        call()
+    STEMS[stem].assert_still_works()
+
+
+@pytest.mark.parametrize("stem, case", MEMORY_CALLS, ids=[f"{s}-{c}" for s, c in MEMORY_CALLS])
+def test_memory_error_names_bytes(stem, case):
+    huge = torch.zeros(1, 64).expand(2**40, 64)
+    start = time.perf_counter()
+    with pytest.raises(MemoryError) as info:
+        STEMS[stem].MEMORY_CALLS[case](huge)
+    assert time.perf_counter() - start < 2.0, "the memory check must come before any O(n) work"
+    assert bytes_in_message(str(info.value)) >= 2**40 * 64 * 4  # at least the float32 gradient
+    STEMS[stem].assert_still_works()
+
+
+# ---------------------------------------------------------------------------
+# The pair_sum op of each stem's kernels: opcheck and its contract against brute force
+# ---------------------------------------------------------------------------
+
+OPCHECK_CASES = [(stem, name, dtype) for stem, module in STEMS.items() for name, dtype in module.OPCHECK_CASES]
+CONTRACT_CASES = [(stem, name) for stem, module in STEMS.items() for name in module.OP_CASES]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("stem, name, dtype", OPCHECK_CASES, ids=[f"{s}-{n}-{d}" for s, n, d in OPCHECK_CASES])
+def test_opcheck(stem, name, dtype):
+    run_opcheck(STEMS[stem].op_cases(dtype)[name][0])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("stem, name", CONTRACT_CASES, ids=[f"{s}-{n}" for s, n in CONTRACT_CASES])
+def test_pair_sum_contract(stem, name, dtype):
+    """The op's three outputs against a brute-force float64 sum over all pairs."""
+    args, kernel = STEMS[stem].op_cases(dtype)[name]
+    check_pair_sum_contract(args, kernel)
