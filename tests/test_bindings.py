@@ -48,6 +48,7 @@ _CHILD = textwrap.dedent(r"""
                                                                   value.data_ptr(), grad.data_ptr(), 0, W, WB, 1),
         "segmented counts, dtype 7": lambda: C.segmented_counts(7, 2, n, u.data_ptr(), counts.data_ptr(), W, WB, 1),
         "cdf workspace, dtype 7": lambda: C.cdf_pairs_workspace_bytes(7, n, d, 45, 0, 1),
+        "cdf entry bytes, dtype 7": lambda: C.cdf_pairs_entry_bytes(7, n),
         "cdf backward, dtype 7": lambda: C.cdf_pairs_backward(7, n, d, z.data_ptr(), 1, signs[0].data_ptr(),
                                                               signs[1].data_ptr(), 0, 1.0, grad.data_ptr(), 1),
         # a null pointer where data must be
@@ -62,6 +63,15 @@ _CHILD = textwrap.dedent(r"""
         "segmented counts, null counts": lambda: C.segmented_counts(1, 2, n, u.data_ptr(), 0, W, WB, 1),
         "cdf backward, null grad": lambda: C.cdf_pairs_backward(1, n, d, z.data_ptr(), 1, signs[0].data_ptr(),
                                                                 signs[1].data_ptr(), 0, 1.0, 0, 1),
+        "cdf forward, null value": lambda: C.cdf_pairs_forward(1, n, d, z.data_ptr(), 0, f64.data_ptr(), 0, 0, 1, 0,
+                                                               signs[0].data_ptr(), signs[1].data_ptr(), 0, 0, 45,
+                                                               0, 0, W, WB, 1),
+        "cdf forward, null workspace": lambda: C.cdf_pairs_forward(1, n, d, z.data_ptr(), 0, f64.data_ptr(), 0, 0, 1,
+                                                                   value.data_ptr(), signs[0].data_ptr(),
+                                                                   signs[1].data_ptr(), 0, 0, 45, 0, 0, 0, WB, 1),
+        "cdf forward p = 2, null residual": lambda: C.cdf_pairs_forward(1, n, d, z.data_ptr(), 0, f64.data_ptr(), 0, 0,
+                                                                        2, value.data_ptr(), 0, 0, 0, 0, 45, 0, 0, W,
+                                                                        WB, 1),
     }
     for name, call in cases.items():
         print(name, file=sys.stderr, flush=True)  # the last name printed is the one that crashed
@@ -78,7 +88,7 @@ def test_bad_dtype_codes_and_null_pointers_raise_value_errors():
     out = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, f"crashed in: {out.stderr.strip().splitlines()[-1:]}\n{out.stderr[-2000:]}"
     outcomes = dict(json.loads(line) for line in out.stdout.splitlines())
-    assert len(outcomes) == 15, outcomes
+    assert len(outcomes) == 19, outcomes
     for name, outcome in outcomes.items():
         expected = "dtype code 7" if name.endswith("dtype 7") else "null"
         assert outcome.startswith("ValueError") and expected in outcome, (name, outcome)

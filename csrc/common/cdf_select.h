@@ -125,9 +125,12 @@ struct KeyLeaves {
   GAUSSREG_HD uint64_t per_bin() const { return uint64_t{1} << bits; }
   GAUSSREG_HD uint64_t slots() const { return used << bits; }
 
+  // The slot of the first leaf of the bin that was refined `refined`-th.
+  GAUSSREG_HD uint64_t first_slot(uint64_t refined) const { return first + (refined << bits); }
+
   // The slot of a key of the bin that was refined `refined`-th.
   GAUSSREG_HD uint64_t slot_of(const KeyBins<T>& bins, uint64_t refined, U key) const {
-    return first + (refined << bits) + static_cast<uint64_t>((key >> (bins.shift - bits)) & (per_bin() - 1));
+    return first_slot(refined) + static_cast<uint64_t>((key >> (bins.shift - bits)) & (per_bin() - 1));
   }
 
   // Smallest and largest key that leaf `leaf` of in-range bin b can hold.

@@ -27,6 +27,7 @@
 // are consecutive bits, so the lower triangle is read a word per j, the upper one along the
 // rows. Each row is summed by one thread in a fixed order: bitwise reproducible.
 #include "common/cdf_attraction.h"
+#include "common/cdf_attraction_bind.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -763,7 +764,7 @@ void classify_leaves(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, cons
   for (uint64_t b = 0; b < count; ++b) {
     if (ws.cls[b] != kBinRefined) continue;
     uint64_t rank = ws.first[b];
-    const uint64_t slot0 = leaves.first + (static_cast<uint64_t>(ws.refined[b]) << leaves.bits);
+    const uint64_t slot0 = leaves.first_slot(static_cast<uint64_t>(ws.refined[b]));
     for (uint64_t leaf = 0; leaf < leaves.per_bin(); ++leaf) {
       ws.first[slot0 + leaf] = rank;
       rank += ws.hist[slot0 + leaf].count;
@@ -775,7 +776,7 @@ void classify_leaves(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, cons
   for (int64_t sb = 0; sb < static_cast<int64_t>(count); ++sb) {
     const uint64_t b = static_cast<uint64_t>(sb);
     if (ws.cls[b] != kBinRefined) continue;
-    const uint64_t slot0 = leaves.first + (static_cast<uint64_t>(ws.refined[b]) << leaves.bits);
+    const uint64_t slot0 = leaves.first_slot(static_cast<uint64_t>(ws.refined[b]));
     for (uint64_t leaf = 0; leaf < leaves.per_bin(); ++leaf)
       classify_slot(a, ws, slot0 + leaf, true, leaves.low(bins, b, leaf), leaves.high(bins, b, leaf), bins.unit(b));
   }
@@ -1567,33 +1568,38 @@ void backward(const BackwardArgs<T>& a) {
 
 // ---------------------------------------------------------------- bindings
 
-template <typename T>
-void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
-                   int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual,
-                   uintptr_t sorted, uint64_t capacity, uint64_t bins, uintptr_t stats, uintptr_t workspace,
-                   size_t ws_bytes, int threads) {
-  run_interruptible([&](InterruptPoll poll) {
-    const ForwardArgs<T> a{ptr<const T>(z), n, d,
-                           rank_quantiles<T>(source, table, values, count, pair_count(static_cast<uint64_t>(n))),
-                           p, ptr<double>(value), ptr<uint64_t>(pos), ptr<uint64_t>(neg), ptr<T>(residual),
-                           ptr<T>(sorted), capacity, bins, ptr<int64_t>(stats), poll, threads};
-    forward(a, ptr<void>(workspace), ws_bytes);
-  });
-}
+// The CPU side of the shared bindings (csrc/common/cdf_attraction_bind.h); the GIL is
+// released, and the Ctrl-C poll takes it briefly between chunks.
+struct CdfPairsCpu {
+  static constexpr const char* kLastArg = "threads";
 
-template <typename T>
-void backward_typed(int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
-                    double scale, uintptr_t grad, int threads, int64_t rank, int64_t world) {
-  run_interruptible([&](InterruptPoll poll) {
-    backward(BackwardArgs<T>{ptr<const T>(z), n, d, p, ptr<const uint64_t>(pos), ptr<const uint64_t>(neg),
-                             ptr<const T>(residual), scale, ptr<T>(grad), poll, threads, rank, world});
-  });
-}
+  template <typename T>
+  static std::size_t workspace_bytes(int64_t n, int64_t d, uint64_t capacity, uint64_t bins, std::uintptr_t threads) {
+    return forward_workspace_bytes<T>(n, d, capacity, bins, static_cast<int>(threads));
+  }
 
-void check_cdf_pointers(uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual) {
-  if (z == 0 || (p == 1 && (pos == 0 || neg == 0)) || (p == 2 && residual == 0))
-    throw std::invalid_argument("cdf_attraction: null pointer for z or the signs/residuals");
-}
+  static std::size_t entry_bytes(bool single, uint64_t pairs) {
+    return single && packs<float>(pairs) ? sizeof(PackedEntries::Entry) : sizeof(WideEntries::Entry);
+  }
+
+  template <typename T>
+  static void forward(const CdfForwardCall<T>& c, std::uintptr_t threads) {
+    run_interruptible_released([&](InterruptPoll poll) {
+      const ForwardArgs<T> a{c.z,     c.n,    c.d,        c.quantiles, c.p,     c.value, c.pos,
+                             c.neg,   c.residual, c.sorted, c.capacity,  c.bins,  c.stats, poll,
+                             static_cast<int>(threads)};
+      cpu::forward(a, c.workspace, c.ws_bytes);
+    });
+  }
+
+  template <typename T>
+  static void backward(const CdfBackwardCall<T>& c, std::uintptr_t threads) {
+    run_interruptible_released([&](InterruptPoll poll) {
+      cpu::backward(BackwardArgs<T>{c.z, c.n, c.d, c.p, c.pos, c.neg, c.residual, c.scale, c.grad, poll,
+                                    static_cast<int>(threads), c.rank, c.world});
+    });
+  }
+};
 
 template <typename T>
 RangeArgs<T> range_args(int64_t n, int64_t d, uintptr_t z, uint64_t bins, uintptr_t layout, double low_key,
@@ -1872,66 +1878,7 @@ void bind_cdf_shares(py::module_& m) {
 
 void bind_cdf_attraction(py::module_& m) {
   bind_cdf_shares(m);
-  m.def(
-      "cdf_pairs_workspace_bytes",
-      [](int dtype, int64_t n, int64_t d, uint64_t capacity, uint64_t bins, int threads) {
-        check_cdf_pairs_sizes(n, d, 1, capacity);
-        return is_float(dtype) ? forward_workspace_bytes<float>(n, d, capacity, bins, threads)
-                               : forward_workspace_bytes<double>(n, d, capacity, bins, threads);
-      },
-      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("capacity"), py::arg("bins"), py::arg("threads"),
-      "Workspace bytes of cdf_pairs_forward (capacity: sort entries per pass; bins: in-range bins of the "
-      "p = 1 selection histogram, 0 for the default).");
-  m.def(
-      "cdf_pairs_entry_bytes",
-      [](int dtype, int64_t n) {
-        const uint64_t pairs = pair_count(static_cast<uint64_t>(n));
-        const bool packed = is_float(dtype) && packs<float>(pairs);
-        return packed ? sizeof(PackedEntries::Entry) : sizeof(WideEntries::Entry);
-      },
-      py::arg("dtype"), py::arg("n"), "Bytes one sort entry takes (the unit of the capacity).");
-  m.def(
-      "cdf_pairs_forward",
-      [](int dtype, int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
-         int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual, uintptr_t sorted,
-         uint64_t capacity, uint64_t bins, uintptr_t stats, uintptr_t workspace, size_t ws_bytes, int threads) {
-        check_cdf_pairs_sizes(n, d, p, capacity);
-        check_cdf_pointers(z, p, pos, neg, residual);
-        if (value == 0 || workspace == 0) throw std::invalid_argument("cdf_attraction: null value or workspace");
-        if (is_float(dtype))
-          forward_typed<float>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted, capacity,
-                               bins, stats, workspace, ws_bytes, threads);
-        else
-          forward_typed<double>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted,
-                                capacity, bins, stats, workspace, ws_bytes, threads);
-      },
-      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("source"), py::arg("table"),
-      py::arg("values"), py::arg("count"), py::arg("p"), py::arg("value"), py::arg("pos"), py::arg("neg"),
-      py::arg("residual"), py::arg("sorted"), py::arg("capacity"), py::arg("bins"), py::arg("stats"),
-      py::arg("workspace"), py::arg("ws_bytes"), py::arg("threads"),
-      "Sum over ranks of |d_(k) - c'_k|^p for contiguous (n, d) points; p = 1 writes sgn(e) as two bit sets "
-      "(pos, neg), p = 2 writes e, both at pair index k(i, j); `sorted` (optional) receives d_(k) by rank and "
-      "`stats` (optional, 5 int64) the pairs sorted, generation passes, bins, mixed slots and refined bins. p = 1 without "
-      "`sorted` ranks by selection; a pending Ctrl-C raises KeyboardInterrupt between chunks.");
-  m.def(
-      "cdf_pairs_backward",
-      [](int dtype, int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
-         double scale, uintptr_t grad, int threads, int64_t rank, int64_t world) {
-        check_cdf_pairs_sizes(n, d, p, 1);
-        check_cdf_pointers(z, p, pos, neg, residual);
-        if (grad == 0) throw std::invalid_argument("cdf_attraction: null gradient");
-        if (world < 1 || rank < 0 || rank >= world || (world > 1 && p != 1))
-          throw std::invalid_argument("cdf_attraction: rank outside the group, or a split backward with p != 1");
-        if (is_float(dtype))
-          backward_typed<float>(n, d, z, p, pos, neg, residual, scale, grad, threads, rank, world);
-        else
-          backward_typed<double>(n, d, z, p, pos, neg, residual, scale, grad, threads, rank, world);
-      },
-      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("p"), py::arg("pos"), py::arg("neg"),
-      py::arg("residual"), py::arg("scale"), py::arg("grad"), py::arg("threads"), py::arg("rank") = 0,
-      py::arg("world") = 1,
-      "grad_i = scale * sum_{j != i} s_ij (z_i - z_j) with s from cdf_pairs_forward; with world > 1, the sum "
-      "over this rank's pairs only (those the cdf_share_* steps signed), for every point i.");
+  bind_cdf_pairs_engine<CdfPairsCpu>(m);
   m.def(
       "ks_distances_workspace_bytes",
       [](int dtype, int64_t n, int64_t d, uint64_t bins, int threads) {

@@ -34,6 +34,7 @@
 // row's sum runs over j in increasing order in one thread with fma: bitwise reproducible,
 // and the same order as the CPU's.
 #include "common/cdf_attraction.h"
+#include "common/cdf_attraction_bind.h"
 
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
@@ -1349,102 +1350,47 @@ void backward(const BackwardArgs<T>& a, cudaStream_t stream) {
 
 // ---------------------------------------------------------------- bindings
 
-template <typename T>
-void forward_typed(int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
-                   int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual,
-                   uintptr_t sorted, uint64_t capacity, uint64_t bins, uintptr_t stats, uintptr_t workspace,
-                   size_t ws_bytes, uintptr_t stream) {
-  const uint64_t pairs = pair_count(static_cast<uint64_t>(n));
-  if (z == 0 || value == 0) throw std::invalid_argument("cdf_attraction: no points or no output for the value");
-  if ((p == 1 && (pos == 0 || neg == 0)) || (p == 2 && residual == 0))
-    throw std::invalid_argument("cdf_attraction: no output for the signs (p = 1) or residuals (p = 2)");
-  const RankArgs<T> ranks{rank_quantiles<T>(source, table, values, count, pairs),
-                          p,
-                          ptr<unsigned long long>(pos),
-                          ptr<unsigned long long>(neg),
-                          ptr<T>(residual),
-                          ptr<T>(sorted),
-                          pairs};
-  forward(ForwardArgs<T>{ptr<const T>(z), n, d, ranks, ptr<double>(value), capacity, bins, ptr<int64_t>(stats)},
-          ptr<void>(workspace), ws_bytes, stream_of(stream));
-}
+// The CUDA side of the shared bindings (csrc/common/cdf_attraction_bind.h): everything runs
+// on `stream`; the forward in passes synchronises it once, after its histogram (pass
+// boundaries are host values). Errors: std::invalid_argument, std::overflow_error (a bucket of
+// tied distances larger than a pass), std::runtime_error.
+struct CdfPairsCuda {
+  static constexpr const char* kLastArg = "stream";
 
-template <typename T>
-void backward_typed(int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
-                    double scale, uintptr_t grad, uintptr_t stream) {
-  if (z == 0 || grad == 0 || (p == 1 && (pos == 0 || neg == 0)) || (p == 2 && residual == 0))
-    throw std::invalid_argument("cdf_attraction: backward needs the points, the gradient, and the signs or residuals");
-  backward(BackwardArgs<T>{ptr<const T>(z), n, d, p, ptr<const unsigned long long>(pos),
-                           ptr<const unsigned long long>(neg), ptr<const T>(residual), static_cast<T>(scale),
-                           ptr<T>(grad)},
-           stream_of(stream));
-}
+  template <typename T>
+  static std::size_t workspace_bytes(int64_t n, int64_t, uint64_t capacity, uint64_t bins, std::uintptr_t stream) {
+    return forward_workspace_bytes<T>(n, capacity, bins, stream_of(stream));
+  }
+
+  static std::size_t entry_bytes(bool single, uint64_t pairs) { return entry_bytes_of(single, pairs); }
+
+  template <typename T>
+  static void forward(const CdfForwardCall<T>& c, std::uintptr_t stream) {
+    const uint64_t pairs = pair_count(static_cast<uint64_t>(c.n));
+    const RankArgs<T> ranks{c.quantiles,
+                            c.p,
+                            reinterpret_cast<unsigned long long*>(c.pos),
+                            reinterpret_cast<unsigned long long*>(c.neg),
+                            c.residual,
+                            c.sorted,
+                            pairs};
+    cuda::forward(ForwardArgs<T>{c.z, c.n, c.d, ranks, c.value, c.capacity, c.bins, c.stats}, c.workspace, c.ws_bytes,
+                  stream_of(stream));
+  }
+
+  template <typename T>
+  static void backward(const CdfBackwardCall<T>& c, std::uintptr_t stream) {
+    if (c.world != 1) throw std::invalid_argument("cdf_pairs_backward: the CUDA engine has no split across ranks");
+    cuda::backward(BackwardArgs<T>{c.z, c.n, c.d, c.p, reinterpret_cast<const unsigned long long*>(c.pos),
+                                   reinterpret_cast<const unsigned long long*>(c.neg), c.residual,
+                                   static_cast<T>(c.scale), c.grad},
+                   stream_of(stream));
+  }
+};
 
 }  // namespace
 
-// @param dtype 0 float32, 1 float64; z contiguous (n, d) on the current device.
-// @param capacity sort entries resident at once (units of cdf_pairs_entry_bytes): >= n'
-//        ranks in one CUB sort, fewer in passes of at most `capacity` entries.
-// @note Everything runs on `stream`; the forward in passes synchronises it once, after
-//       its histogram (pass boundaries are host values). Errors: std::invalid_argument,
-//       std::overflow_error (a bucket of tied distances larger than a pass), std::runtime_error.
-void bind_cdf_attraction(py::module_& m) {
-  m.def(
-      "cdf_pairs_workspace_bytes",
-      [](int dtype, int64_t n, int64_t d, uint64_t capacity, uint64_t bins, uintptr_t stream) {
-        check_cdf_pairs_sizes(n, d, 1, capacity);
-        const cudaStream_t s = stream_of(stream);
-        if (is_float(dtype)) return forward_workspace_bytes<float>(n, capacity, bins, s);
-        return forward_workspace_bytes<double>(n, capacity, bins, s);
-      },
-      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("capacity"), py::arg("bins"), py::arg("stream"),
-      "Workspace bytes of cdf_pairs_forward: min(capacity, n') sort entries, CUB's temporary storage, and "
-      "per-2048-rank partial sums; with bins > 0, also the selection's (p = 1 without sorted values).");
-  m.def(
-      "cdf_pairs_entry_bytes",
-      [](int dtype, int64_t n) { return entry_bytes_of(is_float(dtype), pair_count(static_cast<uint64_t>(n))); },
-      py::arg("dtype"), py::arg("n"),
-      "Bytes one sort entry takes (the unit of the capacity), CUB's double buffer included.");
-  m.def(
-      "cdf_pairs_forward",
-      [](int dtype, int64_t n, int64_t d, uintptr_t z, int source, uintptr_t table, uintptr_t values,
-         int64_t count, int p, uintptr_t value, uintptr_t pos, uintptr_t neg, uintptr_t residual, uintptr_t sorted,
-         uint64_t capacity, uint64_t bins, uintptr_t stats, uintptr_t workspace, size_t ws_bytes,
-         uintptr_t stream) {
-        check_cdf_pairs_sizes(n, d, p, capacity);
-        const bool single = is_float(dtype);
-        py::gil_scoped_release release;
-        if (single)
-          forward_typed<float>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted, capacity,
-                               bins, stats, workspace, ws_bytes, stream);
-        else
-          forward_typed<double>(n, d, z, source, table, values, count, p, value, pos, neg, residual, sorted,
-                                capacity, bins, stats, workspace, ws_bytes, stream);
-      },
-      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("source"), py::arg("table"),
-      py::arg("values"), py::arg("count"), py::arg("p"), py::arg("value"), py::arg("pos"), py::arg("neg"),
-      py::arg("residual"), py::arg("sorted"), py::arg("capacity"), py::arg("bins"), py::arg("stats"),
-      py::arg("workspace"), py::arg("ws_bytes"), py::arg("stream"),
-      "Sum over ranks of |d_(k) - c'_k|^p for contiguous (n, d) points; p = 1 writes sgn(e) as two bit sets "
-      "(pos, neg), p = 2 writes e, both at pair index k(i, j); `sorted` (optional) receives d_(k) by rank. "
-      "With bins > 0 (p = 1, no `sorted`) the ranks come from the selection (csrc/common/cdf_select.h) and "
-      "`stats` (optional, 4 int64 on the device) receives its counters; bins = 0 sorts every pair.");
-  m.def(
-      "cdf_pairs_backward",
-      [](int dtype, int64_t n, int64_t d, uintptr_t z, int p, uintptr_t pos, uintptr_t neg, uintptr_t residual,
-         double scale, uintptr_t grad, uintptr_t stream) {
-        check_cdf_pairs_sizes(n, d, p, 1);
-        const bool single = is_float(dtype);
-        py::gil_scoped_release release;
-        if (single)
-          backward_typed<float>(n, d, z, p, pos, neg, residual, scale, grad, stream);
-        else
-          backward_typed<double>(n, d, z, p, pos, neg, residual, scale, grad, stream);
-      },
-      py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("z"), py::arg("p"), py::arg("pos"), py::arg("neg"),
-      py::arg("residual"), py::arg("scale"), py::arg("grad"), py::arg("stream"),
-      "grad_i = scale * sum_{j != i} s_ij (z_i - z_j) with s from cdf_pairs_forward.");
-}
+void bind_cdf_attraction(py::module_& m) { bind_cdf_pairs_engine<CdfPairsCuda>(m); }
 
 }  // namespace cuda
 }  // namespace gaussreg
