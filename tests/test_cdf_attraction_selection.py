@@ -19,6 +19,7 @@ import scipy.stats
 import torch
 
 import gaussreg
+from gaussreg import _native
 from gaussreg.engines import cdf_attraction as cdf_engine
 from gaussreg.testing import random_points
 
@@ -275,6 +276,26 @@ def test_refined_leaves_are_bitwise_the_same_for_any_thread_count(restore_thread
     assert runs[0][2]["refined_bins"] > 0, runs[0][2]
     for value, grad, stats in runs[1:]:
         assert value == runs[0][0] and np.array_equal(grad, runs[0][1]) and stats == runs[0][2]
+
+
+def test_many_threads_keep_the_histogram_rows_small_and_the_same_bits(restore_threads):
+    """Each virtual thread keeps a histogram row of every bin and leaf: 64 threads would hold
+    about 250 MiB of rows at n = 4096. The engine counts with fewer virtual threads where
+    the rows would pass 64 MiB (or the 2-bit signs' size), with the same bits as one thread."""
+    module = _native.module_for(torch.device("cpu"))
+    pairs = cdf_engine.pair_count(4096)
+    one, many = (module.cdf_pairs_workspace_bytes(0, 4096, 64, pairs, 0, t) for t in (1, 64))
+    assert many - one <= 64 << 20, (one, many)
+    ks_one, ks_many = (module.ks_distances_workspace_bytes(0, 4096, 64, 0, t) for t in (1, 64))
+    assert ks_many - ks_one <= 64 << 20, (ks_one, ks_many)
+    z = random_points(600, 20, seed=6)
+    table = chi2_table(cdf_engine.pair_count(600), 20)
+    runs = []
+    for threads in (1, 64):
+        torch.set_num_threads(threads)
+        runs.append([engine(z, table), engine(z, table, bins=3)])
+    for (value, grad, stats), (value64, grad64, stats64) in zip(*runs):
+        assert value64 == value and np.array_equal(grad64, grad) and stats64 == stats
 
 
 # ---------------------------------------------------------------- memory

@@ -549,6 +549,30 @@ uint64_t select_bins_of(uint64_t bins, uint64_t pairs) { return (bins == 0 ? def
 constexpr uint64_t kMinLeaves = uint64_t{1} << 16;
 uint64_t leaf_slots_of(uint64_t bin_count) { return std::max(bin_count - 2, kMinLeaves); }
 
+// The selection and the key bins keep one histogram row per virtual thread. On a machine of
+// many cores those rows would outgrow everything else the call holds (64 threads x 2^18
+// slots is about 1 GiB), so a call uses at most as many virtual threads as keep the rows
+// within kHistogramRowsBudget or the 2-bit signs' size, whichever is larger, and no more than
+// the row groups (a row beyond them would count nothing). The results do not depend on it:
+// the rows merge as integers and ties are ordered by pair index.
+constexpr size_t kHistogramRowsBudget = size_t{64} << 20;
+int histogram_threads(int64_t n, int threads, size_t row_bytes) {
+  const uint64_t pairs = pair_count(static_cast<uint64_t>(n));
+  const size_t budget = std::max<size_t>(kHistogramRowsBudget, static_cast<size_t>(pairs / 4));
+  const uint64_t fit = std::max<uint64_t>(1, budget / std::max<size_t>(row_bytes, 1));
+  const uint64_t groups = make_plan(n, 0, threads).groups;
+  return static_cast<int>(std::min<uint64_t>({static_cast<uint64_t>(std::max(threads, 1)), fit, groups}));
+}
+
+// The virtual threads of the selection's passes (see histogram_threads): a row holds a
+// BinCount and two offsets per slot.
+template <typename T>
+int selection_threads(int64_t n, uint64_t bins, int threads) {
+  const uint64_t count = select_bins_of(bins, pair_count(static_cast<uint64_t>(n)));
+  const uint64_t slots = count + leaf_slots_of(count);
+  return histogram_threads(n, threads, slots * (sizeof(BinCount<T>) + 2 * sizeof(uint64_t)));
+}
+
 template <typename T>
 size_t select_layout(int64_t n, int64_t d, uint64_t capacity, uint64_t bins, int threads, char* base,
                      SelectWorkspace<T>* out) {
@@ -556,7 +580,7 @@ size_t select_layout(int64_t n, int64_t d, uint64_t capacity, uint64_t bins, int
   const uint64_t count = select_bins_of(bins, pairs);
   const uint64_t slots = count + leaf_slots_of(count);
   const size_t entry = packs<T>(pairs) ? sizeof(PackedEntries::Entry) : sizeof(WideEntries::Entry);
-  const size_t virtual_threads = static_cast<size_t>(std::max(threads, 1));
+  const size_t virtual_threads = static_cast<size_t>(selection_threads<T>(n, bins, threads));
   const size_t sizes[] = {
       static_cast<size_t>(padded_count<T>(n) * d) * sizeof(T),
       std::min(pairs, kSelectSample) * sizeof(T),
@@ -1190,11 +1214,17 @@ struct RangeWorkspace {
   uint64_t* cursor;       // bins: next entry of a collected bin
 };
 
+// The virtual threads of the key-bin passes (see histogram_threads): a BinRange per bin.
+template <typename T>
+int range_threads(int64_t n, uint64_t bins, int threads) {
+  return histogram_threads(n, threads, select_bins_of(bins, pair_count(static_cast<uint64_t>(n))) * sizeof(BinRange<T>));
+}
+
 template <typename T>
 size_t range_layout(int64_t n, int64_t d, uint64_t bins, int threads, char* base, RangeWorkspace<T>* out) {
   const uint64_t pairs = pair_count(static_cast<uint64_t>(n));
   const uint64_t count = select_bins_of(bins, pairs);
-  const size_t virtual_threads = static_cast<size_t>(std::max(threads, 1));
+  const size_t virtual_threads = static_cast<size_t>(range_threads<T>(n, bins, threads));
   const size_t sizes[] = {
       static_cast<size_t>(padded_count<T>(n) * d) * sizeof(T),
       std::min(pairs, kSelectSample) * sizeof(T),
@@ -1336,10 +1366,12 @@ void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes) {
   if (a.p == 1 && a.sorted == nullptr) {  // signs only: selection
     SelectWorkspace<T> sws;
     select_layout<T>(a.n, a.d, a.capacity, a.bins, a.threads, base, &sws);
+    ForwardArgs<T> sa = a;
+    sa.threads = selection_threads<T>(a.n, a.bins, a.threads);
     if (packs<T>(plan.pairs))
-      select_forward<T, PackedEntries>(a, plan, sws);
+      select_forward<T, PackedEntries>(sa, plan, sws);
     else
-      select_forward<T, WideEntries>(a, plan, sws);
+      select_forward<T, WideEntries>(sa, plan, sws);
     return;
   }
   Workspace<T> ws;
@@ -1611,7 +1643,7 @@ RangeArgs<T> range_args(int64_t n, int64_t d, uintptr_t z, uint64_t bins, uintpt
   a.d = d;
   a.bins = bins;
   a.poll = poll;
-  a.threads = threads;
+  a.threads = range_threads<T>(n, bins, threads);
   return {a, ptr<int64_t>(layout), low_key, high_key, ptr<int64_t>(counts), ptr<T>(low), ptr<T>(high)};
 }
 
@@ -1692,7 +1724,7 @@ struct ShareCall {
     a.bins = bins;
     a.capacity = capacity;
     a.poll = poll;
-    a.threads = threads;
+    a.threads = selection_threads<T>(n, bins, threads);
     a.share_rank = rank;
     a.share_world = world;
     return a;
