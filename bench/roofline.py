@@ -2,24 +2,25 @@
 
 No GPU needed. Each pair-sum stem (``csrc/cuda/{gaussian_l2,mmd,cramer_wold}.cu``) is
 compiled for sm_90 as the build compiles it, disassembled (``cuobjdump -sass``, which needs
-``nvdisasm`` beside it), and the loops of every ``pair_rows_kernel`` instantiation are
-found from its backward branches. One thread owns a row and sweeps the partners in tiles,
-so the instructions one pair costs that thread are the pair loop's body, with its nested
-loops counted by their trip counts:
+``nvdisasm`` beside it), and the loops of its kernels are found from their backward
+branches. One thread owns a row and sweeps the partners in tiles staged in shared memory;
+the instructions one ordered pair costs that thread are counted from the loop nest:
 
-- a coordinate loop (loads from shared memory, no transcendental) runs D / (coordinates it
-  loads per iteration) times (run-time D; a compile-time D has no such loop);
-- a term loop (no loads) runs terms / 4 times (nvcc unrolls it 4 times; a float term costs
-  one MUFU, so its unrolled body shows 4), for a kernel that sums ``terms`` scales; the
-  remainder terms are straight code in the pair loop, counted once whatever their number;
-- the run-time-D kernels add the tile's gradient loop, per coordinate and pair.
+- the register sweep (``pair_rows_kernel``, float32 at D = 16, 32, 64): the pair loop's
+  body, once a pair, with its term loop run terms / 4 times (nvcc unrolls it 4 times; the
+  remainder terms are straight code in the pair loop, counted once whatever their number);
+- the chunked sweep (``pair_tiles_kernel``, every other D and float64): a tile of kTile
+  partners costs the tile loop's own code (the kernel values), one rolled term loop per
+  partner (``terms`` trips each) and ceil(D / kChunk) trips of the two chunk loops (the
+  loops that synchronise: distances, then gradient), whose staging loops run
+  kTile kChunk / 128 times; a pair costs a tile's kTile-th.
 
 The estimate for an H100 SXM (132 SMs at 1.98 GHz) is the largest of three throughput
 bounds over the n^2 ordered pairs a self sum visits: instruction issue (4 warp
 instructions a clock per SM), the load/store unit (one warp's shared or global access a
 clock per SM) and the transcendental unit (16 lanes a clock per SM), on the SMs the grid
-fills (ceil(n / 128) blocks). It assumes latency is hidden, which at 8 warps per SM it is
-not, so the kernels are at least this slow. The floor is the arithmetic a pair needs,
+fills (ceil(n / 128) blocks). It assumes latency is hidden, which at 8 to 20 warps per SM it
+may not be, so the kernels are at least this slow. The floor is the arithmetic a pair needs,
 2 D fused multiply-adds per ordered pair (the distance's and the gradient's), at the FP32 or
 FP64 FMA peak, or the transcendental unit's bound when that is larger.
 
@@ -56,7 +57,7 @@ LSU_PER_SM = 1  # warp-wide shared/global accesses a clock
 MUFU_LANES_PER_SM = 16
 FMA_LANES_PER_SM = {"float32": 128, "float64": 64}
 ROWS_PER_BLOCK = 128  # csrc/cuda/pair_sum.cuh kRowsPerBlock
-TILE_MAX, SHARED_BUDGET = 32, 48 * 1024 - 32 * 8  # pair_sum.cuh kTileMax, kSharedBudget
+CHUNK_SWEEP = {"float32": (32, 16), "float64": (16, 8)}  # common/pair_tiles.h kTile, kChunk
 
 SIZES = (4096, 16384, 65536)
 DIMS = (16, 64, 128, 512)
@@ -168,29 +169,30 @@ def _walk(loops: Sequence[Loop]):
 # ---------------------------------------------------------------------------- per pair
 
 
-def tile_points(d: int, elem: int) -> int:
-    return min(TILE_MAX, SHARED_BUDGET // (elem * (d + 1)))
-
-
-def per_pair(kernel: List[Tuple[int, str]], d: int, terms: int, runtime_d: bool, elem: int) -> Dict[str, float]:
-    """Instructions (all, memory, transcendental) one ordered pair costs its row's thread."""
+def register_sweep_per_pair(kernel: List[Tuple[int, str]], d: int, terms: int) -> Dict[str, float]:
+    """pair_rows_kernel (float32, D of 16, 32, 64): the pair loop inside the tile loop (the
+    loop that synchronises), once a pair, with its nested term loop's trips."""
     roots = loop_tree(kernel)
     tile_loop = max(_walk(roots), key=lambda lp: lp.count("BAR") * 10**6 + len(lp.ops))
-    inner = [c for c in tile_loop.children if c.count("LDS")]
-    pair_loop = max((c for c in inner if not c.count("STG")), key=lambda lp: len(lp.ops))
-    totals = _loop_cost(pair_loop, d, terms)
-    if runtime_d:  # the tile's gradient: for each coordinate, a loop over the tile's pairs
-        grads = [c for c in inner if c.count("STG") and c is not pair_loop]
-        if grads:
-            grad = max(grads, key=lambda lp: len(lp.ops))
-            pairs_loop = max(grad.children, key=lambda lp: lp.count("LDS"))
-            tile = tile_points(d, elem)
-            per = pairs_loop.count("LDS")
-            for key, value in _counts(pairs_loop).items():
-                totals[key] += d * value / per
-            for key, value in _own_counts(grad).items():
-                totals[key] += d * value / tile
-    return totals
+    pair_loop = max((c for c in tile_loop.children if c.count("LDS")), key=lambda lp: len(lp.ops))
+    return _loop_cost(pair_loop, d, terms, staging_trips=1)
+
+
+def chunk_sweep_per_pair(kernel: List[Tuple[int, str]], d: int, terms: int, dtype: str) -> Dict[str, float]:
+    """pair_tiles_kernel (every other D, float64): a tile of kTile partners costs the tile
+    loop's own instructions (its kernel values, straight code), its term loops (one per
+    partner, ``terms`` trips each) and ceil(D / kChunk) trips of each chunk loop (the two
+    loops that synchronise: distances, then gradient); a pair costs a tile's kTile-th."""
+    tile, chunk = CHUNK_SWEEP[dtype]
+    roots = loop_tree(kernel)
+    tile_loop = max(_walk(roots), key=lambda lp: lp.count("BAR") * 10**6 + len(lp.ops))
+    staging = math.ceil(tile * chunk / ROWS_PER_BLOCK)
+    totals = {k: float(v) for k, v in _own_counts(tile_loop).items()}
+    for child in tile_loop.children:
+        trips = math.ceil(d / chunk) if child.count("BAR") else terms
+        for key, value in _loop_cost(child, d, terms, staging).items():
+            totals[key] += trips * value
+    return {key: value / tile for key, value in totals.items()}
 
 
 def _counts(loop: Loop) -> Dict[str, float]:
@@ -204,22 +206,17 @@ def _own_counts(loop: Loop) -> Dict[str, float]:
     return {"all": loop.own(), "memory": sum(extra[m] for m in MEMORY_OPS), "mufu": extra["MUFU"]}
 
 
-def _loop_cost(loop: Loop, d: int, terms: int) -> Dict[str, float]:
-    """One iteration of ``loop``: its own instructions and its nested loops' trips."""
+def _loop_cost(loop: Loop, d: int, terms: int, staging_trips: int) -> Dict[str, float]:
+    """One iteration of ``loop``: its own instructions and its nested loops' trips: a loop
+    that loads from global memory stages a tile (``staging_trips``), any other runs the
+    kernel's terms (unrolled TERM_UNROLL times where the compiler unrolled it)."""
     totals = {k: float(v) for k, v in _own_counts(loop).items()}
-    coordinates = sorted((c for c in loop.children if c.count("LDS") and not c.count("MUFU")),
-                         key=lambda c: c.count("LDS"), reverse=True)
-    left = d
-    for child in coordinates:  # the unrolled loop first, then its remainder loop
-        trips = left // child.count("LDS")
-        left -= trips * child.count("LDS")
-        for key, value in _loop_cost(child, d, terms).items():
-            totals[key] += trips * value
     for child in loop.children:
-        if child in coordinates:
-            continue
-        trips = terms // (child.count("MUFU") or TERM_UNROLL)
-        for key, value in _loop_cost(child, d, terms).items():
+        if child.count("LDG"):
+            trips = staging_trips
+        else:
+            trips = terms // (child.count("MUFU") or TERM_UNROLL)
+        for key, value in _loop_cost(child, d, terms, staging_trips).items():
             totals[key] += trips * value
     return totals
 
@@ -243,9 +240,13 @@ def floor_ms(n: int, d: int, terms: int, dtype: str) -> float:
     return max(fma, mufu) / CLOCK_HZ * 1e3
 
 
-def kernel_name(kernels: Dict[str, list], cls: str, dtype: str, dt: int) -> str:
+def kernel_name(kernels: Dict[str, list], cls: str, dtype: str, dt: Optional[int]) -> str:
+    """The value + gradient instantiation: the register sweep at D = dt, else the chunked one."""
     t = "f" if dtype == "float32" else "d"
-    pattern = f"pair_rows_kernelI{t}NS_{len(cls)}{cls}I{t}EELi{dt}ELb1ELb1E"
+    if dt is None:
+        pattern = f"pair_tiles_kernelI{t}NS_{len(cls)}{cls}I{t}EELb1ELb1E"
+    else:
+        pattern = f"pair_rows_kernelI{t}NS_{len(cls)}{cls}I{t}EELi{dt}ELb1ELb1E"
     matches = [k for k in kernels if pattern in k]
     if len(matches) != 1:
         raise LookupError(f"{cls} {dtype} D={dt}: {len(matches)} kernels match {pattern}")
@@ -258,13 +259,15 @@ def build_rows() -> List[dict]:
         sass = {stem: functions(compile_sass(stem, Path(tmp))) for stem in {k[0] for k in KERNELS}}
     for stem, cls, terms, what in KERNELS:
         for dtype in ("float32", "float64"):
-            elem = 4 if dtype == "float32" else 8
             for d in DIMS:
                 compiled = dtype == "float32" and d in (16, 32, 64)
-                name = kernel_name(sass[stem], cls, dtype, d if compiled else 0)
-                instrs = per_pair(sass[stem][name], d, terms, not compiled, elem)
+                if compiled:
+                    instrs = register_sweep_per_pair(sass[stem][kernel_name(sass[stem], cls, dtype, d)], d, terms)
+                else:
+                    instrs = chunk_sweep_per_pair(sass[stem][kernel_name(sass[stem], cls, dtype, None)], d, terms,
+                                                  dtype)
                 row = {"stem": stem, "kernel": cls, "call": what, "dtype": dtype, "D": d, "terms": terms,
-                       "path": "compile-time D" if compiled else "run-time D",
+                       "path": "registers (pair_rows_kernel)" if compiled else "chunks (pair_tiles_kernel)",
                        "instructions_per_pair": round(instrs["all"], 1),
                        "memory_per_pair": round(instrs["memory"], 1), "mufu_per_pair": round(instrs["mufu"], 1),
                        "fma_floor_per_pair": 2 * d, "estimate_ms": {}, "floor_ms": {}, "ratio": {}}

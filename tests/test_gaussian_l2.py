@@ -442,9 +442,11 @@ def test_kernel_exp_is_finite_up_to_the_overflow_end(dtype, exponent):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype, d", [(torch.float32, 383), (torch.float32, 1023), (torch.float64, 191)])
+@pytest.mark.parametrize("dtype, d", [(torch.float32, 383), (torch.float32, 1023), (torch.float64, 191),
+                                      (torch.float32, 4099)])
 def test_cuda_dims_that_fill_shared_memory(dtype, d):
-    """D where the tile nearly fills shared memory (the value launch also needs block_sum's 256 bytes)."""
+    """D that filled the former whole-point tile of shared memory; the chunked sweep stages
+    a chunk of coordinates at a time, so any D runs (4099: beyond any whole-point tile)."""
     z = random_points(300, d, seed=4, dtype=dtype, scale=0.05, requires_grad=True)
     zc = z.detach().cuda().requires_grad_(True)
     gaussreg.gaussian_l2_to_normal(z).backward()

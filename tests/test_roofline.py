@@ -12,44 +12,76 @@ SPEC = importlib.util.spec_from_file_location("roofline", ROOT / "bench" / "roof
 roofline = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(roofline)
 
-# A tile loop (it synchronises) around a pair loop that holds a coordinate loop (2 shared
-# loads an iteration) and a term loop (one transcendental an iteration), as cuobjdump prints.
-LISTING = """
-        Function : kern
+# The register sweep's shape: a tile loop (it synchronises) around a pair loop that holds a
+# term loop (one transcendental an iteration), as cuobjdump prints it.
+REGISTER_LISTING = """
+        Function : rows
         /*0000*/                   MOV R1, c[0x0][0x28] ;          /* 0x0 */
         /*0010*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;   /* 0x0 */
         /*0020*/                   LDS R2, [R3] ;                  /* 0x0 */
         /*0030*/                   LDS R4, [R3+0x4] ;              /* 0x0 */
-        /*0040*/                   LDS R5, [R3+0x8] ;              /* 0x0 */
-        /*0050*/                   FFMA R6, R4, R5, R6 ;           /* 0x0 */
-        /*0060*/               @P3 BRA 0x30 ;                      /* 0x0 */
-        /*0070*/                   MUFU.EX2 R7, R6 ;               /* 0x0 */
-        /*0080*/                   FADD R8, R7, R8 ;               /* 0x0 */
-        /*0090*/               @!P0 BRA 0x70 ;                     /* 0x0 */
-        /*00a0*/                   FADD R9, R9, R8 ;               /* 0x0 */
-        /*00b0*/               @P1 BRA 0x20 ;                      /* 0x0 */
-        /*00c0*/                   BAR.SYNC 0x0 ;                  /* 0x0 */
-        /*00d0*/               @P2 BRA 0x10 ;                      /* 0x0 */
-        /*00e0*/                   EXIT ;                          /* 0x0 */
+        /*0040*/                   FFMA R6, R4, R2, R6 ;           /* 0x0 */
+        /*0050*/                   MUFU.EX2 R7, R6 ;               /* 0x0 */
+        /*0060*/                   FADD R8, R7, R8 ;               /* 0x0 */
+        /*0070*/               @!P0 BRA 0x50 ;                     /* 0x0 */
+        /*0080*/                   FADD R9, R9, R8 ;               /* 0x0 */
+        /*0090*/               @P1 BRA 0x20 ;                      /* 0x0 */
+        /*00a0*/                   BAR.SYNC 0x0 ;                  /* 0x0 */
+        /*00b0*/               @P2 BRA 0x10 ;                      /* 0x0 */
+        /*00c0*/                   EXIT ;                          /* 0x0 */
+"""
+
+# The chunked sweep's shape: a tile loop around a chunk loop (two barriers, a staging loop
+# that loads from global memory) and a term loop.
+CHUNK_LISTING = """
+        Function : tiles
+        /*0000*/                   MOV R1, c[0x0][0x28] ;          /* 0x0 */
+        /*0010*/                   LDS R2, [R3] ;                  /* 0x0 */
+        /*0020*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;   /* 0x0 */
+        /*0030*/                   LDG.E R4, desc[UR4][R2.64] ;    /* 0x0 */
+        /*0040*/                   STS [R3], R4 ;                  /* 0x0 */
+        /*0050*/               @P3 BRA 0x30 ;                      /* 0x0 */
+        /*0060*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;   /* 0x0 */
+        /*0070*/                   LDS.128 R8, [R3] ;              /* 0x0 */
+        /*0080*/                   FFMA R6, R8, R8, R6 ;           /* 0x0 */
+        /*0090*/               @P1 BRA 0x20 ;                      /* 0x0 */
+        /*00a0*/                   MUFU.EX2 R7, R6 ;               /* 0x0 */
+        /*00b0*/                   FADD R8, R7, R8 ;               /* 0x0 */
+        /*00c0*/               @!P0 BRA 0xa0 ;                     /* 0x0 */
+        /*00d0*/                   FADD R9, R9, R8 ;               /* 0x0 */
+        /*00e0*/               @P2 BRA 0x10 ;                      /* 0x0 */
+        /*00f0*/                   EXIT ;                          /* 0x0 */
 """
 
 
 def test_loop_nest_of_a_listing_written_by_hand():
-    instrs = roofline.functions(LISTING)["kern"]
-    assert len(instrs) == 15
+    instrs = roofline.functions(CHUNK_LISTING)["tiles"]
+    assert len(instrs) == 16
     (tile,) = roofline.loop_tree(instrs)
-    assert (tile.start, tile.end) == (0x10, 0xD0)
-    (pair,) = tile.children
-    assert (pair.start, pair.end, len(pair.ops)) == (0x20, 0xB0, 10)
-    assert sorted((c.start, c.end) for c in pair.children) == [(0x30, 0x60), (0x70, 0x90)]
+    assert (tile.start, tile.end, len(tile.ops), tile.own()) == (0x10, 0xE0, 14, 3)
+    chunk, term = sorted(tile.children, key=lambda loop: loop.start)
+    assert (chunk.start, chunk.end, chunk.own()) == (0x20, 0x90, 5)
+    assert [(c.start, c.end) for c in chunk.children] == [(0x30, 0x50)]
+    assert (term.start, term.end) == (0xA0, 0xC0)
 
 
-def test_instructions_per_pair_count_the_nested_loops_trips():
-    instrs = roofline.functions(LISTING)["kern"]
-    # Pair loop: 3 own instructions (one LDS); D = 6 runs the coordinate loop 3 times (4
-    # instructions, 2 LDS each), 5 terms run the term loop 5 times (3 instructions, 1 MUFU).
-    got = roofline.per_pair(instrs, d=6, terms=5, runtime_d=True, elem=4)
-    assert got == {"all": 3 + 3 * 4 + 5 * 3, "memory": 1 + 3 * 2, "mufu": 5}
+def test_register_sweep_counts_the_term_loops_trips():
+    instrs = roofline.functions(REGISTER_LISTING)["rows"]
+    # Pair loop 0x20-0x90: 5 own instructions (2 LDS); 6 terms run its term loop 6 times
+    # (3 instructions, 1 MUFU each).
+    got = roofline.register_sweep_per_pair(instrs, d=16, terms=6)
+    assert got == {"all": 5 + 6 * 3, "memory": 2, "mufu": 6}
+
+
+def test_chunk_sweep_counts_chunks_staging_and_terms_per_partner():
+    instrs = roofline.functions(CHUNK_LISTING)["tiles"]
+    # float32: tiles of 32 partners, chunks of 16 coordinates. D = 40: 3 chunk trips, each
+    # 5 own instructions (1 LDS) and 4 staging trips (32 x 16 values over 128 threads) of 3
+    # (LDG, STS); 5 terms: 5 term trips of 3 (1 MUFU); 3 own (1 LDS). Then per partner.
+    got = roofline.chunk_sweep_per_pair(instrs, d=40, terms=5, dtype="float32")
+    chunk = {"all": 5 + 4 * 3, "memory": 1 + 4 * 2}
+    assert got == pytest.approx({"all": (3 + 3 * chunk["all"] + 5 * 3) / 32,
+                                 "memory": (1 + 3 * chunk["memory"]) / 32, "mufu": 5 / 32})
 
 
 def test_estimate_and_floor_by_hand():

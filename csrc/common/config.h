@@ -12,6 +12,15 @@
 #define GAUSSREG_HD inline
 #endif
 
+// Unroll the next loop in device code, or keep it rolled (host builds leave it to the compiler).
+#if defined(__CUDA_ARCH__)
+#define GAUSSREG_UNROLL _Pragma("unroll")
+#define GAUSSREG_NO_UNROLL _Pragma("unroll 1")
+#else
+#define GAUSSREG_UNROLL
+#define GAUSSREG_NO_UNROLL
+#endif
+
 namespace gaussreg {
 
 // Element types crossing the Python boundary, in the order _native.py uses.

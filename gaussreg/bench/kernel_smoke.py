@@ -36,6 +36,8 @@ def _cases() -> List[Tuple[str, Callable[[List[torch.Tensor]], torch.Tensor], Li
         ("gaussian_l2_to_normal per point", lambda z: gaussreg.gaussian_l2_to_normal(
             z, torch.linspace(0.5, 1.5, z.shape[0], dtype=z.dtype, device=z.device)), [small]),
         ("gaussian_l2", lambda x, y: gaussreg.gaussian_l2(x, y), [small, other]),
+        # D = 16: float32 takes the register sweep of the CUDA pair sums (D = 5 the chunked one)
+        ("gaussian_l2, D = 16", lambda x, y: gaussreg.gaussian_l2(x, y), [(37, 16), (29, 16)]),
         ("mmd imq", lambda z, y: gaussreg.mmd(z, y), [small, other]),
         ("mmd rbf", lambda z, y: gaussreg.mmd(z, y, kernel="rbf"), [small, other]),
         ("cw_distance approx", lambda z: gaussreg.cw_distance(z), [small]),

@@ -1,0 +1,180 @@
+// The CUDA pair-sum engine's sweep (SPEC 3, 4, 5), written once for the device and for a
+// host emulation of a thread block (tests/host/pair_tiles.cpp runs it with real barriers,
+// so its indexing is checked on any machine).
+//
+// One thread owns one row a_i and sweeps the partners b_j in tiles of kTile points, a
+// chunk of kChunk coordinates at a time: any D, float32 or float64, on one path. A chunk of
+// the tile is staged in shared memory (zero past the tile's points and past D: a zero
+// coordinate adds nothing to a distance or a gradient), the row's chunk is held in
+// registers and reused by the tile's kTile pairs, and each pair's squared distance stays in
+// a register until the tile's last chunk. Then the kernel's value and derivative k'(t) per
+// pair, and (kGrad) a second pass over the chunks adds sum_j k'(t_ij)(a_i - b_j) to the
+// row's gradient, chunk by chunk: per pair and coordinate, one shared load (vectorisable),
+// one subtraction and one fused multiply-add in each pass.
+//
+// A Block provides: thread(), threads(), sync() (a barrier of every thread of the block),
+// ys() (kTile x kChunk values) and yp() (kTile values) shared by the block, and
+// sum(double) (the block's sum, valid in thread 0, in a fixed order).
+#pragma once
+
+#include <cmath>
+
+#include "config.h"
+#include "pair_sum_args.h"
+
+namespace gaussreg {
+
+// One sweep of rows a (na points) against partners b (nb points). self: b is a, and the
+// diagonal j = i is not a pair.
+template <typename T>
+struct PairSweep {
+  const T* a;
+  index_t na, as0, as1;
+  const T* b;
+  index_t nb, bs0, bs1;
+  index_t d;
+  const T* pa;  // optional per-point parameters of a and b
+  const T* pb;
+  bool self;
+};
+
+template <typename T>
+struct PairTileShape {
+  // Partners per tile (their distances stay in registers) and coordinates per chunk (64
+  // bytes of a row); float64 holds half as many partners, to stay within 128 registers.
+  static constexpr int kTile = sizeof(T) == 4 ? 32 : 16;
+  static constexpr int kChunk = sizeof(T) == 4 ? 16 : 8;
+};
+
+template <typename T>
+GAUSSREG_HD T fused_multiply_add(T x, T y, T z) {
+#if defined(__CUDA_ARCH__)
+  return fma(x, y, z);
+#else
+  return std::fma(x, y, z);
+#endif
+}
+
+// Coordinates [c0, c0 + kChunk) of the tile's points j0 .. j0 + kTile into ys, this
+// thread's share of them (consecutive threads read consecutive coordinates of a point).
+template <typename T, typename Block>
+GAUSSREG_HD void stage_chunk(const PairSweep<T>& s, Block& block, index_t j0, index_t c0) {
+  constexpr int C = PairTileShape<T>::kChunk;
+  T* ys = block.ys();
+  for (int e = block.thread(); e < PairTileShape<T>::kTile * C; e += block.threads()) {
+    const index_t j = j0 + e / C, c = c0 + e % C;
+    ys[e] = (j < s.nb && c < s.d) ? s.b[j * s.bs0 + c * s.bs1] : T(0);
+  }
+}
+
+// The tile's per-point parameters into yp (0 past the tile and without parameters).
+template <typename T, typename Block>
+GAUSSREG_HD void stage_parameters(const PairSweep<T>& s, Block& block, index_t j0) {
+  T* yp = block.yp();
+  for (int e = block.thread(); e < PairTileShape<T>::kTile; e += block.threads())
+    yp[e] = (s.pb != nullptr && j0 + e < s.nb) ? s.pb[j0 + e] : T(0);
+}
+
+// Row i's coordinates [c0, c0 + kChunk), 0 past D (and for a thread without a row).
+template <typename T>
+GAUSSREG_HD void load_row_chunk(const PairSweep<T>& s, index_t i, bool active, index_t c0,
+                                T (&x)[PairTileShape<T>::kChunk]) {
+  GAUSSREG_UNROLL
+  for (int k = 0; k < PairTileShape<T>::kChunk; ++k)
+    x[k] = (active && c0 + k < s.d) ? s.a[i * s.as0 + (c0 + k) * s.as1] : T(0);
+}
+
+// t_j += sum over the chunk of (x_k - y_jk)^2 for the tile's points.
+template <typename T>
+GAUSSREG_HD void add_chunk_distances(const T (&x)[PairTileShape<T>::kChunk], const T* ys,
+                                     T (&t)[PairTileShape<T>::kTile]) {
+  constexpr int C = PairTileShape<T>::kChunk;
+  GAUSSREG_UNROLL
+  for (int jj = 0; jj < PairTileShape<T>::kTile; ++jj) {
+    T acc = t[jj];
+    GAUSSREG_UNROLL
+    for (int k = 0; k < C; ++k) {
+      const T diff = x[k] - ys[jj * C + k];
+      acc = fused_multiply_add(diff, diff, acc);
+    }
+    t[jj] = acc;
+  }
+}
+
+// The tile's kernel values into v and derivatives k'(t_ij) into t (0 for the tile's
+// padding and the diagonal of a self sweep).
+template <typename T, typename K>
+GAUSSREG_HD void finish_tile(const PairSweep<T>& s, const K& kern, index_t i, bool active, T pi, const T* yp,
+                             index_t j0, T (&t)[PairTileShape<T>::kTile], double& v) {
+  const int terms = kern.num_terms();
+  GAUSSREG_UNROLL
+  for (int jj = 0; jj < PairTileShape<T>::kTile; ++jj) {
+    const index_t j = j0 + jj;
+    T k = 0, dk = 0;
+    if (active && j < s.nb && !(s.self && j == i)) {
+      GAUSSREG_NO_UNROLL  // one compact loop in each of the kTile unrolled copies
+      for (int term = 0; term < terms; ++term) kern.eval(term, t[jj], pi, yp[jj], k, dk);
+    }
+    v += static_cast<double>(k);
+    t[jj] = dk;
+  }
+}
+
+// g_k += sum_j k'(t_ij) (x_k - y_jk) over the tile, for the chunk's coordinates.
+template <typename T>
+GAUSSREG_HD void add_chunk_gradient(const T (&x)[PairTileShape<T>::kChunk], const T* ys,
+                                    const T (&dk)[PairTileShape<T>::kTile], T (&g)[PairTileShape<T>::kChunk]) {
+  constexpr int C = PairTileShape<T>::kChunk;
+  GAUSSREG_UNROLL
+  for (int jj = 0; jj < PairTileShape<T>::kTile; ++jj) {
+    GAUSSREG_UNROLL
+    for (int k = 0; k < C; ++k) g[k] = fused_multiply_add(dk[jj], x[k] - ys[jj * C + k], g[k]);
+  }
+}
+
+// The sweep of one block (rows block_row0 .. + block.threads()): kValue returns the block's
+// sum of k over its rows' pairs (valid in thread 0); kGrad writes G_i = sum_j k'(t_ij)(a_i - b_j)
+// into grad (na x d, contiguous), the first tile's chunk written, later tiles' added.
+template <typename T, typename K, bool kValue, bool kGrad, typename Block>
+GAUSSREG_HD double sweep_rows(const PairSweep<T>& s, const K& kern, index_t block_row0, Block& block, T* grad) {
+  constexpr int C = PairTileShape<T>::kChunk, J = PairTileShape<T>::kTile;
+  const index_t i = block_row0 + block.thread();
+  const bool active = i < s.na;
+  const T pi = (active && s.pa != nullptr) ? s.pa[i] : T(0);
+  double v = 0;
+  // Every bound below is the same for all threads of the block: each reaches every sync().
+  for (index_t j0 = 0; j0 < s.nb; j0 += J) {
+    T t[J];
+    GAUSSREG_UNROLL
+    for (int jj = 0; jj < J; ++jj) t[jj] = T(0);
+    for (index_t c0 = 0; c0 < s.d; c0 += C) {
+      block.sync();  // the previous chunk's readers are done with ys (and yp)
+      stage_chunk(s, block, j0, c0);
+      if (c0 == 0) stage_parameters(s, block, j0);
+      block.sync();
+      T x[C];
+      load_row_chunk(s, i, active, c0, x);
+      add_chunk_distances(x, block.ys(), t);
+    }
+    finish_tile(s, kern, i, active, pi, block.yp(), j0, t, v);
+    if (kGrad) {
+      for (index_t c0 = 0; c0 < s.d; c0 += C) {
+        block.sync();
+        stage_chunk(s, block, j0, c0);
+        block.sync();
+        T x[C], g[C];
+        load_row_chunk(s, i, active, c0, x);
+        GAUSSREG_UNROLL
+        for (int k = 0; k < C; ++k) g[k] = (active && j0 > 0 && c0 + k < s.d) ? grad[i * s.d + c0 + k] : T(0);
+        add_chunk_gradient(x, block.ys(), t, g);
+        GAUSSREG_UNROLL
+        for (int k = 0; k < C; ++k)
+          if (active && c0 + k < s.d) grad[i * s.d + c0 + k] = g[k];
+      }
+    }
+  }
+  if (!kValue) return 0.0;
+  return block.sum(v);
+}
+
+}  // namespace gaussreg
