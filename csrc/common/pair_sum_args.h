@@ -3,6 +3,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 namespace gaussreg {
 
@@ -25,5 +27,20 @@ struct PairSumArgs {
 };
 
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+
+// The checks both engines make before touching memory; `need`: the engine's workspace bytes.
+template <typename T>
+void check_pair_sum_args(const PairSumArgs<T>& a, std::size_t need) {
+  if (a.n < 1 || a.d < 1 || (a.y != nullptr && a.m < 1))
+    throw std::invalid_argument("pair_sum: empty input (n=" + std::to_string(a.n) + ", m=" + std::to_string(a.m) +
+                                ", d=" + std::to_string(a.d) + ")");
+  if (a.x == nullptr) throw std::invalid_argument("pair_sum: null pointer for x");
+  if (a.value == nullptr) throw std::invalid_argument("pair_sum: no output for the value");
+  if (a.grad_x == nullptr && a.grad_y != nullptr)
+    throw std::invalid_argument("pair_sum: a y gradient alone is not computed; swap x and y");
+  if (a.workspace == nullptr || a.workspace_bytes < need)
+    throw std::invalid_argument("pair_sum: workspace of " + std::to_string(a.workspace_bytes) + " bytes, need " +
+                                std::to_string(need));
+}
 
 }  // namespace gaussreg

@@ -164,17 +164,7 @@ void launch_sweep(const PairSweep<T>& s, const K& kern, double* block_values, T*
 
 template <typename T>
 void check_args(const PairSumArgs<T>& a) {
-  if (a.n < 1 || a.d < 1 || (a.y != nullptr && a.m < 1))
-    throw std::invalid_argument("pair_sum: empty input (n=" + std::to_string(a.n) + ", m=" + std::to_string(a.m) +
-                                ", d=" + std::to_string(a.d) + ")");
-  if (a.x == nullptr) throw std::invalid_argument("pair_sum: null pointer for x");
-  if (a.value == nullptr) throw std::invalid_argument("pair_sum: no output for the value");
-  if (a.grad_x == nullptr && a.grad_y != nullptr)
-    throw std::invalid_argument("pair_sum: a y gradient alone is not computed; swap x and y");
-  const std::size_t need = pair_sum_workspace_bytes(a.n, a.y ? a.m : 0);
-  if (a.workspace == nullptr || a.workspace_bytes < need)
-    throw std::invalid_argument("pair_sum: workspace of " + std::to_string(a.workspace_bytes) + " bytes, need " +
-                                std::to_string(need));
+  check_pair_sum_args(a, pair_sum_workspace_bytes(a.n, a.y ? a.m : 0));
 }
 
 // Entry point of the engine (stream last, no synchronisation).
