@@ -15,6 +15,8 @@
 #   sanitize  compute-sanitizer memcheck and racecheck on gaussreg/bench/kernel_smoke.py (one small
 #             forward+backward of every CUDA kernel, float32 and float64)
 #   bench     gaussreg.bench's kernel_sums, cdf_attraction and segmented on the GPU
+#   dims      (not in the default list) the pair sums' native rows at n = 65536 for D = 16,
+#             128 and 512, the sizes of bench/results/roofline-sm90.md: run it when time is left
 #
 # Everything lands under $OUT (the device tool's output folder; ./gpu_check_out elsewhere),
 # within the tool's limits on files coming back (8 files): summary.txt (one line a stage,
@@ -80,7 +82,17 @@ benches() {
   return "$rc"
 }
 
-export -f build tests sanitize benches
+dims() {
+  local results="$OUT/results_dims"
+  mkdir -p "$results"
+  python3 -m gaussreg.bench.kernel_sums --device cuda --n 65536 --dim 16 128 512 --impls native --no-memory \
+    --out "$results"
+  local rc=$?
+  tar czf "$OUT/bench_dims.tgz" -C "$results" . && rm -rf "$results"
+  return "$rc"
+}
+
+export -f build tests sanitize benches dims
 
 {
   echo "gpu_check $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -96,7 +108,8 @@ for s in "${stages[@]}"; do
     test) stage test 240 tests ;;
     sanitize) stage sanitize 300 sanitize ;;
     bench) stage bench 420 benches ;;
-    *) echo "unknown stage $s (build, test, sanitize, bench)" | tee -a "$SUMMARY"; status=2 ;;
+    dims) stage dims 240 dims ;;
+    *) echo "unknown stage $s (build, test, sanitize, bench, dims)" | tee -a "$SUMMARY"; status=2 ;;
   esac
 done
 cat "$SUMMARY"
