@@ -638,6 +638,8 @@ KeyBins<T> sample_key_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws
 template <typename T, typename Record, typename Count>
 void fill_histograms(const ForwardArgs<T>& a, const Plan& plan, const T* zt, Record* hist, uint64_t stride,
                      uint64_t lo, uint64_t hi, Record empty, Count&& count) {
+  // Each row cleared by a thread of its own: with many virtual threads the rows are tens of MiB.
+#pragma omp parallel for num_threads(a.threads) schedule(static)
   for (int64_t v = 0; v < std::max(a.threads, 1); ++v)
     std::fill(hist + static_cast<size_t>(v) * stride + lo, hist + static_cast<size_t>(v) * stride + hi, empty);
   const ShareRows share = share_rows(a.n, a.share_rank, a.share_world);
@@ -661,7 +663,9 @@ void add_key(BinCount<T>& h, typename KeyBins<T>::U bits) {
 template <typename T>
 void merge_histograms(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, uint64_t lo, uint64_t hi) {
   const int64_t virtual_threads = std::max(a.threads, 1);
-  for (uint64_t b = lo; b < hi; ++b) {
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+  for (int64_t sb = static_cast<int64_t>(lo); sb < static_cast<int64_t>(hi); ++sb) {
+    const uint64_t b = static_cast<uint64_t>(sb);
     uint64_t running = 0;
     typename SignificandSum<T>::type sum = 0;
     for (int64_t v = 0; v < virtual_threads; ++v) {
@@ -1395,19 +1399,12 @@ void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes) {
 
 // ---------------------------------------------------------------- backward
 
+// The binding's call (common/cdf_attraction_bind.h) with the CPU engine's Ctrl-C poll and
+// threads; with world > 1 only rank's pairs have signs (ShareRows).
 template <typename T>
-struct BackwardArgs {
-  const T* z;
-  int64_t n, d;
-  int p;
-  const uint64_t* pos_bits;
-  const uint64_t* neg_bits;
-  const T* residual;
-  double scale;
-  T* grad;
+struct BackwardArgs : CdfBackwardCall<T> {
   InterruptPoll poll;
   int threads;
-  int64_t share_rank = 0, share_world = 1;  // only this rank's pairs have signs (ShareRows)
 };
 
 // The backward is a product with the n x n matrix of weights w_ij = s_ij (sgn(e) for p = 1,
@@ -1426,7 +1423,7 @@ template <typename T>
 T pair_weight(const BackwardArgs<T>& a, uint64_t k) {
   if (a.p == 2) return a.residual[k];
   const uint64_t bit = uint64_t{1} << (k & 63);
-  return T((a.pos_bits[k >> 6] & bit) != 0) - T((a.neg_bits[k >> 6] & bit) != 0);
+  return T((a.pos[k >> 6] & bit) != 0) - T((a.neg[k >> 6] & bit) != 0);
 }
 
 // The weights of `count` (<= 64) consecutive pair indices from `start`, `stride` apart in out.
@@ -1436,8 +1433,8 @@ void weights_of_run(const BackwardArgs<T>& a, uint64_t start, int64_t count, T* 
     for (int64_t q = 0; q < count; ++q) out[q * stride] = a.residual[start + q];
     return;
   }
-  const uint64_t pos = extract_bits(a.pos_bits, start, static_cast<int>(count));
-  const uint64_t neg = extract_bits(a.neg_bits, start, static_cast<int>(count));
+  const uint64_t pos = extract_bits(a.pos, start, static_cast<int>(count));
+  const uint64_t neg = extract_bits(a.neg, start, static_cast<int>(count));
   for (int64_t q = 0; q < count; ++q) out[q * stride] = T((pos >> q) & 1) - T((neg >> q) & 1);
 }
 
@@ -1564,7 +1561,7 @@ void backward_tile(const BackwardArgs<T>& a, int64_t i0, T* acc) {
   std::fill(acc, acc + kTileRows * a.d, T(0));
   double weight_sum[kTileRows] = {};
   alignas(64) WeightTile<T> w;
-  const PartnerRanges partners = partner_ranges(share_rows(a.n, a.share_rank, a.share_world), a.n, i0, i0 + rows);
+  const PartnerRanges partners = partner_ranges(share_rows(a.n, a.rank, a.world), a.n, i0, i0 + rows);
   for (int q = 0; q < partners.count; ++q) {
     for (int64_t j0 = partners.start[q]; j0 < partners.stop[q]; j0 += kTileCols) {
       const int64_t cols = std::min(kTileCols, partners.stop[q] - j0);
@@ -1627,8 +1624,7 @@ struct CdfPairsCpu {
   template <typename T>
   static void backward(const CdfBackwardCall<T>& c, std::uintptr_t threads) {
     run_interruptible_released([&](InterruptPoll poll) {
-      cpu::backward(BackwardArgs<T>{c.z, c.n, c.d, c.p, c.pos, c.neg, c.residual, c.scale, c.grad, poll,
-                                    static_cast<int>(threads), c.rank, c.world});
+      cpu::backward(BackwardArgs<T>{c, poll, static_cast<int>(threads)});
     });
   }
 };
