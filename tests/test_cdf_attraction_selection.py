@@ -232,6 +232,37 @@ def test_sort_budget_below_the_mixed_pairs_takes_several_passes(device):
         assert stats["passes"] >= 4, stats  # the histogram and at least three collections
 
 
+def own_distances_scaled(z: torch.Tensor, factor: float) -> torch.Tensor:
+    """An Empirical target made of z's own sorted distances times `factor`."""
+    x = z.double().numpy()
+    i, j = np.triu_indices(x.shape[0], 1)
+    return torch.tensor(np.sort(0.5 * ((x[i] - x[j]) ** 2).sum(1)) * factor)
+
+
+def test_more_mixed_bins_than_leaf_pairs_still_refines_the_crowded_ones():
+    """Targets 3e-5 above the sample's own distances: about 63000 of 2^17 bins are mixed,
+    more than half the leaf budget, so cutting every one of them would give one bit of
+    leaves. The second level cuts the most crowded bins 16 or more ways instead, and their
+    leaves are narrower than the 3e-5 gap: with every mixed bin cut in two, 99% of the
+    pairs were still sorted; now under 10%."""
+    z = random_points(3000, 4, seed=7)
+    stats = check_against_brute_force(z, own_distances_scaled(z, 1 + 3e-5), bins=1 << 17)
+    assert stats["refined_bins"] > 0, stats
+    assert stats["sorted_pairs"] < 0.1 * cdf_engine.pair_count(3000), stats
+
+
+def test_mixed_pairs_that_leaves_cannot_split_do_not_trigger_a_refinement():
+    """9% of the pairs are zero distances between 120 copies of one point: all in the lower
+    clamp bin, which is sorted and which no leaf can cut. With 2^12 bins they come beside one
+    small mixed bin; they alone must not buy the second level's extra pass over the pairs
+    (it did, for that one bin: 3 passes): the histogram and one collection, 2 passes."""
+    z = torch.cat([random_points(280, 3, seed=1).double(), torch.zeros(120, 3, dtype=torch.float64)])
+    pairs = cdf_engine.pair_count(400)
+    stats = check_against_brute_force(z, chi2_table(pairs, 3), bins=1 << 12)
+    assert stats["sorted_pairs"] > pairs // 16, stats  # the zeros are mixed and sorted
+    assert stats["refined_bins"] == 0 and stats["passes"] == 2, stats
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_selection_matches_full_sort_value(device):
     """The same loss through the selection (p = 1) and through the full sort that p = 1 with

@@ -12,9 +12,12 @@
 // histograms merge in any order to the same bits.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "config.h"
 #include "vmath.h"
@@ -153,6 +156,71 @@ GAUSSREG_HD int choose_leaf_bits(int shift, uint64_t refined, uint64_t budget) {
   int bits = 0;
   while (bits < shift && bits < 62 && refined <= (budget >> (bits + 1))) ++bits;
   return bits;
+}
+
+// ---- which mixed bins the second level cuts (host code, shared by both engines)
+
+// A mixed bin the second level may cut: finite, of more than one key, and with bit patterns
+// to cut (shift > 0). The clamp bins and bins of one bit pattern stay as they are.
+struct RefineCandidate {
+  uint64_t count;  // the bin's keys
+  uint64_t bin;
+};
+
+struct Refinement {
+  int bits = 0;               // log2 of leaves per refined bin; 0: nothing refined
+  std::vector<uint64_t> bins; // the refined bins, ascending
+};
+
+// Whether one more pass over the pairs pays for itself, when refining would take `covered`
+// of the `mixed` pairs out of the sort (at best): when they are more than 1/16 of all pairs
+// (their sort entries would take at least half a byte a pair, twice the signs the backward
+// keeps, and sorting them costs about a pass), or when the mixed pairs need more than one
+// collection pass (each a pass over every pair) and refining could save one. The mixed
+// pairs it cannot take (clamp bins, bins of one bit pattern) do not count for it.
+constexpr uint64_t kRefineFraction = 16;
+inline bool worth_refining(uint64_t covered, uint64_t mixed, uint64_t pairs, uint64_t capacity) {
+  const uint64_t c = capacity > 0 ? capacity : 1;
+  auto passes = [c](uint64_t m) { return m / c + (m % c != 0); };
+  return covered > pairs / kRefineFraction || (mixed > capacity && passes(mixed - covered) < passes(mixed));
+}
+
+// The bins to refine and their leaves, within `budget` leaf slots: the `K` candidates of most
+// keys (ties: the lower bin) cut into 2^bits leaves each, bits <= shift, K = min(candidates,
+// budget >> bits). Of the possible bits it takes the one that would take the most pairs out
+// of the sort if each refined bin kept one mixed leaf, covered(K) * (1 - 2^-bits): every
+// candidate at the finest cut they all fit, or, when more bins are mixed than that allows
+// (the budget below twice the candidates), the most crowded ones at a finer cut, not none.
+// Returns nothing when refining would not pay (worth_refining). The same counts give the
+// same bins on every rank of a split; choose_leaf_bits(shift, K, budget) gives back `bits`.
+inline Refinement choose_refinement(std::vector<RefineCandidate> candidates, uint64_t mixed, int shift,
+                                    uint64_t budget, uint64_t pairs, uint64_t capacity) {
+  Refinement r;
+  uint64_t refinable = 0;
+  for (const RefineCandidate& c : candidates) refinable += c.count;
+  if (candidates.empty() || shift <= 0 || !worth_refining(refinable, mixed, pairs, capacity)) return r;
+  std::sort(candidates.begin(), candidates.end(), [](const RefineCandidate& x, const RefineCandidate& y) {
+    return x.count != y.count ? x.count > y.count : x.bin < y.bin;
+  });
+  std::vector<uint64_t> covered(candidates.size() + 1, 0);
+  for (size_t k = 0; k < candidates.size(); ++k) covered[k + 1] = covered[k] + candidates[k].count;
+  double best = 0.0;
+  uint64_t take = 0;
+  for (int bits = 1; bits <= shift && bits < 62; ++bits) {
+    const uint64_t k = std::min<uint64_t>(candidates.size(), budget >> bits);
+    if (k == 0) break;
+    const double score = static_cast<double>(covered[k]) * (1.0 - std::ldexp(1.0, -bits));
+    if (score > best) {
+      best = score;
+      r.bits = bits;
+      take = k;
+    }
+  }
+  if (take == 0 || !worth_refining(covered[take], mixed, pairs, capacity)) return Refinement{};
+  r.bins.reserve(take);
+  for (uint64_t k = 0; k < take; ++k) r.bins.push_back(candidates[k].bin);
+  std::sort(r.bins.begin(), r.bins.end());
+  return r;
 }
 
 // Bin [low, high] holding the ranks whose targets run from first to last (non-decreasing):

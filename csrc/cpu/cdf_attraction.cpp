@@ -732,39 +732,32 @@ void classify_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const 
 // of sort entries). One more pass over the pairs counts the keys of the mixed bins again in
 // leaves (KeyLeaves), and only the mixed leaves are sorted.
 
-// Whether one more pass over the pairs pays for itself: when the mixed pairs need more than
-// one collection pass (each one also a pass over every pair), or when they are more than
-// 1/16 of the pairs. Then their sort entries would take at least half a byte a pair (twice
-// the signs the backward keeps), and sorting them costs about a pass: measured on 2 AVX2
-// cores at D = 64, collecting, sorting and ranking a mixed pair costs as much as generating
-// about 6 keys at n = 8192 and 18 at n = 131072. At n = 8192 with 27% of the pairs mixed the
-// refined forward + backward took 0.81 s against 0.84 s (0.04% left to sort, 329 against
-// 396 MiB peak). The same rule on every rank of a split, with the sort budget the ranks
-// agreed on (the least of theirs).
-constexpr uint64_t kRefineFraction = 16;
-bool worth_refining(uint64_t mixed, uint64_t pairs, uint64_t capacity) {
-  return mixed > capacity || mixed > pairs / kRefineFraction;
-}
+// When refining pays, and which bins it cuts, is choose_refinement's decision
+// (common/cdf_select.h), the same on every rank of a split with the sort budget the ranks
+// agreed on (the least of theirs). Measured on 2 AVX2 cores at D = 64: collecting, sorting
+// and ranking a mixed pair costs as much as generating about 6 keys at n = 8192 and 18 at
+// n = 131072; at n = 8192 with 27% of the pairs mixed the refined forward + backward took
+// 0.81 s against 0.84 s (0.04% left to sort, 329 against 396 MiB peak).
 
-// Marks the finite mixed bins of more than one key kBinRefined, each with its place among
-// them, when refining pays (worth_refining); returns the leaves (none when it would not pay
-// or no bin can be cut).
+// Marks the bins choose_refinement picks kBinRefined, each with its place among them (bin
+// order); returns the leaves (none when refining would not pay or no bin can be cut).
 template <typename T>
 KeyLeaves<T> plan_leaves(const SelectWorkspace<T>& ws, const KeyBins<T>& bins, uint64_t pairs, uint64_t capacity) {
-  KeyLeaves<T> leaves;
   const uint64_t count = bins.count();
-  auto refinable = [&](uint64_t b) { return ws.cls[b] == kBinMixed && bins.finite(b) && ws.hist[b].count > 1; };
-  uint64_t mixed = 0, cut = 0;
+  std::vector<RefineCandidate> candidates;
+  uint64_t mixed = 0;
   for (uint64_t b = 0; b < count; ++b) {
-    if (ws.cls[b] == kBinMixed) mixed += ws.hist[b].count;
-    cut += refinable(b);
+    if (ws.cls[b] != kBinMixed) continue;
+    mixed += ws.hist[b].count;
+    if (bins.finite(b) && ws.hist[b].count > 1) candidates.push_back({ws.hist[b].count, b});
   }
-  if (!worth_refining(mixed, pairs, capacity) || cut == 0) return leaves;
-  leaves.bits = choose_leaf_bits(bins.shift, cut, ws.slots - count);
-  if (leaves.bits == 0) return leaves;
+  const Refinement refinement =
+      choose_refinement(std::move(candidates), mixed, bins.shift, ws.slots - count, pairs, capacity);
+  KeyLeaves<T> leaves;
+  if (refinement.bins.empty()) return leaves;
+  leaves.bits = refinement.bits;
   leaves.first = count;
-  for (uint64_t b = 0; b < count; ++b) {
-    if (!refinable(b)) continue;
+  for (const uint64_t b : refinement.bins) {
     ws.refined[b] = static_cast<uint32_t>(leaves.used++);
     ws.cls[b] = kBinRefined;
   }
