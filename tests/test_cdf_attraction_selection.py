@@ -150,15 +150,10 @@ def test_sample_on_its_own_quantiles_is_all_mixed(device):
     table = torch.tensor(keys + nudge)
     assert torch.all(table[1:] >= table[:-1])
     stats = check_against_brute_force(z, table, device=device)
-    if device == "cpu":
-        # Nearly all mixed: the CPU engine counts the mixed bins again in leaves (one more
-        # pass) and sorts the mixed leaves, still most pairs.
-        assert stats["refined_bins"] > 0 and stats["passes"] == 3, stats
-        assert stats["sorted_pairs"] >= 0.3 * cdf_engine.pair_count(n), stats
-    else:
-        # Mixed wherever a bin holds two or more keys; a bin of one key may still be decided
-        # (its target outside the bin's range).
-        assert stats["sorted_pairs"] >= 0.8 * cdf_engine.pair_count(n), stats
+    # Nearly all mixed: the engine counts the mixed bins again in leaves (one more pass)
+    # and sorts the mixed leaves, still most pairs.
+    assert stats["refined_bins"] > 0 and stats["passes"] == 3, stats
+    assert stats["sorted_pairs"] >= 0.3 * cdf_engine.pair_count(n), stats
 
 
 # ---------------------------------------------------------------- ties, empty bins, extremes
@@ -218,18 +213,14 @@ def test_tiny_sort_budget_collects_mixed_pairs_over_passes(capacity, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_sort_budget_below_the_mixed_pairs_takes_several_passes(device):
-    """About 11000 mixed pairs in 4096 bins; the CPU engine refines them into leaves (106 mixed
-    pairs are left), 30 a pass: several collection passes, each ranking its slots from their
-    first ranks; the result is the brute force's."""
+    """About 11000 mixed pairs in 4096 bins; the engine refines them into leaves (106 mixed
+    pairs are left on the CPU), 30 a pass: several collection passes, each ranking its slots
+    from their first ranks; the result is the brute force's."""
     z = random_points(301, 7, seed=0)
-    capacity = 30 if device == "cpu" else 3000
     stats = check_against_brute_force(z, chi2_table(cdf_engine.pair_count(301), 7), bins=1 << 12,
-                                      capacity=capacity, device=device)
-    if device == "cpu":
-        assert stats["refined_bins"] > 0 and stats["sorted_pairs"] < 1000, stats
-        assert stats["passes"] >= 5, stats  # the histogram, the leaves and at least three collections
-    else:
-        assert stats["passes"] >= 4, stats  # the histogram and at least three collections
+                                      capacity=30, device=device)
+    assert stats["refined_bins"] > 0 and stats["sorted_pairs"] < 1000, stats
+    assert stats["passes"] >= 5, stats  # the histogram, the leaves and at least three collections
 
 
 def own_distances_scaled(z: torch.Tensor, factor: float) -> torch.Tensor:
@@ -239,26 +230,28 @@ def own_distances_scaled(z: torch.Tensor, factor: float) -> torch.Tensor:
     return torch.tensor(np.sort(0.5 * ((x[i] - x[j]) ** 2).sum(1)) * factor)
 
 
-def test_more_mixed_bins_than_leaf_pairs_still_refines_the_crowded_ones():
+@pytest.mark.parametrize("device", DEVICES)
+def test_more_mixed_bins_than_leaf_pairs_still_refines_the_crowded_ones(device):
     """Targets 3e-5 above the sample's own distances: about 63000 of 2^17 bins are mixed,
     more than half the leaf budget, so cutting every one of them would give one bit of
     leaves. The second level cuts the most crowded bins 16 or more ways instead, and their
     leaves are narrower than the 3e-5 gap: with every mixed bin cut in two, 99% of the
     pairs were still sorted; now under 10%."""
     z = random_points(3000, 4, seed=7)
-    stats = check_against_brute_force(z, own_distances_scaled(z, 1 + 3e-5), bins=1 << 17)
+    stats = check_against_brute_force(z, own_distances_scaled(z, 1 + 3e-5), bins=1 << 17, device=device)
     assert stats["refined_bins"] > 0, stats
     assert stats["sorted_pairs"] < 0.1 * cdf_engine.pair_count(3000), stats
 
 
-def test_mixed_pairs_that_leaves_cannot_split_do_not_trigger_a_refinement():
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_pairs_that_leaves_cannot_split_do_not_trigger_a_refinement(device):
     """9% of the pairs are zero distances between 120 copies of one point: all in the lower
     clamp bin, which is sorted and which no leaf can cut. With 2^12 bins they come beside one
     small mixed bin; they alone must not buy the second level's extra pass over the pairs
     (it did, for that one bin: 3 passes): the histogram and one collection, 2 passes."""
     z = torch.cat([random_points(280, 3, seed=1).double(), torch.zeros(120, 3, dtype=torch.float64)])
     pairs = cdf_engine.pair_count(400)
-    stats = check_against_brute_force(z, chi2_table(pairs, 3), bins=1 << 12)
+    stats = check_against_brute_force(z, chi2_table(pairs, 3), bins=1 << 12, device=device)
     assert stats["sorted_pairs"] > pairs // 16, stats  # the zeros are mixed and sorted
     assert stats["refined_bins"] == 0 and stats["passes"] == 2, stats
 

@@ -27,6 +27,17 @@ namespace gaussreg {
 namespace py = pybind11;
 
 // One forward: sum over ranks k of |d_(k) - c'_k|^p for contiguous (n, d) points z.
+// The counters written to a forward's `stats` when the caller asks, in this order (both
+// engines; gaussreg/engines/cdf_attraction.py names them).
+enum SelectStat {
+  kStatSortedPairs = 0,
+  kStatPasses = 1,
+  kStatBins = 2,
+  kStatMixedBins = 3,  // mixed slots: bins and leaves
+  kStatRefinedBins = 4,
+  kStatCount = 5
+};
+
 template <typename T>
 struct CdfForwardCall {
   const T* z;

@@ -131,9 +131,14 @@ struct KeyLeaves {
   // The slot of the first leaf of the bin that was refined `refined`-th.
   GAUSSREG_HD uint64_t first_slot(uint64_t refined) const { return first + (refined << bits); }
 
+  // Which leaf of its (refined) bin a key falls in.
+  GAUSSREG_HD uint64_t leaf_of(const KeyBins<T>& bins, U key) const {
+    return static_cast<uint64_t>((key >> (bins.shift - bits)) & (per_bin() - 1));
+  }
+
   // The slot of a key of the bin that was refined `refined`-th.
   GAUSSREG_HD uint64_t slot_of(const KeyBins<T>& bins, uint64_t refined, U key) const {
-    return first_slot(refined) + static_cast<uint64_t>((key >> (bins.shift - bits)) & (per_bin() - 1));
+    return first_slot(refined) + leaf_of(bins, key);
   }
 
   // Smallest and largest key that leaf `leaf` of in-range bin b can hold.
@@ -149,6 +154,67 @@ struct KeyLeaves {
     return static_cast<U>(((bins.base + (b - 1)) << bins.shift) + (static_cast<U>(leaf) << (bins.shift - bits)));
   }
 };
+
+// The slots of a histogram whose refined bins are cut into leaves, in key order (the CUDA
+// engine's layout, where one sort of a pass's mixed pairs must find each slot's keys in one
+// run): bin b's slot moves up by the extra leaves of the refined bins before it, and a
+// refined bin's leaves take its place. With nothing refined (refined_upto null) a slot is a
+// bin. The CPU engine keeps its leaves after its bins (KeyLeaves::first_slot) instead.
+template <typename T>
+struct OrderedSlots {
+  using U = typename KeyBins<T>::U;
+  KeyBins<T> bins;
+  KeyLeaves<T> leaves;           // bits and used; `first` is not used here
+  const uint32_t* refined_upto;  // bins.count() + 1: the refined bins before each bin, then all
+
+  GAUSSREG_HD uint64_t extra() const { return leaves.per_bin() - 1; }
+  GAUSSREG_HD uint64_t count() const { return bins.count() + (refined_upto ? leaves.used * extra() : 0); }
+  GAUSSREG_HD bool refined(uint64_t b) const { return refined_upto && refined_upto[b + 1] != refined_upto[b]; }
+
+  // The first slot of bin b (its only one unless refined).
+  GAUSSREG_HD uint64_t first_slot(uint64_t b) const { return refined_upto ? b + refined_upto[b] * extra() : b; }
+
+  GAUSSREG_HD uint64_t slot_of(U key) const {
+    const uint64_t b = bins.bin_of(key);
+    return refined(b) ? first_slot(b) + leaves.leaf_of(bins, key) : first_slot(b);
+  }
+
+  // The bin holding slot s: the last bin whose first slot is at most s.
+  GAUSSREG_HD uint64_t bin_of_slot(uint64_t s) const {
+    if (!refined_upto) return s;
+    uint64_t lo = 0, hi = bins.count() - 1;  // first_slot(lo) <= s < first_slot(hi + 1)
+    while (lo < hi) {
+      const uint64_t mid = lo + (hi - lo + 1) / 2;
+      if (first_slot(mid) <= s)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    return lo;
+  }
+
+  // The keys slot s can hold, for classify_bin: finite (an in-range bin of finite keys, or a
+  // leaf of one), smallest and largest key, and the unit of its significand sums.
+  struct Range {
+    bool finite;
+    T low, high;
+    double unit;
+  };
+  GAUSSREG_HD Range range(uint64_t s) const {
+    const uint64_t b = bin_of_slot(s);
+    if (!bins.finite(b)) return {false, T(0), T(0), 0.0};
+    if (!refined(b)) return {true, bins.low(b), bins.high(b), bins.unit(b)};
+    const uint64_t leaf = s - first_slot(b);
+    return {true, leaves.low(bins, b, leaf), leaves.high(bins, b, leaf), bins.unit(b)};
+  }
+};
+
+// Leaf slots of the second level: as many as in-range bins, and at least 2^16 so that a small
+// bin budget (tests, diagnostics) still refines finely. `bin_count` counts the clamp bins.
+constexpr uint64_t kMinLeaves = uint64_t{1} << 16;
+GAUSSREG_HD uint64_t leaf_slots_of(uint64_t bin_count) {
+  return bin_count - 2 > kMinLeaves ? bin_count - 2 : kMinLeaves;
+}
 
 // log2 of leaves per refined bin: as many as `refined` bins may have within `budget` leaves,
 // and no more than a bin's 2^shift bit patterns.

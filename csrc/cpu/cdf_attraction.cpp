@@ -509,16 +509,6 @@ int64_t sort_all_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspa
 uint64_t default_select_bins(uint64_t pairs) { return pairs <= (uint64_t{1} << 26) ? uint64_t{1} << 16 : uint64_t{1} << 18; }
 constexpr uint64_t kSelectSample = uint64_t{1} << 16;
 
-// Written to `stats` when the caller asks (gaussreg/engines/cdf_attraction.py reads this order).
-enum SelectStat {
-  kStatSortedPairs = 0,
-  kStatPasses = 1,
-  kStatBins = 2,
-  kStatMixedBins = 3,
-  kStatRefinedBins = 4,
-  kStatCount = 5
-};
-
 template <typename T>
 struct BinCount {
   uint64_t count;
@@ -544,10 +534,6 @@ struct SelectWorkspace {
 
 uint64_t select_bins_of(uint64_t bins, uint64_t pairs) { return (bins == 0 ? default_select_bins(pairs) : bins) + 2; }
 
-// Leaf slots of the second level: as many as in-range bins, and at least 2^16 so that a small
-// bin budget (tests, diagnostics) still refines finely.
-constexpr uint64_t kMinLeaves = uint64_t{1} << 16;
-uint64_t leaf_slots_of(uint64_t bin_count) { return std::max(bin_count - 2, kMinLeaves); }
 
 // The selection and the key bins keep one histogram row per virtual thread. On a machine of
 // many cores those rows would outgrow everything else the call holds (64 threads x 2^18

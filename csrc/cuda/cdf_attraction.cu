@@ -277,7 +277,7 @@ struct Workspace {
   void* splitters;
   unsigned long long* hist;
   unsigned long long* cursor;
-  double* partials;
+  double* partials;  // chunks, then sum_partials' scratch
   double* carry;  // 2 x kChunk terms of a chunk that straddles two passes
 };
 
@@ -308,7 +308,7 @@ size_t workspace_layout(const Plan& plan, char* base, Workspace* out) {
       (plan.buckets - 1) * sizeof(T),
       plan.buckets * sizeof(unsigned long long),
       sizeof(unsigned long long),
-      plan.chunks * sizeof(double),
+      (plan.chunks + sum_partials_scratch(plan.chunks)) * sizeof(double),
       2 * kChunk * sizeof(double),
   };
   void* parts[sizeof(sizes) / sizeof(sizes[0])];
@@ -749,9 +749,13 @@ void rank_in_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace& 
 //      significands (global atomics: integer sums, so any order gives the same bits);
 //   3. prefix counts (CUB scan) give each bin its ranks; one thread per bin classifies it
 //      and writes a decided bin's share of the value;
-//   4. counts and classes come to the host (the one synchronisation: pass boundaries and
-//      CUB's item counts are host values), which cuts the mixed bins into passes of at
-//      most `capacity` pairs;
+//   4. counts and classes come to the host (a synchronisation: pass boundaries and CUB's
+//      item counts are host values);
+//   4b. second level, when choose_refinement (common/cdf_select.h, the CPU's rule) says it
+//      pays: the chosen bins are cut into leaves, numbered in key order (OrderedSlots), one
+//      more pass counts their keys per leaf, and steps 3 and 4 run again over the slots
+//      (bins and leaves; a second synchronisation). The host cuts the mixed slots into
+//      passes of at most `capacity` pairs;
 //   5. per pass: keys regenerated; decided pairs get their sign bit (first pass only), the
 //      pass's mixed pairs are appended as composite keys (key << index bits | k), sorted
 //      by CUB (ties by pair index: the CPU's tie rule), ranked, and summed per bin.
@@ -764,22 +768,29 @@ constexpr int kSelectThreads = 256;
 template <typename T>
 struct SelectPlan {
   uint64_t pairs, capacity, bins, sample;  // bins: all, the two clamp bins included
+  uint64_t leaf_slots, slots;              // the second level's budget; bins + leaf_slots
   int index_bits;
   bool wide_composite;
   size_t sort_temp, scan_temp;
 };
 
+// Per-slot arrays: a slot is a bin, or after a refinement a bin or a leaf (OrderedSlots).
 struct SelectWorkspace {
   void* sample;
   void* key_bins;                      // one KeyBins<T>, chosen on the device
   unsigned long long* count;           // bins
   unsigned long long* sum_lo;          // bins: significand sums, low 64 bits
   unsigned long long* sum_hi;          // bins: and their carries (double keys)
-  unsigned long long* first;           // bins + 1: first rank of each bin, then n'
-  unsigned char* cls;                  // bins: BinClass
-  unsigned long long* mixed;           // bins: a mixed bin's count, else 0
-  unsigned long long* mixed_start;     // bins + 1: a mixed bin's first entry among all mixed
-  double* shares;                      // 2 x bins: decided bins' values, then mixed bins' sums
+  unsigned long long* slot_count;      // slots: count and sums again, per slot (second level)
+  unsigned long long* slot_sum_lo;     // slots
+  unsigned long long* slot_sum_hi;     // slots
+  uint32_t* refined_upto;              // bins + 1: refined bins before each bin (OrderedSlots)
+  unsigned long long* first;           // slots + 1: first rank of each slot, then n'
+  unsigned char* cls;                  // slots: BinClass
+  unsigned long long* mixed;           // slots: a mixed slot's count, else 0
+  unsigned long long* mixed_start;     // slots + 1: a mixed slot's first entry among all mixed
+  double* shares;                      // 2 x slots: decided slots' values, then mixed slots' sums;
+                                       // then sum_partials' scratch
   unsigned long long* cursor;
   void* entries[2];
   void* sort_temp;
@@ -800,6 +811,8 @@ SelectPlan<T> make_select_plan(int64_t n, uint64_t capacity, uint64_t bins, cuda
   SelectPlan<T> plan{};
   plan.pairs = pair_count(static_cast<uint64_t>(n));
   plan.bins = bins + 2;
+  plan.leaf_slots = leaf_slots_of(plan.bins);
+  plan.slots = plan.bins + plan.leaf_slots;
   plan.sample = std::min(plan.pairs, kSelectSample);
   plan.index_bits = std::max(1, bit_width(plan.pairs - 1));
   plan.wide_composite = !(sizeof(T) == 4 && KeyTraits<T>::kBits + plan.index_bits <= 64);
@@ -811,7 +824,7 @@ SelectPlan<T> make_select_plan(int64_t n, uint64_t capacity, uint64_t bins, cuda
   sort_plan.index_bits = plan.index_bits;
   sort_plan.wide_composite = plan.wide_composite;
   plan.sort_temp = passes_sort_temp<T>(sort_plan, stream);
-  plan.scan_temp = select_scan_temp<T>(plan.bins, stream);
+  plan.scan_temp = select_scan_temp<T>(plan.slots, stream);
   return plan;
 }
 
@@ -825,11 +838,15 @@ size_t select_layout(const SelectPlan<T>& plan, char* base, SelectWorkspace* out
       plan.bins * ull,
       plan.bins * ull,
       plan.bins * ull,
-      (plan.bins + 1) * ull,
-      plan.bins,
-      plan.bins * ull,
-      (plan.bins + 1) * ull,
-      2 * plan.bins * sizeof(double),
+      plan.slots * ull,
+      plan.slots * ull,
+      plan.slots * ull,
+      (plan.bins + 1) * sizeof(uint32_t),
+      (plan.slots + 1) * ull,
+      plan.slots,
+      plan.slots * ull,
+      (plan.slots + 1) * ull,
+      (2 * plan.slots + sum_partials_scratch(2 * plan.slots)) * sizeof(double),
       ull,
       plan.capacity * composite,
       plan.capacity * composite,
@@ -845,14 +862,18 @@ size_t select_layout(const SelectPlan<T>& plan, char* base, SelectWorkspace* out
             static_cast<unsigned long long*>(parts[3]),
             static_cast<unsigned long long*>(parts[4]),
             static_cast<unsigned long long*>(parts[5]),
-            static_cast<unsigned char*>(parts[6]),
+            static_cast<unsigned long long*>(parts[6]),
             static_cast<unsigned long long*>(parts[7]),
-            static_cast<unsigned long long*>(parts[8]),
-            static_cast<double*>(parts[9]),
-            static_cast<unsigned long long*>(parts[10]),
-            {parts[11], parts[12]},
-            parts[13],
-            parts[14]};
+            static_cast<uint32_t*>(parts[8]),
+            static_cast<unsigned long long*>(parts[9]),
+            static_cast<unsigned char*>(parts[10]),
+            static_cast<unsigned long long*>(parts[11]),
+            static_cast<unsigned long long*>(parts[12]),
+            static_cast<double*>(parts[13]),
+            static_cast<unsigned long long*>(parts[14]),
+            {parts[15], parts[16]},
+            parts[17],
+            parts[18]};
   }
   return total;
 }
@@ -888,6 +909,16 @@ choose_bins_kernel(const typename KeyTraits<T>::Bits* __restrict__ sample, uint6
   }
 }
 
+// One key counted in slot s, with the integer sum of its significand (any order, same bits).
+template <typename T>
+__device__ __forceinline__ void count_key(typename KeyBins<T>::U bits, uint64_t s, unsigned long long* count,
+                                          unsigned long long* sum_lo, unsigned long long* sum_hi) {
+  atomicAdd(count + s, 1ull);
+  const unsigned long long sig = static_cast<unsigned long long>(KeyBins<T>::significand(bits));
+  const unsigned long long before = atomicAdd(sum_lo + s, sig);
+  if (before + sig < before) atomicAdd(sum_hi + s, 1ull);  // the low word wrapped: carry
+}
+
 // Histogram pass: count and significand sum per bin.
 template <typename T>
 struct SelectCountEmitter {
@@ -901,52 +932,84 @@ struct SelectCountEmitter {
   __device__ void operator()(bool valid, uint64_t, T key) {
     if (!valid) return;
     const auto bits = static_cast<typename KeyBins<T>::U>(KeyTraits<T>::bits(key));
-    const uint64_t b = bins.bin_of(bits);
-    atomicAdd(count + b, 1ull);
-    const unsigned long long sig = static_cast<unsigned long long>(KeyBins<T>::significand(bits));
-    const unsigned long long before = atomicAdd(sum_lo + b, sig);
-    if (before + sig < before) atomicAdd(sum_hi + b, 1ull);  // the low word wrapped: carry
+    count_key<T>(bits, bins.bin_of(bits), count, sum_lo, sum_hi);
+  }
+};
+
+// Second-level pass: the keys of refined bins counted in their leaves' slots.
+template <typename T>
+struct LeafCountEmitter {
+  OrderedSlots<T> slots;
+  unsigned long long* count;
+  unsigned long long* sum_lo;
+  unsigned long long* sum_hi;
+  __device__ void begin(unsigned char*) {}
+  __device__ void end() {}
+  __device__ void operator()(bool valid, uint64_t, T key) {
+    if (!valid) return;
+    const auto bits = static_cast<typename KeyBins<T>::U>(KeyTraits<T>::bits(key));
+    if (slots.refined(slots.bins.bin_of(bits))) count_key<T>(bits, slots.slot_of(bits), count, sum_lo, sum_hi);
   }
 };
 
 template <typename T>
-__device__ double bin_key_sum(unsigned long long lo, unsigned long long hi, const KeyBins<T>& bins, uint64_t b) {
+__device__ double slot_key_sum(unsigned long long lo, unsigned long long hi, double unit) {
   typename SignificandSum<T>::type sum = lo;
   if constexpr (sizeof(T) == 8) sum |= static_cast<unsigned __int128>(hi) << 64;
-  return integer_to_double(sum) * bins.unit(b);
+  return integer_to_double(sum) * unit;
 }
 
-// One thread per bin: its class and, for a decided bin, its share of the value (step 3).
+// One thread per slot (a bin, or a bin or leaf after a refinement: `refined_upto` null or
+// not): its class and, for a decided slot, its share of the value (step 3).
 template <typename T>
-__global__ void classify_bins_kernel(const KeyBins<T>* __restrict__ key_bins, const unsigned long long* __restrict__ count,
-                                     const unsigned long long* __restrict__ sum_lo,
-                                     const unsigned long long* __restrict__ sum_hi,
-                                     const unsigned long long* __restrict__ first, RankQuantiles<T> quantiles,
-                                     uint64_t all_bins, unsigned char* __restrict__ cls,
-                                     unsigned long long* __restrict__ mixed, double* __restrict__ shares) {
-  const uint64_t b = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= all_bins) return;
-  const KeyBins<T> bins = *key_bins;
-  const uint64_t m = count[b], r = first[b];
+__global__ void classify_slots_kernel(const KeyBins<T>* __restrict__ key_bins, KeyLeaves<T> leaves,
+                                      const uint32_t* __restrict__ refined_upto,
+                                      const unsigned long long* __restrict__ count,
+                                      const unsigned long long* __restrict__ sum_lo,
+                                      const unsigned long long* __restrict__ sum_hi,
+                                      const unsigned long long* __restrict__ first, RankQuantiles<T> quantiles,
+                                      uint64_t all_slots, unsigned char* __restrict__ cls,
+                                      unsigned long long* __restrict__ mixed, double* __restrict__ shares) {
+  const uint64_t s = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (s >= all_slots) return;
+  const OrderedSlots<T> slots{*key_bins, leaves, refined_upto};
+  const uint64_t m = count[s], r = first[s];
   BinClass c = kBinEmpty;
   double share = 0.0;
   if (m != 0) {
     c = kBinMixed;
-    if (bins.finite(b)) {
+    const typename OrderedSlots<T>::Range range = slots.range(s);
+    if (range.finite) {
       int64_t segment = -1;
       const T first_target = quantiles(r, &segment);
       const T last_target = quantiles(r + m - 1, &segment);
-      c = classify_bin(bins.low(b), bins.high(b), first_target, last_target);
+      c = classify_bin(range.low, range.high, first_target, last_target);
     }
     if (c != kBinMixed) {
-      const double keys = bin_key_sum<T>(sum_lo[b], sum_hi[b], bins, b);
+      const double keys = slot_key_sum<T>(sum_lo[s], sum_hi[s], range.unit);
       const double targets = quantiles.range_sum(r, m);
       share = c == kBinAbove ? keys - targets : targets - keys;
     }
   }
-  cls[b] = static_cast<unsigned char>(c);
-  mixed[b] = c == kBinMixed ? m : 0;
-  shares[b] = share;
+  cls[s] = static_cast<unsigned char>(c);
+  mixed[s] = c == kBinMixed ? m : 0;
+  shares[s] = share;
+}
+
+// Second level: each unrefined bin's count and sums moved to its slot (the leaf slots of
+// refined bins were zeroed; the leaf pass counts them).
+template <typename T>
+__global__ void spread_bins_kernel(OrderedSlots<T> slots, const unsigned long long* __restrict__ count,
+                                   const unsigned long long* __restrict__ sum_lo,
+                                   const unsigned long long* __restrict__ sum_hi,
+                                   unsigned long long* __restrict__ slot_count, unsigned long long* __restrict__ slot_lo,
+                                   unsigned long long* __restrict__ slot_hi) {
+  const uint64_t b = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= slots.bins.count() || slots.refined(b)) return;
+  const uint64_t s = slots.first_slot(b);
+  slot_count[s] = count[b];
+  slot_lo[s] = sum_lo[b];
+  slot_hi[s] = sum_hi[b];
 }
 
 // Sets bit k of `bits` for every lane with want = true: lanes whose k share a 64-bit word
@@ -966,7 +1029,7 @@ __device__ __forceinline__ void set_bit_aggregated(bool want, uint64_t k, unsign
 // A pass: signs of the decided pairs (first pass), the mixed pairs of bins [b0, b1) appended.
 template <typename T, typename C>
 struct SelectCollectEmitter {
-  const KeyBins<T>* key_bins;
+  OrderedSlots<T> slots;
   const unsigned char* cls;
   uint64_t b0, b1;
   bool write_signs;
@@ -976,12 +1039,11 @@ struct SelectCollectEmitter {
   unsigned long long* cursor;
   uint64_t capacity;
   int index_bits;
-  KeyBins<T> bins;
-  __device__ void begin(unsigned char*) { bins = *key_bins; }
+  __device__ void begin(unsigned char*) {}
   __device__ void end() {}
   __device__ void operator()(bool valid, uint64_t k, T key) {
     const auto bits = KeyTraits<T>::bits(key);
-    const uint64_t b = valid ? bins.bin_of(static_cast<typename KeyBins<T>::U>(bits)) : 0;
+    const uint64_t b = valid ? slots.slot_of(static_cast<typename KeyBins<T>::U>(bits)) : 0;
     const unsigned char c = valid ? cls[b] : static_cast<unsigned char>(kBinEmpty);
     if (write_signs) {
       set_bit_aggregated(c == kBinAbove, k, pos_bits);
@@ -992,20 +1054,20 @@ struct SelectCollectEmitter {
   }
 };
 
-// Entry `pos` of the pass (sorted), whose mixed bins start at entry `offset` among all mixed
-// pairs: its rank is its bin's first rank plus its place in the bin. Writes the sign bit,
-// and |e| for the per-bin sums.
+// Entry `pos` of the pass (sorted), whose mixed slots start at entry `offset` among all mixed
+// pairs: its rank is its slot's first rank plus its place in the slot (slots are in key
+// order, so a slot's keys are one run of the sorted pass). Writes the sign bit, and |e| for
+// the per-slot sums.
 template <typename T, typename C>
 __global__ void rank_mixed_kernel(SortedComposites<C> entries, uint64_t count, uint64_t offset,
-                                  const KeyBins<T>* __restrict__ key_bins, const unsigned long long* __restrict__ first,
+                                  OrderedSlots<T> slots, const unsigned long long* __restrict__ first,
                                   const unsigned long long* __restrict__ mixed_start, RankQuantiles<T> quantiles,
                                   unsigned long long* __restrict__ pos_bits, unsigned long long* __restrict__ neg_bits,
                                   double* __restrict__ terms) {
   const uint64_t pos = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (pos >= count) return;
-  const KeyBins<T> bins = *key_bins;
   const Entry entry = entries(pos);
-  const uint64_t b = bins.bin_of(static_cast<typename KeyBins<T>::U>(entry.key_bits));
+  const uint64_t b = slots.slot_of(static_cast<typename KeyBins<T>::U>(entry.key_bits));
   const uint64_t rank = first[b] + (offset + pos - mixed_start[b]);
   int64_t segment = -1;
   const T e = KeyTraits<T>::value(entry.key_bits) - quantiles(rank, &segment);
@@ -1013,7 +1075,7 @@ __global__ void rank_mixed_kernel(SortedComposites<C> entries, uint64_t count, u
   terms[pos] = abs_power(e, 1);
 }
 
-// One block per bin of [b0, b1): the sum of its entries' |e|, in entry order (fixed).
+// One block per slot of [b0, b1): the sum of its entries' |e|, in entry order (fixed).
 __global__ void __launch_bounds__(kSelectThreads)
 sum_mixed_bins_kernel(const double* __restrict__ terms, const unsigned long long* __restrict__ mixed_start,
                       uint64_t b0, uint64_t offset, double* __restrict__ sums) {
@@ -1037,9 +1099,32 @@ struct SelectArgs {
   int64_t* stats;  // optional, on the device: sorted pairs, passes, bins, mixed bins
 };
 
+// Step 3 over `all` slots: first ranks (a scan of the counts), classes and shares, and the
+// mixed slots' first entries among all mixed pairs (a scan of the mixed counts).
+template <typename T>
+void classify_slots(const SelectArgs<T>& a, const SelectPlan<T>& plan, const SelectWorkspace& ws,
+                    const unsigned long long* count, const unsigned long long* sum_lo, const unsigned long long* sum_hi,
+                    const KeyLeaves<T>& leaves, const uint32_t* refined_upto, uint64_t all, cudaStream_t stream) {
+  const size_t ull = sizeof(unsigned long long);
+  const auto* key_bins = static_cast<const KeyBins<T>*>(ws.key_bins);
+  check_cuda(cudaMemsetAsync(ws.first, 0, ull, stream), "first rank");
+  size_t bytes = plan.scan_temp;
+  check_cuda(cub::DeviceScan::InclusiveSum(ws.scan_temp, bytes, count, ws.first + 1, static_cast<int>(all), stream),
+             "cub::DeviceScan::InclusiveSum (ranks)");
+  check_cuda(cudaMemsetAsync(ws.shares, 0, 2 * all * sizeof(double), stream), "zero slot shares");
+  classify_slots_kernel<T><<<static_cast<unsigned>((all + 255) / 256), 256, 0, stream>>>(
+      key_bins, leaves, refined_upto, count, sum_lo, sum_hi, ws.first, a.quantiles, all, ws.cls, ws.mixed, ws.shares);
+  check_launch("classify_slots_kernel");
+  check_cuda(cudaMemsetAsync(ws.mixed_start, 0, ull, stream), "first mixed entry");
+  bytes = plan.scan_temp;
+  check_cuda(cub::DeviceScan::InclusiveSum(ws.scan_temp, bytes, ws.mixed, ws.mixed_start + 1, static_cast<int>(all),
+                                           stream),
+             "cub::DeviceScan::InclusiveSum (mixed entries)");
+}
+
 template <typename T>
 void select_histogram(const SelectArgs<T>& a, const SelectPlan<T>& plan, const SelectWorkspace& ws,
-                            cudaStream_t stream) {
+                      cudaStream_t stream) {
   using K = typename KeyTraits<T>::Bits;
   auto* sample = static_cast<K*>(ws.sample);
   auto* key_bins = static_cast<KeyBins<T>*>(ws.key_bins);
@@ -1053,20 +1138,66 @@ void select_histogram(const SelectArgs<T>& a, const SelectPlan<T>& plan, const S
   check_cuda(cudaMemsetAsync(ws.sum_lo, 0, plan.bins * ull, stream), "zero bin sums");
   check_cuda(cudaMemsetAsync(ws.sum_hi, 0, plan.bins * ull, stream), "zero bin sums");
   launch_pair_keys(a.z, a.n, a.d, SelectCountEmitter<T>{key_bins, ws.count, ws.sum_lo, ws.sum_hi, {}}, 0, stream);
-  check_cuda(cudaMemsetAsync(ws.first, 0, ull, stream), "first rank");
-  size_t bytes = plan.scan_temp;
-  check_cuda(cub::DeviceScan::InclusiveSum(ws.scan_temp, bytes, ws.count, ws.first + 1, static_cast<int>(plan.bins),
-                                           stream),
-             "cub::DeviceScan::InclusiveSum (ranks)");
-  check_cuda(cudaMemsetAsync(ws.shares, 0, 2 * plan.bins * sizeof(double), stream), "zero bin shares");
-  classify_bins_kernel<T><<<static_cast<unsigned>((plan.bins + 255) / 256), 256, 0, stream>>>(
-      key_bins, ws.count, ws.sum_lo, ws.sum_hi, ws.first, a.quantiles, plan.bins, ws.cls, ws.mixed, ws.shares);
-  check_launch("classify_bins_kernel");
-  check_cuda(cudaMemsetAsync(ws.mixed_start, 0, ull, stream), "first mixed entry");
-  bytes = plan.scan_temp;
-  check_cuda(cub::DeviceScan::InclusiveSum(ws.scan_temp, bytes, ws.mixed, ws.mixed_start + 1,
-                                           static_cast<int>(plan.bins), stream),
-             "cub::DeviceScan::InclusiveSum (mixed entries)");
+  classify_slots<T>(a, plan, ws, ws.count, ws.sum_lo, ws.sum_hi, KeyLeaves<T>{}, nullptr, plan.bins, stream);
+}
+
+// Each slot's mixed pairs and first entry among all mixed, on the host (waits for the stream).
+struct MixedSlots {
+  std::vector<unsigned long long> mixed, start;  // all slots; all + 1
+};
+
+MixedSlots read_mixed_slots(const SelectWorkspace& ws, uint64_t all, cudaStream_t stream) {
+  MixedSlots m{std::vector<unsigned long long>(all), std::vector<unsigned long long>(all + 1)};
+  check_cuda(cudaMemcpyAsync(m.mixed.data(), ws.mixed, all * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
+                             stream),
+             "mixed counts");
+  check_cuda(cudaMemcpyAsync(m.start.data(), ws.mixed_start, (all + 1) * sizeof(unsigned long long),
+                             cudaMemcpyDeviceToHost, stream),
+             "mixed starts");
+  check_cuda(cudaStreamSynchronize(stream), "selection histogram");
+  return m;
+}
+
+// Step 4b, the second level: when choose_refinement (the CPU's rule, with the CPU's leaf
+// budget: the slots the chosen bins leave) says it pays, cuts the chosen bins into leaves
+// in key order, counts their keys in one more pass, classifies every slot again and reads
+// the mixed slots back. Returns the slots (the bins themselves when nothing is refined).
+template <typename T>
+OrderedSlots<T> refine_mixed_bins(const SelectArgs<T>& a, const SelectPlan<T>& plan, const SelectWorkspace& ws,
+                                  const KeyBins<T>& chosen, MixedSlots* m, cudaStream_t stream) {
+  OrderedSlots<T> slots{chosen, KeyLeaves<T>{}, nullptr};
+  const uint64_t count = chosen.count();
+  std::vector<RefineCandidate> candidates;
+  for (uint64_t b = 0; b < count; ++b)
+    if (m->mixed[b] > 1 && chosen.finite(b)) candidates.push_back({m->mixed[b], b});
+  const Refinement refinement = choose_refinement(std::move(candidates), m->start[plan.bins], chosen.shift,
+                                                  plan.slots - count, plan.pairs, plan.capacity);
+  if (refinement.bins.empty()) return slots;
+  std::vector<uint32_t> upto(count + 1, 0);
+  for (const uint64_t b : refinement.bins) upto[b + 1] = 1;
+  for (uint64_t b = 0; b < count; ++b) upto[b + 1] += upto[b];
+  // From pageable memory: the call returns once `upto` is staged, so it may go out of scope.
+  check_cuda(cudaMemcpyAsync(ws.refined_upto, upto.data(), upto.size() * sizeof(uint32_t), cudaMemcpyHostToDevice,
+                             stream),
+             "refined bins");
+  slots.leaves.bits = refinement.bits;
+  slots.leaves.used = refinement.bins.size();
+  slots.refined_upto = ws.refined_upto;
+  const uint64_t all = slots.count();
+  if (all > plan.slots) throw std::logic_error("cdf_attraction (CUDA): more leaves than the workspace holds");
+  const size_t ull = sizeof(unsigned long long);
+  check_cuda(cudaMemsetAsync(ws.slot_count, 0, all * ull, stream), "zero slot counts");
+  check_cuda(cudaMemsetAsync(ws.slot_sum_lo, 0, all * ull, stream), "zero slot sums");
+  check_cuda(cudaMemsetAsync(ws.slot_sum_hi, 0, all * ull, stream), "zero slot sums");
+  spread_bins_kernel<T><<<static_cast<unsigned>((count + 255) / 256), 256, 0, stream>>>(
+      slots, ws.count, ws.sum_lo, ws.sum_hi, ws.slot_count, ws.slot_sum_lo, ws.slot_sum_hi);
+  check_launch("spread_bins_kernel");
+  launch_pair_keys(a.z, a.n, a.d, LeafCountEmitter<T>{slots, ws.slot_count, ws.slot_sum_lo, ws.slot_sum_hi}, 0,
+                   stream);
+  classify_slots<T>(a, plan, ws, ws.slot_count, ws.slot_sum_lo, ws.slot_sum_hi, slots.leaves, ws.refined_upto, all,
+                    stream);
+  *m = read_mixed_slots(ws, all, stream);
+  return slots;
 }
 
 [[noreturn]] void refuse_tied_bin(uint64_t count, uint64_t capacity) {
@@ -1089,43 +1220,37 @@ uint64_t next_mixed_run(const std::vector<unsigned long long>& mixed, uint64_t b
 template <typename T, typename C>
 void select_forward(const SelectArgs<T>& a, const SelectPlan<T>& plan, const SelectWorkspace& ws, cudaStream_t stream) {
   select_histogram<T>(a, plan, ws, stream);
-  // Step 4: the mixed counts on the host (the forward's one synchronisation), with the
-  // histogram's total and the bins chosen, for the checks and the counters.
-  std::vector<unsigned long long> mixed(plan.bins), start(plan.bins + 1);
+  // Step 4: the mixed counts on the host, with the histogram's total and the bins chosen,
+  // for the checks, the second level and the counters.
   unsigned long long counted = 0;
   KeyBins<T> chosen{};
-  const auto* key_bins = static_cast<const KeyBins<T>*>(ws.key_bins);
-  check_cuda(cudaMemcpyAsync(mixed.data(), ws.mixed, plan.bins * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
-                             stream),
-             "mixed counts");
-  check_cuda(cudaMemcpyAsync(start.data(), ws.mixed_start, (plan.bins + 1) * sizeof(unsigned long long),
-                             cudaMemcpyDeviceToHost, stream),
-             "mixed starts");
   check_cuda(cudaMemcpyAsync(&counted, ws.first + plan.bins, sizeof counted, cudaMemcpyDeviceToHost, stream),
              "pairs counted");
-  check_cuda(cudaMemcpyAsync(&chosen, key_bins, sizeof chosen, cudaMemcpyDeviceToHost, stream), "bins chosen");
-  check_cuda(cudaStreamSynchronize(stream), "selection histogram");
+  check_cuda(cudaMemcpyAsync(&chosen, ws.key_bins, sizeof chosen, cudaMemcpyDeviceToHost, stream), "bins chosen");
+  MixedSlots m = read_mixed_slots(ws, plan.bins, stream);
   if (counted != plan.pairs)
     throw std::runtime_error("cdf_attraction (CUDA): the histogram counted " + std::to_string(counted) +
                              " distances, expected " + std::to_string(plan.pairs));
-  int64_t passes = 1, mixed_bins = 0;
+  const OrderedSlots<T> slots = refine_mixed_bins<T>(a, plan, ws, chosen, &m, stream);
+  const uint64_t all = m.mixed.size();
+  int64_t passes = slots.refined_upto != nullptr ? 2 : 1, mixed_slots = 0;
   uint64_t largest = 0;
-  for (unsigned long long m : mixed) {
-    mixed_bins += m != 0;
-    largest = std::max<uint64_t>(largest, m);
+  for (unsigned long long mixed : m.mixed) {
+    mixed_slots += mixed != 0;
+    largest = std::max<uint64_t>(largest, mixed);
   }
   if (largest > plan.capacity) refuse_tied_bin(largest, plan.capacity);  // before any pass runs
   bool first_pass = true;
-  for (uint64_t b0 = 0; first_pass || b0 < plan.bins;) {
-    while (!first_pass && b0 < plan.bins && mixed[b0] == 0) ++b0;
-    if (!first_pass && b0 == plan.bins) break;
-    const uint64_t b1 = first_pass && start[plan.bins] == 0 ? plan.bins : next_mixed_run(mixed, b0, plan.capacity);
-    const uint64_t count = start[b1] - start[b0];
+  for (uint64_t b0 = 0; first_pass || b0 < all;) {
+    while (!first_pass && b0 < all && m.mixed[b0] == 0) ++b0;
+    if (!first_pass && b0 == all) break;
+    const uint64_t b1 = first_pass && m.start[all] == 0 ? all : next_mixed_run(m.mixed, b0, plan.capacity);
+    const uint64_t count = m.start[b1] - m.start[b0];
     cub::DoubleBuffer<C> entries(static_cast<C*>(ws.entries[0]), static_cast<C*>(ws.entries[1]));
     check_cuda(cudaMemsetAsync(ws.cursor, 0, sizeof(unsigned long long), stream), "zero pass cursor");
-    const SelectCollectEmitter<T, C> emit{key_bins,          ws.cls,    b0,        b1,          first_pass,
-                                          a.pos_bits,        a.neg_bits, entries.Current(), ws.cursor,
-                                          plan.capacity,     plan.index_bits, {}};
+    const SelectCollectEmitter<T, C> emit{slots,      ws.cls,     b0,        b1,
+                                          first_pass, a.pos_bits, a.neg_bits, entries.Current(),
+                                          ws.cursor,  plan.capacity, plan.index_bits};
     launch_pair_keys(a.z, a.n, a.d, emit, 0, stream);
     ++passes;
     if (count > 0) {
@@ -1139,21 +1264,25 @@ void select_forward(const SelectArgs<T>& a, const SelectPlan<T>& plan, const Sel
       // (a composite key takes at least the 8 bytes of a double).
       double* terms = reinterpret_cast<double*>(entries.Alternate());
       rank_mixed_kernel<T, C><<<static_cast<unsigned>((count + 255) / 256), 256, 0, stream>>>(
-          SortedComposites<C>{entries.Current(), plan.index_bits}, count, start[b0], key_bins, ws.first,
+          SortedComposites<C>{entries.Current(), plan.index_bits}, count, m.start[b0], slots, ws.first,
           ws.mixed_start, a.quantiles, a.pos_bits, a.neg_bits, terms);
       check_launch("rank_mixed_kernel");
       sum_mixed_bins_kernel<<<static_cast<unsigned>(b1 - b0), kSelectThreads, 0, stream>>>(
-          terms, ws.mixed_start, b0, start[b0], ws.shares + plan.bins);
+          terms, ws.mixed_start, b0, m.start[b0], ws.shares + all);
       check_launch("sum_mixed_bins_kernel");
     }
     first_pass = false;
     b0 = b1;
   }
-  sum_partials_kernel<<<1, 256, 0, stream>>>(ws.shares, static_cast<long long>(2 * plan.bins), 1.0, a.value);
-  check_launch("sum_partials_kernel");
+  const auto shares = static_cast<long long>(2 * all);
+  sum_partials(ws.shares, shares, 1.0, a.value, ws.shares + shares, stream);
   if (a.stats != nullptr) {
-    const int64_t stats[4] = {static_cast<int64_t>(start[plan.bins]), passes, static_cast<int64_t>(chosen.count()),
-                              mixed_bins};
+    int64_t stats[kStatCount];
+    stats[kStatSortedPairs] = static_cast<int64_t>(m.start[all]);
+    stats[kStatPasses] = passes;
+    stats[kStatBins] = static_cast<int64_t>(chosen.count());
+    stats[kStatMixedBins] = mixed_slots;
+    stats[kStatRefinedBins] = static_cast<int64_t>(slots.refined_upto != nullptr ? slots.leaves.used : 0);
     check_cuda(cudaMemcpyAsync(a.stats, stats, sizeof stats, cudaMemcpyHostToDevice, stream), "selection stats");
     check_cuda(cudaStreamSynchronize(stream), "selection stats");  // `stats` lives on this stack frame
   }
@@ -1212,8 +1341,8 @@ void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes, cudaStre
     else
       rank_in_passes<T, uint64_t>(a, plan, ws, stream);
   }
-  sum_partials_kernel<<<1, 256, 0, stream>>>(ws.partials, static_cast<long long>(plan.chunks), 1.0, a.value);
-  check_launch("sum_partials_kernel");
+  const auto chunks = static_cast<long long>(plan.chunks);
+  sum_partials(ws.partials, chunks, 1.0, a.value, ws.partials + chunks, stream);
 }
 
 // ---------------------------------------------------------------- backward

@@ -19,7 +19,7 @@
 //
 // Determinism: |e|^p is summed per fixed chunk of kChunk sorted positions of a batch (8
 // positions per thread, 256 apart, then block_sum), one partial per chunk, stored at a
-// slot fixed by (batch, chunk); sum_partials_kernel adds all partials in slot order. The
+// slot fixed by (batch, chunk); sum_partials adds all partials in slot order. The
 // batches and chunks depend on (segments, n) only, so the value is bitwise reproducible.
 // No floating-point atomics anywhere.
 #include "common/segmented.h"
@@ -136,7 +136,7 @@ struct Workspace {
   void* keys[2];     // Key<T>, a batch's values: CUB's double buffer
   Index* index[2];   // row indices travelling with the keys
   int* offsets;      // batch_segments + 1 segment starts (segmented sorts only)
-  double* partials;  // plan.chunks partial sums of |e|^p
+  double* partials;  // plan.chunks partial sums of |e|^p, then sum_partials' scratch
   void* sort_temp;
 };
 
@@ -151,7 +151,7 @@ size_t workspace_layout(const Plan& plan, char* base, Workspace* out) {
       items * sizeof(Index),
       items * sizeof(Index),
       plan.per_segment ? 0 : static_cast<size_t>(plan.batch_segments + 1) * sizeof(int),
-      static_cast<size_t>(plan.chunks) * sizeof(double),
+      static_cast<size_t>(plan.chunks + sum_partials_scratch(plan.chunks)) * sizeof(double),
       plan.sort_temp,
   };
   void* parts[sizeof(sizes) / sizeof(sizes[0])];
@@ -315,8 +315,7 @@ void sorted_gaps(const SortedGapsCall<T>& a, cudaStream_t stream) {
     sorted_gaps_kernel<T><<<grid_for(items, kChunk), kRankThreads, 0, stream>>>(pass);
     check_launch("sorted_gaps_kernel");
   });
-  sum_partials_kernel<<<1, 256, 0, stream>>>(ws.partials, static_cast<long long>(plan.chunks), 1.0, a.value);
-  check_launch("sum_partials_kernel");
+  sum_partials(ws.partials, plan.chunks, 1.0, a.value, ws.partials + plan.chunks, stream);
 }
 
 template <typename T>
