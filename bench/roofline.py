@@ -19,7 +19,10 @@ The estimate for an H100 SXM (132 SMs at 1.98 GHz) is the largest of three throu
 bounds over the n^2 ordered pairs a self sum visits: instruction issue (4 warp
 instructions a clock per SM), the load/store unit (one warp's shared or global access a
 clock per SM) and the transcendental unit (16 lanes a clock per SM), on the SMs the grid
-fills (ceil(n / 128) blocks). It assumes latency is hidden, which at 8 to 20 warps per SM it
+fills: ceil(n / 128) row blocks, times the partner ranges of common/partner_split.h on the
+register sweep (n = 4096: 32 x 16 blocks, not 32), plus, with more than one range, a read
+of the ranges' gradient slabs and a write of the gradient at HBM speed. It assumes latency
+is hidden, which at 8 to 20 warps per SM it
 may not be, so the kernels are at least this slow. The floor is the arithmetic a pair needs,
 2 D fused multiply-adds per ordered pair (the distance's and the gradient's), at the FP32 or
 FP64 FMA peak, or the transcendental unit's bound when that is larger.
@@ -57,6 +60,11 @@ LSU_PER_SM = 1  # warp-wide shared/global accesses a clock
 MUFU_LANES_PER_SM = 16
 FMA_LANES_PER_SM = {"float32": 128, "float64": 64}
 ROWS_PER_BLOCK = 128  # csrc/cuda/pair_sum.cuh kRowsPerBlock
+# csrc/common/partner_split.h: blocks aimed at, partners a range keeps at least, bytes the
+# slabs of partial gradients may take.
+TARGET_BLOCKS, MIN_RANGE_PARTNERS, SLAB_BUDGET = 512, 128, 64 << 20
+HBM_BYTES_PER_S = 3.35e12
+ELEMENT_BYTES = {"float32": 4, "float64": 8}
 CHUNK_SWEEP = {"float32": (32, 16), "float64": (16, 8)}  # common/pair_tiles.h kTile, kChunk
 
 SIZES = (4096, 16384, 65536)
@@ -224,14 +232,27 @@ def _loop_cost(loop: Loop, d: int, terms: int, staging_trips: int) -> Dict[str, 
 # ---------------------------------------------------------------------------- the table
 
 
-def estimate_ms(n: int, instrs: Dict[str, float]) -> float:
-    """Throughput bound of a self sum's n^2 ordered pairs on the SMs its grid fills."""
-    sms = min(SMS, math.ceil(n / ROWS_PER_BLOCK))
+def partner_ranges(rows: int, partners: int, d: int, element: int) -> int:
+    """The partner ranges of a register sweep (csrc/common/partner_split.h partner_split)."""
+    blocks = math.ceil(rows / ROWS_PER_BLOCK)
+    wanted = min(math.ceil(TARGET_BLOCKS / blocks), max(1, partners // MIN_RANGE_PARTNERS),
+                 max(1, SLAB_BUDGET // (element * max(rows * d, 1))))
+    if partners <= 0 or wanted <= 1:
+        return 1
+    width = math.ceil(math.ceil(partners / wanted) / 32) * 32
+    return math.ceil(partners / width)
+
+
+def estimate_ms(n: int, instrs: Dict[str, float], ranges: int = 1, d: int = 0, element: int = 4) -> float:
+    """Throughput bound of a self sum's n^2 ordered pairs on the SMs its grid (row blocks x
+    partner ranges) fills, plus the sum of the ranges' gradient slabs (n x d each)."""
+    sms = min(SMS, math.ceil(n / ROWS_PER_BLOCK) * ranges)
     warps = n * n / 32
     issue = warps * instrs["all"] / (sms * ISSUE_PER_SM)
     lsu = warps * instrs["memory"] / (sms * LSU_PER_SM)
     mufu = n * n * instrs["mufu"] / (sms * MUFU_LANES_PER_SM)
-    return max(issue, lsu, mufu) / CLOCK_HZ * 1e3
+    slabs = (ranges + 1) * n * d * element / HBM_BYTES_PER_S if ranges > 1 else 0.0
+    return (max(issue, lsu, mufu) / CLOCK_HZ + slabs) * 1e3
 
 
 def floor_ms(n: int, d: int, terms: int, dtype: str) -> float:
@@ -272,7 +293,9 @@ def build_rows() -> List[dict]:
                        "memory_per_pair": round(instrs["memory"], 1), "mufu_per_pair": round(instrs["mufu"], 1),
                        "fma_floor_per_pair": 2 * d, "estimate_ms": {}, "floor_ms": {}, "ratio": {}}
                 for n in SIZES:
-                    est, flo = estimate_ms(n, instrs), floor_ms(n, d, terms, dtype)
+                    element = ELEMENT_BYTES[dtype]
+                    ranges = partner_ranges(n, n, d, element) if compiled else 1
+                    est, flo = estimate_ms(n, instrs, ranges, d, element), floor_ms(n, d, terms, dtype)
                     row["estimate_ms"][str(n)] = round(est, 3)
                     row["floor_ms"][str(n)] = round(flo, 3)
                     row["ratio"][str(n)] = round(est / flo, 1)

@@ -3,6 +3,9 @@ table (bench/results/roofline-sm90.md) is the one its committed JSON gives. Rege
 the table needs nvcc, cuobjdump and nvdisasm (no GPU): ``python3 bench/roofline.py``."""
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,6 +92,30 @@ def test_estimate_and_floor_by_hand():
     # instruction a pair, 4 a clock: 128 clocks per instruction.
     per = {"all": 10.0, "memory": 0.0, "mufu": 0.0}
     assert roofline.estimate_ms(128, per) == pytest.approx(10 * 128 / roofline.CLOCK_HZ * 1e3)
+    # n = 4096 in 16 partner ranges: 512 blocks fill the 132 SMs, and the 16 slabs of
+    # 4096 x 64 floats are read once and the gradient written (17 MiB at 3.35 TB/s).
+    assert roofline.estimate_ms(4096, per, 16, 64, 4) == pytest.approx(
+        (4096**2 / 32 * 10 / (132 * 4) / roofline.CLOCK_HZ + 17 * 4096 * 64 * 4 / 3.35e12) * 1e3)
+
+
+def test_partner_ranges_are_the_engines(tmp_path):
+    """bench/roofline.py's partner_ranges against csrc/common/partner_split.h itself,
+    compiled for the CPU, over sizes that cross every limit (the blocks aimed at, the
+    partners a range keeps, the slab budget, ranges rounded to whole tiles)."""
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        pytest.skip(f"no C++ compiler ({cxx})")
+    sizes = [(r, p, d, e) for r in (1, 2, 127, 128, 300, 1000, 4096, 16384, 65536, 300000)
+             for p in (1, 31, 129, 1000, 4096, 65536) for d in (1, 16, 64, 512) for e in (4, 8)]
+    source = tmp_path / "split.cpp"
+    source.write_text('#include <cstdio>\n#include "common/partner_split.h"\nint main() {\n' + "".join(
+        f'  std::printf("%lld\\n", static_cast<long long>(gaussreg::partner_split({r}, {p}, {d}, {e}).count));\n'
+        for r, p, d, e in sizes) + "}\n")
+    exe = tmp_path / "split"
+    subprocess.run([cxx, "-std=c++17", "-I", str(ROOT / "csrc"), str(source), "-o", str(exe)], check=True)
+    counts = [int(v) for v in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()]
+    assert counts == [roofline.partner_ranges(r, p, d, e) for r, p, d, e in sizes]
+    assert roofline.partner_ranges(4096, 4096, 64, 4) == 16 and roofline.partner_ranges(65536, 65536, 64, 4) == 1
     # D = 64 at n = 65536: 2 D FMA per ordered pair over 132 SMs x 128 lanes.
     assert roofline.floor_ms(65536, 64, 1, "float32") == pytest.approx(
         65536**2 * 128 / (132 * 128) / roofline.CLOCK_HZ * 1e3)

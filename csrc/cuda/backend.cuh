@@ -17,8 +17,8 @@ struct CudaBackend {
   static constexpr const char* kLastArg = "stream";
 
   template <typename T>
-  static std::size_t workspace_bytes(index_t n, index_t m_or_0, index_t, std::uintptr_t) {
-    return pair_sum_workspace_bytes(n, m_or_0);
+  static std::size_t workspace_bytes(index_t n, index_t m_or_0, index_t d, std::uintptr_t) {
+    return pair_sum_workspace_bytes<T>(n, m_or_0, d);
   }
 
   template <typename T, typename Stem>

@@ -11,7 +11,11 @@
 //
 // A self sum visits the ordered pairs j != i (gradient complete in one launch; value
 // halved); a cross sum launches a second sweep with the roles of x and y swapped for the y
-// gradient.
+// gradient. At small n the register sweep splits the partners into ranges
+// (common/partner_split.h), one row of blocks each, so that the grid fills the GPU; the
+// ranges' partial gradients are added in range order by one more kernel. (The chunked sweep
+// is not split yet: ptxas's register allocation for it moved by up to 80 registers, into
+// spills and 12.5% occupancy, with each way of passing it a range that was tried.)
 #pragma once
 
 #include <cuda_runtime.h>
@@ -23,6 +27,7 @@
 
 #include "common/config.h"
 #include "common/pair_sum_args.h"
+#include "common/partner_split.h"
 #include "common/pair_tiles.h"
 #include "cuda/check.cuh"
 #include "cuda/reduce.cuh"
@@ -36,9 +41,45 @@ constexpr int kTileMax = 32;
 // launch gets without opting in, less block_sum's static 32 doubles.
 constexpr std::size_t kSharedBudget = 48 * 1024 - 32 * sizeof(double);
 
-inline std::size_t pair_sum_workspace_bytes(index_t n, index_t m_or_0) {
+static_assert(kRowsPerBlock == kSplitRowsPerBlock, "common/partner_split.h counts blocks of kRowsPerBlock rows");
+
+// The register sweep: float32 at D = 16, 32, 64 (its row and gradient fit the registers).
+template <typename T>
+bool register_sweep(index_t d) {
+  return sizeof(T) == 4 && (d == 16 || d == 32 || d == 64);
+}
+
+// The partner ranges of a sweep (one range on the chunked sweep).
+template <typename T>
+PartnerSplit sweep_split(index_t rows, index_t partners, index_t d) {
+  return register_sweep<T>(d) ? partner_split(rows, partners, d, sizeof(T)) : split_partners(partners, 1);
+}
+
+// The workspace: the x sweep's per-block partial sums (one per block and range) and
+// sum_partials' scratch, then the partial-gradient slabs of the larger of the two sweeps.
+struct PairSumLayout {
+  index_t partials;  // blocks x ranges of the x sweep
+  index_t slab;      // elements of the slabs (0: no split)
+  std::size_t bytes;
+};
+
+template <typename T>
+PairSumLayout pair_sum_layout(index_t n, index_t m_or_0, index_t d) {
   const index_t m = m_or_0 == 0 ? n : m_or_0;
-  return sizeof(double) * static_cast<std::size_t>(ceil_div(n, kRowsPerBlock) + ceil_div(m, kRowsPerBlock));
+  const PartnerSplit xs = sweep_split<T>(n, m, d), ys = sweep_split<T>(m, n, d);
+  PairSumLayout l{};
+  l.partials = ceil_div(n, kRowsPerBlock) * xs.count;
+  const index_t x_slab = xs.count > 1 ? xs.count * n * d : 0;
+  const index_t y_slab = m_or_0 != 0 && ys.count > 1 ? ys.count * m * d : 0;
+  l.slab = std::max(x_slab, y_slab);
+  l.bytes = sizeof(double) * static_cast<std::size_t>(l.partials + sum_partials_scratch(l.partials)) +
+            sizeof(T) * static_cast<std::size_t>(l.slab);
+  return l;
+}
+
+template <typename T>
+std::size_t pair_sum_workspace_bytes(index_t n, index_t m_or_0, index_t d) {
+  return pair_sum_layout<T>(n, m_or_0, d).bytes;
 }
 
 // Points per shared-memory tile of the register sweep: as many as fit, at most kTileMax.
@@ -55,8 +96,13 @@ template <typename T, typename K, int DT, bool kValue, bool kGrad>
 __global__ void __launch_bounds__(kRowsPerBlock)
 pair_rows_kernel(const T* __restrict__ a, index_t na, index_t as0, index_t as1, const T* __restrict__ b, index_t nb,
                  index_t bs0, index_t bs1, const T* __restrict__ pa, const T* __restrict__ pb, K kern, bool self,
-                 int tile, double* __restrict__ block_values, T* __restrict__ grad) {
+                 int tile, index_t range_width, double* __restrict__ block_values, T* __restrict__ grad) {
   extern __shared__ unsigned char smem_raw[];
+  // This block's partner range (blockIdx.y) and its slab of the gradient (the gradient
+  // itself when there is one range).
+  const index_t j_begin = static_cast<index_t>(blockIdx.y) * range_width;
+  const index_t j_end = nb - j_begin < range_width ? nb : j_begin + range_width;
+  if (kGrad) grad += static_cast<index_t>(blockIdx.y) * na * DT;
   T* tile_pts = reinterpret_cast<T*>(smem_raw);  // (tile, DT)
   T* tile_par = tile_pts + tile * DT;              // (tile)
   const index_t i = static_cast<index_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x;
@@ -71,8 +117,8 @@ pair_rows_kernel(const T* __restrict__ a, index_t na, index_t as0, index_t as1, 
   }
   const int terms = kern.num_terms();
   double v = 0;
-  for (index_t j0 = 0; j0 < nb; j0 += tile) {
-    const int count = static_cast<int>(nb - j0 < tile ? nb - j0 : tile);
+  for (index_t j0 = j_begin; j0 < j_end; j0 += tile) {
+    const int count = static_cast<int>(j_end - j0 < tile ? j_end - j0 : tile);
     for (index_t e = threadIdx.x; e < static_cast<index_t>(count) * DT; e += blockDim.x) {
       const index_t jj = e / DT, c = e - jj * DT;
       tile_pts[e] = b[(j0 + jj) * bs0 + c * bs1];
@@ -106,7 +152,20 @@ pair_rows_kernel(const T* __restrict__ a, index_t na, index_t as0, index_t as1, 
   }
   if (kValue) {
     const double total = block_sum(v);
-    if (threadIdx.x == 0) block_values[blockIdx.x] = total;
+    if (threadIdx.x == 0) block_values[static_cast<index_t>(blockIdx.y) * gridDim.x + blockIdx.x] = total;
+  }
+}
+
+// G = the sum of the ranges' partial gradients (`ranges` slabs of `count` values), added in
+// range order in float64 and rounded once.
+template <typename T>
+__global__ void sum_gradient_ranges_kernel(const T* __restrict__ slabs, index_t count, index_t ranges,
+                                           T* __restrict__ grad) {
+  const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x;
+  for (index_t e = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < count; e += step) {
+    double g = 0;
+    for (index_t r = 0; r < ranges; ++r) g += static_cast<double>(slabs[r * count + e]);
+    grad[e] = static_cast<T>(g);
   }
 }
 
@@ -138,24 +197,36 @@ pair_tiles_kernel(PairSweep<T> s, K kern, double* __restrict__ block_values, T* 
   if (kValue && threadIdx.x == 0) block_values[blockIdx.x] = total;
 }
 
+// The register sweep over sweep_split's partner ranges: a grid of row blocks x ranges;
+// with more than one range the blocks write partial gradients into `slabs`, then added into
+// grad in range order.
 template <typename T, typename K, int DT, bool kValue, bool kGrad>
-void launch_registers(const PairSweep<T>& s, const K& kern, double* block_values, T* grad, cudaStream_t stream) {
+void launch_registers(const PairSweep<T>& s, const K& kern, double* block_values, T* grad, T* slabs,
+                      cudaStream_t stream) {
+  const PartnerSplit split = sweep_split<T>(s.na, s.nb, DT);
+  const dim3 grid(static_cast<unsigned>(ceil_div(s.na, kRowsPerBlock)), static_cast<unsigned>(split.count));
   const int tile = tile_points<T>(DT);
   const std::size_t smem = sizeof(T) * static_cast<std::size_t>(tile) * (DT + 1);
-  pair_rows_kernel<T, K, DT, kValue, kGrad><<<static_cast<unsigned>(ceil_div(s.na, kRowsPerBlock)), kRowsPerBlock,
-                                              smem, stream>>>(s.a, s.na, s.as0, s.as1, s.b, s.nb, s.bs0, s.bs1, s.pa,
-                                                              s.pb, kern, s.self, tile, block_values, grad);
+  T* out = kGrad && split.count > 1 ? slabs : grad;
+  pair_rows_kernel<T, K, DT, kValue, kGrad><<<grid, kRowsPerBlock, smem, stream>>>(
+      s.a, s.na, s.as0, s.as1, s.b, s.nb, s.bs0, s.bs1, s.pa, s.pb, kern, s.self, tile, split.width, block_values, out);
   check_launch("pair_rows_kernel");
+  if (kGrad && split.count > 1) {
+    const index_t count = s.na * DT;
+    const auto blocks = static_cast<unsigned>(std::min<index_t>(ceil_div(count, 256), 4096));
+    sum_gradient_ranges_kernel<T><<<blocks, 256, 0, stream>>>(slabs, count, split.count, grad);
+    check_launch("sum_gradient_ranges_kernel");
+  }
 }
 
 // float32 at D = 16, 32, 64: the register sweep (its row and gradient fit the registers);
 // every other D and float64: the chunked sweep.
 template <typename T, typename K, bool kValue, bool kGrad>
-void launch_sweep(const PairSweep<T>& s, const K& kern, double* block_values, T* grad, cudaStream_t stream) {
+void launch_sweep(const PairSweep<T>& s, const K& kern, double* block_values, T* grad, T* slabs, cudaStream_t stream) {
   if constexpr (sizeof(T) == 4) {
-    if (s.d == 16) return launch_registers<T, K, 16, kValue, kGrad>(s, kern, block_values, grad, stream);
-    if (s.d == 32) return launch_registers<T, K, 32, kValue, kGrad>(s, kern, block_values, grad, stream);
-    if (s.d == 64) return launch_registers<T, K, 64, kValue, kGrad>(s, kern, block_values, grad, stream);
+    if (s.d == 16) return launch_registers<T, K, 16, kValue, kGrad>(s, kern, block_values, grad, slabs, stream);
+    if (s.d == 32) return launch_registers<T, K, 32, kValue, kGrad>(s, kern, block_values, grad, slabs, stream);
+    if (s.d == 64) return launch_registers<T, K, 64, kValue, kGrad>(s, kern, block_values, grad, slabs, stream);
   }
   pair_tiles_kernel<T, K, kValue, kGrad><<<static_cast<unsigned>(ceil_div(s.na, kRowsPerBlock)), kRowsPerBlock, 0,
                                            stream>>>(s, kern, block_values, grad);
@@ -164,7 +235,7 @@ void launch_sweep(const PairSweep<T>& s, const K& kern, double* block_values, T*
 
 template <typename T>
 void check_args(const PairSumArgs<T>& a) {
-  check_pair_sum_args(a, pair_sum_workspace_bytes(a.n, a.y ? a.m : 0));
+  check_pair_sum_args(a, pair_sum_workspace_bytes<T>(a.n, a.y ? a.m : 0, a.d));
 }
 
 // Entry point of the engine (stream last, no synchronisation).
@@ -176,21 +247,22 @@ void pair_sum(const PairSumArgs<T>& a, const K& kern, cudaStream_t stream) {
   const index_t m = self ? a.n : a.m;
   const index_t ys0 = self ? a.x_stride0 : a.y_stride0, ys1 = self ? a.x_stride1 : a.y_stride1;
   const T* py = self ? a.px : a.py;
+  const PairSumLayout layout = pair_sum_layout<T>(a.n, a.y ? a.m : 0, a.d);
   double* partial = static_cast<double*>(a.workspace);
-  const index_t blocks_x = ceil_div(a.n, kRowsPerBlock);
+  double* scratch = partial + layout.partials;
+  T* slabs = reinterpret_cast<T*>(scratch + sum_partials_scratch(layout.partials));
   const PairSweep<T> xs{a.x, a.n, a.x_stride0, a.x_stride1, y, m, ys0, ys1, a.d, a.px, py, self};
   if (a.grad_x != nullptr) {
-    launch_sweep<T, K, true, true>(xs, kern, partial, a.grad_x, stream);
+    launch_sweep<T, K, true, true>(xs, kern, partial, a.grad_x, slabs, stream);
     if (!self && a.grad_y != nullptr) {
       const PairSweep<T> swapped{y, m, ys0, ys1, a.x, a.n, a.x_stride0, a.x_stride1, a.d, py, a.px, false};
-      launch_sweep<T, K, false, true>(swapped, kern, nullptr, a.grad_y, stream);
+      launch_sweep<T, K, false, true>(swapped, kern, nullptr, a.grad_y, slabs, stream);
     }
   } else {
-    launch_sweep<T, K, true, false>(xs, kern, partial, nullptr, stream);
+    launch_sweep<T, K, true, false>(xs, kern, partial, nullptr, slabs, stream);
   }
   // A self sweep visits every unordered pair twice.
-  sum_partials_kernel<<<1, 256, 0, stream>>>(partial, blocks_x, self ? 0.5 : 1.0, a.value);
-  check_launch("sum_partials_kernel");
+  sum_partials(partial, layout.partials, self ? 0.5 : 1.0, a.value, scratch, stream);
 }
 
 }  // namespace cuda
