@@ -38,6 +38,10 @@ def _cases() -> List[Tuple[str, Callable[[List[torch.Tensor]], torch.Tensor], Li
         ("gaussian_l2", lambda x, y: gaussreg.gaussian_l2(x, y), [small, other]),
         # D = 16: float32 takes the register sweep of the CUDA pair sums (D = 5 the chunked one)
         ("gaussian_l2, D = 16", lambda x, y: gaussreg.gaussian_l2(x, y), [(37, 16), (29, 16)]),
+        # enough rows and partners for the register sweep's partner ranges (2 and 4 ranges
+        # for the two cross sweeps, 5 for the self sums), their slabs and their sum
+        ("gaussian_l2, D = 16, partner ranges", lambda x, y: gaussreg.gaussian_l2(x, y), [(600, 16), (300, 16)]),
+        ("mmd imq, D = 64, partner ranges", lambda z, y: gaussreg.mmd(z, y), [(600, 64), (300, 64)]),
         ("mmd imq", lambda z, y: gaussreg.mmd(z, y), [small, other]),
         ("mmd rbf", lambda z, y: gaussreg.mmd(z, y, kernel="rbf"), [small, other]),
         ("cw_distance approx", lambda z: gaussreg.cw_distance(z), [small]),
@@ -71,6 +75,8 @@ def _cases() -> List[Tuple[str, Callable[[List[torch.Tensor]], torch.Tensor], Li
         # several (3000 entries of sort memory a pass).
         ("cdf selection", lambda z: _selection(z, 1 << 12, None), [(301, 7)]),
         ("cdf selection, passes", lambda z: _selection(z, 1 << 12, 3000), [(301, 7)]),
+        # about 11000 mixed pairs against 300 entries a pass: the second level cuts them
+        ("cdf selection, second level", lambda z: _selection(z, 1 << 12, 300), [(301, 7)]),
     ]
 
 
