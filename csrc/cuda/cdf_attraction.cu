@@ -759,8 +759,9 @@ void rank_in_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace& 
 //   5. per pass: keys regenerated; decided pairs get their sign bit (first pass only), the
 //      pass's mixed pairs are appended as composite keys (key << index bits | k), sorted
 //      by CUB (ties by pair index: the CPU's tie rule), ranked, and summed per bin.
-// The value is the sum over bins, in bin order, of each bin's share: it depends neither on
-// the launch configuration nor on how the mixed bins were cut into passes.
+// The value is the sum of the slots' shares (decided slots' values, then mixed slots' sums)
+// by sum_partials, in an order fixed by the slot count: it depends neither on the launch
+// configuration nor on how the mixed slots were cut into passes.
 
 constexpr uint64_t kSelectSample = uint64_t{1} << 16;
 constexpr int kSelectThreads = 256;
@@ -1176,15 +1177,16 @@ OrderedSlots<T> refine_mixed_bins(const SelectArgs<T>& a, const SelectPlan<T>& p
   std::vector<uint32_t> upto(count + 1, 0);
   for (const uint64_t b : refinement.bins) upto[b + 1] = 1;
   for (uint64_t b = 0; b < count; ++b) upto[b + 1] += upto[b];
-  // From pageable memory: the call returns once `upto` is staged, so it may go out of scope.
-  check_cuda(cudaMemcpyAsync(ws.refined_upto, upto.data(), upto.size() * sizeof(uint32_t), cudaMemcpyHostToDevice,
-                             stream),
-             "refined bins");
   slots.leaves.bits = refinement.bits;
   slots.leaves.used = refinement.bins.size();
   slots.refined_upto = ws.refined_upto;
   const uint64_t all = slots.count();
   if (all > plan.slots) throw std::logic_error("cdf_attraction (CUDA): more leaves than the workspace holds");
+  // From pageable memory (staged before the call returns, by CUDA's rules for such copies);
+  // read_mixed_slots below synchronises the stream before `upto` goes out of scope anyway.
+  check_cuda(cudaMemcpyAsync(ws.refined_upto, upto.data(), upto.size() * sizeof(uint32_t), cudaMemcpyHostToDevice,
+                             stream),
+             "refined bins");
   const size_t ull = sizeof(unsigned long long);
   check_cuda(cudaMemsetAsync(ws.slot_count, 0, all * ull, stream), "zero slot counts");
   check_cuda(cudaMemsetAsync(ws.slot_sum_lo, 0, all * ull, stream), "zero slot sums");
@@ -1196,7 +1198,14 @@ OrderedSlots<T> refine_mixed_bins(const SelectArgs<T>& a, const SelectPlan<T>& p
                    stream);
   classify_slots<T>(a, plan, ws, ws.slot_count, ws.slot_sum_lo, ws.slot_sum_hi, slots.leaves, ws.refined_upto, all,
                     stream);
+  unsigned long long counted = 0;
+  check_cuda(cudaMemcpyAsync(&counted, ws.first + all, sizeof counted, cudaMemcpyDeviceToHost, stream),
+             "pairs counted in slots");
   *m = read_mixed_slots(ws, all, stream);
+  // As the CPU engine checks: the leaves and the unrefined bins hold every pair once.
+  if (counted != plan.pairs)
+    throw std::runtime_error("cdf_attraction (CUDA): the slots of the second level hold " + std::to_string(counted) +
+                             " distances, expected " + std::to_string(plan.pairs));
   return slots;
 }
 

@@ -50,7 +50,7 @@ static __global__ void sum_partial_blocks_kernel(const double* values, long long
 }
 
 // Doubles of scratch sum_partials needs after `count` values (none when one block adds them).
-inline long long sum_partials_scratch(long long count) {
+static inline long long sum_partials_scratch(long long count) {
   return count > kPartialsPerBlock ? (count + kPartialsPerBlock - 1) / kPartialsPerBlock : 0;
 }
 
@@ -58,7 +58,8 @@ inline long long sum_partials_scratch(long long count) {
 // reproducible. Up to kPartialsPerBlock values one block adds them; beyond, as many blocks
 // as kPartialsPerBlock-value runs (a million partials: 128 blocks, not one block reading
 // them all), then one block adds the blocks' sums from `scratch` (sum_partials_scratch).
-inline void sum_partials(const double* values, long long count, double scale, double* out, double* scratch,
+// static, as the kernels it launches: each translation unit has its own copy.
+static inline void sum_partials(const double* values, long long count, double scale, double* out, double* scratch,
                          cudaStream_t stream) {
   const long long blocks = sum_partials_scratch(count);
   if (blocks == 0) {

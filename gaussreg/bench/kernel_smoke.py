@@ -39,7 +39,7 @@ def _cases() -> List[Tuple[str, Callable[[List[torch.Tensor]], torch.Tensor], Li
         # D = 16: float32 takes the register sweep of the CUDA pair sums (D = 5 the chunked one)
         ("gaussian_l2, D = 16", lambda x, y: gaussreg.gaussian_l2(x, y), [(37, 16), (29, 16)]),
         # enough rows and partners for the register sweep's partner ranges (2 and 4 ranges
-        # for the two cross sweeps, 5 for the self sums), their slabs and their sum
+        # for the two cross sweeps, 4 and 2 for mmd's self sums), their slabs and their sum
         ("gaussian_l2, D = 16, partner ranges", lambda x, y: gaussreg.gaussian_l2(x, y), [(600, 16), (300, 16)]),
         ("mmd imq, D = 64, partner ranges", lambda z, y: gaussreg.mmd(z, y), [(600, 64), (300, 64)]),
         ("mmd imq", lambda z, y: gaussreg.mmd(z, y), [small, other]),
