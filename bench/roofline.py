@@ -22,10 +22,10 @@ clock per SM) and the transcendental unit (16 lanes a clock per SM), on the SMs 
 fills: ceil(n / 128) row blocks, times the partner ranges of common/partner_split.h on the
 register sweep (n = 4096: 32 x 16 blocks, not 32), plus, with more than one range, a read
 of the ranges' gradient slabs and a write of the gradient at HBM speed. It assumes latency
-is hidden, which at 8 to 20 warps per SM it
-may not be, so the kernels are at least this slow. The floor is the arithmetic a pair needs,
-2 D fused multiply-adds per ordered pair (the distance's and the gradient's), at the FP32 or
-FP64 FMA peak, or the transcendental unit's bound when that is larger.
+is hidden, which at 8 to 20 warps per SM it may not be, so the kernels are at least this
+slow. The floor is the arithmetic a pair needs, 2 D fused multiply-adds per ordered pair
+(the distance's and the gradient's), at the FP32 or FP64 FMA peak, or the transcendental
+unit's bound when that is larger.
 
     python3 bench/roofline.py            # writes bench/results/roofline-sm90.{json,md}, prints the table
     python3 bench/roofline.py --print    # the committed table, no compiling

@@ -26,7 +26,6 @@ namespace gaussreg {
 
 namespace py = pybind11;
 
-// One forward: sum over ranks k of |d_(k) - c'_k|^p for contiguous (n, d) points z.
 // The counters written to a forward's `stats` when the caller asks, in this order (both
 // engines; gaussreg/engines/cdf_attraction.py names them).
 enum SelectStat {
@@ -38,6 +37,7 @@ enum SelectStat {
   kStatCount = 5
 };
 
+// One forward: sum over ranks k of |d_(k) - c'_k|^p for contiguous (n, d) points z.
 template <typename T>
 struct CdfForwardCall {
   const T* z;

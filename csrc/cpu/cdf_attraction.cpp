@@ -534,7 +534,6 @@ struct SelectWorkspace {
 
 uint64_t select_bins_of(uint64_t bins, uint64_t pairs) { return (bins == 0 ? default_select_bins(pairs) : bins) + 2; }
 
-
 // The selection and the key bins keep one histogram row per virtual thread. On a machine of
 // many cores those rows would outgrow everything else the call holds (64 threads x 2^18
 // slots is about 1 GiB), so a call uses at most as many virtual threads as keep the rows

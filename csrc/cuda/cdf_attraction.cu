@@ -1142,13 +1142,18 @@ void select_histogram(const SelectArgs<T>& a, const SelectPlan<T>& plan, const S
   classify_slots<T>(a, plan, ws, ws.count, ws.sum_lo, ws.sum_hi, KeyLeaves<T>{}, nullptr, plan.bins, stream);
 }
 
-// Each slot's mixed pairs and first entry among all mixed, on the host (waits for the stream).
+// Each slot's mixed pairs and first entry among all mixed, on the host (waits for the stream),
+// after checking that the `all` slots hold every pair once (as the CPU engine checks).
 struct MixedSlots {
   std::vector<unsigned long long> mixed, start;  // all slots; all + 1
 };
 
-MixedSlots read_mixed_slots(const SelectWorkspace& ws, uint64_t all, cudaStream_t stream) {
+MixedSlots read_mixed_slots(const SelectWorkspace& ws, uint64_t all, uint64_t pairs, const char* what,
+                            cudaStream_t stream) {
   MixedSlots m{std::vector<unsigned long long>(all), std::vector<unsigned long long>(all + 1)};
+  unsigned long long counted = 0;
+  check_cuda(cudaMemcpyAsync(&counted, ws.first + all, sizeof counted, cudaMemcpyDeviceToHost, stream),
+             "pairs counted");
   check_cuda(cudaMemcpyAsync(m.mixed.data(), ws.mixed, all * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
                              stream),
              "mixed counts");
@@ -1156,6 +1161,9 @@ MixedSlots read_mixed_slots(const SelectWorkspace& ws, uint64_t all, cudaStream_
                              cudaMemcpyDeviceToHost, stream),
              "mixed starts");
   check_cuda(cudaStreamSynchronize(stream), "selection histogram");
+  if (counted != pairs)
+    throw std::runtime_error(std::string("cdf_attraction (CUDA): ") + what + " hold " + std::to_string(counted) +
+                             " distances, expected " + std::to_string(pairs));
   return m;
 }
 
@@ -1198,14 +1206,7 @@ OrderedSlots<T> refine_mixed_bins(const SelectArgs<T>& a, const SelectPlan<T>& p
                    stream);
   classify_slots<T>(a, plan, ws, ws.slot_count, ws.slot_sum_lo, ws.slot_sum_hi, slots.leaves, ws.refined_upto, all,
                     stream);
-  unsigned long long counted = 0;
-  check_cuda(cudaMemcpyAsync(&counted, ws.first + all, sizeof counted, cudaMemcpyDeviceToHost, stream),
-             "pairs counted in slots");
-  *m = read_mixed_slots(ws, all, stream);
-  // As the CPU engine checks: the leaves and the unrefined bins hold every pair once.
-  if (counted != plan.pairs)
-    throw std::runtime_error("cdf_attraction (CUDA): the slots of the second level hold " + std::to_string(counted) +
-                             " distances, expected " + std::to_string(plan.pairs));
+  *m = read_mixed_slots(ws, all, plan.pairs, "the slots of the second level", stream);
   return slots;
 }
 
@@ -1229,17 +1230,11 @@ uint64_t next_mixed_run(const std::vector<unsigned long long>& mixed, uint64_t b
 template <typename T, typename C>
 void select_forward(const SelectArgs<T>& a, const SelectPlan<T>& plan, const SelectWorkspace& ws, cudaStream_t stream) {
   select_histogram<T>(a, plan, ws, stream);
-  // Step 4: the mixed counts on the host, with the histogram's total and the bins chosen,
-  // for the checks, the second level and the counters.
-  unsigned long long counted = 0;
+  // Step 4: the mixed counts on the host, with the bins chosen, for the second level, the
+  // passes and the counters.
   KeyBins<T> chosen{};
-  check_cuda(cudaMemcpyAsync(&counted, ws.first + plan.bins, sizeof counted, cudaMemcpyDeviceToHost, stream),
-             "pairs counted");
   check_cuda(cudaMemcpyAsync(&chosen, ws.key_bins, sizeof chosen, cudaMemcpyDeviceToHost, stream), "bins chosen");
-  MixedSlots m = read_mixed_slots(ws, plan.bins, stream);
-  if (counted != plan.pairs)
-    throw std::runtime_error("cdf_attraction (CUDA): the histogram counted " + std::to_string(counted) +
-                             " distances, expected " + std::to_string(plan.pairs));
+  MixedSlots m = read_mixed_slots(ws, plan.bins, plan.pairs, "the histogram's bins", stream);
   const OrderedSlots<T> slots = refine_mixed_bins<T>(a, plan, ws, chosen, &m, stream);
   const uint64_t all = m.mixed.size();
   int64_t passes = slots.refined_upto != nullptr ? 2 : 1, mixed_slots = 0;

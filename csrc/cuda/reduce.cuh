@@ -60,7 +60,7 @@ static inline long long sum_partials_scratch(long long count) {
 // them all), then one block adds the blocks' sums from `scratch` (sum_partials_scratch).
 // static, as the kernels it launches: each translation unit has its own copy.
 static inline void sum_partials(const double* values, long long count, double scale, double* out, double* scratch,
-                         cudaStream_t stream) {
+                                cudaStream_t stream) {
   const long long blocks = sum_partials_scratch(count);
   if (blocks == 0) {
     sum_partials_kernel<<<1, 256, 0, stream>>>(values, count, scale, out);
