@@ -1564,8 +1564,9 @@ struct VectorOf {
 
 // The coordinates from c on that are left over after the two-vector sweep (D = 8, 20, 40,
 // ...): one vector of kBytes at a time, then halves, down to two lanes; returns the first
-// coordinate still to do. Each lane sums over t in order like the scalar loop it replaces
-// (same bits), but 8 coordinates of D = 8 take one FMA per row instead of eight.
+// coordinate still to do. Each lane sums over t in order, as the scalar loop it replaced did
+// (p = 1's bits unchanged; p = 2's gradients moved by about an ulp against it), but 8
+// coordinates of D = 8 take one FMA per row instead of eight.
 template <typename T, int kBytes>
 int64_t accumulate_narrow(const T* z, int64_t d, int64_t j0, int64_t cols, const WeightTile<T>& w, T* acc,
                           int64_t c) {

@@ -173,8 +173,8 @@ def cdf_pairs_with_stats(z: Tensor, target, p: int = 1, max_sort_bytes: Optional
     (p = 1: the pairs of mixed bins and leaves; p = 2: all), generation ``passes``, histogram
     ``bins``, ``mixed_bins`` (the bins and leaves sorted) and ``refined_bins`` (the mixed bins
     cut into leaves by a second pass; 0 when none); -1 where the engine does not report a
-    counter (CUDA has no second level, and its selection runs only when asked for with
-    bins > 0). For benchmarks and tests.
+    counter. On CUDA the selection (with its second level) runs only when asked for with
+    bins > 0; by default it sorts every pair. For benchmarks and tests.
     """
     with torch.no_grad():
         plan = cdf_engine.plan(z.device, z.dtype, z.shape[0], target, max_sort_bytes)
