@@ -104,18 +104,16 @@ struct Simd {
   static constexpr int64_t kLanes = kSimdBytes / sizeof(T);
 };
 
-// A uint32_t per lane of Simd<T> (spelled per type: GCC drops a vector_size that depends on a
-// template parameter).
+// A GCC/Clang vector of kBytes / sizeof(T) lanes of T (any width, e.g. a uint32_t per lane
+// of Simd<T>, or the narrower vectors of the backward's leftover coordinates).
+template <typename T, int kBytes>
+struct VectorOf {
+  typedef T type __attribute__((vector_size(kBytes)));
+};
+
+// A uint32_t per lane of Simd<T>: the lane indices and sign bits of the backward's weights.
 template <typename T>
-struct SimdLanes;
-template <>
-struct SimdLanes<float> {
-  typedef uint32_t type __attribute__((vector_size(kSimdBytes)));
-};
-template <>
-struct SimdLanes<double> {
-  typedef uint32_t type __attribute__((vector_size(kSimdBytes / 2)));
-};
+using SimdLanes = typename VectorOf<uint32_t, Simd<T>::kLanes * sizeof(uint32_t)>::type;
 
 constexpr int64_t kPanels = 1;  // vectors of j per row: kRowBlock independent FMA chains hide the latency
 
@@ -1466,7 +1464,7 @@ template <typename T>
 void expand_sign_run(uint64_t pos, uint64_t neg, T* out) {
   using V = typename Simd<T>::type;
   constexpr int64_t L = Simd<T>::kLanes;
-  using Lanes = typename SimdLanes<T>::type;
+  using Lanes = SimdLanes<T>;
   Lanes lane;
   for (int64_t l = 0; l < L; ++l) lane[l] = static_cast<uint32_t>(l);
   for (int64_t q = 0; q < kTileCols; q += L) {
@@ -1484,7 +1482,7 @@ template <typename T>
 void column_signs(const BackwardArgs<T>& a, int64_t i0, int64_t rows, int64_t j0, int64_t cols, WeightTile<T>& w) {
   using V = typename Simd<T>::type;
   constexpr int64_t L = Simd<T>::kLanes;
-  using Lanes = typename SimdLanes<T>::type;
+  using Lanes = SimdLanes<T>;
   alignas(64) uint32_t pos[kTileCols] = {}, neg[kTileCols] = {};
   const uint64_t n = static_cast<uint64_t>(a.n);
   for (int64_t t = 0; t < cols; ++t) {
@@ -1502,7 +1500,8 @@ void column_signs(const BackwardArgs<T>& a, int64_t i0, int64_t rows, int64_t j0
     }
 }
 
-// The weights of `count` (<= 64) consecutive pair indices from `start`, `stride` apart in out.
+// The weights of `count` (<= 64) consecutive pair indices from `start`, `stride` apart in out
+// (p = 1 only along a tile row, stride 1: its columns go through column_signs).
 template <typename T>
 void weights_of_run(const BackwardArgs<T>& a, uint64_t start, int64_t count, T* out, int64_t stride) {
   if (a.p == 2) {
@@ -1511,11 +1510,7 @@ void weights_of_run(const BackwardArgs<T>& a, uint64_t start, int64_t count, T* 
   }
   const uint64_t pos = extract_bits(a.pos, start, static_cast<int>(count));
   const uint64_t neg = extract_bits(a.neg, start, static_cast<int>(count));
-  if (stride == 1) {
-    expand_sign_run(pos, neg, out);  // bits past count are 0: so are their weights
-    return;
-  }
-  for (int64_t q = 0; q < count; ++q) out[q * stride] = T((pos >> q) & 1) - T((neg >> q) & 1);
+  expand_sign_run(pos, neg, out);  // bits past count are 0: so are their weights
 }
 
 // w[r][t] = w_{i0 + r, j0 + t}; zero for rows past `rows`, columns past `cols` and i = j.
@@ -1555,12 +1550,6 @@ double tile_row_sum(const T* row) {
   for (int64_t l = 0; l < L; ++l) total += static_cast<double>(lanes[l]);
   return total;
 }
-
-// A GCC/Clang vector of kBytes / sizeof(T) lanes of T.
-template <typename T, int kBytes>
-struct VectorOf {
-  typedef T type __attribute__((vector_size(kBytes)));
-};
 
 // The coordinates from c on that are left over after the two-vector sweep (D = 8, 20, 40,
 // ...): one vector of kBytes at a time, then halves, down to two lanes; returns the first
