@@ -257,6 +257,18 @@ def test_mixed_pairs_that_leaves_cannot_split_do_not_trigger_a_refinement(device
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_a_small_call_sorts_a_fifth_of_its_pairs_rather_than_pass_over_them_again(device):
+    """n = 500 in 2048 bins: 20% of the pairs are mixed. Below a few thousand points sorting
+    them costs less than the second level's extra pass (1.7x the time, measured), so the engine
+    sorts them: 2 passes. It refined them when the rule was 1/16 of the pairs at any size."""
+    z = random_points(500, 8, seed=0).double()
+    pairs = cdf_engine.pair_count(500)
+    stats = check_against_brute_force(z, chi2_table(pairs, 8), bins=1 << 11, device=device)
+    assert stats["refined_bins"] == 0 and stats["passes"] == 2, stats
+    assert stats["sorted_pairs"] > pairs // 8, stats
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_selection_matches_full_sort_value(device):
     """The same loss through the selection (p = 1) and through the full sort that p = 1 with
     sorted output takes: equal values, identical signs."""

@@ -209,8 +209,38 @@ struct OrderedSlots {
   }
 };
 
+// ---- the first level's size (both engines' defaults)
+
+// In-range bins when the caller gives none: about one per 32 pairs, from 2^10 to 2^16, and
+// 2^18 beyond n' = 2^26. The mixed pairs are about proportional to the bin width, and the
+// empirical CDF of a sample near its target comes closer to it as n grows, so large n needs
+// finer bins; but every bin costs a clearing, a merge of the threads' rows and a
+// classification, and a histogram beyond the L2 cache slows every pair's count. Measured on
+// 2 cores, D = 64, N(0, I) samples, forward: 2^16 bins took 3.2 ms at n = 64 (2016 pairs)
+// against 0.34 ms with 2^10, and 7.7 against 3.3 ms (2^12) at n = 512, with under 5% of
+// the pairs mixed; 2^16 is best from n ~ 2048 up to n' ~ 2^26; at n = 32768 (n' = 5.4e8)
+// 2^18 bins sorted 1.8% of the pairs instead of 7.9% (forward 6.8 s, not 8.2 s), and 2^20
+// sorted 0.4% but took 9.2 s.
+constexpr uint64_t kSelectPairsPerBin = 32;
+inline uint64_t default_select_bins(uint64_t pairs) {
+  if (pairs > (uint64_t{1} << 26)) return uint64_t{1} << 18;
+  uint64_t bins = uint64_t{1} << 10;
+  while (bins < (uint64_t{1} << 16) && bins * kSelectPairsPerBin < pairs) bins <<= 1;
+  return bins;
+}
+
+// Keys sampled (at evenly spaced pair indices) for the bins' range: 2^16, or every pair. A
+// key outside the sample's range lands in a clamp bin, which is sorted and which no leaf can
+// cut: with m keys sampled about n'/m keys lie beyond each extreme. (1 in 64 pairs, at least
+// 2^12, left 120 keys in a clamp bin at n = 600, more than a sort budget of 50 entries holds
+// in one pass.)
+inline uint64_t select_sample_size(uint64_t pairs) { return std::min<uint64_t>(pairs, uint64_t{1} << 16); }
+
 // Leaf slots of the second level: as many as in-range bins, and at least 2^16 so that a small
 // bin budget (tests, diagnostics) still refines finely. `bin_count` counts the clamp bins.
+// (A minimum of the size's default bins instead, 4096 leaves at n = 301 with 4096 bins, was
+// cheaper to count and classify, but left 1802 mixed pairs instead of 106: 67 passes over
+// the pairs instead of 6 with a sort budget of 30 entries.)
 constexpr uint64_t kMinLeaves = uint64_t{1} << 16;
 GAUSSREG_HD uint64_t leaf_slots_of(uint64_t bin_count) {
   return bin_count - 2 > kMinLeaves ? bin_count - 2 : kMinLeaves;
@@ -239,16 +269,28 @@ struct Refinement {
 };
 
 // Whether one more pass over the pairs pays for itself, when refining would take `covered`
-// of the `mixed` pairs out of the sort (at best): when they are more than 1/16 of all pairs
-// (their sort entries would take at least half a byte a pair, twice the signs the backward
-// keeps, and sorting them costs about a pass), or when the mixed pairs need more than one
-// collection pass (each a pass over every pair) and refining could save one. The mixed
-// pairs it cannot take (clamp bins, bins of one bit pattern) do not count for it.
-constexpr uint64_t kRefineFraction = 16;
+// of the `mixed` pairs out of the sort (at best): when they are more than 1/refine_fraction
+// of all pairs, or when the mixed pairs need more than one collection pass (each a pass over
+// every pair) and refining could save one. The mixed pairs it cannot take (clamp bins, bins
+// of one bit pattern) do not count for it.
+//
+// Collecting, sorting and ranking a mixed pair costs as much as generating a few keys, more
+// as n' grows (the sort leaves the caches, a key's share of a pass shrinks). Measured on 2
+// cores, float32: 0.5 (D = 256) to 1.7 keys at n = 1024, 1.6 to 3.9 at n = 2048 (D = 4 to
+// 256), and at D = 64 6 at n = 8192 and 18 at n = 131072. log2(n') - 17 follows that,
+// between 2 and 16: at small n refining pays only when most pairs are mixed; from n' ~ 2^33,
+// 1/16 of the pairs is also where their sort entries (8 or 16 bytes) pass twice the 2-bit
+// signs the backward keeps.
+inline uint64_t refine_fraction(uint64_t pairs) {
+  int width = 0;
+  while (width < 64 && (pairs >> width) != 0) ++width;
+  return static_cast<uint64_t>(std::min(16, std::max(2, width - 17)));
+}
+
 inline bool worth_refining(uint64_t covered, uint64_t mixed, uint64_t pairs, uint64_t capacity) {
   const uint64_t c = capacity > 0 ? capacity : 1;
   auto passes = [c](uint64_t m) { return m / c + (m % c != 0); };
-  return covered > pairs / kRefineFraction || (mixed > capacity && passes(mixed - covered) < passes(mixed));
+  return covered > pairs / refine_fraction(pairs) || (mixed > capacity && passes(mixed - covered) < passes(mixed));
 }
 
 // The bins to refine and their leaves, within `budget` leaf slots: the `K` candidates of most

@@ -528,15 +528,6 @@ int64_t sort_all_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspa
 // it none are mixed. Every sum is taken in a fixed order: results do not depend on the
 // thread count or the sort budget.
 
-// In-range bins by default. The mixed pairs are about proportional to the bin width, and
-// the empirical CDF of a sample near its target comes closer to it as n grows, so large n
-// needs finer bins; but a histogram beyond the L2 cache slows every pair's count. Measured
-// on 2 AVX2 cores, D = 64, N(0, I) samples: 2^16 is best up to n' ~ 2^26; at n = 32768
-// (n' = 5.4e8) 2^18 bins sorted 1.8% of the pairs instead of 7.9% (forward 6.8 s, not
-// 8.2 s), and 2^20 sorted 0.4% but took 9.2 s.
-uint64_t default_select_bins(uint64_t pairs) { return pairs <= (uint64_t{1} << 26) ? uint64_t{1} << 16 : uint64_t{1} << 18; }
-constexpr uint64_t kSelectSample = uint64_t{1} << 16;
-
 template <typename T>
 struct BinCount {
   uint64_t count;
@@ -547,7 +538,7 @@ struct BinCount {
 template <typename T>
 struct SelectWorkspace {
   T* zt;                // points in panels (transpose_points)
-  T* sample;            // kSelectSample keys
+  T* sample;            // select_sample_size keys
   BinCount<T>* hist;    // V x slots, per virtual thread (v = 0's becomes the merged one)
   uint64_t* offset;     // V x slots: keys of a slot that virtual threads before v found
   uint64_t* first;      // slots + 1: the keys before each slot's in key order (its first rank)
@@ -581,7 +572,8 @@ int histogram_threads(int64_t n, int threads, size_t row_bytes) {
 // BinCount and two offsets per slot.
 template <typename T>
 int selection_threads(int64_t n, uint64_t bins, int threads) {
-  const uint64_t count = select_bins_of(bins, pair_count(static_cast<uint64_t>(n)));
+  const uint64_t pairs = pair_count(static_cast<uint64_t>(n));
+  const uint64_t count = select_bins_of(bins, pairs);
   const uint64_t slots = count + leaf_slots_of(count);
   return histogram_threads(n, threads, slots * (sizeof(BinCount<T>) + 2 * sizeof(uint64_t)));
 }
@@ -596,7 +588,7 @@ size_t select_layout(int64_t n, int64_t d, uint64_t capacity, uint64_t bins, int
   const size_t virtual_threads = static_cast<size_t>(selection_threads<T>(n, bins, threads));
   const size_t sizes[] = {
       static_cast<size_t>(padded_count<T>(n) * d) * sizeof(T),
-      std::min(pairs, kSelectSample) * sizeof(T),
+      select_sample_size(pairs) * sizeof(T),
       virtual_threads * slots * sizeof(BinCount<T>),
       virtual_threads * slots * sizeof(uint64_t),
       (slots + 1) * sizeof(uint64_t),
@@ -628,7 +620,7 @@ template <typename T>
 KeyBins<T> sample_key_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, uint64_t pairs) {
   using U = typename KeyBins<T>::U;
   const uint64_t n = static_cast<uint64_t>(a.n);
-  const int64_t size = static_cast<int64_t>(std::min(pairs, kSelectSample));
+  const int64_t size = static_cast<int64_t>(select_sample_size(pairs));
 #pragma omp parallel for num_threads(a.threads) schedule(static)
   for (int64_t s = 0; s < size; ++s) {
     const auto k = static_cast<uint64_t>((static_cast<unsigned __int128>(2 * s + 1) * pairs) / (2 * size));
@@ -753,11 +745,10 @@ void classify_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, const 
 // leaves (KeyLeaves), and only the mixed leaves are sorted.
 
 // When refining pays, and which bins it cuts, is choose_refinement's decision
-// (common/cdf_select.h), the same on every rank of a split with the sort budget the ranks
-// agreed on (the least of theirs). Measured on 2 AVX2 cores at D = 64: collecting, sorting
-// and ranking a mixed pair costs as much as generating about 6 keys at n = 8192 and 18 at
-// n = 131072; at n = 8192 with 27% of the pairs mixed the refined forward + backward took
-// 0.81 s against 0.84 s (0.04% left to sort, 329 against 396 MiB peak).
+// (common/cdf_select.h, with the costs it rests on), the same on every rank of a split with
+// the sort budget the ranks agreed on (the least of theirs). At n = 8192, D = 64, with 27%
+// of the pairs mixed, the refined forward + backward took 0.81 s against 0.84 s (0.04% left
+// to sort, 329 against 396 MiB peak).
 
 // Marks the bins choose_refinement picks kBinRefined, each with its place among them (bin
 // order); returns the leaves (none when refining would not pay or no bin can be cut).
@@ -1234,7 +1225,7 @@ struct BinRange {
 template <typename T>
 struct RangeWorkspace {
   T* zt;                  // points in panels (transpose_points)
-  T* sample;              // kSelectSample keys
+  T* sample;              // select_sample_size keys
   BinRange<T>* hist;      // V x bins
   uint64_t* cursor;       // bins: next entry of a collected bin
 };
@@ -1252,7 +1243,7 @@ size_t range_layout(int64_t n, int64_t d, uint64_t bins, int threads, char* base
   const size_t virtual_threads = static_cast<size_t>(range_threads<T>(n, bins, threads));
   const size_t sizes[] = {
       static_cast<size_t>(padded_count<T>(n) * d) * sizeof(T),
-      std::min(pairs, kSelectSample) * sizeof(T),
+      select_sample_size(pairs) * sizeof(T),
       virtual_threads * count * sizeof(BinRange<T>),
       count * sizeof(uint64_t),
   };

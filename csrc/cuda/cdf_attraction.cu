@@ -763,7 +763,6 @@ void rank_in_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace& 
 // by sum_partials, in an order fixed by the slot count: it depends neither on the launch
 // configuration nor on how the mixed slots were cut into passes.
 
-constexpr uint64_t kSelectSample = uint64_t{1} << 16;
 constexpr int kSelectThreads = 256;
 
 template <typename T>
@@ -814,7 +813,7 @@ SelectPlan<T> make_select_plan(int64_t n, uint64_t capacity, uint64_t bins, cuda
   plan.bins = bins + 2;
   plan.leaf_slots = leaf_slots_of(plan.bins);
   plan.slots = plan.bins + plan.leaf_slots;
-  plan.sample = std::min(plan.pairs, kSelectSample);
+  plan.sample = select_sample_size(plan.pairs);
   plan.index_bits = std::max(1, bit_width(plan.pairs - 1));
   plan.wide_composite = !(sizeof(T) == 4 && KeyTraits<T>::kBits + plan.index_bits <= 64);
   // `capacity` counts sort entries of cdf_pairs_entry_bytes, at least a composite key twice
