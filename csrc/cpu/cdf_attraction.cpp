@@ -971,8 +971,15 @@ void rank_mixed_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, uint
   }
 }
 
+// What a selection did: ranked every pair (sort_all false), or gave up after `passes`
+// passes over the pairs and `refined` bins cut (sort_all_instead), having written nothing.
+struct SelectOutcome {
+  bool sort_all;
+  int64_t passes, refined;
+};
+
 template <typename T, typename E>
-void select_forward(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace<T>& ws) {
+SelectOutcome select_forward(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace<T>& ws) {
   transpose_points(a.z, a.n, a.d, ws.zt, a.threads);
   const KeyBins<T> bins = sample_key_bins(a, ws, plan.pairs);
   count_bins(a, plan, ws, bins);
@@ -987,6 +994,10 @@ void select_forward(const ForwardArgs<T>& a, const Plan& plan, const SelectWorks
     ++mixed_slots;
     sorted_pairs += static_cast<int64_t>(ws.hist[b].count);
   }
+  // Only where every pair fits one sort pass: with less memory the full sort's buckets of
+  // tied keys could overflow a pass where the selection's slots do not.
+  if (a.bins == 0 && a.capacity >= plan.pairs && sort_all_instead(static_cast<uint64_t>(sorted_pairs), plan.pairs))
+    return {true, passes, static_cast<int64_t>(leaves.used)};
   uint64_t b0 = 0;
   bool first_pass = true;
   while (first_pass || b0 < count) {
@@ -1010,6 +1021,7 @@ void select_forward(const ForwardArgs<T>& a, const Plan& plan, const SelectWorks
     a.stats[kStatMixedBins] = mixed_slots;  // bins and leaves
     a.stats[kStatRefinedBins] = static_cast<int64_t>(leaves.used);
   }
+  return {false, passes, static_cast<int64_t>(leaves.used)};
 }
 
 // ---------------------------------------------------------------- shares across ranks (p = 1)
@@ -1380,16 +1392,16 @@ void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes) {
     std::fill(a.pos_bits, a.pos_bits + words, uint64_t{0});
     std::fill(a.neg_bits, a.neg_bits + words, uint64_t{0});
   }
+  SelectOutcome selection{false, 0, 0};   // a selection's passes, when it sorts all instead
   if (a.p == 1 && a.sorted == nullptr) {  // signs only: selection
     SelectWorkspace<T> sws;
     select_layout<T>(a.n, a.d, a.capacity, a.bins, a.threads, base, &sws);
     ForwardArgs<T> sa = a;
     sa.threads = selection_threads<T>(a.n, a.bins, a.threads);
-    if (packs<T>(plan.pairs))
-      select_forward<T, PackedEntries>(sa, plan, sws);
-    else
-      select_forward<T, WideEntries>(sa, plan, sws);
-    return;
+    selection = packs<T>(plan.pairs) ? select_forward<T, PackedEntries>(sa, plan, sws)
+                                     : select_forward<T, WideEntries>(sa, plan, sws);
+    if (!selection.sort_all) return;
+    a.poll();
   }
   Workspace<T> ws;
   workspace_layout<T>(a.n, a.d, a.capacity, plan, base, &ws);
@@ -1405,10 +1417,10 @@ void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes) {
                                               : sort_all_passes<T, WideEntries>(a, plan, ws);
   if (a.stats != nullptr) {
     a.stats[kStatSortedPairs] = static_cast<int64_t>(plan.pairs);
-    a.stats[kStatPasses] = passes;
+    a.stats[kStatPasses] = selection.passes + passes;
     a.stats[kStatBins] = static_cast<int64_t>(plan.buckets);
     a.stats[kStatMixedBins] = static_cast<int64_t>(plan.buckets);
-    a.stats[kStatRefinedBins] = 0;
+    a.stats[kStatRefinedBins] = selection.refined;
   }
   double total = 0.0;
   for (uint64_t b = 0; b < plan.buckets; ++b) total += ws.partial[b];
