@@ -217,8 +217,8 @@ struct OrderedSlots {
 // finer bins; but every bin costs a clearing, a merge of the threads' rows and a
 // classification, and a histogram beyond the L2 cache slows every pair's count. Measured on
 // 2 cores, D = 64, N(0, I) samples, forward: 2^16 bins took 3.2 ms at n = 64 (2016 pairs)
-// against 0.34 ms with 2^10, and 7.7 against 3.3 ms (2^12) at n = 512, with under 5% of
-// the pairs mixed; 2^16 is best from n ~ 2048 up to n' ~ 2^26; at n = 32768 (n' = 5.4e8)
+// against 0.34 ms with 2^10, and 7.7 against 3.3 ms (2^12) at n = 512, with 5.3% and 3.8%
+// of the pairs mixed; 2^16 is best from n ~ 2048 up to n' ~ 2^26; at n = 32768 (n' = 5.4e8)
 // 2^18 bins sorted 1.8% of the pairs instead of 7.9% (forward 6.8 s, not 8.2 s), and 2^20
 // sorted 0.4% but took 9.2 s.
 constexpr uint64_t kSelectPairsPerBin = 32;
