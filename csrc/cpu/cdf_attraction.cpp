@@ -209,21 +209,11 @@ size_t workspace_layout(int64_t n, int64_t d, uint64_t capacity, const Plan& pla
 
 // ---------------------------------------------------------------- key generation
 
-template <typename T>
-T half_sq_distance(const T* a, const T* b, int64_t d) {
-  T acc = 0;
-  for (int64_t c = 0; c < d; ++c) {
-    const T diff = a[c] - b[c];
-    acc += diff * diff;
-  }
-  return T(0.5) * acc;
-}
-
-// d_ij for the selection's sample only (sample_key_bins): eight running sums, which the
-// compiler turns into vector operations where half_sq_distance's one sum is a chain of d
-// dependent additions (at D = 256 the sample of every pair took longer than a pass). Not
-// the bits of the passes' keys: the sample only places the bins, the keys are then
-// compared with the bins themselves.
+// d_ij for the samples only (sample_keys): eight running sums, which the compiler turns
+// into vector operations where one sum is a chain of d dependent additions (at D = 256 the
+// selection's sample of every pair took longer than a pass). Not the bits of the passes'
+// keys: a sample only places the bins or splitters, and the keys are then compared with
+// those themselves.
 template <typename T>
 T sampled_half_sq_distance(const T* a, const T* b, int64_t d) {
   constexpr int64_t kSums = 8;
@@ -241,6 +231,17 @@ T sampled_half_sq_distance(const T* a, const T* b, int64_t d) {
   T sum = 0;
   for (int64_t l = 0; l < kSums; ++l) sum += acc[l];
   return T(0.5) * sum;
+}
+
+// The keys of `size` pairs at evenly spaced pair indices into out[0, size).
+template <typename T>
+void sample_keys(const T* z, int64_t n, int64_t d, uint64_t pairs, int64_t size, int threads, T* out) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t s = 0; s < size; ++s) {
+    const auto k = static_cast<uint64_t>((static_cast<unsigned __int128>(2 * s + 1) * pairs) / (2 * size));
+    const PairIJ ij = pair_of(static_cast<uint64_t>(n), k);
+    out[s] = sampled_half_sq_distance(z + ij.i * d, z + ij.j * d, d);
+  }
 }
 
 // Calls run(i, j, keys, count) with d_ij, ..., d_i(j+count-1) for every row i in
@@ -413,13 +414,7 @@ void for_group_slices(const ForwardArgs<T>& a, uint64_t groups, Fn&& fn) {
 
 template <typename T>
 void choose_splitters(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws) {
-  const uint64_t n = static_cast<uint64_t>(a.n);
-#pragma omp parallel for num_threads(a.threads) schedule(static)
-  for (int64_t s = 0; s < static_cast<int64_t>(plan.sample); ++s) {
-    const auto k = static_cast<uint64_t>((static_cast<unsigned __int128>(2 * s + 1) * plan.pairs) / (2 * plan.sample));
-    const PairIJ ij = pair_of(n, k);
-    ws.sample[s] = half_sq_distance(a.z + ij.i * a.d, a.z + ij.j * a.d, a.d);
-  }
+  sample_keys(a.z, a.n, a.d, plan.pairs, static_cast<int64_t>(plan.sample), a.threads, ws.sample);
   std::sort(ws.sample, ws.sample + plan.sample);
   for (uint64_t b = 1; b < plan.buckets; ++b) ws.splitters[b - 1] = ws.sample[b * plan.sample / plan.buckets];
   build_bucket_table(ws.splitters, plan.buckets - 1, ws.lut);
@@ -643,14 +638,8 @@ size_t select_layout(int64_t n, int64_t d, uint64_t capacity, uint64_t bins, int
 template <typename T>
 KeyBins<T> sample_key_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, uint64_t pairs) {
   using U = typename KeyBins<T>::U;
-  const uint64_t n = static_cast<uint64_t>(a.n);
   const int64_t size = static_cast<int64_t>(select_sample_size(pairs));
-#pragma omp parallel for num_threads(a.threads) schedule(static)
-  for (int64_t s = 0; s < size; ++s) {
-    const auto k = static_cast<uint64_t>((static_cast<unsigned __int128>(2 * s + 1) * pairs) / (2 * size));
-    const PairIJ ij = pair_of(n, k);
-    ws.sample[s] = sampled_half_sq_distance(a.z + ij.i * a.d, a.z + ij.j * a.d, a.d);
-  }
+  sample_keys(a.z, a.n, a.d, pairs, size, a.threads, ws.sample);
   U lo = ~U{0}, hi = 0;
   for (int64_t s = 0; s < size; ++s) {
     const U bits = key_bits(ws.sample[s]);
