@@ -64,6 +64,7 @@ constexpr uint64_t kRowGroups = 64;
 constexpr uint64_t kBucketTarget = 16384;   // keys per bucket: one bucket's sort stays in L2
 constexpr uint64_t kMaxBuckets = uint64_t{1} << 18;
 constexpr uint64_t kSamplePerBucket = 32;
+constexpr uint64_t kSplitterPad = 4;        // splitters past the last, read by BucketFinder
 
 // ---------------------------------------------------------------- sort entries
 
@@ -169,7 +170,7 @@ char* aligned_base(void* workspace) {
 template <typename T>
 struct Workspace {
   T* zt;              // points in panels (transpose_points)
-  T* splitters;       // B - 1
+  T* splitters;       // B - 1, then kSplitterPad
   T* sample;          // S
   uint32_t* lut;      // cells + 1: splitters below each cell of key bits (see BucketFinder)
   uint64_t* hist;     // G x B
@@ -184,7 +185,7 @@ size_t workspace_layout(int64_t n, int64_t d, uint64_t capacity, const Plan& pla
   const size_t entry = packs<T>(plan.pairs) ? sizeof(PackedEntries::Entry) : sizeof(WideEntries::Entry);
   const size_t sizes[] = {
       static_cast<size_t>(padded_count<T>(n) * d) * sizeof(T),
-      (plan.buckets - 1) * sizeof(T),
+      (plan.buckets - 1 + kSplitterPad) * sizeof(T),
       plan.sample * sizeof(T),
       (cells_of<T>() + 1) * sizeof(uint32_t),
       plan.groups * plan.buckets * sizeof(uint64_t),
@@ -305,21 +306,26 @@ void for_group_blocks(uint64_t group, uint64_t groups, int64_t n, Fn&& fn) {
 
 // Bucket of a key = the number of splitters <= key. A branchy binary search over all
 // splitters mispredicts at every step; the table narrows it to the few splitters that
-// share the key's cell, which a short scan finishes.
+// share the key's cell. Up to kSplitterPad of them are counted without a branch (a scan
+// that stopped at the first larger one mispredicted on the keys of every cell that holds a
+// splitter); a crowded cell takes a search.
 template <typename T>
 struct BucketFinder {
-  const T* splitters;
+  const T* splitters;   // sorted, then kSplitterPad more
   const uint32_t* lut;  // lut[c] = splitters in cells below c
 
   static uint64_t cell(T key) { return static_cast<uint64_t>(key_bits(key)) >> cell_shift<T>(); }
 
   uint64_t operator()(T key) const {
     const uint64_t c = cell(key);
-    uint32_t b = lut[c];
+    const uint32_t b = lut[c];
     const uint32_t end = lut[c + 1];
-    if (end - b > 16) return static_cast<uint64_t>(std::upper_bound(splitters + b, splitters + end, key) - splitters);
-    while (b < end && !(key < splitters[b])) ++b;
-    return b;
+    if (end == b) return b;  // most cells hold no splitter: a branch that rarely mispredicts
+    if (end - b > kSplitterPad)
+      return static_cast<uint64_t>(std::upper_bound(splitters + b, splitters + end, key) - splitters);
+    uint32_t below = 0;  // sorted, so the splitters <= key are the first `below` of the cell's
+    for (uint32_t s = 0; s < kSplitterPad; ++s) below += static_cast<uint32_t>((b + s < end) & !(key < splitters[b + s]));
+    return b + below;
   }
 };
 
@@ -417,6 +423,8 @@ void choose_splitters(const ForwardArgs<T>& a, const Plan& plan, const Workspace
   sample_keys(a.z, a.n, a.d, plan.pairs, static_cast<int64_t>(plan.sample), a.threads, ws.sample);
   std::sort(ws.sample, ws.sample + plan.sample);
   for (uint64_t b = 1; b < plan.buckets; ++b) ws.splitters[b - 1] = ws.sample[b * plan.sample / plan.buckets];
+  std::fill(ws.splitters + plan.buckets - 1, ws.splitters + plan.buckets - 1 + kSplitterPad,
+            std::numeric_limits<T>::infinity());
   build_bucket_table(ws.splitters, plan.buckets - 1, ws.lut);
 }
 
