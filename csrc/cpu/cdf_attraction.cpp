@@ -172,7 +172,7 @@ struct Workspace {
   T* zt;              // points in panels (transpose_points)
   T* splitters;       // B - 1, then kSplitterPad
   T* sample;          // S
-  uint32_t* lut;      // cells + 1: splitters below each cell of key bits (see BucketFinder)
+  uint32_t* lut;      // up to cells + 2: splitters below each cell of key bits (see BucketFinder)
   uint64_t* hist;     // G x B
   uint64_t* cursor;   // G x B
   uint64_t* base;     // B + 1
@@ -187,7 +187,7 @@ size_t workspace_layout(int64_t n, int64_t d, uint64_t capacity, const Plan& pla
       static_cast<size_t>(padded_count<T>(n) * d) * sizeof(T),
       (plan.buckets - 1 + kSplitterPad) * sizeof(T),
       plan.sample * sizeof(T),
-      (cells_of<T>() + 1) * sizeof(uint32_t),
+      (cells_of<T>() + 2) * sizeof(uint32_t),
       plan.groups * plan.buckets * sizeof(uint64_t),
       plan.groups * plan.buckets * sizeof(uint64_t),
       (plan.buckets + 1) * sizeof(uint64_t),
@@ -329,15 +329,19 @@ void for_group_blocks(uint64_t group, uint64_t groups, int64_t n, Fn&& fn) {
 // share the key's cell. Up to kSplitterPad of them are counted without a branch (a scan
 // that stopped at the first larger one mispredicted on the keys of every cell that holds a
 // splitter); a crowded cell takes a search.
+// The table spans the cells of the splitters and one empty cell on each side: a key beyond
+// them is clamped to an empty end cell, which gives it no splitter (or all of them) and the
+// early return. Building it costs the cells the splitters span, not 2^19.
 template <typename T>
 struct BucketFinder {
   const T* splitters;   // sorted, then kSplitterPad more
-  const uint32_t* lut;  // lut[c] = splitters in cells below c
+  const uint32_t* lut;  // lut[c] = splitters in cells below first_cell + c
+  uint64_t first_cell, last_cell;
 
   static uint64_t cell(T key) { return static_cast<uint64_t>(key_bits(key)) >> cell_shift<T>(); }
 
   uint64_t operator()(T key) const {
-    const uint64_t c = cell(key);
+    const uint64_t c = std::min(std::max(cell(key), first_cell), last_cell) - first_cell;
     const uint32_t b = lut[c];
     const uint32_t end = lut[c + 1];
     if (end == b) return b;  // most cells hold no splitter: a branch that rarely mispredicts
@@ -350,11 +354,18 @@ struct BucketFinder {
 };
 
 template <typename T>
-void build_bucket_table(const T* splitters, uint64_t count, uint32_t* lut) {
-  const uint64_t cells = cells_of<T>();
+BucketFinder<T> build_bucket_table(const T* splitters, uint64_t count, uint32_t* lut) {
+  BucketFinder<T> find{splitters, lut, 0, 0};
+  if (count > 0) {
+    const uint64_t first = BucketFinder<T>::cell(splitters[0]);
+    find.first_cell = first > 0 ? first - 1 : 0;
+    find.last_cell = BucketFinder<T>::cell(splitters[count - 1]) + 1;
+  }
+  const uint64_t cells = find.last_cell - find.first_cell + 1;
   std::fill(lut, lut + cells + 1, uint32_t{0});
-  for (uint64_t s = 0; s < count; ++s) ++lut[BucketFinder<T>::cell(splitters[s]) + 1];
+  for (uint64_t s = 0; s < count; ++s) ++lut[BucketFinder<T>::cell(splitters[s]) - find.first_cell + 1];
   for (uint64_t c = 0; c < cells; ++c) lut[c + 1] += lut[c];
+  return find;
 }
 
 // ---------------------------------------------------------------- forward
@@ -439,24 +450,28 @@ void for_group_slices(const ForwardArgs<T>& a, uint64_t groups, Fn&& fn) {
 }
 
 template <typename T>
-void choose_splitters(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws) {
+BucketFinder<T> choose_splitters(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws) {
   sample_keys(a.z, a.n, a.d, plan.pairs, static_cast<int64_t>(plan.sample), a.threads, ws.sample);
   std::sort(ws.sample, ws.sample + plan.sample);
   for (uint64_t b = 1; b < plan.buckets; ++b) ws.splitters[b - 1] = ws.sample[b * plan.sample / plan.buckets];
   std::fill(ws.splitters + plan.buckets - 1, ws.splitters + plan.buckets - 1 + kSplitterPad,
             std::numeric_limits<T>::infinity());
-  build_bucket_table(ws.splitters, plan.buckets - 1, ws.lut);
+  return build_bucket_table(ws.splitters, plan.buckets - 1, ws.lut);
 }
 
 template <typename T>
-void count_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws) {
-  const BucketFinder<T> bucket_of{ws.splitters, ws.lut};
+void count_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws, const BucketFinder<T>& bucket_of) {
   for_group_slices(a, plan.groups, [&](uint64_t g, int) {
     uint64_t* hist = ws.hist + g * plan.buckets;
     std::fill(hist, hist + plan.buckets, uint64_t{0});
     for_group_blocks(g, plan.groups, a.n, [&](int64_t i0) {
-      visit_block_pairs(a.z, ws.zt, a.n, a.d, i0,
-                        [&](int64_t, int64_t, T key) { ++hist[bucket_of(key)]; });
+      visit_block_runs(a.z, ws.zt, a.n, a.d, i0, [&](int64_t, int64_t, const T* keys, int64_t run) {
+        // A local finder: the counts' stores could alias the referenced one's fields, which
+        // were then reloaded for every key.
+        const BucketFinder<T> find = bucket_of;
+        uint64_t* const counts = hist;
+        for (int64_t l = 0; l < run; ++l) ++counts[find(keys[l])];
+      });
     });
   });
   ws.base[0] = 0;
@@ -469,7 +484,8 @@ void count_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>
 
 // Buckets [b0, b1): regenerate every key, keep those in range, at per-group cursors.
 template <typename T, typename E>
-void collect_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws, uint64_t b0, uint64_t b1) {
+void collect_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws, const BucketFinder<T>& bucket_of,
+                     uint64_t b0, uint64_t b1) {
   auto* entries = static_cast<typename E::Entry*>(ws.entries);
   for (uint64_t b = b0; b < b1; ++b) {
     uint64_t at = ws.base[b] - ws.base[b0];
@@ -478,7 +494,6 @@ void collect_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<
       at += ws.hist[g * plan.buckets + b];
     }
   }
-  const BucketFinder<T> bucket_of{ws.splitters, ws.lut};
   const uint64_t n = static_cast<uint64_t>(a.n);
   for_group_slices(a, plan.groups, [&](uint64_t g, int) {
     uint64_t* cursor = ws.cursor + g * plan.buckets;
@@ -535,7 +550,7 @@ void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>&
 }
 
 template <typename T, typename E>
-int64_t sort_all_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws) {
+int64_t sort_all_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws, const BucketFinder<T>& find) {
   int64_t passes = 1;  // the histogram's
   uint64_t b0 = 0;
   while (b0 < plan.buckets) {
@@ -547,7 +562,7 @@ int64_t sort_all_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspa
                               " a pass may hold (heavily tied distances); allow more sort memory");
     }
     a.poll();
-    collect_buckets<T, E>(a, plan, ws, b0, b1);
+    collect_buckets<T, E>(a, plan, ws, find, b0, b1);
     rank_buckets<T, E>(a, plan, ws, b0, b1);
     ++passes;
     b0 = b1;
@@ -1452,10 +1467,10 @@ void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes) {
   if (a.p == 2) prefer_huge_pages(a.residual, plan.pairs * sizeof(T));
   if (a.sorted != nullptr) prefer_huge_pages(a.sorted, plan.pairs * sizeof(T));
   transpose_points(a.z, a.n, a.d, ws.zt, a.threads);
-  choose_splitters(a, plan, ws);
-  count_buckets(a, plan, ws);
-  const int64_t passes = packs<T>(plan.pairs) ? sort_all_passes<T, PackedEntries>(a, plan, ws)
-                                              : sort_all_passes<T, WideEntries>(a, plan, ws);
+  const BucketFinder<T> find = choose_splitters(a, plan, ws);
+  count_buckets(a, plan, ws, find);
+  const int64_t passes = packs<T>(plan.pairs) ? sort_all_passes<T, PackedEntries>(a, plan, ws, find)
+                                              : sort_all_passes<T, WideEntries>(a, plan, ws, find);
   if (a.stats != nullptr) {
     a.stats[kStatSortedPairs] = static_cast<int64_t>(plan.pairs);
     a.stats[kStatPasses] = selection.passes + passes;
