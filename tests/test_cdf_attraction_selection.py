@@ -167,12 +167,25 @@ def test_with_the_default_bins_a_sample_on_its_own_quantiles_sorts_every_pair():
     """With its default bins the CPU engine gives up the selection when the second level
     still leaves more than half of the pairs mixed, and sorts every pair (no slower than the
     full sort by more than the two histogram passes; ranking the mixed slots took 1.7x the
-    time at n = 2048). The same signs and value as the brute force."""
+    time at n = 2048). The same signs and value as the brute force. (n = 800: its 2^16 leaf
+    slots are under a quarter of the pairs, so the second level runs; see the next test.)"""
+    z, table = own_quantile_targets(800, 5, seed=8)
+    stats = check_against_brute_force(z, table)
+    pairs = cdf_engine.pair_count(800)
+    assert stats["sorted_pairs"] == pairs and stats["refined_bins"] > 0, stats
+    assert stats["passes"] >= 4, stats  # the two histogram passes and the sort's two
+
+
+def test_a_small_call_sorts_every_pair_rather_than_cut_leaves():
+    """Below n ~ 725 the second level's 2^16 leaf slots would be more than a quarter of the
+    pairs: clearing, merging and classifying them cost more than sorting every pair (N(0, I)
+    samples at n = 256 that refined took 2.7 to 4.2 ms, 1.6 to 2.3 ms sorting all). With its
+    default bins the engine then sorts every pair after the first histogram pass, and cuts
+    no leaves. The same signs and value as the brute force."""
     z, table = own_quantile_targets(300, 5, seed=8)
     stats = check_against_brute_force(z, table)
-    pairs = cdf_engine.pair_count(300)
-    assert stats["sorted_pairs"] == pairs and stats["refined_bins"] > 0, stats
-    assert stats["passes"] >= 3, stats  # the two histogram passes and the sort's
+    assert stats["sorted_pairs"] == cdf_engine.pair_count(300) and stats["refined_bins"] == 0, stats
+    assert stats["passes"] == 3, stats  # the selection's histogram pass and the sort's two
 
 
 # ---------------------------------------------------------------- ties, empty bins, extremes

@@ -337,7 +337,10 @@ def _check_cdf_shares(shares, world):
         source = engine.quantile_source(z, target, engine.plan(z.device, z.dtype, n, target, None))  # as the split's
         z = z.requires_grad_(True)
         capacity = SHARE_BUDGETS[name] // 32 if name in SHARE_BUDGETS else total
-        single, single_stats = engine.cdf_pairs(z, 1, capacity, with_stats=True, **source)
+        # The default bins, given: the single process then keeps to the selection as the split
+        # does (with them implied it may sort every pair instead, in another summation order).
+        bins = gaussreg._native.module_for(z.device).ks_distances_bin_count(n, 0) - 2
+        single, single_stats = engine.cdf_pairs(z, 1, capacity, bins=bins, with_stats=True, **source)
         single.backward()
         refined = {stats["refined_bins"] for stats, _, _ in got}
         assert refined == {single_stats["refined_bins"]}, (name, refined, single_stats)

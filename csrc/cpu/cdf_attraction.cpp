@@ -870,15 +870,21 @@ void classify_leaves(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, cons
   }
 }
 
-// The second level in one process: plan, count in one more pass, classify.
+// Whether the engine may rank every pair by the full sort instead (its default bins, and a
+// sort budget that holds every pair: with less, the full sort's buckets of tied keys could
+// overflow a pass where the selection's slots do not).
 template <typename T>
-KeyLeaves<T> refine_mixed_bins(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace<T>& ws,
-                               const KeyBins<T>& bins) {
-  const KeyLeaves<T> leaves = plan_leaves(ws, bins, plan.pairs, a.capacity);
-  if (leaves.used == 0) return leaves;
+bool may_sort_all(const ForwardArgs<T>& a, const Plan& plan) {
+  return a.bins == 0 && a.capacity >= plan.pairs;
+}
+
+// The second level in one process, as planned: count in one more pass, classify.
+template <typename T>
+void refine_mixed_bins(const ForwardArgs<T>& a, const Plan& plan, const SelectWorkspace<T>& ws,
+                       const KeyBins<T>& bins, const KeyLeaves<T>& leaves) {
+  if (leaves.used == 0) return;
   count_leaves(a, plan, ws, bins, leaves);
   classify_leaves(a, ws, bins, leaves);
-  return leaves;
 }
 
 // Mixed slots from `b0` (below `count`) whose pairs fit `capacity` entries together: marks
@@ -1041,7 +1047,11 @@ SelectOutcome select_forward(const ForwardArgs<T>& a, const Plan& plan, const Se
   count_bins(a, plan, ws, bins);
   a.poll();
   classify_bins(a, ws, bins);
-  const KeyLeaves<T> leaves = refine_mixed_bins(a, plan, ws, bins);
+  const KeyLeaves<T> leaves = plan_leaves(ws, bins, plan.pairs, a.capacity);
+  // Leaf slots more than a quarter of the pairs (at least 2^16 leaves: n below ~725) cost
+  // more to clear, merge and classify than sorting every pair does.
+  if (may_sort_all(a, plan) && 4 * leaves.slots() > plan.pairs) return {true, 1, 0};
+  refine_mixed_bins(a, plan, ws, bins, leaves);
   const uint64_t count = bins.count() + leaves.slots();  // slots in use: bins, then leaves
 
   int64_t passes = leaves.used > 0 ? 2 : 1, sorted_pairs = 0, mixed_slots = 0;
@@ -1050,9 +1060,7 @@ SelectOutcome select_forward(const ForwardArgs<T>& a, const Plan& plan, const Se
     ++mixed_slots;
     sorted_pairs += static_cast<int64_t>(ws.hist[b].count);
   }
-  // Only where every pair fits one sort pass: with less memory the full sort's buckets of
-  // tied keys could overflow a pass where the selection's slots do not.
-  if (a.bins == 0 && a.capacity >= plan.pairs && sort_all_instead(static_cast<uint64_t>(sorted_pairs), plan.pairs))
+  if (may_sort_all(a, plan) && sort_all_instead(static_cast<uint64_t>(sorted_pairs), plan.pairs))
     return {true, passes, static_cast<int64_t>(leaves.used)};
   uint64_t b0 = 0;
   bool first_pass = true;

@@ -173,7 +173,8 @@ def cdf_pairs_with_stats(z: Tensor, target, p: int = 1, max_sort_bytes: Optional
     (p = 1: the pairs of mixed bins and leaves; p = 2: all), generation ``passes``, histogram
     ``bins``, ``mixed_bins`` (the bins and leaves sorted) and ``refined_bins`` (the mixed bins
     cut into leaves by a second pass; 0 when none); -1 where the engine does not report a
-    counter. When the CPU selection leaves more than half of the pairs mixed it sorts every
+    counter. When the CPU selection leaves more than half of the pairs mixed, or would cut
+    mixed bins into more leaves than a quarter of the pairs (n below ~725), it sorts every
     pair instead: ``sorted_pairs`` is then all of them, ``bins`` and ``mixed_bins`` the full
     sort's buckets, and ``passes`` counts the selection's passes too. On CUDA the selection (with its second level) runs only when asked for with
     bins > 0; by default it sorts every pair. For benchmarks and tests.
