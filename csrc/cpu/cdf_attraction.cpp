@@ -210,27 +210,42 @@ size_t workspace_layout(int64_t n, int64_t d, uint64_t capacity, const Plan& pla
 
 // ---------------------------------------------------------------- key generation
 
-// d_ij for the samples only (sample_keys): eight running sums, which the compiler turns
-// into vector operations where one sum is a chain of d dependent additions (at D = 256 the
-// selection's sample of every pair took longer than a pass). Not the bits of the passes'
-// keys: a sample only places the bins or splitters, and the keys are then compared with
-// those themselves.
+// d_ij for the samples only (sample_keys): two sums of 8-lane vectors, added up as a tree,
+// and the coordinates past whole vectors one by one. One chain of d dependent additions,
+// or GCC's own vectorization of eight scalar sums (all shuffles), made the sample cost more
+// than a pass at D = 256. Not the bits of the passes' keys: a sample only places the bins
+// or splitters, and the keys are then compared with those themselves.
 template <typename T>
 T sampled_half_sq_distance(const T* a, const T* b, int64_t d) {
-  constexpr int64_t kSums = 8;
-  T acc[kSums] = {};
+  constexpr int64_t kLanes = 8;
+  typedef T V __attribute__((vector_size(kLanes * sizeof(T))));
+  auto square_of_difference = [a, b](int64_t at) {
+    V x, y;
+    std::memcpy(&x, a + at, sizeof x);
+    std::memcpy(&y, b + at, sizeof y);
+    const V diff = x - y;
+    return diff * diff;
+  };
+  V even = {}, odd = {};
   int64_t c = 0;
-  for (; c + kSums <= d; c += kSums)
-    for (int64_t l = 0; l < kSums; ++l) {
-      const T diff = a[c + l] - b[c + l];
-      acc[l] += diff * diff;
-    }
+  for (; c + 2 * kLanes <= d; c += 2 * kLanes) {
+    even += square_of_difference(c);
+    odd += square_of_difference(c + kLanes);
+  }
+  if (c + kLanes <= d) {
+    even += square_of_difference(c);
+    c += kLanes;
+  }
+  T lanes[kLanes];
+  const V both = even + odd;
+  std::memcpy(lanes, &both, sizeof lanes);
+  for (int64_t width = kLanes / 2; width >= 1; width /= 2)
+    for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  T sum = lanes[0];
   for (; c < d; ++c) {
     const T diff = a[c] - b[c];
-    acc[0] += diff * diff;
+    sum += diff * diff;
   }
-  T sum = 0;
-  for (int64_t l = 0; l < kSums; ++l) sum += acc[l];
   return T(0.5) * sum;
 }
 
