@@ -54,8 +54,7 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
             for a target known by a sample.
         backend: "auto", "native" or "reference" (plain PyTorch, O(n' D) memory).
         max_sort_bytes: memory the distance sort may hold at once (its entries: every
-            pair's, or with p = 1 on the CPU the pairs of mixed histogram bins; and an
-            Empirical target's table when that takes at most half of it); default a
+            pair's, or with p = 1 on the CPU the pairs of mixed histogram bins); default a
             quarter of RAM on CPU, half the free memory on a GPU. Beyond it the engine
             (p = 1, CPU) first cuts the mixed bins into finer leaves with one more pass,
             then collects in several passes, regenerating the distances each pass:
