@@ -168,6 +168,40 @@ def test_multi_pass_sorted_keys_identical():
                          what=f"sorted keys with capacity {capacity}")
 
 
+@pytest.mark.parametrize("levels", (2, 3, 7))
+def test_sorted_keys_with_many_splitters_in_one_cell(levels):
+    """Integer coordinates from `levels` values: the half squared distances take a few exact
+    values, so many of the full sort's splitters are equal and share a cell of key bits (more
+    than the four it counts without a branch, or four and fewer). Every bucket must still
+    hold the right keys: the sorted keys are exactly numpy's."""
+    n, d = 1200, 2
+    g = torch.Generator().manual_seed(levels)
+    z = torch.randint(0, levels, (n, d), generator=g).to(torch.float32)
+    x = z.double().numpy()
+    i, j = np.triu_indices(n, 1)
+    expected = np.sort(0.5 * ((x[i] - x[j]) ** 2).sum(1))
+    got = cdf_engine.sorted_half_sq_distances(z)
+    np.testing.assert_array_equal(got.double().numpy(), expected)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+def test_sorted_keys_far_below_and_above_the_splitters(dtype):
+    """Two tight clusters far apart, and 50 points tighter still: their 1225 keys (0.17% of
+    the pairs, under one bucket's share) lie some 20 binades below the first splitter, where
+    the full sort clamps them to its table's empty lower cell. The keys come out in order (a
+    key in a wrong bucket breaks it) and equal to numpy's to rounding."""
+    n = 1200
+    z = random_points(n, 4, seed=11, dtype=dtype) * 1e-3
+    z[n // 2:] += 100.0
+    z[:50] *= 1e-3  # a few even tighter: keys far below the rest
+    got = cdf_engine.sorted_half_sq_distances(z).double().numpy()
+    assert np.all(np.diff(got) >= 0)
+    x = z.double().numpy()
+    i, j = np.triu_indices(n, 1)
+    expected = np.sort(0.5 * ((x[i] - x[j]) ** 2).sum(1))
+    np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+
+
 def test_bucket_overflow_is_a_memory_error():
     z = torch.zeros(200, 3, dtype=torch.float64)  # all 19900 distances tied in one bucket
     with pytest.raises(MemoryError, match="share one bucket"):
