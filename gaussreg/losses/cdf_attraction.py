@@ -59,8 +59,10 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
             (p = 1, CPU) first cuts the mixed bins into finer leaves with one more pass,
             then collects in several passes, regenerating the distances each pass:
             slower, same exact result. Split across ranks, each rank holds all mixed
-            pairs (32 bytes each) within it (the least budget of the ranks). Chi2 targets need no table beyond 65536 pairs. A long call
-            on the CPU stops at Ctrl-C (KeyboardInterrupt) within about a second.
+            pairs (32 bytes each) within it (the least budget of the ranks). Chi2
+            targets need no table beyond 65536 pairs, Empirical targets none at all. A
+            long call on the CPU stops at Ctrl-C (KeyboardInterrupt) within about a
+            second.
 
         process_group: compute the loss on the global batch of all ranks (a
             ``torch.distributed`` group, or "world"); see ``gaussreg.distributed``.
@@ -175,8 +177,9 @@ def cdf_pairs_with_stats(z: Tensor, target, p: int = 1, max_sort_bytes: Optional
     counter. When the CPU selection leaves more than half of the pairs mixed, or would cut
     mixed bins into more leaves than a quarter of the pairs (n below ~725), it sorts every
     pair instead: ``sorted_pairs`` is then all of them, ``bins`` and ``mixed_bins`` the full
-    sort's buckets, and ``passes`` counts the selection's passes too. On CUDA the selection (with its second level) runs only when asked for with
-    bins > 0; by default it sorts every pair. For benchmarks and tests.
+    sort's buckets, and ``passes`` counts the selection's passes too. On CUDA the selection
+    (with its second level) runs only when asked for with bins > 0; by default it sorts
+    every pair. For benchmarks and tests.
     """
     with torch.no_grad():
         plan = cdf_engine.plan(z.device, z.dtype, z.shape[0], target, max_sort_bytes)
