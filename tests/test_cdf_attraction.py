@@ -340,6 +340,24 @@ def test_bad_target_output():
         gaussreg.cdf_attraction(random_points(10, 3), distances_target=WrongLength())
     with pytest.raises(ValueError, match="NaN"):
         gaussreg.cdf_attraction(random_points(10, 3), radii_target=NaNs())
+    with pytest.raises(ValueError, match="distances_target.quantiles returned NaN"):
+        gaussreg.cdf_attraction(random_points(10, 3), distances_target=NaNs())
+
+    class Chi2WithNaNs(Chi2):  # only Chi2 itself is trusted to check its tables
+        def quantiles(self, m, device, dtype):
+            return NaNs().quantiles(m, device, dtype)
+
+    with pytest.raises(ValueError, match="radii_target.quantiles returned NaN"):
+        gaussreg.cdf_attraction(random_points(10, 3), radii_target=Chi2WithNaNs(3))
+
+
+def test_a_cached_chi2_table_spoiled_in_place_is_not_used():
+    """Chi2's tables are checked when computed, not per call: one modified in place must be recomputed."""
+    z = random_points(12, 3, dtype=torch.float64)
+    expected = gaussreg.cdf_attraction(z)
+    for m in (12, cdf_engine.pair_count(12)):
+        Chi2(3).quantiles(m, z.device, z.dtype)[0] = float("nan")
+        assert_identical(gaussreg.cdf_attraction(z), expected, what=f"after spoiling the table of {m}")
 
 
 @pytest.mark.parametrize("z, error, match", [

@@ -277,9 +277,14 @@ def test_empirical_casts_from_float64(dtype):
 # ---------------------------------------------------------------------------
 
 
+def test_chi2_tables_beyond_the_dtype_range_raise():
+    with pytest.raises(ValueError, match="beyond the range of torch.float16"):
+        Chi2(1e5).quantiles(4, CPU, torch.float16)  # about 1e5 > 65504
+
+
 @pytest.mark.parametrize("df,error", [
     (0, ValueError), (-1.5, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
-    (True, TypeError), ("3", TypeError), (None, TypeError), ([3], TypeError),
+    (1e16, ValueError), (True, TypeError), ("3", TypeError), (None, TypeError), ([3], TypeError),
 ])
 def test_bad_df(df, error):
     with pytest.raises(error, match="df"):
