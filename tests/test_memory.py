@@ -148,7 +148,7 @@ def device_of_8_gib(monkeypatch):
     def reached(*args, **kwargs):
         raise _Reached()
 
-    monkeypatch.setattr(cdf_module.cdf_engine, "cdf_pairs", reached)
+    monkeypatch.setattr(cdf_module.cdf_engine, "rank_distances", reached)
 
 
 def test_cdf_names_max_sort_bytes_when_a_smaller_budget_fits(device_of_8_gib):

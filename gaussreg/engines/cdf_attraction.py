@@ -81,6 +81,12 @@ def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], a
     decides most pairs' signs without sorting them. ``stats`` holds the counters named in
     ``STATS`` (int64; -1 where an engine does not report them).
     """
+    return _forward(z, table, values, anchors, p, capacity, bins, want_sorted)
+
+
+def _forward(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], anchors: Optional[Tensor], p: int,
+             capacity: int, bins: int, want_sorted: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The op's body: checks its arguments, allocates the outputs and the workspace, calls the engine."""
     _check_op_args(z, table, values, anchors, p, capacity, bins)
     device, dtype = z.device, z.dtype
     n, d = z.shape
@@ -146,6 +152,11 @@ def _(z, table, values, anchors, p, capacity, bins, want_sorted):
 @torch.library.custom_op("gaussreg::cdf_pairs_backward", mutates_args=())
 def cdf_pairs_backward_op(z: Tensor, signs: Tensor, p: int, grad_value: Tensor) -> Tensor:
     """grad_value * d(sum_k |e_k|^p)/dz: sum_j s_ij (z_i - z_j) with s = sgn(e) or 2e (formulas §1)."""
+    return _backward_pass(z, signs, p, grad_value)
+
+
+def _backward_pass(z: Tensor, signs: Tensor, p: int, grad_value: Tensor) -> Tensor:
+    """The backward op's body: one fused pass of the engine over the signs or residuals."""
     n, d = z.shape
     grad = _native.empty((n, d), z.dtype, z.device, "cdf_attraction")
     pos, neg, residual = (signs[0].data_ptr(), signs[1].data_ptr(), 0) if p == 1 else (0, 0, signs.data_ptr())
@@ -202,6 +213,26 @@ def cdf_pairs(z: Tensor, p: int, capacity: int, *, table: Optional[Tensor] = Non
     if not with_stats:
         return value
     return value, dict(zip(STATS, (int(v) for v in stats.tolist())))
+
+
+def rank_distances(z: Tensor, p: int, capacity: int, *, table: Optional[Tensor] = None,
+                   values: Optional[Tensor] = None, anchors: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """(sum_k |d_(k) - c'_k|^p in float64, the signs or residuals), outside autograd.
+
+    For an ``autograd.Function`` that owns the gradient (``distances_gradient`` gives it):
+    eagerly the engine is called directly, since the custom op's dispatch costs about as
+    much as the engine's work on a small batch; while torch.compile traces, through the op.
+    """
+    run = cdf_pairs_op if torch.compiler.is_compiling() else _forward
+    value, signs, _, _ = run(z, table, values, anchors, p, capacity, 0, False)
+    return value, signs
+
+
+def distances_gradient(z: Tensor, signs: Tensor, p: int, grad_value: Tensor) -> Tensor:
+    """grad_value * d(sum_k |d_(k) - c'_k|^p)/dz from ``rank_distances``' signs or residuals
+    (directly eagerly, through the backward op while torch.compile traces)."""
+    run = cdf_pairs_backward_op if torch.compiler.is_compiling() else _backward_pass
+    return run(z, signs, p, grad_value)
 
 
 def sorted_half_sq_distances(z: Tensor, capacity: Optional[int] = None) -> Tensor:
