@@ -304,6 +304,14 @@ inline bool worth_refining(uint64_t covered, uint64_t mixed, uint64_t pairs, uin
 // clean up: 1.5e-5 above, 2.2% left to sort, 54 ms, against 68 ms sorting everything.)
 inline bool sort_all_instead(uint64_t mixed, uint64_t pairs) { return mixed > pairs / 2; }
 
+// Whether cutting mixed bins into `leaf_slots` leaves costs more than sorting every pair: when
+// the leaves are more than a quarter of the pairs, clearing, merging and classifying them
+// outweighs the sort (with the default bins, at least 2^16 leaves: n below ~725). The same
+// condition of the CPU engine as sort_all_instead. Measured on 2 cores, D = 64: N(0, I)
+// samples at n = 256 that took the second level (about 7%) 2.7-4.2 ms, sorting every pair
+// 1.6-2.3 ms; n = 400, a sample that refined, 5.9-8.4 against 3.4-4.4 ms.
+inline bool sort_all_rather_than_refine(uint64_t leaf_slots, uint64_t pairs) { return 4 * leaf_slots > pairs; }
+
 // The bins to refine and their leaves, within `budget` leaf slots: the `K` candidates of most
 // keys (ties: the lower bin) cut into 2^bits leaves each, bits <= shift, K = min(candidates,
 // budget >> bits). Of the possible bits it takes the one that would take the most pairs out

@@ -1063,9 +1063,7 @@ SelectOutcome select_forward(const ForwardArgs<T>& a, const Plan& plan, const Se
   a.poll();
   classify_bins(a, ws, bins);
   const KeyLeaves<T> leaves = plan_leaves(ws, bins, plan.pairs, a.capacity);
-  // Leaf slots more than a quarter of the pairs (at least 2^16 leaves: n below ~725) cost
-  // more to clear, merge and classify than sorting every pair does.
-  if (may_sort_all(a, plan) && 4 * leaves.slots() > plan.pairs) return {true, 1, 0};
+  if (may_sort_all(a, plan) && sort_all_rather_than_refine(leaves.slots(), plan.pairs)) return {true, 1, 0};
   refine_mixed_bins(a, plan, ws, bins, leaves);
   const uint64_t count = bins.count() + leaves.slots();  // slots in use: bins, then leaves
 
