@@ -400,6 +400,21 @@ def test_strided_input(layout):
     assert_close(g1, g0, 1e-13, 1e-15, what="gradient")
 
 
+@pytest.mark.parametrize("p", (1, 2))
+@pytest.mark.parametrize("offset", (0.0, 1e2, 1e4))
+def test_float32_gradient_of_points_far_from_the_origin(offset, p):
+    """The backward forms (sum_j w_ij) z_i - sum_j w_ij z_j; far from the origin (spread 1) that
+    cancelled (relative error 2e-5 at offset 100, 4e-3 at 1e4) until the points were centered."""
+    z = (random_points(300, 8, seed=5, dtype=torch.float64) + offset).float()
+    target = Chi2(8)
+    plan = cdf_engine.plan(z.device, z.dtype, 300, target, None)
+    _, signs = cdf_engine.rank_distances(z, p, plan.capacity, **cdf_engine.quantile_source(z, target, plan))
+    one = torch.tensor(1.0, dtype=torch.float64)
+    got = cdf_engine.distances_gradient(z, signs, p, one).double()
+    exact = cdf_engine.distances_gradient(z.double(), signs if p == 1 else signs.double(), p, one)
+    assert float((got - exact).norm() / exact.norm()) < 3e-7
+
+
 def test_second_derivative_refused():
     check_double_backward_refused(loss_fn(p=2), [random_points(20, 3, seed=1)])
 

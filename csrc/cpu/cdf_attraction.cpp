@@ -1762,8 +1762,30 @@ void backward_tile(const BackwardArgs<T>& a, int64_t i0, T* acc) {
   }
 }
 
+// z moved by its mean (per coordinate, summed in float64 in row order, rounded to T). The
+// gradient depends on differences z_i - z_j only, but a tile forms it as
+// (sum_j w_ij) z_i - sum_j w_ij z_j, which cancels when the points lie far from the origin
+// compared with their spread: float32, spread 1, n = 300, D = 8, against float64 with the same
+// signs: relative error 2.3e-5 at offset 100 and 3.5e-3 at 1e4 uncentered, 3e-8 to 6e-8 centered
+// (near the mean, z - mean is exact). The copy is n x D; the sum runs on one thread, in order.
 template <typename T>
-void backward(const BackwardArgs<T>& a) {
+std::vector<T> centered_points(const T* z, int64_t n, int64_t d) {
+  std::vector<double> sum(static_cast<size_t>(d), 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < d; ++c) sum[c] += static_cast<double>(z[i * d + c]);
+  std::vector<T> mean(static_cast<size_t>(d));
+  for (int64_t c = 0; c < d; ++c) mean[c] = static_cast<T>(sum[c] / static_cast<double>(n));
+  std::vector<T> out(static_cast<size_t>(n * d));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < d; ++c) out[i * d + c] = z[i * d + c] - mean[c];
+  return out;
+}
+
+template <typename T>
+void backward(const BackwardArgs<T>& call) {
+  const std::vector<T> centered = centered_points(call.z, call.n, call.d);
+  BackwardArgs<T> a = call;
+  a.z = centered.data();
   const int64_t tiles = (a.n + kTileRows - 1) / kTileRows;
   // Some tiles per parallel region, so that a pending interrupt is noticed between them.
   const int64_t slice = 64 * std::max(a.threads, 1);
