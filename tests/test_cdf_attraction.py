@@ -138,6 +138,30 @@ def test_ties_from_duplicated_points(p):
     assert torch.isfinite(value) and bool(torch.isfinite(grad).all())
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("passes", ("one pass", "several passes"))
+def test_the_full_sort_ranks_p1_ties_by_pair_index(passes, dtype):
+    """With p = 1 the full sort (small n, the selection's fallbacks, sorted values asked for)
+    ranks equal distances by pair index k(i, j), as the selection and the CUDA sort do: its signs
+    equal those of a stable argsort of the keys in pair order. Small integer coordinates make
+    every distance exact and most of them tied."""
+    z = torch.randint(-2, 3, (60, 3), generator=torch.Generator().manual_seed(4)).to(dtype)
+    pairs = cdf_engine.pair_count(60)
+    i, j = torch.triu_indices(60, 60, 1)  # pair-index order
+    keys = 0.5 * ((z[i] - z[j]) ** 2).sum(1)  # exact
+    table = torch.linspace(0.0, 12.0, pairs, dtype=dtype)  # crosses the tied keys
+    ranks = torch.empty(pairs, dtype=torch.int64)
+    ranks[torch.argsort(keys, stable=True)] = torch.arange(pairs)
+    expected = keys - table[ranks]
+    capacity = pairs // 5 if passes == "several passes" else pairs
+    _, signs, sorted_keys, _ = cdf_engine.cdf_pairs_op(z, table, None, None, 1, capacity, 0, True)
+    assert torch.equal(sorted_keys, keys.sort().values)
+    bits = torch.arange(pairs)
+    positive = (signs[0][bits // 64] >> (bits % 64)) & 1
+    negative = (signs[1][bits // 64] >> (bits % 64)) & 1
+    assert torch.equal(positive.bool(), expected > 0) and torch.equal(negative.bool(), expected < 0)
+
+
 def _entries_for(z, entries):
     return entries * cdf_engine.entry_bytes(z.device, z.dtype, z.shape[0])
 

@@ -530,6 +530,27 @@ void collect_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<
   });
 }
 
+// Equal keys in pair-index order, whatever order the threads collected them in: the tie rule
+// of p = 1 in every mode, and of the CUDA sort.
+// Insertion steps within runs of equal keys only (float32 keys tie often at large n: 63% of
+// them at n = 4096, D = 64, in runs of up to 12).
+template <typename E>
+void order_ties_by_index(typename E::Entry* first, uint64_t count) {
+  auto before = [](const typename E::Entry& x, const typename E::Entry& y) {
+    return E::key(x) == E::key(y) && E::index(x) < E::index(y);
+  };
+  for (uint64_t pos = 1; pos < count; ++pos) {
+    if (!before(first[pos], first[pos - 1])) continue;
+    const typename E::Entry entry = first[pos];
+    uint64_t at = pos;
+    do {
+      first[at] = first[at - 1];
+      --at;
+    } while (at > 0 && before(entry, first[at - 1]));
+    first[at] = entry;
+  }
+}
+
 template <typename T, typename E>
 void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws, uint64_t b0, uint64_t b1) {
   auto* entries = static_cast<typename E::Entry*>(ws.entries);
@@ -543,6 +564,10 @@ void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>&
     auto* first = entries + (ws.base[b] - ws.base[b0]);
     const uint64_t count = ws.base[b + 1] - ws.base[b];
     sort_bucket_by_key<E>(first, count, scratch.data());
+    // p = 1: the selection's tie rule, so that its fallbacks give the same signs. p = 2 keeps
+    // the collection order: 63% of the float32 keys tie at n = 4096, and ordering them cost
+    // 10% of the forward, for residuals that differ by a quantile step.
+    if (a.p == 1) order_ties_by_index<E>(first, count);
     double sum = 0.0;
     int64_t segment = -1;
     for (uint64_t pos = 0; pos < count; ++pos) {
@@ -996,20 +1021,6 @@ void classify_pairs(const ForwardArgs<T>& a, const Plan& plan, const SelectWorks
       for (auto& row : rows) row.flush(a.pos_bits, a.neg_bits);
     });
   });
-}
-
-// Equal keys in pair-index order: the tie rule, whatever order the threads collected them in.
-template <typename E>
-void order_ties_by_index(typename E::Entry* first, uint64_t count) {
-  uint64_t run = 0;
-  for (uint64_t pos = 1; pos <= count; ++pos) {
-    if (pos < count && E::key(first[pos]) == E::key(first[run])) continue;
-    if (pos - run > 1)
-      std::sort(first + run, first + pos, [](const typename E::Entry& x, const typename E::Entry& y) {
-        return E::index(x) < E::index(y);
-      });
-    run = pos;
-  }
 }
 
 // Sorts each current mixed bin and ranks it as the full sort does (value share, sign bits).
