@@ -113,10 +113,8 @@ def cdf_attraction(z: Tensor, *, radii_weight: float = 1.0, distances_weight: fl
     radii_quantiles = checked_quantiles("radii_target", radii_target, n, device, dtype) if radii_weight != 0.0 else None
     if _splits_pairs(zc, p, process_group):
         total = cdf_engine.sharded_cdf_pairs(zc, source, process_group, max_sort_bytes=max_sort_bytes)
-        distances = distances_weight * (total / cdf_engine.pair_count(n)).to(dtype)
-        if radii_quantiles is None:
-            return distances
-        return radii_weight * _power_mean(_sorted_radii_residuals(zc, radii_quantiles)[1], p) + distances
+        residuals = None if radii_quantiles is None else _sorted_radii_residuals(zc, radii_quantiles)[1]
+        return _loss_value(total, residuals, radii_weight, distances_weight, p, n, dtype)
     return _CdfAttractionFn.apply(zc, radii_quantiles, source.get("table"), source.get("values"),
                                   source.get("anchors"), radii_weight, distances_weight, p, plan.capacity)
 
@@ -138,17 +136,13 @@ class _CdfAttractionFn(torch.autograd.Function):
     def forward(ctx, z: Tensor, radii_quantiles: Optional[Tensor], table: Optional[Tensor],
                 values: Optional[Tensor], anchors: Optional[Tensor], radii_weight: float, distances_weight: float,
                 p: int, capacity: int) -> Tensor:
-        n = z.shape[0]
-        pairs = cdf_engine.pair_count(n)
         total, signs = cdf_engine.rank_distances(z, p, capacity, table=table, values=values, anchors=anchors)
-        loss = distances_weight * (total / pairs).to(z.dtype)
         order = residuals = None
         if radii_quantiles is not None:
             order, residuals = _sorted_radii_residuals(z, radii_quantiles)
-            loss = radii_weight * _power_mean(residuals, p) + loss
         ctx.save_for_backward(z, signs, order, residuals)
         ctx.p, ctx.weights = p, (radii_weight, distances_weight)
-        return loss
+        return _loss_value(total, residuals, radii_weight, distances_weight, p, z.shape[0], z.dtype)
 
     @staticmethod
     def backward(ctx, g: Tensor):
@@ -215,6 +209,16 @@ def _sorted_radii_residuals(z: Tensor, quantiles: Tensor) -> Tuple[Tensor, Tenso
     radii = (z * z).sum(1)
     order = torch.argsort(radii.detach())
     return order, radii.gather(0, order) - quantiles
+
+
+def _loss_value(total: Tensor, radii_residuals: Optional[Tensor], radii_weight: float, distances_weight: float,
+                p: int, n: int, dtype: torch.dtype) -> Tensor:
+    """w_r (1/n) sum |e|^p + w_d total / n' in ``dtype`` (the radii term left out when
+    ``radii_residuals`` is None); ``total`` is the engine's float64 sum over the pairs."""
+    distances = distances_weight * (total / cdf_engine.pair_count(n)).to(dtype)
+    if radii_residuals is None:
+        return distances
+    return radii_weight * _power_mean(radii_residuals, p) + distances
 
 
 def _power_mean(residuals: Tensor, p: int) -> Tensor:
