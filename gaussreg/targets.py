@@ -351,7 +351,7 @@ def chi2_anchors(m, df, *, device=None):
 def hermite_quantiles(anchors, ranks):
     """Quantiles at 0-based ``ranks`` (int64 tensor) by cubic Hermite interpolation on ``anchors``.
 
-    The same formula as ``hermite_quantile`` in csrc/common/cdf_attraction.h.
+    The same pieces as ``HermiteAnchors`` in csrc/common/cdf_attraction.h.
 
     >>> anchors = chi2_anchors(10**6, 4)
     >>> ranks = torch.tensor([0, 123457, 500000])
@@ -361,16 +361,19 @@ def hermite_quantiles(anchors, ranks):
     """
     anchor_ranks, x, slope = anchors
     last = anchor_ranks.shape[0] - 1
-    segment = (torch.searchsorted(anchor_ranks, ranks, right=True) - 1).clamp(0, max(last - 1, 0))
-    r0 = anchor_ranks[segment]
-    r1 = anchor_ranks[(segment + 1).clamp(max=last)]
-    width = (r1 - r0).to(torch.float64).clamp_min(1.0)
-    t = (ranks - r0).to(torch.float64) / width
-    t2 = t * t
-    t3 = t2 * t
-    x0, x1 = x[segment], x[(segment + 1).clamp(max=last)]
-    s0, s1 = slope[segment] * width, slope[(segment + 1).clamp(max=last)] * width
-    return (2 * t3 - 3 * t2 + 1) * x0 + (t3 - 2 * t2 + t) * s0 + (3 * t2 - 2 * t3) * x1 + (t3 - t2) * s1
+    if last == 0:
+        return x[0].expand(ranks.shape).clone()
+    segment = (torch.searchsorted(anchor_ranks, ranks, right=True) - 1).clamp(0, last - 1)
+    # The piece through anchors lo and lo + 1 in powers of u = rank - rank[lo]:
+    # x0 + u (c1 + u (c2 + u c3)); from the last anchor on, x[last].
+    inv_width = 1.0 / (anchor_ranks[segment + 1] - anchor_ranks[segment]).to(torch.float64)
+    mean_slope = (x[segment + 1] - x[segment]) * inv_width
+    s0, s1 = slope[segment], slope[segment + 1]
+    c2 = (3 * mean_slope - 2 * s0 - s1) * inv_width
+    c3 = (s0 + s1 - 2 * mean_slope) * inv_width * inv_width
+    u = (ranks - anchor_ranks[segment]).to(torch.float64)
+    inside = x[segment] + u * (s0 + u * (c2 + u * c3))
+    return torch.where(ranks >= anchor_ranks[last], x[last], inside)
 
 
 # ---------------------------------------------------------------------------

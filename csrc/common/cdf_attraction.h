@@ -14,6 +14,21 @@ namespace gaussreg {
 // Where c'_k comes from, as gaussreg/engines/cdf_attraction.py numbers it.
 enum class QuantileSource : int { Table = 0, Anchors = 1, Empirical = 2 };
 
+// One cubic piece of the anchored quantiles, in powers of the rank offset u = k - first:
+// q(u) = x0 + u (c1 + u (c2 + u c3)) for ranks in [first, end). Past the last anchor the
+// piece is constant (c1 = c2 = c3 = 0).
+struct HermitePiece {
+  int64_t first;
+  int64_t end;
+  double x0, c1, c2, c3;
+
+  GAUSSREG_HD bool holds(int64_t k) const { return k >= first && k < end; }
+  GAUSSREG_HD double at(int64_t k) const {
+    const double u = static_cast<double>(k - first);
+    return x0 + u * (c1 + u * (c2 + u * c3));
+  }
+};
+
 // Exact quantiles at a few thousand anchor ranks (gaussreg.targets.chi2_anchors) and
 // their slopes dQ/dk; every other rank is a cubic Hermite interpolation between its two
 // anchors, within 1e-9 relative of the exact quantile: no table of n' values, no solve
@@ -24,11 +39,12 @@ struct HermiteAnchors {
   const double* slope;
   int64_t count;
 
-  // `segment` is a hint carried between calls: ranks visited in ascending order (a bucket's,
-  // a thread's run) advance it by a step or two instead of a binary search each.
-  GAUSSREG_HD double operator()(uint64_t r, int64_t* segment) const {
-    const int64_t k = static_cast<int64_t>(r);
-    if (count == 1 || k >= rank[count - 1]) return x[count - 1];
+  // The piece holding rank k. `segment` is a hint carried between calls: ranks visited in
+  // ascending order (a bucket's, a thread's run) advance it by a step or two instead of a
+  // binary search each.
+  GAUSSREG_HD HermitePiece piece_at(int64_t k, int64_t* segment) const {
+    if (count == 1 || k >= rank[count - 1])
+      return {rank[count - 1], INT64_MAX, x[count - 1], 0.0, 0.0, 0.0};
     int64_t lo = *segment;
     if (lo < 0 || lo >= count - 1 || rank[lo] > k) {
       lo = 0;
@@ -40,14 +56,31 @@ struct HermiteAnchors {
     }
     while (rank[lo + 1] <= k) ++lo;
     *segment = lo;
-    const int64_t hi = lo + 1;
-    // The same expression as gaussreg.targets.hermite_quantiles.
-    const double width = static_cast<double>(rank[hi] - rank[lo]);
-    const double t = static_cast<double>(k - rank[lo]) / width;
-    const double t2 = t * t, t3 = t2 * t;
-    return (2 * t3 - 3 * t2 + 1) * x[lo] + (t3 - 2 * t2 + t) * (slope[lo] * width) + (3 * t2 - 2 * t3) * x[hi] +
-           (t3 - t2) * (slope[hi] * width);
+    return piece(lo);
   }
+
+  // The Hermite cubic through (rank, x, slope) at anchors lo and lo + 1, in powers of the
+  // offset from rank[lo]; the same coefficients as gaussreg.targets.hermite_quantiles.
+  GAUSSREG_HD HermitePiece piece(int64_t lo) const {
+    const int64_t hi = lo + 1;
+    const double inv_width = 1.0 / static_cast<double>(rank[hi] - rank[lo]);
+    const double mean_slope = (x[hi] - x[lo]) * inv_width;
+    const double s0 = slope[lo], s1 = slope[hi];
+    return {rank[lo], rank[hi], x[lo], s0, (3 * mean_slope - 2 * s0 - s1) * inv_width,
+            (s0 + s1 - 2 * mean_slope) * inv_width * inv_width};
+  }
+
+  GAUSSREG_HD double operator()(uint64_t r, int64_t* segment) const {
+    const int64_t k = static_cast<int64_t>(r);
+    return piece_at(k, segment).at(k);
+  }
+};
+
+// A walk over ascending ranks (a bucket's, a bin's): the anchors' current piece is kept, so
+// a rank inside it costs three FMAs; the values are those of single calls, bit for bit.
+struct QuantileWalk {
+  int64_t segment = -1;
+  HermitePiece piece{0, 0, 0.0, 0.0, 0.0, 0.0};  // holds no rank
 };
 
 // The m target quantiles Q'((k - 1/2) / m), k = 1..m, read or computed by 0-based rank.
@@ -67,6 +100,14 @@ struct RankQuantiles {
     return static_cast<T>(empirical_quantile((static_cast<double>(rank) + 0.5) / static_cast<double>(m)));
   }
 
+  // The same value as operator(), for ranks walked in ascending order.
+  GAUSSREG_HD T operator()(uint64_t rank, QuantileWalk* walk) const {
+    if (source != QuantileSource::Anchors) return (*this)(rank, &walk->segment);
+    const int64_t k = static_cast<int64_t>(rank);
+    if (!walk->piece.holds(k)) walk->piece = anchors.piece_at(k, &walk->segment);
+    return static_cast<T>(walk->piece.at(k));
+  }
+
   // sum of Q'((k - 1/2)/m) over the 0-based ranks [first, first + count), in double: what
   // a bin decided without a sort subtracts from its keys' sum. Anchored targets sum each
   // cubic piece in closed form (its Taylor expansion at the run's first rank over the
@@ -79,14 +120,10 @@ struct RankQuantiles {
       const uint64_t end = first + count;
       int64_t segment = -1;
       while (k < end) {
-        anchors(k, &segment);  // finds the piece holding k
-        const int64_t lo = segment;
-        const bool beyond = anchors.count == 1 || static_cast<int64_t>(k) >= anchors.rank[anchors.count - 1];
-        const uint64_t stop = beyond ? end : static_cast<uint64_t>(anchors.rank[lo + 1]);
-        const uint64_t run = (stop < end ? stop : end) - k;
-        total += beyond ? static_cast<double>(run) * anchors.x[anchors.count - 1]
-                        : hermite_run_sum(lo, k, run);
-        k += run;
+        const HermitePiece piece = anchors.piece_at(static_cast<int64_t>(k), &segment);
+        const uint64_t stop = static_cast<uint64_t>(piece.end) < end ? static_cast<uint64_t>(piece.end) : end;
+        total += piece_run_sum(piece, k, stop - k);
+        k = stop;
       }
       return total;
     }
@@ -97,21 +134,16 @@ struct RankQuantiles {
     return total;
   }
 
-  // sum over j = 0..run-1 of the Hermite piece `lo` at rank k + j (see HermiteAnchors).
-  GAUSSREG_HD double hermite_run_sum(int64_t lo, uint64_t k, uint64_t run) const {
-    const int64_t hi = lo + 1;
-    const double width = static_cast<double>(anchors.rank[hi] - anchors.rank[lo]);
-    const double x0 = anchors.x[lo], x1 = anchors.x[hi];
-    const double m0 = anchors.slope[lo] * width, m1 = anchors.slope[hi] * width;
-    // q(t) = a0 + a1 t + a2 t^2 + a3 t^3 on t in [0, 1].
-    const double a1 = m0, a2 = -3 * x0 - 2 * m0 + 3 * x1 - m1, a3 = 2 * x0 + m0 - 2 * x1 + m1;
-    const double t0 = static_cast<double>(static_cast<int64_t>(k) - anchors.rank[lo]) / width;
-    const double q0 = x0 + t0 * (a1 + t0 * (a2 + t0 * a3));
-    const double d1 = a1 + t0 * (2 * a2 + 3 * a3 * t0);  // q'(t0)
-    const double d2 = a2 + 3 * a3 * t0;                   // q''(t0) / 2
+  // sum over j = 0..run-1 of `piece` at rank k + j: its Taylor expansion at k over the
+  // power sums of 0..run-1.
+  GAUSSREG_HD static double piece_run_sum(const HermitePiece& piece, uint64_t k, uint64_t run) {
+    const double u0 = static_cast<double>(static_cast<int64_t>(k) - piece.first);
+    const double q0 = piece.at(static_cast<int64_t>(k));
+    const double d1 = piece.c1 + u0 * (2 * piece.c2 + 3 * piece.c3 * u0);  // q'(u0)
+    const double d2 = piece.c2 + 3 * piece.c3 * u0;                         // q''(u0) / 2
     const double r = static_cast<double>(run);
     const double s1 = r * (r - 1) / 2, s2 = (r - 1) * r * (2 * r - 1) / 6, s3 = s1 * s1;  // sum j, j^2, j^3
-    return r * q0 + d1 * (s1 / width) + d2 * (s2 / (width * width)) + a3 * (s3 / (width * width * width));
+    return r * q0 + d1 * s1 + d2 * s2 + piece.c3 * s3;
   }
 
   // Hazen plotting positions: v_(i) sits at (i - 1/2)/N; linear in between, constant outside.

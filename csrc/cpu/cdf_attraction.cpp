@@ -569,11 +569,11 @@ void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>&
     // 10% of the forward, for residuals that differ by a quantile step.
     if (a.p == 1) order_ties_by_index<E>(first, count);
     double sum = 0.0;
-    int64_t segment = -1;
+    QuantileWalk walk;
     for (uint64_t pos = 0; pos < count; ++pos) {
       const T key = key_value<T>(E::key(first[pos]));
       if (a.sorted != nullptr) a.sorted[ws.base[b] + pos] = key;
-      const T e = key - a.quantiles(ws.base[b] + pos, &segment);
+      const T e = key - a.quantiles(ws.base[b] + pos, &walk);
       sum += abs_power(e, a.p);
       const uint64_t k = E::index(first[pos]);
       if (a.p == 2) {
@@ -1043,9 +1043,9 @@ void rank_mixed_bins(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, uint
       sort_bucket_by_key<E>(first, count, scratch.data());
       order_ties_by_index<E>(first, count);
       double sum = 0.0;
-      int64_t segment = -1;
+      QuantileWalk walk;
       for (uint64_t pos = 0; pos < count; ++pos) {
-        const T e = key_value<T>(E::key(first[pos])) - a.quantiles(ws.first[b] + pos, &segment);
+        const T e = key_value<T>(E::key(first[pos])) - a.quantiles(ws.first[b] + pos, &walk);
         sum += abs_power(e, 1);
         const uint64_t k = E::index(first[pos]);
         const bool mine =
