@@ -6,6 +6,7 @@ work runs in fused C++/OpenMP or CUDA kernels (``gaussreg.backends()`` says whic
 built); ``gaussreg.reference`` holds the plain-PyTorch version of every formula.
 """
 from . import diagnostics, nn, targets
+from ._native import release_workspace, set_workspace_cache
 from .engines import backends
 from .losses.cdf_attraction import cdf_attraction
 from .losses.coordinate_cdf_attraction import coordinate_cdf_attraction
@@ -34,6 +35,8 @@ __all__ = [
     "mean_field_sigma",
     "mmd",
     "nn",
+    "release_workspace",
+    "set_workspace_cache",
     "sliced_wasserstein",
     "targets",
 ]

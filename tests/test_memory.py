@@ -78,9 +78,10 @@ def test_estimates_count_every_buffer_kept():
 
 @pytest.fixture
 def workspaces(monkeypatch):
-    """The byte sizes of the uint8 workspaces the ops allocate, in order."""
+    """The byte sizes of the uint8 workspaces the ops allocate, in order (none kept between calls)."""
     sizes = []
     real_empty = _native.empty
+    monkeypatch.setattr(_native._cache, "limit", 0)
 
     def recording_empty(shape, dtype, device, what):
         if dtype == torch.uint8:

@@ -94,7 +94,6 @@ def _forward(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], ancho
     module = _native.module_for(device)
     code = _native.dtype_code(dtype)
     ws_bytes = workspace_bytes(device, dtype, n, d, capacity, bins)
-    workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, device, what)
     stats = torch.full((len(STATS),), -1, dtype=torch.int64, device=device)
     value = torch.zeros((), dtype=torch.float64, device=device)
     signs = _native.empty(_signs_shape(n, p), torch.int64 if p == 1 else dtype, device, what)
@@ -108,9 +107,10 @@ def _forward(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], ancho
     pos, neg, residual = (signs[0].data_ptr(), signs[1].data_ptr(), 0) if p == 1 else (0, 0, signs.data_ptr())
     args = [code, n, d, z.data_ptr(), source, table_ptr, array, count,
             p, value.data_ptr(), pos, neg, residual, sorted_values.data_ptr() if want_sorted else 0,
-            capacity, bins, stats.data_ptr(), workspace.data_ptr(), ws_bytes]
+            capacity, bins, stats.data_ptr()]
     try:
-        _native.launch(module.cdf_pairs_forward, device, *args)
+        with _native.workspace(ws_bytes, device, what) as workspace:
+            _native.launch(module.cdf_pairs_forward, device, *args, workspace.data_ptr(), ws_bytes)
     except OverflowError as exc:  # std::overflow_error: a bucket of tied distances overflows a pass
         raise MemoryError(f"gaussreg.{exc}") from exc
     return value, signs, sorted_values, stats
@@ -373,11 +373,9 @@ def distance_bins_supported(device: torch.device) -> bool:
     return supported(device) and hasattr(_native.module_for(device), "ks_distances_count")
 
 
-def _ks_workspace(module, z: Tensor, bins: int) -> Tuple[Tensor, int]:
+def _ks_workspace_bytes(module, z: Tensor, bins: int) -> int:
     n, d = z.shape
-    ws_bytes = int(_native.launch(module.ks_distances_workspace_bytes, z.device, _native.dtype_code(z.dtype), n, d,
-                                  bins))
-    return _native.empty((max(ws_bytes, 1),), torch.uint8, z.device, "ks_distances"), ws_bytes
+    return int(_native.launch(module.ks_distances_workspace_bytes, z.device, _native.dtype_code(z.dtype), n, d, bins))
 
 
 def distance_bins(z: Tensor, bins: int = 0, key_range: Optional[Tuple[float, float]] = None) -> DistanceBins:
@@ -396,14 +394,15 @@ def distance_bins(z: Tensor, bins: int = 0, key_range: Optional[Tuple[float, flo
     module = _native.module_for(z.device)
     n, d = z.shape
     count = int(module.ks_distances_bin_count(n, bins))
-    workspace, ws_bytes = _ks_workspace(module, z, bins)
+    ws_bytes = _ks_workspace_bytes(module, z, bins)
     layout = torch.zeros(3, dtype=torch.int64, device=z.device)
     counts = torch.zeros(count, dtype=torch.int64, device=z.device)
     low = torch.zeros(count, dtype=z.dtype, device=z.device)
     high = torch.zeros(count, dtype=z.dtype, device=z.device)
-    _native.launch(module.ks_distances_count, z.device, _native.dtype_code(z.dtype), n, d, z.data_ptr(), bins,
-                   low_key, high_key, layout.data_ptr(), counts.data_ptr(), low.data_ptr(), high.data_ptr(), workspace.data_ptr(),
-                   ws_bytes)
+    with _native.workspace(ws_bytes, z.device, "ks_distances") as workspace:
+        _native.launch(module.ks_distances_count, z.device, _native.dtype_code(z.dtype), n, d, z.data_ptr(), bins,
+                       low_key, high_key, layout.data_ptr(), counts.data_ptr(), low.data_ptr(), high.data_ptr(),
+                       workspace.data_ptr(), ws_bytes)
     used = int(layout[2]) + 2
     return DistanceBins(layout, counts[:used], low[:used], high[:used])
 
@@ -424,10 +423,11 @@ def collect_distance_bins(z: Tensor, found: DistanceBins, chosen: Tensor, bins: 
     ends[chosen] = ends_of_chosen
     total = int(ends_of_chosen[-1]) if chosen.numel() else 0
     keys = _native.empty((total,), z.dtype, z.device, "ks_distances")
-    workspace, ws_bytes = _ks_workspace(module, z, bins)
-    _native.launch(module.ks_distances_collect, z.device, _native.dtype_code(z.dtype), n, d, z.data_ptr(), bins,
-                   found.layout.data_ptr(), starts.data_ptr(), ends.data_ptr(), keys.data_ptr() if total else 0,
-                   total, workspace.data_ptr(), ws_bytes)
+    ws_bytes = _ks_workspace_bytes(module, z, bins)
+    with _native.workspace(ws_bytes, z.device, "ks_distances") as workspace:
+        _native.launch(module.ks_distances_collect, z.device, _native.dtype_code(z.dtype), n, d, z.data_ptr(), bins,
+                       found.layout.data_ptr(), starts.data_ptr(), ends.data_ptr(), keys.data_ptr() if total else 0,
+                       total, workspace.data_ptr(), ws_bytes)
     return keys
 
 

@@ -63,7 +63,6 @@ def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Option
     m = 0 if y is None else y.shape[0]
     what = f"{stem} pair sum"
     ws_bytes = plan(stem, device, dtype, n, m, d).workspace_bytes
-    workspace = _native.empty((max(ws_bytes, 1),), torch.uint8, device, what)
     value = torch.zeros((), dtype=torch.float64, device=device)
     want_x, want_y = _wanted(x, y, grad_x, grad_y)
     out_x = _native.empty((n, d) if want_x else (0,), dtype, device, what)
@@ -77,9 +76,9 @@ def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Option
         value.data_ptr(),
         out_x.data_ptr() if want_x else 0,
         out_y.data_ptr() if want_y else 0,
-        workspace.data_ptr(), ws_bytes,
     ]
-    _native.launch(getattr(module, f"{stem}_forward"), device, *args)
+    with _native.workspace(ws_bytes, device, what) as workspace:
+        _native.launch(getattr(module, f"{stem}_forward"), device, *args, workspace.data_ptr(), ws_bytes)
     return value, out_x, out_y
 
 

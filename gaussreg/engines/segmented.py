@@ -74,9 +74,8 @@ def _check_targets(values: Tensor, targets: Tensor, p: int) -> int:
     return kind
 
 
-def _workspace(values: Tensor, what: str) -> Tuple[Tensor, int]:
-    nbytes = plan(values.device, values.dtype, *values.shape).workspace_bytes
-    return _native.empty((max(nbytes, 1),), torch.uint8, values.device, what), nbytes
+def _workspace_bytes(values: Tensor) -> int:
+    return plan(values.device, values.dtype, *values.shape).workspace_bytes
 
 
 @torch.library.custom_op("gaussreg::sorted_gaps", mutates_args=())
@@ -87,14 +86,15 @@ def sorted_gaps_op(values: Tensor, targets: Tensor, torus: bool, p: int,
     kind = _check_targets(values, targets, p)
     segments, n = values.shape
     device, what = values.device, "sorted_gaps"
-    workspace, ws_bytes = _workspace(values, what)
+    ws_bytes = _workspace_bytes(values)
     value = torch.zeros((), dtype=torch.float64, device=device)
     slope = _native.empty((segments, n), values.dtype, device, what)
     sorted_slope = _native.empty((segments, n) if want_sorted_slope else (0,), values.dtype, device, what)
     module = _native.module_for(device)
-    _native.launch(module.segmented_forward, device, _native.dtype_code(values.dtype), segments, n,
-                   values.data_ptr(), torus, kind, targets.data_ptr(), p, value.data_ptr(), slope.data_ptr(),
-                   sorted_slope.data_ptr() if want_sorted_slope else 0, workspace.data_ptr(), ws_bytes)
+    with _native.workspace(ws_bytes, device, what) as workspace:
+        _native.launch(module.segmented_forward, device, _native.dtype_code(values.dtype), segments, n,
+                       values.data_ptr(), torus, kind, targets.data_ptr(), p, value.data_ptr(), slope.data_ptr(),
+                       sorted_slope.data_ptr() if want_sorted_slope else 0, workspace.data_ptr(), ws_bytes)
     return value, slope, sorted_slope
 
 
@@ -147,11 +147,12 @@ def segment_counts_op(values: Tensor) -> Tensor:
     _check_values("segment_counts", values)
     segments, n = values.shape
     device, what = values.device, "segment_counts"
-    workspace, ws_bytes = _workspace(values, what)
+    ws_bytes = _workspace_bytes(values)
     counts = _native.empty((segments, n), torch.int64, device, what)
     module = _native.module_for(device)
-    _native.launch(module.segmented_counts, device, _native.dtype_code(values.dtype), segments, n,
-                   values.data_ptr(), counts.data_ptr(), workspace.data_ptr(), ws_bytes)
+    with _native.workspace(ws_bytes, device, what) as workspace:
+        _native.launch(module.segmented_counts, device, _native.dtype_code(values.dtype), segments, n,
+                       values.data_ptr(), counts.data_ptr(), workspace.data_ptr(), ws_bytes)
     return counts
 
 
