@@ -17,6 +17,7 @@ from _helpers import assert_close, cuda_ok
 from _loss_cases import CASE_IDS, CASES, LossCase, points_for, value_and_grads
 
 import gaussreg
+from gaussreg import _checks
 from gaussreg.engines import cdf_attraction as cdf_engine, pair_sum
 
 
@@ -39,6 +40,7 @@ BAD_POINTS = {
     "nan": (_with(float("nan")), ValueError, NAN_OR_INF),
     "+inf": (_with(float("inf")), ValueError, NAN_OR_INF),
     "-inf": (_with(-float("inf")), ValueError, NAN_OR_INF),
+    "+inf_and_-inf": (lambda t: _with(-float("inf"))(_with(float("inf"))(t).t()).t(), ValueError, NAN_OR_INF),
     "nan_bfloat16": (lambda t: _with(float("nan"))(t).bfloat16(), ValueError, NAN_OR_INF),
     "inf_float32_requires_grad": (lambda t: _with(float("inf"))(t).float().requires_grad_(), ValueError,
                                   NAN_OR_INF),
@@ -87,6 +89,22 @@ def _still_works(case: LossCase) -> None:
     for g, h in zip(grads, ref_grads):
         assert_close(g, h, 1e-9, 1e-12 * case.term_size + 1e-9 * float(h.abs().max()),
                      what=f"{case.name} gradient after an error")
+
+
+@pytest.mark.parametrize("dtype, big", [(torch.float16, 6e4), (torch.bfloat16, 3e38), (torch.float32, 3e38),
+                                        (torch.float64, 1.7e308)], ids=str)
+def test_the_finite_check_when_the_sum_overflows(dtype, big):
+    """The check's fast path sums the values; finite values whose sum overflows still pass,
+    and a NaN or an Inf among them is still found."""
+    values = torch.full((8, 4), big, dtype=dtype)
+    assert not torch.isfinite(values.sum())
+    _checks.finite("z", values)
+    _checks.finite("z", -values)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        spoiled = values.clone()
+        spoiled[5, 2] = bad
+        with pytest.raises(ValueError, match="z contains NaN or Inf"):
+            _checks.finite("z", spoiled)
 
 
 @pytest.mark.usefixtures("one_thread")
