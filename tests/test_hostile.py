@@ -17,7 +17,7 @@ from _helpers import assert_close, cuda_ok
 from _loss_cases import CASE_IDS, CASES, LossCase, points_for, value_and_grads
 
 import gaussreg
-from gaussreg import _checks
+from gaussreg import _checks, engines
 from gaussreg.engines import cdf_attraction as cdf_engine, pair_sum
 
 
@@ -363,3 +363,21 @@ def test_cuda_generator_in_the_diagnostics_is_named(_):
     with pytest.raises(ValueError, match="generator is on cuda:0 but draws on cpu"):
         gaussreg.diagnostics.projection_ks(z, 4, generator=torch.Generator("cuda"))
     assert gaussreg.diagnostics.projection_ks(z, 4, generator=torch.Generator().manual_seed(0)).max >= 0
+
+
+@pytest.mark.parametrize("name", ["cdf_attraction", "mmd", "cw_distance", "sliced_wasserstein", "epps_pulley",
+                                  "gaussian_l2_to_normal", "coordinate_cdf_attraction"])
+def test_torch_func_transforms_need_the_reference_backend(name):
+    """As README says: torch.func.grad refuses the compiled backends' custom ops (torch's
+    generated autograd.Function has no setup_context) and works with backend="reference"."""
+    loss = getattr(gaussreg, name)
+    z = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    if engines.use_native(z.device, "auto", name):
+        with pytest.raises(RuntimeError, match="setup_context"):
+            torch.func.grad(lambda x: loss(x))(z)
+    torch.manual_seed(0)  # the same draws (prior sample, directions) in both calls
+    grad = torch.func.grad(lambda x: loss(x, backend="reference"))(z)
+    leaf = z.clone().requires_grad_(True)
+    torch.manual_seed(0)
+    loss(leaf, backend="reference").backward()
+    assert_close(grad, leaf.grad, 1e-12, 1e-12, what=f"{name}: torch.func.grad against backward")
