@@ -234,9 +234,10 @@ def empty(shape, dtype: torch.dtype, device: torch.device, what: str) -> torch.T
 # ---------------------------------------------------------------------------
 #
 # A large fresh buffer is mapped by the allocator and cleared page by page by the kernel on
-# its first touch, every call: p = 2 at n = 8192 spent 0.75 s of system time per call on
-# it (1.7 s of wall time). The engines' CPU workspace therefore stays allocated between
-# calls, one buffer for all of them, up to a limit; CUDA has torch's caching allocator.
+# its first touch, every call: p = 2 at n = 8192 spent 0.1 to 0.75 s of system time per
+# call on it (of 1.3 to 1.7 s of wall time, 2 Xeon cores). The engines' CPU workspace
+# therefore stays allocated between calls, one buffer for all of them, up to a limit; CUDA
+# has torch's caching allocator.
 
 
 def _default_cache_limit() -> int:
@@ -291,11 +292,11 @@ def set_workspace_cache(max_bytes: int) -> int:
     Every CPU call of the compiled engines (``cdf_attraction``, the pair sums, the sorted-gap
     losses, ``diagnostics.ks_distances``) works in one buffer that stays allocated after the
     call, so that the next call finds its memory mapped: a fresh mapping is cleared page by
-    page on first touch (for ``cdf_attraction(p=2)`` at n = 8192, 0.75 s of system time per
-    call). A call that needs more than ``max_bytes`` allocates its own and frees it; 0 keeps
-    nothing. The default is 1 GiB, or a sixteenth of RAM where that is less; the environment
-    variable ``GAUSSREG_WORKSPACE_CACHE`` (bytes) sets it at import. Lowering the limit below
-    the kept buffer frees it. Returns the previous limit.
+    page on first touch (for ``cdf_attraction(p=2)`` at n = 8192, 0.1 to 0.75 s of system
+    time per call on 2 Xeon cores). A call that needs more than ``max_bytes`` allocates its
+    own and frees it; 0 keeps nothing. The default is 1 GiB, or a sixteenth of RAM where that
+    is less; the environment variable ``GAUSSREG_WORKSPACE_CACHE`` (bytes) sets it at import.
+    Lowering the limit below the kept buffer frees it. Returns the previous limit.
 
     >>> import gaussreg
     >>> previous = gaussreg.set_workspace_cache(0)  # allocate per call, keep nothing
