@@ -77,7 +77,7 @@ struct HermiteAnchors {
 };
 
 // A walk over ascending ranks (a bucket's, a bin's): the anchors' current piece is kept, so
-// a rank inside it costs three FMAs; the values are those of single calls, bit for bit.
+// a rank inside it costs three FMAs; single calls evaluate the same pieces.
 struct QuantileWalk {
   int64_t segment = -1;
   HermitePiece piece{0, 0, 0.0, 0.0, 0.0, 0.0};  // holds no rank
