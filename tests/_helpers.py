@@ -98,6 +98,22 @@ def compare_with_reference(fn: Callable, ref_fn: Callable, inputs: Sequence[torc
         assert_close(g, h, rtol, ga + rtol * scale, what=f"{what} grad of input {k}")
 
 
+def record_workspace_allocations(monkeypatch) -> list:
+    """The byte sizes of the uint8 buffers (the engines' workspaces) allocated from now on, in order."""
+    from gaussreg import _native
+
+    sizes = []
+    real_empty = _native.empty
+
+    def recording_empty(shape, dtype, device, what):
+        if dtype == torch.uint8:
+            sizes.append(shape[0])
+        return real_empty(shape, dtype, device, what)
+
+    monkeypatch.setattr(_native, "empty", recording_empty)
+    return sizes
+
+
 def bytes_in_message(message: str) -> int:
     """The integer byte count in a MemoryError message ("... 12345 bytes ...")."""
     found = re.findall(r"(\d+)\s*bytes", message)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from _helpers import bytes_in_message, cuda_ok
+from _helpers import bytes_in_message, cuda_ok, record_workspace_allocations
 from _loss_cases import CASES, points_for, value_and_grads
 from test_hostile import _still_works
 
@@ -79,17 +79,8 @@ def test_estimates_count_every_buffer_kept():
 @pytest.fixture
 def workspaces(monkeypatch):
     """The byte sizes of the uint8 workspaces the ops allocate, in order (none kept between calls)."""
-    sizes = []
-    real_empty = _native.empty
     monkeypatch.setattr(_native._cache, "limit", 0)
-
-    def recording_empty(shape, dtype, device, what):
-        if dtype == torch.uint8:
-            sizes.append(shape[0])
-        return real_empty(shape, dtype, device, what)
-
-    monkeypatch.setattr(_native, "empty", recording_empty)
-    return sizes
+    return record_workspace_allocations(monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

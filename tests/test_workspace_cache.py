@@ -7,7 +7,7 @@ freed as documented.
 """
 import pytest
 import torch
-from _helpers import assert_identical
+from _helpers import assert_identical, record_workspace_allocations
 from _loss_cases import CASES, points_for, run_case
 
 import gaussreg
@@ -27,16 +27,7 @@ def cache_limit():
 @pytest.fixture
 def allocations(monkeypatch):
     """The byte sizes of the uint8 buffers allocated for workspaces, in order."""
-    sizes = []
-    real_empty = _native.empty
-
-    def recording_empty(shape, dtype, device, what):
-        if dtype == torch.uint8:
-            sizes.append(shape[0])
-        return real_empty(shape, dtype, device, what)
-
-    monkeypatch.setattr(_native, "empty", recording_empty)
-    return sizes
+    return record_workspace_allocations(monkeypatch)
 
 
 def _spoil_kept_buffer(nbytes, byte):
