@@ -138,21 +138,29 @@ def test_ties_from_duplicated_points(p):
     assert torch.isfinite(value) and bool(torch.isfinite(grad).all())
 
 
-@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
-@pytest.mark.parametrize("passes", ("one pass", "several passes"))
-def test_the_full_sort_ranks_p1_ties_by_pair_index(passes, dtype):
-    """With p = 1 the full sort (small n, the selection's fallbacks, sorted values asked for)
-    ranks equal distances by pair index k(i, j), as the selection and the CUDA sort do: its signs
-    equal those of a stable argsort of the keys in pair order. Small integer coordinates make
-    every distance exact and most of them tied."""
-    z = torch.randint(-2, 3, (60, 3), generator=torch.Generator().manual_seed(4)).to(dtype)
-    pairs = cdf_engine.pair_count(60)
-    i, j = torch.triu_indices(60, 60, 1)  # pair-index order
+def _tied_integer_points(n, dtype):
+    """(z, its half squared distances in pair-index order, a table of targets crossing them,
+    the residuals of a stable argsort's ranks): small integer coordinates make every distance
+    exact and most of them tied."""
+    z = torch.randint(-2, 3, (n, 3), generator=torch.Generator().manual_seed(4)).to(dtype)
+    pairs = cdf_engine.pair_count(n)
+    i, j = torch.triu_indices(n, n, 1)  # pair-index order
     keys = 0.5 * ((z[i] - z[j]) ** 2).sum(1)  # exact
     table = torch.linspace(0.0, 12.0, pairs, dtype=dtype)  # crosses the tied keys
     ranks = torch.empty(pairs, dtype=torch.int64)
     ranks[torch.argsort(keys, stable=True)] = torch.arange(pairs)
-    expected = keys - table[ranks]
+    return z, keys, table, keys - table[ranks]
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("n, passes", ((60, "one pass"), (300, "one pass"), (60, "several passes")))
+def test_the_full_sort_ranks_p1_ties_by_pair_index(n, passes, dtype):
+    """With p = 1 the full sort (small n, the selection's fallbacks, sorted values asked for)
+    ranks equal distances by pair index k(i, j), as the selection and the CUDA sort do: its signs
+    equal those of a stable argsort of the keys in pair order. n = 60 sorts its 1770 pairs as
+    one bucket, n = 300 its 44850 in buckets between splitters."""
+    z, keys, table, expected = _tied_integer_points(n, dtype)
+    pairs = cdf_engine.pair_count(n)
     capacity = pairs // 5 if passes == "several passes" else pairs
     _, signs, sorted_keys, _ = cdf_engine.cdf_pairs_op(z, table, None, None, 1, capacity, 0, True)
     assert torch.equal(sorted_keys, keys.sort().values)
@@ -160,6 +168,20 @@ def test_the_full_sort_ranks_p1_ties_by_pair_index(passes, dtype):
     positive = (signs[0][bits // 64] >> (bits % 64)) & 1
     negative = (signs[1][bits // 64] >> (bits % 64)) & 1
     assert torch.equal(positive.bool(), expected > 0) and torch.equal(negative.bool(), expected < 0)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("n", (2, 3, 60, 256))
+def test_few_pairs_rank_p2_ties_by_pair_index(n, dtype):
+    """Up to 2^15 pairs (n <= 256) the engine writes every pair's key at its pair index and
+    sorts them as one stable bucket, so p = 2 ranks equal distances by pair index too: each
+    pair's residual is exactly its key minus the target of its rank in a stable argsort."""
+    z, keys, table, expected = _tied_integer_points(n, dtype)
+    value, residuals, sorted_keys, stats = cdf_engine.cdf_pairs_op(z, table, None, None, 2, keys.numel(), 0, True)
+    assert torch.equal(sorted_keys, keys.sort().values)
+    assert torch.equal(residuals, expected)
+    assert float(value) == pytest.approx(float((expected.double() ** 2).sum()), rel=1e-12)
+    assert stats.tolist()[:3] == [keys.numel(), 1, 1]  # every pair sorted, one pass, one bucket
 
 
 def _entries_for(z, entries):

@@ -17,6 +17,9 @@
 // fixed row groups wrote them: an order that depends on n only, so results do not
 // depend on the thread count or the sort budget.
 //
+// Up to 2^15 pairs (n <= 256) none of this: one pass writes every key at its pair index and
+// one stable sort ranks them all ("few pairs: one bucket" below; ties by pair index).
+//
 // p = 1 without the sorted values ranks by selection instead (see "selection" below): only
 // the pairs of histogram bins near a crossing of the empirical and target CDFs are sorted.
 // The selection also runs split over the ranks of a process group ("shares across ranks"):
@@ -551,6 +554,38 @@ void order_ties_by_index(typename E::Entry* first, uint64_t count) {
   }
 }
 
+// Ranks base + 1, ..., base + count of one sorted run of entries: writes each pair's sign bit
+// (p = 1) or residual (p = 2) and the sorted keys if asked for; returns sum |e|^p in rank
+// order. kSharedWords: other threads set bits of the same words (buckets interleave in pair
+// index), so bits are set atomically.
+template <bool kSharedWords, typename T, typename E>
+double rank_sorted_run(const ForwardArgs<T>& a, const typename E::Entry* first, uint64_t count, uint64_t base) {
+  double sum = 0.0;
+  QuantileWalk walk;
+  for (uint64_t pos = 0; pos < count; ++pos) {
+    const T key = key_value<T>(E::key(first[pos]));
+    if (a.sorted != nullptr) a.sorted[base + pos] = key;
+    const T e = key - a.quantiles(base + pos, &walk);
+    sum += abs_power(e, a.p);
+    const uint64_t k = E::index(first[pos]);
+    if (a.p == 2) {
+      // Each residual lands on a line of its own: ask for the line 16 entries ahead (the
+      // rank loop's share of the p = 2 forward at n = 4096 fell by 15-20%).
+      if (pos + 16 < count) __builtin_prefetch(a.residual + E::index(first[pos + 16]), 1);
+      a.residual[k] = e;
+    } else if (e != T(0)) {
+      uint64_t* const word = (e > T(0) ? a.pos_bits : a.neg_bits) + (k >> 6);
+      const uint64_t bit = uint64_t{1} << (k & 63);
+      if (kSharedWords) {
+        __atomic_fetch_or(word, bit, __ATOMIC_RELAXED);
+      } else {
+        *word |= bit;
+      }
+    }
+  }
+  return sum;
+}
+
 template <typename T, typename E>
 void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>& ws, uint64_t b0, uint64_t b1) {
   auto* entries = static_cast<typename E::Entry*>(ws.entries);
@@ -568,26 +603,7 @@ void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>&
     // the collection order: 63% of the float32 keys tie at n = 4096, and ordering them cost
     // 10% of the forward, for residuals that differ by a quantile step.
     if (a.p == 1) order_ties_by_index<E>(first, count);
-    double sum = 0.0;
-    QuantileWalk walk;
-    for (uint64_t pos = 0; pos < count; ++pos) {
-      const T key = key_value<T>(E::key(first[pos]));
-      if (a.sorted != nullptr) a.sorted[ws.base[b] + pos] = key;
-      const T e = key - a.quantiles(ws.base[b] + pos, &walk);
-      sum += abs_power(e, a.p);
-      const uint64_t k = E::index(first[pos]);
-      if (a.p == 2) {
-        // Each residual lands on a line of its own: ask for the line 16 entries ahead (the
-        // rank loop's share of the p = 2 forward at n = 4096 fell by 15-20%).
-        if (pos + 16 < count) __builtin_prefetch(a.residual + E::index(first[pos + 16]), 1);
-        a.residual[k] = e;
-      } else if (e != T(0)) {
-        // Buckets interleave in pair index: neighbouring bits may belong to another thread.
-        __atomic_fetch_or((e > T(0) ? a.pos_bits : a.neg_bits) + (k >> 6), uint64_t{1} << (k & 63),
-                          __ATOMIC_RELAXED);
-      }
-    }
-    ws.partial[b] = sum;
+    ws.partial[b] = rank_sorted_run<true, T, E>(a, first, count, ws.base[b]);
   }
   }
 }
@@ -1462,12 +1478,74 @@ void collect_key_bins(const RangeArgs<T>& r, const int64_t* starts, const int64_
     if (starts[b] >= 0) std::sort(keys + starts[b], keys + ends[b]);
 }
 
+// ---------------------------------------------------------------- few pairs: one bucket
+
+// Up to this many pairs (n <= 256) a call sorts them all as one bucket (one_bucket_forward)
+// instead of sampling splitters and counting buckets, or (p = 1) running the selection: fixed
+// steps and one pass more over the pairs. Measured on 2 Xeon cores, D = 64, the engine's
+// forward: n = 64 35-60 us against 80-160, n = 256 480-500 against 560-880; from n = 362 on
+// (2^16 pairs) the one-thread sort lost to the selection (p = 1) or was within the noise.
+constexpr uint64_t kOneBucketPairs = uint64_t{1} << 15;
+
+// With the default bins and a sort budget for every pair (forced bins are for the selection).
+inline bool sorts_in_one_bucket(uint64_t pairs, uint64_t capacity, uint64_t bins) {
+  return pairs <= kOneBucketPairs && capacity >= pairs && bins == 0;
+}
+
+// The workspace of one_bucket_forward: the transposed points, every pair's entry, and as
+// many again for the sort's scratch.
+template <typename T>
+struct OneBucketWorkspace {
+  T* zt;
+  void* entries;
+  void* scratch;
+};
+
+template <typename T>
+size_t one_bucket_layout(int64_t n, int64_t d, uint64_t pairs, char* base, OneBucketWorkspace<T>* out) {
+  const size_t entry = packs<T>(pairs) ? sizeof(PackedEntries::Entry) : sizeof(WideEntries::Entry);
+  const size_t zt = align64(static_cast<size_t>(padded_count<T>(n) * d) * sizeof(T));
+  const size_t entries = align64(pairs * entry);
+  if (out != nullptr) *out = {reinterpret_cast<T*>(base), base + zt, base + zt + entries};
+  return zt + 2 * entries + 64;  // slack for aligning the base pointer
+}
+
+// Every key written at its own pair index, then one stable sort: equal keys stay in pair-index
+// order (the selection's and CUDA's tie rule, for p = 2 too), and the result depends on
+// nothing but the points. One thread sorts and ranks; its bits need no atomics.
+template <typename T, typename E>
+void one_bucket_forward(const ForwardArgs<T>& a, uint64_t pairs, void* workspace) {
+  OneBucketWorkspace<T> ws;
+  one_bucket_layout<T>(a.n, a.d, pairs, aligned_base(workspace), &ws);
+  transpose_points(a.z, a.n, a.d, ws.zt, a.threads);
+  auto* entries = static_cast<typename E::Entry*>(ws.entries);
+  const uint64_t n = static_cast<uint64_t>(a.n);
+  const int64_t blocks = (a.n + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
+  for (int64_t block = 0; block < blocks; ++block)
+    visit_block_runs(a.z, ws.zt, a.n, a.d, block * kRowBlock, [&](int64_t i, int64_t j, const T* keys, int64_t run) {
+      const uint64_t k = pair_index(n, i, j);
+      typename E::Entry* const out = entries + k;
+      for (int64_t l = 0; l < run; ++l) out[l] = E::make(key_bits(keys[l]), k + l);
+    });
+  sort_bucket_by_key<E>(entries, pairs, static_cast<typename E::Entry*>(ws.scratch));
+  *a.value = rank_sorted_run<false, T, E>(a, entries, pairs, 0);
+  if (a.stats != nullptr) {
+    a.stats[kStatSortedPairs] = static_cast<int64_t>(pairs);
+    a.stats[kStatPasses] = 1;
+    a.stats[kStatBins] = 1;
+    a.stats[kStatMixedBins] = 1;
+    a.stats[kStatRefinedBins] = 0;
+  }
+}
+
 // ---------------------------------------------------------------- forward
 
 // Workspace of either forward: the selection (p = 1) or the full sort (p = 2, sorted output).
 template <typename T>
 size_t forward_workspace_bytes(int64_t n, int64_t d, uint64_t capacity, uint64_t bins, int threads) {
   const Plan plan = make_plan(n, capacity, threads);
+  if (sorts_in_one_bucket(plan.pairs, capacity, bins)) return one_bucket_layout<T>(n, d, plan.pairs, nullptr, nullptr);
   return std::max(workspace_layout<T>(n, d, capacity, plan, nullptr, nullptr),
                   select_layout<T>(n, d, capacity, bins, threads, nullptr, nullptr));
 }
@@ -1482,6 +1560,11 @@ void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes) {
     const uint64_t words = bit_words(plan.pairs);
     std::fill(a.pos_bits, a.pos_bits + words, uint64_t{0});
     std::fill(a.neg_bits, a.neg_bits + words, uint64_t{0});
+  }
+  if (sorts_in_one_bucket(plan.pairs, a.capacity, a.bins)) {
+    packs<T>(plan.pairs) ? one_bucket_forward<T, PackedEntries>(a, plan.pairs, workspace)
+                         : one_bucket_forward<T, WideEntries>(a, plan.pairs, workspace);
+    return;
   }
   SelectOutcome selection{false, 0, 0};   // a selection's passes, when it sorts all instead
   if (a.p == 1 && a.sorted == nullptr) {  // signs only: selection

@@ -232,7 +232,9 @@ def cdf_pairs_with_stats(z: Tensor, target, p: int = 1, max_sort_bytes: Optional
     (p = 1: the pairs of mixed bins and leaves; p = 2: all), generation ``passes``, histogram
     ``bins``, ``mixed_bins`` (the bins and leaves sorted) and ``refined_bins`` (the mixed bins
     cut into leaves by a second pass; 0 when none); -1 where the engine does not report a
-    counter. When the CPU selection leaves more than half of the pairs mixed, or would cut
+    counter. Up to 2^15 pairs (n <= 256) the CPU sorts every pair as one bucket in one
+    pass (``sorted_pairs`` all of them, ``passes`` and ``bins`` 1) when the sort budget holds
+    them all. When the CPU selection leaves more than half of the pairs mixed, or would cut
     mixed bins into more leaves than a quarter of the pairs (n below ~725), it sorts every
     pair instead: ``sorted_pairs`` is then all of them, ``bins`` and ``mixed_bins`` the full
     sort's buckets, and ``passes`` counts the selection's passes too. On CUDA the selection
