@@ -171,17 +171,25 @@ def test_the_full_sort_ranks_p1_ties_by_pair_index(n, passes, dtype):
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
-@pytest.mark.parametrize("n", (2, 3, 60, 256))
-def test_few_pairs_rank_p2_ties_by_pair_index(n, dtype):
-    """Up to 2^15 pairs (n <= 256) the engine writes every pair's key at its pair index and
-    sorts them as one stable bucket, so p = 2 ranks equal distances by pair index too: each
-    pair's residual is exactly its key minus the target of its rank in a stable argsort."""
+@pytest.mark.parametrize("n, passes", ((2, "one pass"), (3, "one pass"), (60, "one pass"), (256, "one pass"),
+                                       (300, "one pass"), (1000, "one pass"), (1000, "several passes")))
+def test_p2_ranks_ties_by_pair_index(n, passes, dtype):
+    """p = 2 ranks equal distances by pair index too, as p = 1 and CUDA do: each pair's
+    residual is exactly its key minus the target of its rank in a stable argsort of the keys
+    in pair order. Up to 2^15 pairs (n <= 256) the keys are sorted as one bucket (one pass);
+    beyond, in buckets between splitters, in one pass or in several within a smaller budget."""
     z, keys, table, expected = _tied_integer_points(n, dtype)
-    value, residuals, sorted_keys, stats = cdf_engine.cdf_pairs_op(z, table, None, None, 2, keys.numel(), 0, True)
+    pairs = keys.numel()
+    capacity = pairs // 3 if passes == "several passes" else pairs
+    value, residuals, sorted_keys, stats = cdf_engine.cdf_pairs_op(z, table, None, None, 2, capacity, 0, True)
     assert torch.equal(sorted_keys, keys.sort().values)
     assert torch.equal(residuals, expected)
     assert float(value) == pytest.approx(float((expected.double() ** 2).sum()), rel=1e-12)
-    assert stats.tolist()[:3] == [keys.numel(), 1, 1]  # every pair sorted, one pass, one bucket
+    if n <= 256:
+        assert stats.tolist()[:3] == [pairs, 1, 1]  # every pair sorted, one pass, one bucket
+    else:
+        assert stats.tolist()[0] == pairs and stats.tolist()[2] > 1
+        assert (stats.tolist()[1] > 2) == (passes == "several passes")  # the count pass, then collections
 
 
 def _entries_for(z, entries):

@@ -13,9 +13,9 @@
 //      two bits per pair (p = 1) or one value (p = 2) at the pair's index. When all n'
 //      entries fit this is one pass; otherwise memory stays at `capacity` entries.
 // Each bucket is sorted by key with a stable LSD radix sort over the bits its keys do
-// not share (two byte passes for a typical bucket). Ties keep the order in which the
-// fixed row groups wrote them: an order that depends on n only, so results do not
-// depend on the thread count or the sort budget.
+// not share (two byte passes for a typical bucket), then equal keys are put in pair-index
+// order: ties are ranked by pair index, so results do not depend on the thread count, the
+// sort budget or the SIMD width.
 //
 // Up to 2^15 pairs (n <= 256) none of this: one pass writes every key at its pair index and
 // one stable sort ranks them all ("few pairs: one bucket" below; ties by pair index).
@@ -328,18 +328,31 @@ void visit_block_pairs(const T* z, const T* zt, int64_t n, int64_t d, int64_t i0
   });
 }
 
-// Row blocks are dealt to groups back and forth (0..G-1, G-1..0, ...) so that every group
-// gets long and short rows of the triangle alike.
+// The first row block of group g of G: the groups own consecutive runs of row blocks, cut
+// where the pairs of the rows before reach g/G of all pairs (row i has n - 1 - i). So the
+// groups follow one another in pair index, and each does about the same work.
+inline int64_t group_first_block(uint64_t group, uint64_t groups, int64_t n) {
+  const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
+  const uint64_t rows = static_cast<uint64_t>(n);
+  const uint64_t target = static_cast<uint64_t>(static_cast<unsigned __int128>(pair_count(rows)) * group / groups);
+  int64_t lo = 0, hi = blocks;  // the first block whose rows start at or beyond the target
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (pair_row_start(rows, static_cast<uint64_t>(std::min<int64_t>(mid * kRowBlock, n))) < target) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+// fn(i0) for the row blocks of `group`, in increasing order: the group's pairs come in pair
+// index order.
 template <typename Fn>
 void for_group_blocks(uint64_t group, uint64_t groups, int64_t n, Fn&& fn) {
-  const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
-  const int64_t period = 2 * static_cast<int64_t>(groups);
-  const int64_t g = static_cast<int64_t>(group);
-  for (int64_t start = 0; start < blocks; start += period) {
-    const int64_t first = start + g, second = start + period - 1 - g;
-    if (first < blocks) fn(first * kRowBlock);
-    if (second < blocks && second != first) fn(second * kRowBlock);
-  }
+  const int64_t first = group_first_block(group, groups, n), end = group_first_block(group + 1, groups, n);
+  for (int64_t block = first; block < end; ++block) fn(block * kRowBlock);
 }
 
 // Bucket of a key = the number of splitters <= key. A branchy binary search over all
@@ -533,23 +546,23 @@ void collect_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<
   });
 }
 
-// Equal keys in pair-index order, whatever order the threads collected them in: the tie rule
-// of p = 1 in every mode, and of the CUDA sort.
-// Insertion steps within runs of equal keys only (float32 keys tie often at large n: 63% of
-// them at n = 4096, D = 64, in runs of up to 12).
+// Equal keys in pair-index order, whatever order they were collected in: the tie rule of the
+// full sort, the selection and CUDA. An insertion pass over entries sorted by key: an entry
+// that orders before the one ahead of it (the same key, a smaller index) moves back. The
+// full sort collects nearly in pair-index order (for_group_blocks; only a row block's rows
+// interleave), so few entries move and the one comparison a step (for packed entries one
+// integer compare) is well predicted. Float32 keys tie often at large n: 63% of them at
+// n = 4096, D = 64, in runs of up to 12.
 template <typename E>
 void order_ties_by_index(typename E::Entry* first, uint64_t count) {
-  auto before = [](const typename E::Entry& x, const typename E::Entry& y) {
-    return E::key(x) == E::key(y) && E::index(x) < E::index(y);
-  };
   for (uint64_t pos = 1; pos < count; ++pos) {
-    if (!before(first[pos], first[pos - 1])) continue;
+    if (!E::less(first[pos], first[pos - 1])) continue;
     const typename E::Entry entry = first[pos];
     uint64_t at = pos;
     do {
       first[at] = first[at - 1];
       --at;
-    } while (at > 0 && before(entry, first[at - 1]));
+    } while (at > 0 && E::less(entry, first[at - 1]));
     first[at] = entry;
   }
 }
@@ -599,10 +612,7 @@ void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace<T>&
     auto* first = entries + (ws.base[b] - ws.base[b0]);
     const uint64_t count = ws.base[b + 1] - ws.base[b];
     sort_bucket_by_key<E>(first, count, scratch.data());
-    // p = 1: the selection's tie rule, so that its fallbacks give the same signs. p = 2 keeps
-    // the collection order: 63% of the float32 keys tie at n = 4096, and ordering them cost
-    // 10% of the forward, for residuals that differ by a quantile step.
-    if (a.p == 1) order_ties_by_index<E>(first, count);
+    order_ties_by_index<E>(first, count);
     ws.partial[b] = rank_sorted_run<true, T, E>(a, first, count, ws.base[b]);
   }
   }

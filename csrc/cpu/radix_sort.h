@@ -14,6 +14,7 @@ struct PackedEntries {
   static Entry make(uint64_t key, uint64_t index) { return (key << 32) | index; }
   static uint64_t key(Entry e) { return e >> 32; }
   static uint64_t index(Entry e) { return e & 0xffffffffu; }
+  static bool less(Entry x, Entry y) { return x < y; }  // by key, then by index
 };
 
 struct WideEntry {
@@ -26,6 +27,7 @@ struct WideEntries {
   static Entry make(uint64_t key, uint64_t index) { return {key, index}; }
   static uint64_t key(const Entry& e) { return e.key; }
   static uint64_t index(const Entry& e) { return e.index; }
+  static bool less(const Entry& x, const Entry& y) { return x < y; }  // by key, then by index
 };
 
 // Stable sort of a bucket by key alone: LSD radix, one byte per pass, over the bytes in which
