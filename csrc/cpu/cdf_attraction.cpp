@@ -141,8 +141,9 @@ Plan make_plan(int64_t n, uint64_t capacity, int threads) {
   plan.buckets = std::min(kMaxBuckets, std::max<uint64_t>({1, by_size, by_capacity}));
   plan.sample = std::min(plan.pairs, kSamplePerBucket * plan.buckets);
   const uint64_t blocks = (static_cast<uint64_t>(n) + kRowBlock - 1) / kRowBlock;
-  // A fixed number of groups (not one per thread): the order in which ties are collected
-  // must not depend on the thread count. 64 keeps up to ~16 threads balanced.
+  // A fixed number of groups (not one per thread): which rows a group collects, and so the
+  // order in which a bucket receives its keys, must not depend on the thread count (ties are
+  // then ordered by pair index). 64 keeps up to ~16 threads balanced.
   (void)threads;
   plan.groups = std::max<uint64_t>(1, std::min<uint64_t>(kRowGroups, blocks));
   return plan;
