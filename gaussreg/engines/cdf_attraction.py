@@ -13,8 +13,8 @@ derivative is refused (the ranks are piecewise constant, but the p = 2 residual 
 """
 from __future__ import annotations
 
+import functools
 import operator
-import os
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -38,6 +38,7 @@ def supported(device: torch.device) -> bool:
     return module is not None and hasattr(module, "cdf_pairs_forward")
 
 
+@functools.lru_cache(maxsize=256)
 def entry_bytes(device: torch.device, dtype: torch.dtype, n: int) -> int:
     """Bytes of one sort entry (the unit of ``capacity``) for n points: a key and its pair
     index, 8 bytes while float32 keys and indices pack, else 16."""
@@ -48,6 +49,16 @@ def workspace_bytes(device: torch.device, dtype: torch.dtype, n: int, d: int, ca
     """The engine's workspace for one forward, from the sizes alone: the transposed points,
     the sort of ``capacity`` entries and the histograms (the outputs are extra: see
     ``signs_bytes``)."""
+    # The CPU's per-thread tables grow with the OpenMP thread count: part of the cache key.
+    threads = _native.num_threads() if device.type == "cpu" else 0
+    return _cached_workspace_bytes(device, dtype, n, d, capacity, bins, threads)
+
+
+# Cached: asked twice per call (the memory check and the forward), it cost a tenth of the
+# engine's own work on a small batch.
+@functools.lru_cache(maxsize=256)
+def _cached_workspace_bytes(device: torch.device, dtype: torch.dtype, n: int, d: int, capacity: int, bins: int,
+                            threads: int) -> int:
     module = _native.module_for(device)
     # On CUDA the module asks CUB for sizes on the current device: launch makes it z's.
     return int(_native.launch(module.cdf_pairs_workspace_bytes, device, _native.dtype_code(dtype), n, d, capacity,
@@ -62,7 +73,7 @@ def _signs_shape(n: int, p: int) -> Tuple[int, ...]:
 def signs_bytes(n: int, p: int, dtype: torch.dtype) -> int:
     """What the forward keeps for the backward: sgn(e) as 2 bits a pair (p = 1), e itself (p = 2)."""
     shape = _signs_shape(n, p)
-    return (shape[0] * shape[1] * 8) if p == 1 else shape[0] * torch.empty((), dtype=dtype).element_size()
+    return (shape[0] * shape[1] * 8) if p == 1 else shape[0] * dtype.itemsize
 
 
 # The engine's counters, in the order it writes them (csrc/cpu/cdf_attraction.cpp SelectStat).
@@ -86,34 +97,50 @@ def cdf_pairs_op(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], a
 
 def _forward(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], anchors: Optional[Tensor], p: int,
              capacity: int, bins: int, want_sorted: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The op's body: checks its arguments, allocates the outputs and the workspace, calls the engine."""
+    """The op's body: checks its arguments, then ``_run_forward`` with every output."""
     _check_op_args(z, table, values, anchors, p, capacity, bins)
+    value, signs, sorted_values, stats = _run_forward(z, table, values, anchors, p, capacity, bins, want_sorted, True)
+    return value, signs, z.new_empty((0,)) if sorted_values is None else sorted_values, stats
+
+
+def _run_forward(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], anchors: Optional[Tensor], p: int,
+                 capacity: int, bins: int, want_sorted: bool,
+                 want_stats: bool) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Allocates the outputs and the workspace and calls the engine (arguments already checked):
+    (value, signs or residuals, the sorted values or None, the counters or None)."""
     device, dtype = z.device, z.dtype
     n, d = z.shape
     what = "cdf_attraction"
     module = _native.module_for(device)
-    code = _native.dtype_code(dtype)
     ws_bytes = workspace_bytes(device, dtype, n, d, capacity, bins)
-    stats = torch.full((len(STATS),), -1, dtype=torch.int64, device=device)
+    stats = torch.full((len(STATS),), -1, dtype=torch.int64, device=device) if want_stats else None
     value = torch.zeros((), dtype=torch.float64, device=device)
     signs = _native.empty(_signs_shape(n, p), torch.int64 if p == 1 else dtype, device, what)
-    sorted_values = _native.empty((pair_count(n) if want_sorted else 0,), dtype, device, what)
+    sorted_values = _native.empty((pair_count(n),), dtype, device, what) if want_sorted else None
     if table is not None:
         source, table_ptr, array, count = SOURCE_TABLE, table.data_ptr(), 0, 0
     elif anchors is not None:
         source, table_ptr, array, count = SOURCE_ANCHORS, 0, anchors.data_ptr(), anchors.shape[0] // 3
     else:
         source, table_ptr, array, count = SOURCE_EMPIRICAL, 0, values.data_ptr(), values.shape[0]
-    pos, neg, residual = (signs[0].data_ptr(), signs[1].data_ptr(), 0) if p == 1 else (0, 0, signs.data_ptr())
-    args = [code, n, d, z.data_ptr(), source, table_ptr, array, count,
-            p, value.data_ptr(), pos, neg, residual, sorted_values.data_ptr() if want_sorted else 0,
-            capacity, bins, stats.data_ptr()]
+    args = [_native.dtype_code(dtype), n, d, z.data_ptr(), source, table_ptr, array, count, p, value.data_ptr(),
+            *_sign_pointers(signs, p), 0 if sorted_values is None else sorted_values.data_ptr(), capacity, bins,
+            0 if stats is None else stats.data_ptr()]
     try:
         with _native.workspace(ws_bytes, device, what) as workspace:
             _native.launch(module.cdf_pairs_forward, device, *args, workspace.data_ptr(), ws_bytes)
     except OverflowError as exc:  # std::overflow_error: a bucket of tied distances overflows a pass
         raise MemoryError(f"gaussreg.{exc}") from exc
     return value, signs, sorted_values, stats
+
+
+def _sign_pointers(signs: Tensor, p: int) -> Tuple[int, int, int]:
+    """(pos, neg, residual) of the engines' calls: the two bit sets, rows of ``signs`` (p = 1),
+    or the residuals (p = 2); 0 for those absent."""
+    if p != 1:
+        return 0, 0, signs.data_ptr()
+    pos = signs.data_ptr()
+    return pos, pos + signs.stride(0) * signs.element_size(), 0
 
 
 def _check_op_args(z: Tensor, table: Optional[Tensor], values: Optional[Tensor], anchors: Optional[Tensor], p: int,
@@ -150,27 +177,27 @@ def _(z, table, values, anchors, p, capacity, bins, want_sorted):
 
 
 @torch.library.custom_op("gaussreg::cdf_pairs_backward", mutates_args=())
-def cdf_pairs_backward_op(z: Tensor, signs: Tensor, p: int, grad_value: Tensor) -> Tensor:
-    """grad_value * d(sum_k |e_k|^p)/dz: sum_j s_ij (z_i - z_j) with s = sgn(e) or 2e (formulas §1)."""
-    return _backward_pass(z, signs, p, grad_value)
+def cdf_pairs_backward_op(z: Tensor, signs: Tensor, p: int, grad_value: Optional[Tensor], scale: float) -> Tensor:
+    """grad_value * scale * d(sum_k |e_k|^p)/dz: scale * sum_j s_ij (z_i - z_j) with s = sgn(e)
+    or 2e (formulas §1), times ``grad_value`` (a 0-dim tensor; None: not multiplied)."""
+    return _backward_pass(z, signs, p, grad_value, scale)
 
 
-def _backward_pass(z: Tensor, signs: Tensor, p: int, grad_value: Tensor) -> Tensor:
+def _backward_pass(z: Tensor, signs: Tensor, p: int, grad_value: Optional[Tensor], scale: float) -> Tensor:
     """The backward op's body: one fused pass of the engine over the signs or residuals."""
     n, d = z.shape
     grad = _native.empty((n, d), z.dtype, z.device, "cdf_attraction")
-    pos, neg, residual = (signs[0].data_ptr(), signs[1].data_ptr(), 0) if p == 1 else (0, 0, signs.data_ptr())
     module = _native.module_for(z.device)
-    # The kernel scales by the constant 1 or 2; the incoming gradient multiplies on the device
-    # (no host read, so no stream sync; the same bits as scaling inside: both round one product).
-    args = [_native.dtype_code(z.dtype), n, d, z.data_ptr(), p, pos, neg, residual, 1.0 if p == 1 else 2.0,
-            grad.data_ptr()]
+    # The kernel scales by a host number (weights and counts); the incoming gradient multiplies
+    # on the device (no host read, so no stream sync).
+    args = [_native.dtype_code(z.dtype), n, d, z.data_ptr(), p, *_sign_pointers(signs, p),
+            scale * (1.0 if p == 1 else 2.0), grad.data_ptr()]
     _native.launch(module.cdf_pairs_backward, z.device, *args)
-    return grad.mul_(grad_value.to(grad.dtype))
+    return grad if grad_value is None else grad.mul_(grad_value.to(grad.dtype))
 
 
 @cdf_pairs_backward_op.register_fake
-def _(z, signs, p, grad_value):
+def _(z, signs, p, grad_value, scale):
     return torch.empty_like(z)
 
 
@@ -189,7 +216,7 @@ def _backward(ctx, g_value, _g_signs, _g_sorted, _g_stats):
     z, signs = ctx.saved_tensors
     if g_value is None:
         return None, None, None, None, None, None, None, None
-    grad = cdf_pairs_backward_op(z, signs, ctx.p, g_value)
+    grad = cdf_pairs_backward_op(z, signs, ctx.p, g_value, 1.0)
     grad = first_order_only(grad, "cdf_attraction", z)
     return grad, None, None, None, None, None, None, None
 
@@ -222,17 +249,22 @@ def rank_distances(z: Tensor, p: int, capacity: int, *, table: Optional[Tensor] 
     For an ``autograd.Function`` that owns the gradient (``distances_gradient`` gives it):
     eagerly the engine is called directly, since the custom op's dispatch costs about as
     much as the engine's work on a small batch; while torch.compile traces, through the op.
+    ``z`` and the quantile source must meet the op's contract (``_check_op_args``): the
+    eager call does not check it again.
     """
-    run = cdf_pairs_op if torch.compiler.is_compiling() else _forward
-    value, signs, _, _ = run(z, table, values, anchors, p, capacity, 0, False)
+    if torch.compiler.is_compiling():
+        value, signs, _, _ = cdf_pairs_op(z, table, values, anchors, p, capacity, 0, False)
+    else:
+        value, signs, _, _ = _run_forward(z, table, values, anchors, p, capacity, 0, False, False)
     return value, signs
 
 
-def distances_gradient(z: Tensor, signs: Tensor, p: int, grad_value: Tensor) -> Tensor:
-    """grad_value * d(sum_k |d_(k) - c'_k|^p)/dz from ``rank_distances``' signs or residuals
-    (directly eagerly, through the backward op while torch.compile traces)."""
+def distances_gradient(z: Tensor, signs: Tensor, p: int, grad_value: Optional[Tensor], scale: float = 1.0) -> Tensor:
+    """grad_value * scale * d(sum_k |d_(k) - c'_k|^p)/dz from ``rank_distances``' signs or
+    residuals; ``grad_value`` None leaves the product by it to the caller (directly eagerly,
+    through the backward op while torch.compile traces)."""
     run = cdf_pairs_backward_op if torch.compiler.is_compiling() else _backward_pass
-    return run(z, signs, p, grad_value)
+    return run(z, signs, p, grad_value, scale)
 
 
 def sorted_half_sq_distances(z: Tensor, capacity: Optional[int] = None) -> Tensor:
@@ -254,10 +286,8 @@ def default_sort_bytes(device: torch.device) -> int:
     """The sort memory a call may hold by default: a quarter of RAM, half a GPU's free memory."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] // 2
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
+    ram = _native.ram_bytes()
+    return 4 << 30 if ram is None else ram // 4
 
 
 class Plan(NamedTuple):
@@ -331,7 +361,7 @@ def check_memory(z: Tensor, dtype: torch.dtype, p: int, plan: Plan) -> None:
     n, d = z.shape
     device = z.device
     pairs = pair_count(n)
-    elem = torch.empty((), dtype=dtype).element_size()
+    elem = dtype.itemsize
     from_table, capacity, policy = plan
     copy = n * d * elem if (z.dtype != dtype or not z.is_contiguous()) else 0
     table = pairs * elem if from_table else 0
