@@ -7,8 +7,10 @@ compiled forward computes the gradient in the same pass when an input requires i
 (each pair's distance and kernel are evaluated once), so backward is a scaling.
 
 It is a ``torch.library.custom_op`` with a fake implementation, so torch.compile can
-trace it, and an autograd formula registered on it. Second derivatives are refused
-with an error rather than returned wrong (first derivatives under create_graph=True work).
+trace it, and an autograd formula registered on it; eagerly the same body and formula run
+in an ``autograd.Function`` (``_PairSumFn``), without the op's dispatch. Second
+derivatives are refused with an error rather than returned wrong (first derivatives under
+create_graph=True work).
 
 Under a process group, ``pair_sum(..., process_group=)`` takes the gathered points and
 each rank sums only its share of the pairs (``pair_shares``); the shares' sums are
@@ -17,6 +19,7 @@ reach every point through the gather's backward (an all-reduce of the gathered g
 """
 from __future__ import annotations
 
+import functools
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -47,15 +50,28 @@ def plan(stem: str, device: torch.device, dtype: torch.dtype, n: int, m: int, d:
     """The plan of ``stem``'s pair sum of x (n points) against y (m points; m = 0 for x with
     itself) in D = d, with ``grad_copies`` sets of gradient buffers for the n + m points (a
     loss of several pair sums keeps each one's). The op sizes its workspace with it too."""
-    module = _native.module_for(device)
     threads = _native.num_threads() if device.type == "cpu" else 1
-    workspace = int(getattr(module, f"{stem}_workspace_bytes")(_native.dtype_code(dtype), n, m, d, threads))
-    return Plan(workspace, grad_copies * (n + m) * d * torch.empty((), dtype=dtype).element_size())
+    return Plan(_workspace_bytes(stem, device, dtype, n, m, d, threads), grad_copies * (n + m) * d * dtype.itemsize)
+
+
+# Cached: a function of the sizes alone, asked for by the memory check and by every pair sum.
+@functools.lru_cache(maxsize=256)
+def _workspace_bytes(stem: str, device: torch.device, dtype: torch.dtype, n: int, m: int, d: int, threads: int) -> int:
+    module = _native.module_for(device)
+    return int(getattr(module, f"{stem}_workspace_bytes")(_native.dtype_code(dtype), n, m, d, threads))
 
 
 @torch.library.custom_op("gaussreg::pair_sum", mutates_args=())
 def pair_sum_op(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Optional[Tensor], stem: str, kind: int,
                 params: List[float], grad_x: bool, grad_y: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(the float64 pair sum, G for x or an empty tensor, H for y or an empty tensor): the
+    raw gradients the backward scales (see ``_wanted``)."""
+    return _forward(x, y, px, py, stem, kind, params, grad_x, grad_y)
+
+
+def _forward(x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Optional[Tensor], stem: str, kind: int,
+             params: List[float], grad_x: bool, grad_y: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """The op's body: checks its arguments, allocates the outputs and the workspace, calls the engine."""
     module = _native.module_for(x.device)
     _check_op_args(module, x, y, px, py)
     device, dtype = x.device, x.dtype
@@ -120,6 +136,12 @@ def _(x, y, px, py, stem, kind, params, grad_x, grad_y):
 def _setup_context(ctx, inputs, output):
     x, y, px, py, stem, kind, params, want_grad_x, want_grad_y = inputs
     _, grad_x, grad_y = output
+    _keep_for_backward(ctx, x, y, stem, want_grad_x, want_grad_y, grad_x, grad_y)
+
+
+def _keep_for_backward(ctx, x: Tensor, y: Optional[Tensor], stem: str, want_grad_x: bool, want_grad_y: bool,
+                       grad_x: Tensor, grad_y: Tensor) -> None:
+    """What the backward of the op and of ``_PairSumFn`` needs: the raw gradients and which were computed."""
     ctx.stem = stem
     ctx.want = (want_grad_x or want_grad_y, y is not None and want_grad_y)
     ctx.has_y = y is not None
@@ -130,7 +152,7 @@ def _setup_context(ctx, inputs, output):
     ctx.inputs_for_graph = tuple(t for t in (x, y) if t is not None and t.requires_grad)
 
 
-def _backward(ctx, g_value, _g_grad_x, _g_grad_y):
+def _backward(ctx, g_value, _g_grad_x=None, _g_grad_y=None):
     if g_value is None:
         return None, None, None, None, None, None, None, None, None
     grad_x, grad_y = ctx.saved_tensors
@@ -150,6 +172,24 @@ def _backward(ctx, g_value, _g_grad_x, _g_grad_y):
 
 
 torch.library.register_autograd("gaussreg::pair_sum", _backward, setup_context=_setup_context)
+
+
+class _PairSumFn(torch.autograd.Function):
+    """The op's forward and backward, called eagerly without the custom op's dispatch: at
+    n = 128, D = 64 (2 CPU threads) the dispatch and its registered autograd cost more
+    than the kernel's work (a pair sum with its gradient: 360 us through the op, 150 us
+    its body). torch.compile traces the op instead (``_pair_sum_here``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Optional[Tensor], stem: str,
+                kind: int, params: List[float], grad_x: bool, grad_y: bool) -> Tensor:
+        value, raw_x, raw_y = _forward(x, y, px, py, stem, kind, params, grad_x, grad_y)
+        _keep_for_backward(ctx, x, y, stem, grad_x, grad_y, raw_x, raw_y)
+        return value
+
+    @staticmethod
+    def backward(ctx, g_value):
+        return _backward(ctx, g_value)
 
 
 def pair_sum(stem: str, kind: int, params: Sequence[float], x: Tensor, y: Optional[Tensor] = None,
@@ -191,8 +231,11 @@ def _pair_sum_here(stem: str, kind: int, params: Sequence[float], x: Tensor, y: 
     grad_y = grad_on and y is not None and y.requires_grad
     if grad_y and not grad_x:  # the engines compute the y side only along the x side: swap roles
         x, y, px, py, grad_x, grad_y = y, x, py, px, True, False
-    value, _, _ = pair_sum_op(x, y, px, py, stem, kind, [float(p) for p in params], grad_x, grad_y)
-    return value
+    params = [float(p) for p in params]
+    if torch.compiler.is_compiling():
+        value, _, _ = pair_sum_op(x, y, px, py, stem, kind, params, grad_x, grad_y)
+        return value
+    return _PairSumFn.apply(x, y, px, py, stem, kind, params, grad_x, grad_y)
 
 
 class Piece(NamedTuple):
