@@ -1,6 +1,8 @@
 """Autograd pieces shared by the custom ops' backward registrations."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -30,3 +32,30 @@ def first_order_only(grad: torch.Tensor, what: str, *inputs: torch.Tensor) -> to
     if not torch.is_grad_enabled():
         return grad
     return FirstOrderOnly.apply(grad, what, *inputs)
+
+
+def eager_function(body: Callable, setup_context: Callable, backward: Callable, outputs: int) -> type:
+    """An ``autograd.Function`` that runs a custom op eagerly without the op's dispatch.
+
+    For an op whose first output is its differentiable value and whose other ``outputs - 1``
+    outputs only feed its backward: ``apply(*inputs)`` returns the value of ``body(*inputs)``
+    (the op's function) and differentiates it with the op's registered ``setup_context``
+    and ``backward``. The op's dispatch and registered autograd cost more than the kernel
+    on a small batch (a pair sum with its gradient at n = 128, D = 64 on 2 CPU threads:
+    360 us through the op, 150 us its body). torch.compile traces the op itself.
+    """
+    ignored = (None,) * (outputs - 1)
+
+    class EagerOp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            result = body(*inputs)
+            setup_context(ctx, inputs, result)
+            return result[0]
+
+        @staticmethod
+        def backward(ctx, grad):
+            return backward(ctx, grad, *ignored)
+
+    EagerOp.__name__ = EagerOp.__qualname__ = f"Eager_{body.__name__.lstrip('_')}"
+    return EagerOp

@@ -8,7 +8,7 @@ compiled forward computes the gradient in the same pass when an input requires i
 
 It is a ``torch.library.custom_op`` with a fake implementation, so torch.compile can
 trace it, and an autograd formula registered on it; eagerly the same body and formula run
-in an ``autograd.Function`` (``_PairSumFn``), without the op's dispatch. Second
+in an ``autograd.Function`` (``_PairSumFn``, see ``_autograd.eager_function``). Second
 derivatives are refused with an error rather than returned wrong (first derivatives under
 create_graph=True work).
 
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import _native, distributed
-from ._autograd import first_order_only
+from ._autograd import eager_function, first_order_only
 
 # Kernel kinds of each stem, as the enums in csrc/common/<stem>.h number them.
 GAUSS_EXP_SUM, GAUSS_PER_POINT = 0, 1
@@ -136,12 +136,6 @@ def _(x, y, px, py, stem, kind, params, grad_x, grad_y):
 def _setup_context(ctx, inputs, output):
     x, y, px, py, stem, kind, params, want_grad_x, want_grad_y = inputs
     _, grad_x, grad_y = output
-    _keep_for_backward(ctx, x, y, stem, want_grad_x, want_grad_y, grad_x, grad_y)
-
-
-def _keep_for_backward(ctx, x: Tensor, y: Optional[Tensor], stem: str, want_grad_x: bool, want_grad_y: bool,
-                       grad_x: Tensor, grad_y: Tensor) -> None:
-    """What the backward of the op and of ``_PairSumFn`` needs: the raw gradients and which were computed."""
     ctx.stem = stem
     ctx.want = (want_grad_x or want_grad_y, y is not None and want_grad_y)
     ctx.has_y = y is not None
@@ -152,7 +146,7 @@ def _keep_for_backward(ctx, x: Tensor, y: Optional[Tensor], stem: str, want_grad
     ctx.inputs_for_graph = tuple(t for t in (x, y) if t is not None and t.requires_grad)
 
 
-def _backward(ctx, g_value, _g_grad_x=None, _g_grad_y=None):
+def _backward(ctx, g_value, _g_grad_x, _g_grad_y):
     if g_value is None:
         return None, None, None, None, None, None, None, None, None
     grad_x, grad_y = ctx.saved_tensors
@@ -174,22 +168,7 @@ def _backward(ctx, g_value, _g_grad_x=None, _g_grad_y=None):
 torch.library.register_autograd("gaussreg::pair_sum", _backward, setup_context=_setup_context)
 
 
-class _PairSumFn(torch.autograd.Function):
-    """The op's forward and backward, called eagerly without the custom op's dispatch: at
-    n = 128, D = 64 (2 CPU threads) the dispatch and its registered autograd cost more
-    than the kernel's work (a pair sum with its gradient: 360 us through the op, 150 us
-    its body). torch.compile traces the op instead (``_pair_sum_here``)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, y: Optional[Tensor], px: Optional[Tensor], py: Optional[Tensor], stem: str,
-                kind: int, params: List[float], grad_x: bool, grad_y: bool) -> Tensor:
-        value, raw_x, raw_y = _forward(x, y, px, py, stem, kind, params, grad_x, grad_y)
-        _keep_for_backward(ctx, x, y, stem, grad_x, grad_y, raw_x, raw_y)
-        return value
-
-    @staticmethod
-    def backward(ctx, g_value):
-        return _backward(ctx, g_value)
+_PairSumFn = eager_function(_forward, _setup_context, _backward, outputs=3)
 
 
 def pair_sum(stem: str, kind: int, params: Sequence[float], x: Tensor, y: Optional[Tensor] = None,

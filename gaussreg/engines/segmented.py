@@ -13,7 +13,9 @@ one direction's projections (computed as theta @ z^T). Two ops:
   counted together: the empirical CDF of formulas §7 at the sample itself.
 
 Both are ``torch.library.custom_op``s with fake implementations, so torch.compile traces
-them; the engines are ``csrc/cpu/segmented.cpp`` and ``csrc/cuda/segmented.cu``.
+them; eagerly ``sorted_gaps`` runs the op's body and autograd formula in an
+``autograd.Function`` (``_autograd.eager_function``). The engines are
+``csrc/cpu/segmented.cpp`` and ``csrc/cuda/segmented.cu``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import _native
-from ._autograd import first_order_only
+from ._autograd import eager_function, first_order_only
 
 TARGETS_SHARED, TARGETS_PER_SEGMENT = 0, 1  # csrc/common/segmented.h SegmentTargets
 
@@ -82,6 +84,12 @@ def _workspace_bytes(values: Tensor) -> int:
 def sorted_gaps_op(values: Tensor, targets: Tensor, torus: bool, p: int,
                    want_sorted_slope: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """(sum |e|^p in float64, slope by position (S, n), slope by rank (S, n) or empty)."""
+    return _sorted_gaps(values, targets, torus, p, want_sorted_slope)
+
+
+def _sorted_gaps(values: Tensor, targets: Tensor, torus: bool, p: int,
+                 want_sorted_slope: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """The op's body: checks its arguments, allocates the outputs and the workspace, calls the engine."""
     _check_values("sorted_gaps", values)
     kind = _check_targets(values, targets, p)
     segments, n = values.shape
@@ -139,6 +147,7 @@ def _backward(ctx, g_value, _g_slope, _g_sorted_slope):
 
 
 torch.library.register_autograd("gaussreg::sorted_gaps", _backward, setup_context=_setup_context)
+_SortedGapsFn = eager_function(_sorted_gaps, _setup_context, _backward, outputs=3)
 
 
 @torch.library.custom_op("gaussreg::segment_counts", mutates_args=())
@@ -165,5 +174,7 @@ def sorted_gaps(values: Tensor, targets: Tensor, *, torus: bool = False, p: int 
     """sum over segments and ranks of |v_(r) - t_r|^p in float64, differentiable in values
     and (per-segment targets) in targets."""
     want_sorted_slope = targets.dim() == 2 and targets.requires_grad and torch.is_grad_enabled()
-    value, _, _ = sorted_gaps_op(values, targets, torus, p, want_sorted_slope)
-    return value
+    if torch.compiler.is_compiling():
+        value, _, _ = sorted_gaps_op(values, targets, torus, p, want_sorted_slope)
+        return value
+    return _SortedGapsFn.apply(values, targets, torus, p, want_sorted_slope)
