@@ -152,6 +152,30 @@ def test_opcheck_sorted_gaps_and_counts():
     torch.library.opcheck(torch.ops.gaussreg.segment_counts.default, (values,))
 
 
+@pytest.mark.parametrize("p", (1, 2))
+@pytest.mark.parametrize("per_segment", (False, True))
+def test_eager_sorted_gaps_match_the_op(per_segment, p):
+    """Eagerly sorted_gaps runs the op's body and registered autograd in an autograd.Function
+    (no dispatch); torch.compile traces the op. Both give the same bits, targets' gradient included."""
+    values0 = random_points(3, 40, seed=1)
+    targets0 = (torch.sort(random_points(3, 40, seed=2), dim=1).values if per_segment
+                else rank_targets(40, "normal", None, values0.device, values0.dtype))
+
+    def run(call):
+        values = values0.clone().requires_grad_(True)
+        targets = targets0.clone().requires_grad_(per_segment)
+        value = call(values, targets, per_segment, p, per_segment)
+        value.backward(torch.tensor(0.75, dtype=value.dtype))
+        return value.detach(), values.grad, targets.grad
+
+    eager = run(segmented._SortedGapsFn.apply)
+    through_op = run(lambda *a: segmented.sorted_gaps_op(*a)[0])
+    for got, expected in zip(eager, through_op):
+        assert (got is None) == (expected is None)
+        if got is not None:
+            assert torch.equal(got, expected)
+
+
 # ---------------------------------------------------------------- (8) torch.compile
 
 
