@@ -232,7 +232,7 @@ def empty(shape, dtype: torch.dtype, device: torch.device, what: str) -> torch.T
         numel = 1
         for s in (shape if isinstance(shape, (tuple, list)) else (shape,)):
             numel *= int(s)
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * dtype.itemsize
         raise MemoryError(f"gaussreg.{what}: could not allocate {nbytes} bytes on {device}: {exc}") from exc
 
 

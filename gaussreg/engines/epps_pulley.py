@@ -26,7 +26,7 @@ class Plan(NamedTuple):
 def plan(dtype: torch.dtype, slices: int, n: int, d: int, num_points: int) -> Plan:
     """The plan of S = ``slices`` directions' moments of n points in D = d at K = ``num_points`` knots."""
     moments = 2 * 2 * slices * num_points * 8  # cos and sin sums, float64, and their gradients
-    projections = (2 * slices * n + n * d) * torch.empty((), dtype=dtype).element_size()
+    projections = (2 * slices * n + n * d) * dtype.itemsize
     return Plan(moments, moments + projections)
 
 

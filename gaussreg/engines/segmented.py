@@ -47,7 +47,7 @@ def plan(device: torch.device, dtype: torch.dtype, segments: int, n: int, sorted
     ``sorted_slope``: the slope by rank is kept too. The ops size their workspace with it."""
     module = _native.module_for(device)
     workspace = int(_native.launch(module.segmented_workspace_bytes, device, _native.dtype_code(dtype), segments, n))
-    values = segments * n * torch.empty((), dtype=dtype).element_size()
+    values = segments * n * dtype.itemsize
     return Plan(workspace, workspace + values * (3 if sorted_slope else 2))
 
 

@@ -67,7 +67,7 @@ def _prepare_points(what, stem, backend, min_dim, min_rows, optional, draws_part
     if native and not _checks.compiling():  # sizes are static under compile; the op still reports OOM
         # From the sizes, before any copy: the inputs converted to the compute dtype, then the
         # largest pair sum's workspace and every pair sum's gradient buffers (kept for backward).
-        elem = torch.empty((), dtype=dtype).element_size()
+        elem = dtype.itemsize
         sizes = [tuple(v.shape) for v in present.values()]
         copies = sum(r * c * elem for (r, c), v in zip(sizes, present.values()) if v.dtype != dtype)
         n, d = sizes[0]

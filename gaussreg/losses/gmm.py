@@ -193,7 +193,7 @@ def gmm_ks_loss(z: Tensor, prior: GaussianMixture, *, backend: str = "auto", pro
 def _ks_bytes(device: torch.device, dtype: torch.dtype, sizes) -> int:
     """The column sort, its int64 counts and the empirical and mixture CDFs (n x D each)."""
     n, d = sizes[0]
-    return segmented.plan(device, dtype, d, n).need_bytes + n * d * (8 + 2 * torch.empty((), dtype=dtype).element_size())
+    return segmented.plan(device, dtype, d, n).need_bytes + n * d * (8 + 2 * dtype.itemsize)
 
 
 class _MixtureCdf(torch.autograd.Function):
@@ -262,7 +262,7 @@ def gmm_cov_loss(z: Tensor, prior: GaussianMixture, *, process_group=None) -> Te
 
 def _cov_bytes(dtype: torch.dtype, n: int, d: int, converts: bool) -> int:
     """The centered copy of z and its gradient (n D each), z converted when it is, the (D, D) matrices."""
-    elem = torch.empty((), dtype=dtype).element_size()
+    elem = dtype.itemsize
     return ((3 if converts else 2) * n * d + 4 * d * d) * elem
 
 

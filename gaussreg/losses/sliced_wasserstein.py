@@ -64,7 +64,7 @@ def sliced_wasserstein(z: Tensor, *, num_projections: int = 50, p: int = 2, prio
     count = direction_count(num_projections, directions)
 
     def need_bytes(dev, dtype, sizes):
-        n, elem = sizes[0][0], torch.empty((), dtype=dtype).element_size()
+        n, elem = sizes[0][0], dtype.itemsize
         # The prior's projections: their sort (values and int64 indices) and sorted slope;
         # the backward's gradients of the point tensors (n x D each).
         prior_bytes = count * n * (2 * elem + 8) if len(sizes) > 1 else 0
