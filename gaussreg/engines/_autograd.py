@@ -34,28 +34,30 @@ def first_order_only(grad: torch.Tensor, what: str, *inputs: torch.Tensor) -> to
     return FirstOrderOnly.apply(grad, what, *inputs)
 
 
-def eager_function(body: Callable, setup_context: Callable, backward: Callable, outputs: int) -> type:
+def eager_function(body: Callable, setup_context: Callable, backward: Callable, outputs: int,
+                   differentiable: int = 1) -> type:
     """An ``autograd.Function`` that runs a custom op eagerly without the op's dispatch.
 
-    For an op whose first output is its differentiable value and whose other ``outputs - 1``
-    outputs only feed its backward: ``apply(*inputs)`` returns the value of ``body(*inputs)``
-    (the op's function) and differentiates it with the op's registered ``setup_context``
-    and ``backward``. The op's dispatch and registered autograd cost more than the kernel
-    on a small batch (a pair sum with its gradient at n = 128, D = 64 on 2 CPU threads:
-    360 us through the op, 150 us its body). torch.compile traces the op itself.
+    For an op whose first ``differentiable`` outputs are differentiable and whose other
+    ``outputs - differentiable`` outputs only feed its backward: ``apply(*inputs)`` returns
+    the differentiable outputs of ``body(*inputs)`` (the op's function; one tensor when
+    ``differentiable`` is 1) and differentiates them with the op's registered
+    ``setup_context`` and ``backward``. The op's dispatch and registered autograd cost more
+    than the kernel on a small batch (a pair sum with its gradient at n = 128, D = 64 on 2
+    CPU threads: 360 us through the op, 150 us its body). torch.compile traces the op itself.
     """
-    ignored = (None,) * (outputs - 1)
+    ignored = (None,) * (outputs - differentiable)
 
     class EagerOp(torch.autograd.Function):
         @staticmethod
         def forward(ctx, *inputs):
             result = body(*inputs)
             setup_context(ctx, inputs, result)
-            return result[0]
+            return result[0] if differentiable == 1 else tuple(result[:differentiable])
 
         @staticmethod
-        def backward(ctx, grad):
-            return backward(ctx, grad, *ignored)
+        def backward(ctx, *grads):
+            return backward(ctx, *grads, *ignored)
 
     EagerOp.__name__ = EagerOp.__qualname__ = f"Eager_{body.__name__.lstrip('_')}"
     return EagerOp

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import _native
-from ._autograd import first_order_only
+from ._autograd import eager_function, first_order_only
 
 MAX_POINTS = 64  # csrc/common/epps_pulley.h kEppsPulleyMaxKnots
 
@@ -44,6 +44,11 @@ def _check_moments_args(u: Tensor, num_points: int) -> None:
 @torch.library.custom_op("gaussreg::epps_pulley_moments", mutates_args=())
 def moments_op(u: Tensor, num_points: int, delta: float) -> Tuple[Tensor, Tensor]:
     """(sum_i cos(k delta u_li), sum_i sin(k delta u_li)), each (S, K) float64."""
+    return _moments(u, num_points, delta)
+
+
+def _moments(u: Tensor, num_points: int, delta: float) -> Tuple[Tensor, Tensor]:
+    """The op's body: checks its arguments, allocates the sums, calls the engine."""
     _check_moments_args(u, num_points)
     slices, n = u.shape
     cos_sums = _native.empty((slices, num_points), torch.float64, u.device, "epps_pulley")
@@ -63,6 +68,11 @@ def _(u, num_points, delta):
 @torch.library.custom_op("gaussreg::epps_pulley_moments_backward", mutates_args=())
 def moments_backward_op(u: Tensor, grad_cos: Tensor, grad_sin: Tensor, num_points: int, delta: float) -> Tensor:
     """dL/du from dL/d(cos sums) and dL/d(sin sums)."""
+    return _moments_backward(u, grad_cos, grad_sin, num_points, delta)
+
+
+def _moments_backward(u: Tensor, grad_cos: Tensor, grad_sin: Tensor, num_points: int, delta: float) -> Tensor:
+    """The backward op's body."""
     _check_moments_args(u, num_points)
     slices, n = u.shape
     grad_u = _native.empty((slices, n), u.dtype, u.device, "epps_pulley")
@@ -85,19 +95,29 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(u)
 
 
-def _backward(ctx, grad_cos, grad_sin):
+def _backward(ctx, grad_cos, grad_sin, backward_op=moments_backward_op):
+    """The moments' registered autograd formula; ``backward_op`` computes dL/du (the op, which
+    AOT autograd traces, or eagerly its body)."""
     (u,) = ctx.saved_tensors
     zeros = None
     if grad_cos is None or grad_sin is None:
         zeros = torch.zeros((u.shape[0], ctx.num_points), dtype=torch.float64, device=u.device)
-    grad = moments_backward_op(u, zeros if grad_cos is None else grad_cos, zeros if grad_sin is None else grad_sin,
-                               ctx.num_points, ctx.delta)
+    grad = backward_op(u, zeros if grad_cos is None else grad_cos, zeros if grad_sin is None else grad_sin,
+                       ctx.num_points, ctx.delta)
     return first_order_only(grad, "epps_pulley", u), None, None
 
 
+def _eager_backward(ctx, grad_cos, grad_sin):
+    return _backward(ctx, grad_cos, grad_sin, _moments_backward)
+
+
 torch.library.register_autograd("gaussreg::epps_pulley_moments", _backward, setup_context=_setup_context)
+_MomentsFn = eager_function(_moments, _setup_context, _eager_backward, outputs=2, differentiable=2)
 
 
 def moments(u: Tensor, num_points: int, delta: float) -> Tuple[Tensor, Tensor]:
-    """The (S, K) float64 sums of cos(t_k u) and sin(t_k u) over each slice's n projections."""
-    return moments_op(u, num_points, delta)
+    """The (S, K) float64 sums of cos(t_k u) and sin(t_k u) over each slice's n projections
+    (eagerly without the op's dispatch, see ``_autograd.eager_function``)."""
+    if torch.compiler.is_compiling():
+        return moments_op(u, num_points, delta)
+    return _MomentsFn.apply(u, num_points, delta)
