@@ -1,4 +1,4 @@
-"""Autograd pieces shared by the custom ops' backward registrations."""
+"""Autograd pieces shared by the custom ops: their backward registrations and the eager Functions."""
 from __future__ import annotations
 
 from typing import Callable
