@@ -34,30 +34,38 @@ def first_order_only(grad: torch.Tensor, what: str, *inputs: torch.Tensor) -> to
     return FirstOrderOnly.apply(grad, what, *inputs)
 
 
-def eager_function(body: Callable, setup_context: Callable, backward: Callable, outputs: int,
+def eager_function(op, body: Callable, setup_context: Callable, backward: Callable, outputs: int,
                    differentiable: int = 1) -> type:
-    """An ``autograd.Function`` that runs a custom op eagerly without the op's dispatch.
+    """An ``autograd.Function`` that runs the custom op ``op`` eagerly without the op's dispatch.
 
     For an op whose first ``differentiable`` outputs are differentiable and whose other
     ``outputs - differentiable`` outputs only feed its backward: ``apply(*inputs)`` returns
     the differentiable outputs of ``body(*inputs)`` (the op's function; one tensor when
     ``differentiable`` is 1) and differentiates them with the op's registered
-    ``setup_context`` and ``backward``. The op's dispatch and registered autograd cost more
-    than the kernel on a small batch (a pair sum with its gradient at n = 128, D = 64 on 2
-    CPU threads: 360 us through the op, 150 us its body). torch.compile traces the op itself.
+    ``setup_context`` and ``backward``. ``call(*inputs)`` is what callers use: ``apply``
+    eagerly, the op itself (the same outputs) while torch.compile traces. The op's dispatch
+    and registered autograd cost more than the kernel on a small batch (a pair sum with its
+    gradient at n = 128, D = 64 on 2 CPU threads: 360 us through the op, 150 us its body).
     """
     ignored = (None,) * (outputs - differentiable)
+
+    def kept(result):
+        return result[0] if differentiable == 1 else tuple(result[:differentiable])
 
     class EagerOp(torch.autograd.Function):
         @staticmethod
         def forward(ctx, *inputs):
             result = body(*inputs)
             setup_context(ctx, inputs, result)
-            return result[0] if differentiable == 1 else tuple(result[:differentiable])
+            return kept(result)
 
         @staticmethod
         def backward(ctx, *grads):
             return backward(ctx, *grads, *ignored)
+
+        @staticmethod
+        def call(*inputs):
+            return kept(op(*inputs)) if torch.compiler.is_compiling() else EagerOp.apply(*inputs)
 
     EagerOp.__name__ = EagerOp.__qualname__ = f"Eager_{body.__name__.lstrip('_')}"
     return EagerOp

@@ -548,11 +548,12 @@ class _ShardedCdfPairs(torch.autograd.Function):
         distributed.checked_together(process_group, lambda: _native.check_fits(need, z.device, what))
         signs = torch.zeros(_signs_shape(n, 1), dtype=torch.int64)
         mine = _native.empty((mine_count, 2), torch.int64, z.device, what)
-        module.cdf_share_collect(code, call, signs[0].data_ptr(), signs[1].data_ptr(), mine.data_ptr())
+        pos, neg, _ = _sign_pointers(signs, 1)
+        module.cdf_share_collect(code, call, pos, neg, mine.data_ptr())
         every = _gather_entries(mine, all_count, group)
         placed = _native.empty((all_count, 2), torch.int64, z.device, what)
         value = torch.zeros((), dtype=torch.float64)
-        module.cdf_share_rank(code, call, signs[0].data_ptr(), signs[1].data_ptr(), every.data_ptr(), all_count,
+        module.cdf_share_rank(code, call, pos, neg, every.data_ptr(), all_count,
                               placed.data_ptr(), value.data_ptr())
         ctx.save_for_backward(z, signs)
         ctx.rank, ctx.world = rank, world
@@ -567,8 +568,8 @@ class _ShardedCdfPairs(torch.autograd.Function):
         n, d = z.shape
         grad = _native.empty((n, d), z.dtype, z.device, "cdf_attraction")
         module = _native.module_for(z.device)
-        module.cdf_pairs_backward(_native.dtype_code(z.dtype), n, d, z.data_ptr(), 1, signs[0].data_ptr(),
-                                  signs[1].data_ptr(), 0, float(g_value) * ctx.world, grad.data_ptr(),
+        module.cdf_pairs_backward(_native.dtype_code(z.dtype), n, d, z.data_ptr(), 1, *_sign_pointers(signs, 1),
+                                  float(g_value) * ctx.world, grad.data_ptr(),
                                   _native.num_threads(), ctx.rank, ctx.world)
         return first_order_only(grad, "cdf_attraction", z), None, None, None, None, None, None
 

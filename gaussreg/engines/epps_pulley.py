@@ -112,12 +112,10 @@ def _eager_backward(ctx, grad_cos, grad_sin):
 
 
 torch.library.register_autograd("gaussreg::epps_pulley_moments", _backward, setup_context=_setup_context)
-_MomentsFn = eager_function(_moments, _setup_context, _eager_backward, outputs=2, differentiable=2)
+_MomentsFn = eager_function(moments_op, _moments, _setup_context, _eager_backward, outputs=2, differentiable=2)
 
 
 def moments(u: Tensor, num_points: int, delta: float) -> Tuple[Tensor, Tensor]:
     """The (S, K) float64 sums of cos(t_k u) and sin(t_k u) over each slice's n projections
     (eagerly without the op's dispatch, see ``_autograd.eager_function``)."""
-    if torch.compiler.is_compiling():
-        return moments_op(u, num_points, delta)
-    return _MomentsFn.apply(u, num_points, delta)
+    return _MomentsFn.call(u, num_points, delta)

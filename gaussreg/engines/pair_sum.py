@@ -168,7 +168,7 @@ def _backward(ctx, g_value, _g_grad_x, _g_grad_y):
 torch.library.register_autograd("gaussreg::pair_sum", _backward, setup_context=_setup_context)
 
 
-_PairSumFn = eager_function(_forward, _setup_context, _backward, outputs=3)
+_PairSumFn = eager_function(pair_sum_op, _forward, _setup_context, _backward, outputs=3)
 
 
 def pair_sum(stem: str, kind: int, params: Sequence[float], x: Tensor, y: Optional[Tensor] = None,
@@ -210,11 +210,7 @@ def _pair_sum_here(stem: str, kind: int, params: Sequence[float], x: Tensor, y: 
     grad_y = grad_on and y is not None and y.requires_grad
     if grad_y and not grad_x:  # the engines compute the y side only along the x side: swap roles
         x, y, px, py, grad_x, grad_y = y, x, py, px, True, False
-    params = [float(p) for p in params]
-    if torch.compiler.is_compiling():
-        value, _, _ = pair_sum_op(x, y, px, py, stem, kind, params, grad_x, grad_y)
-        return value
-    return _PairSumFn.apply(x, y, px, py, stem, kind, params, grad_x, grad_y)
+    return _PairSumFn.call(x, y, px, py, stem, kind, [float(p) for p in params], grad_x, grad_y)
 
 
 class Piece(NamedTuple):

@@ -147,7 +147,7 @@ def _backward(ctx, g_value, _g_slope, _g_sorted_slope):
 
 
 torch.library.register_autograd("gaussreg::sorted_gaps", _backward, setup_context=_setup_context)
-_SortedGapsFn = eager_function(_sorted_gaps, _setup_context, _backward, outputs=3)
+_SortedGapsFn = eager_function(sorted_gaps_op, _sorted_gaps, _setup_context, _backward, outputs=3)
 
 
 @torch.library.custom_op("gaussreg::segment_counts", mutates_args=())
@@ -174,7 +174,4 @@ def sorted_gaps(values: Tensor, targets: Tensor, *, torus: bool = False, p: int 
     """sum over segments and ranks of |v_(r) - t_r|^p in float64, differentiable in values
     and (per-segment targets) in targets."""
     want_sorted_slope = targets.dim() == 2 and targets.requires_grad and torch.is_grad_enabled()
-    if torch.compiler.is_compiling():
-        value, _, _ = sorted_gaps_op(values, targets, torus, p, want_sorted_slope)
-        return value
-    return _SortedGapsFn.apply(values, targets, torus, p, want_sorted_slope)
+    return _SortedGapsFn.call(values, targets, torus, p, want_sorted_slope)
