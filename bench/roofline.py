@@ -19,8 +19,8 @@ The estimate for an H100 SXM (132 SMs at 1.98 GHz) is the largest of three throu
 bounds over the n^2 ordered pairs a self sum visits: instruction issue (4 warp
 instructions a clock per SM), the load/store unit (one warp's shared or global access a
 clock per SM) and the transcendental unit (16 lanes a clock per SM), on the SMs the grid
-fills: ceil(n / 128) row blocks, times the partner ranges of common/partner_split.h on the
-register sweep (n = 4096: 32 x 16 blocks, not 32), plus, with more than one range, a read
+fills: ceil(n / 128) row blocks, times the partner ranges of common/partner_split.h (both
+sweeps; n = 4096: 32 x 16 blocks, not 32), plus, with more than one range, a read
 of the ranges' gradient slabs and a write of the gradient at HBM speed. It assumes latency
 is hidden, which at 8 to 20 warps per SM it may not be, so the kernels are at least this
 slow. The floor is the arithmetic a pair needs, 2 D fused multiply-adds per ordered pair
@@ -233,7 +233,7 @@ def _loop_cost(loop: Loop, d: int, terms: int, staging_trips: int) -> Dict[str, 
 
 
 def partner_ranges(rows: int, partners: int, d: int, element: int) -> int:
-    """The partner ranges of a register sweep (csrc/common/partner_split.h partner_split)."""
+    """The partner ranges of a sweep (csrc/common/partner_split.h partner_split)."""
     blocks = math.ceil(rows / ROWS_PER_BLOCK)
     wanted = min(math.ceil(TARGET_BLOCKS / blocks), max(1, partners // MIN_RANGE_PARTNERS),
                  max(1, SLAB_BUDGET // (element * max(rows * d, 1))))
@@ -294,7 +294,7 @@ def build_rows() -> List[dict]:
                        "fma_floor_per_pair": 2 * d, "estimate_ms": {}, "floor_ms": {}, "ratio": {}}
                 for n in SIZES:
                     element = ELEMENT_BYTES[dtype]
-                    ranges = partner_ranges(n, n, d, element) if compiled else 1
+                    ranges = partner_ranges(n, n, d, element)
                     est, flo = estimate_ms(n, instrs, ranges, d, element), floor_ms(n, d, terms, dtype)
                     row["estimate_ms"][str(n)] = round(est, 3)
                     row["floor_ms"][str(n)] = round(flo, 3)

@@ -159,8 +159,9 @@ def test_half_inputs(stem, option, half_dtype):
     half_precision_check(fn, inputs, half_dtype)
 
 
-# (600, 16) and (1000, 64) take the register sweep cut into 4 and 7 partner ranges
-# (common/partner_split.h), whose partial gradients are added by one more kernel.
+# Every shape from 300 points on is cut into partner ranges (common/partner_split.h), whose
+# partial gradients are added by one more kernel: (600, 16) and (1000, 64) in float32 on the
+# register sweep (4 and 7 ranges), (300, 20), (1000, 128) and float64 on the chunked one.
 @pytest.mark.cuda
 @pytest.mark.parametrize("shape", [(2, 2), (17, 3), (300, 20), (1000, 128), (600, 16), (1000, 64)],
                          ids=lambda s: f"n{s[0]}-D{s[1]}")

@@ -3,8 +3,9 @@
 tests/host/pair_tiles.cpp runs the very code of the device sweep on the CPU, a block's
 threads as std::threads meeting at a real barrier, and compares value and gradient with a
 brute-force float64 sum: self and cross sums, a partner count below one tile and beyond
-one, D = 1 to 130 (chunks padded past D), a column-major x, per-point parameters, and 32 or
-128 threads a block. A missing barrier, a wrong pad or a lost diagonal shows as an error
+one, D = 1 to 130 (chunks padded past D), a column-major x, per-point parameters, 32 or
+128 threads a block, and sweeps split into partner ranges with their gradient slabs added
+as the device adds them. A missing barrier, a wrong pad or a lost diagonal shows as an error
 of order 1 (each was tried). What it cannot check is the device itself: launch bounds,
 shared-memory banks and speed wait for a GPU.
 """
@@ -33,7 +34,7 @@ def results(tmp_path_factory):
 
 
 def test_every_case_ran(results):
-    assert len(results) == 16 and {r["dtype"] for r in results} == {"float32", "float64"}
+    assert len(results) == 24 and {r["dtype"] for r in results} == {"float32", "float64"}
 
 
 @pytest.mark.parametrize("key", ["value_rel", "value_only_rel", "grad_rel"])

@@ -24,8 +24,9 @@
 
 namespace gaussreg {
 
-// One sweep of rows a (na points) against partners b (nb points). self: b is a, and the
-// diagonal j = i is not a pair.
+// One sweep of rows a (na points) against partners b (nb points). self: the partners are
+// the rows from row partner0 on (b = a + partner0 rows, a range of them when the sweep is
+// split), and the diagonal, partner j = row partner0 + j, is not a pair.
 template <typename T>
 struct PairSweep {
   const T* a;
@@ -36,7 +37,18 @@ struct PairSweep {
   const T* pa;  // optional per-point parameters of a and b
   const T* pb;
   bool self;
+  index_t partner0;  // the row that partner 0 is (self sweeps only)
 };
+
+// The partners [begin, begin + width) of a sweep (clipped to its partners), as a sweep.
+template <typename T>
+GAUSSREG_HD PairSweep<T> partner_range(PairSweep<T> s, index_t begin, index_t width) {
+  s.b += begin * s.bs0;
+  if (s.pb != nullptr) s.pb += begin;
+  s.nb = s.nb - begin < width ? s.nb - begin : width;
+  s.partner0 += begin;
+  return s;
+}
 
 template <typename T>
 struct PairTileShape {
@@ -101,17 +113,33 @@ GAUSSREG_HD void add_chunk_distances(const T (&x)[PairTileShape<T>::kChunk], con
   }
 }
 
-// The tile's kernel values into v and derivatives k'(t_ij) into t (0 for the tile's
-// padding and the diagonal of a self sweep).
+// Bit jj set for the tile's partners j0 + jj that make a pair with the row: within the
+// partners, and not partner `diagonal` (the row itself in a self sweep, else -1). The
+// unrolled tile tests a bit of one word, not two 64-bit comparisons a partner: with those,
+// ptxas took 40 more registers (25% -> 18.75% occupancy) once the partner count was a
+// block's own (a range) rather than a kernel argument.
+template <typename T>
+GAUSSREG_HD unsigned tile_pairs(const PairSweep<T>& s, index_t diagonal, bool active, index_t j0) {
+  constexpr int J = PairTileShape<T>::kTile;
+  static_assert(J <= 32, "one bit a partner");
+  const index_t left = s.nb - j0, d = diagonal - j0;
+  const int count = active ? static_cast<int>(left < J ? left : J) : 0;
+  const int skip = (d >= 0 && d < J) ? static_cast<int>(d) : 32;
+  unsigned mask = count == 32 ? ~0u : (1u << count) - 1u;
+  if (skip < 32) mask &= ~(1u << skip);
+  return mask;
+}
+
+// The tile's kernel values into v and derivatives k'(t_ij) into t (0 for the partners
+// that tile_pairs leaves out).
 template <typename T, typename K>
-GAUSSREG_HD void finish_tile(const PairSweep<T>& s, const K& kern, index_t i, bool active, T pi, const T* yp,
-                             index_t j0, T (&t)[PairTileShape<T>::kTile], double& v) {
+GAUSSREG_HD void finish_tile(const K& kern, unsigned pairs, T pi, const T* yp, T (&t)[PairTileShape<T>::kTile],
+                             double& v) {
   const int terms = kern.num_terms();
   GAUSSREG_UNROLL
   for (int jj = 0; jj < PairTileShape<T>::kTile; ++jj) {
-    const index_t j = j0 + jj;
     T k = 0, dk = 0;
-    if (active && j < s.nb && !(s.self && j == i)) {
+    if ((pairs >> jj) & 1u) {
       GAUSSREG_NO_UNROLL  // one compact loop in each of the kTile unrolled copies
       for (int term = 0; term < terms; ++term) kern.eval(term, t[jj], pi, yp[jj], k, dk);
     }
@@ -141,6 +169,7 @@ GAUSSREG_HD double sweep_rows(const PairSweep<T>& s, const K& kern, index_t bloc
   const index_t i = block_row0 + block.thread();
   const bool active = i < s.na;
   const T pi = (active && s.pa != nullptr) ? s.pa[i] : T(0);
+  const index_t diagonal = s.self ? i - s.partner0 : index_t(-1);
   double v = 0;
   // Every bound below is the same for all threads of the block: each reaches every sync().
   for (index_t j0 = 0; j0 < s.nb; j0 += J) {
@@ -156,7 +185,7 @@ GAUSSREG_HD double sweep_rows(const PairSweep<T>& s, const K& kern, index_t bloc
       load_row_chunk(s, i, active, c0, x);
       add_chunk_distances(x, block.ys(), t);
     }
-    finish_tile(s, kern, i, active, pi, block.yp(), j0, t, v);
+    finish_tile(kern, tile_pairs(s, diagonal, active, j0), pi, block.yp(), t, v);
     if (kGrad) {
       for (index_t c0 = 0; c0 < s.d; c0 += C) {
         block.sync();

@@ -11,11 +11,9 @@
 //
 // A self sum visits the ordered pairs j != i (gradient complete in one launch; value
 // halved); a cross sum launches a second sweep with the roles of x and y swapped for the y
-// gradient. At small n the register sweep splits the partners into ranges
-// (common/partner_split.h), one row of blocks each, so that the grid fills the GPU; the
-// ranges' partial gradients are added in range order by one more kernel. (The chunked sweep
-// is not split yet: ptxas's register allocation for it moved by up to 80 registers, into
-// spills and 12.5% occupancy, with each way of passing it a range that was tried.)
+// gradient. At small n both sweeps split the partners into ranges (common/partner_split.h),
+// one row of blocks each, so that the grid fills the GPU; the ranges' partial gradients are
+// added in range order by one more kernel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -43,16 +41,10 @@ constexpr std::size_t kSharedBudget = 48 * 1024 - 32 * sizeof(double);
 
 static_assert(kRowsPerBlock == kSplitRowsPerBlock, "common/partner_split.h counts blocks of kRowsPerBlock rows");
 
-// The register sweep: float32 at D = 16, 32, 64 (its row and gradient fit the registers).
-template <typename T>
-bool register_sweep(index_t d) {
-  return sizeof(T) == 4 && (d == 16 || d == 32 || d == 64);
-}
-
-// The partner ranges of a sweep (one range on the chunked sweep).
+// The partner ranges of a sweep (the same rule for both sweeps: kRowsPerBlock rows a block).
 template <typename T>
 PartnerSplit sweep_split(index_t rows, index_t partners, index_t d) {
-  return register_sweep<T>(d) ? partner_split(rows, partners, d, sizeof(T)) : split_partners(partners, 1);
+  return partner_split(rows, partners, d, sizeof(T));
 }
 
 // The workspace: the x sweep's per-block partial sums (one per block and range) and
@@ -183,54 +175,64 @@ struct DeviceBlock {
   __device__ double sum(double v) const { return block_sum(v); }
 };
 
-// kValue: per-block partial sums of k over its rows' pairs; kGrad: G_i = sum_j k'(t_ij)
-// (a_i - b_j) into grad (na, d) contiguous (SPEC 3, 4, 5 through the kernel K).
+// kValue: per-block partial sums of k over its rows' pairs and its partner range
+// (blockIdx.y, `range_width` partners); kGrad: G_i = sum_j k'(t_ij) (a_i - b_j) over the range
+// into its slab of grad (na, d) contiguous (SPEC 3, 4, 5 through the kernel K).
 template <typename T, typename K, bool kValue, bool kGrad>
 __global__ void __launch_bounds__(kRowsPerBlock)
-pair_tiles_kernel(PairSweep<T> s, K kern, double* __restrict__ block_values, T* __restrict__ grad) {
+pair_tiles_kernel(PairSweep<T> s, K kern, index_t range_width, double* __restrict__ block_values,
+                  T* __restrict__ grad) {
   using Shape = PairTileShape<T>;
   __shared__ __align__(16) T tile[Shape::kTile * Shape::kChunk];
   __shared__ T params[Shape::kTile];
   DeviceBlock<T> block{tile, params};
+  const PairSweep<T> range = partner_range(s, static_cast<index_t>(blockIdx.y) * range_width, range_width);
+  if (kGrad) grad += static_cast<index_t>(blockIdx.y) * s.na * s.d;
   const index_t row0 = static_cast<index_t>(blockIdx.x) * kRowsPerBlock;
-  const double total = sweep_rows<T, K, kValue, kGrad>(s, kern, row0, block, grad);
-  if (kValue && threadIdx.x == 0) block_values[blockIdx.x] = total;
+  const double total = sweep_rows<T, K, kValue, kGrad>(range, kern, row0, block, grad);
+  if (kValue && threadIdx.x == 0) block_values[static_cast<index_t>(blockIdx.y) * gridDim.x + blockIdx.x] = total;
 }
 
-// The register sweep over sweep_split's partner ranges: a grid of row blocks x ranges;
-// with more than one range the blocks write partial gradients into `slabs`, then added into
-// grad in range order.
+// The register sweep at compile-time D = DT on `grid` (row blocks x partner ranges).
 template <typename T, typename K, int DT, bool kValue, bool kGrad>
-void launch_registers(const PairSweep<T>& s, const K& kern, double* block_values, T* grad, T* slabs,
-                      cudaStream_t stream) {
-  const PartnerSplit split = sweep_split<T>(s.na, s.nb, DT);
-  const dim3 grid(static_cast<unsigned>(ceil_div(s.na, kRowsPerBlock)), static_cast<unsigned>(split.count));
+void launch_rows(const PairSweep<T>& s, const K& kern, dim3 grid, index_t range_width, double* block_values, T* out,
+                 cudaStream_t stream) {
   const int tile = tile_points<T>(DT);
   const std::size_t smem = sizeof(T) * static_cast<std::size_t>(tile) * (DT + 1);
-  T* out = kGrad && split.count > 1 ? slabs : grad;
   pair_rows_kernel<T, K, DT, kValue, kGrad><<<grid, kRowsPerBlock, smem, stream>>>(
-      s.a, s.na, s.as0, s.as1, s.b, s.nb, s.bs0, s.bs1, s.pa, s.pb, kern, s.self, tile, split.width, block_values, out);
+      s.a, s.na, s.as0, s.as1, s.b, s.nb, s.bs0, s.bs1, s.pa, s.pb, kern, s.self, tile, range_width, block_values, out);
   check_launch("pair_rows_kernel");
-  if (kGrad && split.count > 1) {
-    const index_t count = s.na * DT;
+}
+
+// Launches the sweep on `grid` into `out`: float32 at D = 16, 32, 64 the register sweep (its
+// row and gradient fit the registers), every other D and float64 the chunked one.
+template <typename T, typename K, bool kValue, bool kGrad>
+void launch_kernel(const PairSweep<T>& s, const K& kern, dim3 grid, index_t range_width, double* block_values, T* out,
+                   cudaStream_t stream) {
+  if constexpr (sizeof(T) == 4) {
+    if (s.d == 16) return launch_rows<T, K, 16, kValue, kGrad>(s, kern, grid, range_width, block_values, out, stream);
+    if (s.d == 32) return launch_rows<T, K, 32, kValue, kGrad>(s, kern, grid, range_width, block_values, out, stream);
+    if (s.d == 64) return launch_rows<T, K, 64, kValue, kGrad>(s, kern, grid, range_width, block_values, out, stream);
+  }
+  pair_tiles_kernel<T, K, kValue, kGrad><<<grid, kRowsPerBlock, 0, stream>>>(s, kern, range_width, block_values, out);
+  check_launch("pair_tiles_kernel");
+}
+
+// One sweep over sweep_split's partner ranges: a grid of row blocks x ranges; with more than
+// one range the blocks write partial gradients into `slabs`, then added into grad in range
+// order.
+template <typename T, typename K, bool kValue, bool kGrad>
+void launch_sweep(const PairSweep<T>& s, const K& kern, double* block_values, T* grad, T* slabs, cudaStream_t stream) {
+  const PartnerSplit split = sweep_split<T>(s.na, s.nb, s.d);
+  const dim3 grid(static_cast<unsigned>(ceil_div(s.na, kRowsPerBlock)), static_cast<unsigned>(split.count));
+  const bool slabbed = kGrad && split.count > 1;
+  launch_kernel<T, K, kValue, kGrad>(s, kern, grid, split.width, block_values, slabbed ? slabs : grad, stream);
+  if (slabbed) {
+    const index_t count = s.na * s.d;
     const auto blocks = static_cast<unsigned>(std::min<index_t>(ceil_div(count, 256), 4096));
     sum_gradient_ranges_kernel<T><<<blocks, 256, 0, stream>>>(slabs, count, split.count, grad);
     check_launch("sum_gradient_ranges_kernel");
   }
-}
-
-// float32 at D = 16, 32, 64: the register sweep (its row and gradient fit the registers);
-// every other D and float64: the chunked sweep.
-template <typename T, typename K, bool kValue, bool kGrad>
-void launch_sweep(const PairSweep<T>& s, const K& kern, double* block_values, T* grad, T* slabs, cudaStream_t stream) {
-  if constexpr (sizeof(T) == 4) {
-    if (s.d == 16) return launch_registers<T, K, 16, kValue, kGrad>(s, kern, block_values, grad, slabs, stream);
-    if (s.d == 32) return launch_registers<T, K, 32, kValue, kGrad>(s, kern, block_values, grad, slabs, stream);
-    if (s.d == 64) return launch_registers<T, K, 64, kValue, kGrad>(s, kern, block_values, grad, slabs, stream);
-  }
-  pair_tiles_kernel<T, K, kValue, kGrad><<<static_cast<unsigned>(ceil_div(s.na, kRowsPerBlock)), kRowsPerBlock, 0,
-                                           stream>>>(s, kern, block_values, grad);
-  check_launch("pair_tiles_kernel");
 }
 
 template <typename T>
@@ -251,11 +253,11 @@ void pair_sum(const PairSumArgs<T>& a, const K& kern, cudaStream_t stream) {
   double* partial = static_cast<double*>(a.workspace);
   double* scratch = partial + layout.partials;
   T* slabs = reinterpret_cast<T*>(scratch + sum_partials_scratch(layout.partials));
-  const PairSweep<T> xs{a.x, a.n, a.x_stride0, a.x_stride1, y, m, ys0, ys1, a.d, a.px, py, self};
+  const PairSweep<T> xs{a.x, a.n, a.x_stride0, a.x_stride1, y, m, ys0, ys1, a.d, a.px, py, self, 0};
   if (a.grad_x != nullptr) {
     launch_sweep<T, K, true, true>(xs, kern, partial, a.grad_x, slabs, stream);
     if (!self && a.grad_y != nullptr) {
-      const PairSweep<T> swapped{y, m, ys0, ys1, a.x, a.n, a.x_stride0, a.x_stride1, a.d, py, a.px, false};
+      const PairSweep<T> swapped{y, m, ys0, ys1, a.x, a.n, a.x_stride0, a.x_stride1, a.d, py, a.px, false, 0};
       launch_sweep<T, K, false, true>(swapped, kern, nullptr, a.grad_y, slabs, stream);
     }
   } else {

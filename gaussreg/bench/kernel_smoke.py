@@ -42,6 +42,8 @@ def _cases() -> List[Tuple[str, Callable[[List[torch.Tensor]], torch.Tensor], Li
         # for the two cross sweeps, 4 and 2 for mmd's self sums), their slabs and their sum
         ("gaussian_l2, D = 16, partner ranges", lambda x, y: gaussreg.gaussian_l2(x, y), [(600, 16), (300, 16)]),
         ("mmd imq, D = 64, partner ranges", lambda z, y: gaussreg.mmd(z, y), [(600, 64), (300, 64)]),
+        # the chunked sweep (D = 40) cut into partner ranges the same way
+        ("mmd imq, D = 40, partner ranges", lambda z, y: gaussreg.mmd(z, y), [(600, 40), (300, 40)]),
         ("mmd imq", lambda z, y: gaussreg.mmd(z, y), [small, other]),
         ("mmd rbf", lambda z, y: gaussreg.mmd(z, y, kernel="rbf"), [small, other]),
         ("cw_distance approx", lambda z: gaussreg.cw_distance(z), [small]),

@@ -65,9 +65,10 @@ struct HostBlock {
   }
 };
 
-// Every block of the launch, one after the other, each with `threads` std::threads.
+// Every block of one partner range's launch, one after the other, each with `threads`
+// std::threads.
 template <typename T, typename K, bool kValue, bool kGrad>
-double run_sweep(const gaussreg::PairSweep<T>& s, const K& kern, T* grad, int threads) {
+double run_blocks(const gaussreg::PairSweep<T>& s, const K& kern, T* grad, int threads) {
   using Shape = gaussreg::PairTileShape<T>;
   double value = 0;
   for (index_t row0 = 0; row0 < s.na; row0 += threads) {
@@ -86,6 +87,27 @@ double run_sweep(const gaussreg::PairSweep<T>& s, const K& kern, T* grad, int th
   return value;
 }
 
+// The sweep as cuda/pair_sum.cuh launches it: the partners in ranges of `width` (0: one
+// range), each range's gradient into its own slab, the slabs added in range order in
+// float64 and rounded once.
+template <typename T, typename K, bool kValue, bool kGrad>
+double run_sweep(const gaussreg::PairSweep<T>& s, const K& kern, T* grad, int threads, index_t width) {
+  if (width == 0) return run_blocks<T, K, kValue, kGrad>(s, kern, grad, threads);
+  const index_t ranges = (s.nb + width - 1) / width, count = s.na * s.d;
+  std::vector<T> slabs(static_cast<std::size_t>(ranges * count), T(-7));  // garbage, as a workspace
+  double value = 0;
+  for (index_t r = 0; r < ranges; ++r)
+    value += run_blocks<T, K, kValue, kGrad>(gaussreg::partner_range(s, r * width, width), kern,
+                                             kGrad ? slabs.data() + r * count : nullptr, threads);
+  if (kGrad)
+    for (index_t e = 0; e < count; ++e) {
+      double g = 0;
+      for (index_t r = 0; r < ranges; ++r) g += static_cast<double>(slabs[r * count + e]);
+      grad[e] = static_cast<T>(g);
+    }
+  return value;
+}
+
 double uniform(std::uint64_t& state) {  // deterministic points in [-1, 1)
   state = state * 6364136223846793005ULL + 1442695040888963407ULL;
   return static_cast<double>(state >> 11) / 4503599627370496.0 - 1.0;
@@ -96,6 +118,7 @@ struct Case {
   index_t n, m, d;  // m = 0: x with itself
   bool per_point, column_major;
   int threads;
+  index_t width;  // partners a range (0: one range)
 };
 
 // The kernel's value and derivative at squared distance t, written out (SPEC 3, 4).
@@ -146,12 +169,12 @@ void check(const Case& c, const K& kern, const Reference& ref) {
   const index_t bs0 = self ? as0 : c.d, bs1 = self ? as1 : 1;
   const gaussreg::PairSweep<T> s{xs.data(), c.n, as0, as1, b, m, bs0, bs1, c.d,
                                  c.per_point ? pxs.data() : nullptr,
-                                 c.per_point ? (self ? pxs.data() : pys.data()) : nullptr, self};
+                                 c.per_point ? (self ? pxs.data() : pys.data()) : nullptr, self, 0};
   std::vector<T> grad(c.n * c.d, T(-7));  // garbage: the first tile must overwrite it
-  const double value = run_sweep<T, K, true, true>(s, kern, grad.data(), c.threads);
+  const double value = run_sweep<T, K, true, true>(s, kern, grad.data(), c.threads, c.width);
   std::vector<T> grad_only(c.n * c.d, T(-7));
-  run_sweep<T, K, false, true>(s, kern, grad_only.data(), c.threads);
-  const double value_only = run_sweep<T, K, true, false>(s, kern, nullptr, c.threads);
+  run_sweep<T, K, false, true>(s, kern, grad_only.data(), c.threads, c.width);
+  const double value_only = run_sweep<T, K, true, false>(s, kern, nullptr, c.threads, c.width);
 
   double want = 0, value_scale = 0, grad_err = 0, grad_scale = 0, same_grad = 0;
   for (index_t i = 0; i < c.n; ++i) {
@@ -185,14 +208,20 @@ void run_all() {
   const auto exp_kernel = gaussreg::ExpSumKernel<T>::from_params(exp_params);
   const Reference exp_ref{false, 0.0, {0.7, 0.05}, {1.0, 2.0}};
   const Case cases[] = {
-      {"n2_d1_self", 2, 0, 1, false, false, 32},
-      {"n5_d3_cross_m1", 5, 1, 3, false, false, 32},
-      {"n33_d17_self", 33, 0, 17, false, false, 32},
-      {"n70_m45_d8_cross", 70, 45, 8, false, false, 32},
-      {"n130_d40_self_128_threads", 130, 0, 40, false, false, 128},
-      {"n40_d21_column_major", 40, 0, 21, false, true, 32},
-      {"n50_m19_d9_per_point", 50, 19, 9, true, false, 32},
-      {"n37_d130_self", 37, 0, 130, false, false, 32},
+      {"n2_d1_self", 2, 0, 1, false, false, 32, 0},
+      {"n5_d3_cross_m1", 5, 1, 3, false, false, 32, 0},
+      {"n33_d17_self", 33, 0, 17, false, false, 32, 0},
+      {"n70_m45_d8_cross", 70, 45, 8, false, false, 32, 0},
+      {"n130_d40_self_128_threads", 130, 0, 40, false, false, 128, 0},
+      {"n40_d21_column_major", 40, 0, 21, false, true, 32, 0},
+      {"n50_m19_d9_per_point", 50, 19, 9, true, false, 32, 0},
+      {"n37_d130_self", 37, 0, 130, false, false, 32, 0},
+      // Split into partner ranges of 32 (whole tiles, as common/partner_split.h cuts them):
+      // the diagonal moves into later ranges, the last range is short.
+      {"n130_d40_self_5_ranges", 130, 0, 40, false, false, 32, 32},
+      {"n100_d20_self_column_major_4_ranges", 100, 0, 20, false, true, 64, 32},
+      {"n33_m70_d8_cross_3_ranges", 33, 70, 8, false, false, 32, 32},
+      {"n50_m80_d9_per_point_3_ranges", 50, 80, 9, true, false, 32, 32},
   };
   for (const Case& c : cases) {
     if (c.per_point) {
