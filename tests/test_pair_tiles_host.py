@@ -1,12 +1,13 @@
-"""The CUDA pair sums' chunked sweep (csrc/common/pair_tiles.h) checked without a GPU.
+"""The CUDA pair sums' two sweeps (csrc/common/pair_tiles.h) checked without a GPU.
 
-tests/host/pair_tiles.cpp runs the very code of the device sweep on the CPU, a block's
+tests/host/pair_tiles.cpp runs the very code of the device sweeps on the CPU, a block's
 threads as std::threads meeting at a real barrier, and compares value and gradient with a
 brute-force float64 sum: self and cross sums, a partner count below one tile and beyond
-one, D = 1 to 130 (chunks padded past D), a column-major x, per-point parameters, 32 or
-128 threads a block, and sweeps split into partner ranges with their gradient slabs added
-as the device adds them. A missing barrier, a wrong pad or a lost diagonal shows as an error
-of order 1 (each was tried). What it cannot check is the device itself: launch bounds,
+one, D = 1 to 130 (chunks padded past D) on the chunked sweep and D = 16, 32, 64 on the
+register sweep, a column-major x, per-point parameters, 32 or 128 threads a block, and
+sweeps split into partner ranges with their gradient slabs added as the device adds them.
+A missing barrier, a wrong pad, a lost diagonal or a range's diagonal left unshifted shows
+as an error of order 1e-3 or more (each was tried). What it cannot check is the device itself: launch bounds,
 shared-memory banks and speed wait for a GPU.
 """
 import json
@@ -34,7 +35,7 @@ def results(tmp_path_factory):
 
 
 def test_every_case_ran(results):
-    assert len(results) == 24 and {r["dtype"] for r in results} == {"float32", "float64"}
+    assert len(results) == 34 and {r["dtype"] for r in results} == {"float32", "float64"}
 
 
 @pytest.mark.parametrize("key", ["value_rel", "value_only_rel", "grad_rel"])

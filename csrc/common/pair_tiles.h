@@ -1,8 +1,12 @@
-// The CUDA pair-sum engine's sweep (SPEC 3, 4, 5), written once for the device and for a
-// host emulation of a thread block (tests/host/pair_tiles.cpp runs it with real barriers,
-// so its indexing is checked on any machine).
+// The CUDA pair-sum engine's two sweeps (SPEC 3, 4, 5), written once for the device and for
+// a host emulation of a thread block (tests/host/pair_tiles.cpp runs them with real
+// barriers, so their indexing is checked on any machine). In both, one thread owns one row
+// a_i and sweeps the partners b_j in tiles staged in shared memory.
 //
-// One thread owns one row a_i and sweeps the partners b_j in tiles of kTile points, a
+// The register sweep (sweep_rows_in_registers, float32 at D = 16, 32, 64): the row and its
+// gradient stay in registers for the whole sweep and a tile holds whole points.
+//
+// The chunked sweep (sweep_rows, every other D and float64): the partners in tiles of kTile points, a
 // chunk of kChunk coordinates at a time: any D, float32 or float64, on one path. A chunk of
 // the tile is staged in shared memory (zero past the tile's points and past D: a zero
 // coordinate adds nothing to a distance or a gradient), the row's chunk is held in
@@ -201,6 +205,67 @@ GAUSSREG_HD double sweep_rows(const PairSweep<T>& s, const K& kern, index_t bloc
           if (active && c0 + k < s.d) grad[i * s.d + c0 + k] = g[k];
       }
     }
+  }
+  if (!kValue) return 0.0;
+  return block.sum(v);
+}
+
+// The register sweep at compile-time D = DT: rows block_row0 .. + block.threads() against
+// the partners in tiles of `tile` whole points (ys(): tile x DT values, yp(): tile values).
+// kValue returns the block's sum of k over its rows' pairs (valid in thread 0); kGrad writes
+// G_i = sum_j k'(t_ij)(a_i - b_j) into grad (na x DT, contiguous).
+template <typename T, typename K, int DT, bool kValue, bool kGrad, typename Block>
+GAUSSREG_HD double sweep_rows_in_registers(const PairSweep<T>& s, const K& kern, index_t block_row0, int tile,
+                                           Block& block, T* grad) {
+  T* tile_pts = block.ys();
+  T* tile_par = block.yp();
+  const index_t i = block_row0 + block.thread();
+  const bool active = i < s.na;
+  const T pi = (active && s.pa != nullptr) ? s.pa[i] : T(0);
+  const index_t diagonal = s.self ? i - s.partner0 : index_t(-1);
+  T xr[DT];
+  T g[DT];
+  GAUSSREG_UNROLL
+  for (int c = 0; c < DT; ++c) {
+    xr[c] = active ? s.a[i * s.as0 + c * s.as1] : T(0);
+    g[c] = T(0);
+  }
+  const int terms = kern.num_terms();
+  double v = 0;
+  // Every bound below is the same for all threads of the block: each reaches every sync().
+  for (index_t j0 = 0; j0 < s.nb; j0 += tile) {
+    const int count = static_cast<int>(s.nb - j0 < tile ? s.nb - j0 : tile);
+    for (index_t e = block.thread(); e < static_cast<index_t>(count) * DT; e += block.threads()) {
+      const index_t jj = e / DT, c = e - jj * DT;
+      tile_pts[e] = s.b[(j0 + jj) * s.bs0 + c * s.bs1];
+    }
+    for (int jj = block.thread(); jj < count; jj += block.threads())
+      tile_par[jj] = s.pb != nullptr ? s.pb[j0 + jj] : T(0);
+    block.sync();
+    if (active) {
+      for (int jj = 0; jj < count; ++jj) {
+        const T* yj = tile_pts + jj * DT;
+        T t = 0;
+        GAUSSREG_UNROLL
+        for (int c = 0; c < DT; ++c) {
+          const T diff = xr[c] - yj[c];
+          t = fused_multiply_add(diff, diff, t);
+        }
+        T k = 0, dk = 0;
+        for (int term = 0; term < terms; ++term) kern.eval(term, t, pi, tile_par[jj], k, dk);
+        if (j0 + jj == diagonal) k = dk = T(0);  // the row itself is not a pair
+        v += static_cast<double>(k);
+        if (kGrad) {
+          GAUSSREG_UNROLL
+          for (int c = 0; c < DT; ++c) g[c] = fused_multiply_add(dk, xr[c] - yj[c], g[c]);
+        }
+      }
+    }
+    block.sync();  // the tile's readers are done before the next tile is staged
+  }
+  if (kGrad && active) {
+    GAUSSREG_UNROLL
+    for (int c = 0; c < DT; ++c) grad[i * DT + c] = g[c];
   }
   if (!kValue) return 0.0;
   return block.sum(v);

@@ -1,13 +1,14 @@
 // CUDA engine for the pair-kernel sums of SPEC 3, 4 and 5: value and gradient fused in one
 // sweep, O((n + m) D) memory, no n x m matrix, no atomics, no host synchronisation. One
 // thread owns one row x_i and sweeps y in tiles staged in shared memory (every thread reads
-// the same y_j: a broadcast). Two sweeps:
+// the same y_j: a broadcast). Two sweeps, both in common/pair_tiles.h (shared with a host
+// emulation of a block, tests/host/pair_tiles.cpp):
 //
 // - float32 with D in {16, 32, 64}: x_i and its gradient live in registers for the whole
 //   sweep and the tile holds whole points (pair_rows_kernel);
-// - every other D and float64: common/pair_tiles.h's sweep, a chunk of coordinates at a
-//   time (a zero-padded chunk changes neither distance nor gradient), so the shared memory
-//   a block needs does not grow with D (pair_tiles_kernel).
+// - every other D and float64: a chunk of coordinates at a time (a zero-padded chunk
+//   changes neither distance nor gradient), so the shared memory a block needs does not
+//   grow with D (pair_tiles_kernel).
 //
 // A self sum visits the ordered pairs j != i (gradient complete in one launch; value
 // halved); a cross sum launches a second sweep with the roles of x and y swapped for the y
@@ -81,73 +82,6 @@ int tile_points(index_t d) {
   return static_cast<int>(std::min<index_t>(kTileMax, fit));
 }
 
-// The register sweep (compile-time D = DT): rows `a` (na points) against `b` (nb points).
-// kValue: per-block partial sums of k; kGrad: G_i = sum_j k'(t_ij) (a_i - b_j) into grad
-// (na, DT) contiguous (SPEC 3, 4, 5 through the kernel K).
-template <typename T, typename K, int DT, bool kValue, bool kGrad>
-__global__ void __launch_bounds__(kRowsPerBlock)
-pair_rows_kernel(const T* __restrict__ a, index_t na, index_t as0, index_t as1, const T* __restrict__ b, index_t nb,
-                 index_t bs0, index_t bs1, const T* __restrict__ pa, const T* __restrict__ pb, K kern, bool self,
-                 int tile, index_t range_width, double* __restrict__ block_values, T* __restrict__ grad) {
-  extern __shared__ unsigned char smem_raw[];
-  // This block's partner range (blockIdx.y) and its slab of the gradient (the gradient
-  // itself when there is one range).
-  const index_t j_begin = static_cast<index_t>(blockIdx.y) * range_width;
-  const index_t j_end = nb - j_begin < range_width ? nb : j_begin + range_width;
-  if (kGrad) grad += static_cast<index_t>(blockIdx.y) * na * DT;
-  T* tile_pts = reinterpret_cast<T*>(smem_raw);  // (tile, DT)
-  T* tile_par = tile_pts + tile * DT;              // (tile)
-  const index_t i = static_cast<index_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x;
-  const bool active = i < na;
-  const T pi = (active && pa != nullptr) ? pa[i] : T(0);
-  T xr[DT];
-  T g[DT];
-#pragma unroll
-  for (int c = 0; c < DT; ++c) {
-    xr[c] = active ? a[i * as0 + c * as1] : T(0);
-    g[c] = T(0);
-  }
-  const int terms = kern.num_terms();
-  double v = 0;
-  for (index_t j0 = j_begin; j0 < j_end; j0 += tile) {
-    const int count = static_cast<int>(j_end - j0 < tile ? j_end - j0 : tile);
-    for (index_t e = threadIdx.x; e < static_cast<index_t>(count) * DT; e += blockDim.x) {
-      const index_t jj = e / DT, c = e - jj * DT;
-      tile_pts[e] = b[(j0 + jj) * bs0 + c * bs1];
-    }
-    for (int jj = threadIdx.x; jj < count; jj += blockDim.x) tile_par[jj] = pb != nullptr ? pb[j0 + jj] : T(0);
-    __syncthreads();
-    if (active) {
-      for (int jj = 0; jj < count; ++jj) {
-        const T* yj = tile_pts + jj * DT;
-        T t = 0;
-#pragma unroll
-        for (int c = 0; c < DT; ++c) {
-          const T diff = xr[c] - yj[c];
-          t += diff * diff;
-        }
-        T k = 0, dk = 0;
-        for (int s = 0; s < terms; ++s) kern.eval(s, t, pi, tile_par[jj], k, dk);
-        if (self && j0 + jj == i) k = dk = T(0);  // the diagonal is not a pair
-        v += static_cast<double>(k);
-        if (kGrad) {
-#pragma unroll
-          for (int c = 0; c < DT; ++c) g[c] += dk * (xr[c] - yj[c]);
-        }
-      }
-    }
-    __syncthreads();
-  }
-  if (kGrad && active) {
-#pragma unroll
-    for (int c = 0; c < DT; ++c) grad[i * DT + c] = g[c];
-  }
-  if (kValue) {
-    const double total = block_sum(v);
-    if (threadIdx.x == 0) block_values[static_cast<index_t>(blockIdx.y) * gridDim.x + blockIdx.x] = total;
-  }
-}
-
 // G = the sum of the ranges' partial gradients (`ranges` slabs of `count` values), added in
 // range order in float64 and rounded once.
 template <typename T>
@@ -175,9 +109,27 @@ struct DeviceBlock {
   __device__ double sum(double v) const { return block_sum(v); }
 };
 
-// kValue: per-block partial sums of k over its rows' pairs and its partner range
-// (blockIdx.y, `range_width` partners); kGrad: G_i = sum_j k'(t_ij) (a_i - b_j) over the range
-// into its slab of grad (na, d) contiguous (SPEC 3, 4, 5 through the kernel K).
+// The register sweep (compile-time D = DT) of the block's rows over its partner range
+// (blockIdx.y, `range_width` partners), tiles of `tile` whole points in dynamic shared
+// memory. kValue: per-block partial sums of k; kGrad: G_i = sum_j k'(t_ij) (a_i - b_j) over
+// the range into its slab of grad (na, DT) contiguous (SPEC 3, 4, 5 through the kernel K).
+template <typename T, typename K, int DT, bool kValue, bool kGrad>
+__global__ void __launch_bounds__(kRowsPerBlock)
+pair_rows_kernel(PairSweep<T> s, K kern, int tile, index_t range_width, double* __restrict__ block_values,
+                 T* __restrict__ grad) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* tile_pts = reinterpret_cast<T*>(smem_raw);  // (tile, DT)
+  DeviceBlock<T> block{tile_pts, tile_pts + tile * DT};
+  const PairSweep<T> range = partner_range(s, static_cast<index_t>(blockIdx.y) * range_width, range_width);
+  if (kGrad) grad += static_cast<index_t>(blockIdx.y) * s.na * DT;
+  const index_t row0 = static_cast<index_t>(blockIdx.x) * kRowsPerBlock;
+  const double total = sweep_rows_in_registers<T, K, DT, kValue, kGrad>(range, kern, row0, tile, block, grad);
+  if (kValue && threadIdx.x == 0) block_values[static_cast<index_t>(blockIdx.y) * gridDim.x + blockIdx.x] = total;
+}
+
+// The chunked sweep of the block's rows over its partner range (blockIdx.y, `range_width`
+// partners). kValue: per-block partial sums of k; kGrad: G_i = sum_j k'(t_ij) (a_i - b_j) over
+// the range into its slab of grad (na, d) contiguous (SPEC 3, 4, 5 through the kernel K).
 template <typename T, typename K, bool kValue, bool kGrad>
 __global__ void __launch_bounds__(kRowsPerBlock)
 pair_tiles_kernel(PairSweep<T> s, K kern, index_t range_width, double* __restrict__ block_values,
@@ -199,8 +151,8 @@ void launch_rows(const PairSweep<T>& s, const K& kern, dim3 grid, index_t range_
                  cudaStream_t stream) {
   const int tile = tile_points<T>(DT);
   const std::size_t smem = sizeof(T) * static_cast<std::size_t>(tile) * (DT + 1);
-  pair_rows_kernel<T, K, DT, kValue, kGrad><<<grid, kRowsPerBlock, smem, stream>>>(
-      s.a, s.na, s.as0, s.as1, s.b, s.nb, s.bs0, s.bs1, s.pa, s.pb, kern, s.self, tile, range_width, block_values, out);
+  pair_rows_kernel<T, K, DT, kValue, kGrad><<<grid, kRowsPerBlock, smem, stream>>>(s, kern, tile, range_width,
+                                                                                   block_values, out);
   check_launch("pair_rows_kernel");
 }
 

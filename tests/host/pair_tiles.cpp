@@ -1,12 +1,14 @@
-// The CUDA pair sums' sweep (csrc/common/pair_tiles.h) run on the CPU: a block's threads are
-// std::threads that meet at a real barrier, so the staging of chunks, the zero padding past
-// D and past the last partner, the diagonal and the gradient's chunk-by-chunk update are
-// checked against a brute-force float64 sum without a GPU. tests/test_pair_tiles_host.py
+// The CUDA pair sums' two sweeps (csrc/common/pair_tiles.h) run on the CPU: a block's threads
+// are std::threads that meet at a real barrier, so the staging of tiles and chunks, the zero
+// padding past D and past the last partner, the diagonal, the gradient's chunk-by-chunk
+// update and the split into partner ranges are checked against a brute-force float64 sum
+// without a GPU. tests/test_pair_tiles_host.py
 // compiles and runs it; each case prints one JSON line with its relative errors.
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -65,21 +67,34 @@ struct HostBlock {
   }
 };
 
-// Every block of one partner range's launch, one after the other, each with `threads`
-// std::threads.
+// One block's sweep: the chunked one (tile == 0), or the register one with tiles of `tile`
+// points at D = 16, 32, 64.
 template <typename T, typename K, bool kValue, bool kGrad>
-double run_blocks(const gaussreg::PairSweep<T>& s, const K& kern, T* grad, int threads) {
+double sweep_block(const gaussreg::PairSweep<T>& s, const K& kern, index_t row0, int tile, HostBlock<T>& block,
+                   T* grad) {
+  if (tile == 0) return gaussreg::sweep_rows<T, K, kValue, kGrad>(s, kern, row0, block, grad);
+  if (s.d == 16) return gaussreg::sweep_rows_in_registers<T, K, 16, kValue, kGrad>(s, kern, row0, tile, block, grad);
+  if (s.d == 32) return gaussreg::sweep_rows_in_registers<T, K, 32, kValue, kGrad>(s, kern, row0, tile, block, grad);
+  if (s.d == 64) return gaussreg::sweep_rows_in_registers<T, K, 64, kValue, kGrad>(s, kern, row0, tile, block, grad);
+  std::fprintf(stderr, "the register sweep is compiled for D = 16, 32, 64, not %lld\n", static_cast<long long>(s.d));
+  std::exit(2);
+}
+
+// Every block of one partner range's launch, one after the other, each with `threads`
+// std::threads sharing a tile as large as the sweep stages.
+template <typename T, typename K, bool kValue, bool kGrad>
+double run_blocks(const gaussreg::PairSweep<T>& s, const K& kern, T* grad, int threads, int tile) {
   using Shape = gaussreg::PairTileShape<T>;
   double value = 0;
   for (index_t row0 = 0; row0 < s.na; row0 += threads) {
-    std::vector<T> tile(Shape::kTile * Shape::kChunk), params(Shape::kTile);
+    std::vector<T> ys(tile == 0 ? Shape::kTile * Shape::kChunk : tile * s.d), params(tile == 0 ? Shape::kTile : tile);
     std::vector<double> sums(threads), out(threads);
     Barrier barrier(threads);
     std::vector<std::thread> team;
     for (int t = 0; t < threads; ++t)
       team.emplace_back([&, t] {
-        const HostBlock<T> block{t, threads, &barrier, tile.data(), params.data(), sums.data()};
-        out[t] = gaussreg::sweep_rows<T, K, kValue, kGrad>(s, kern, row0, block, grad);
+        HostBlock<T> block{t, threads, &barrier, ys.data(), params.data(), sums.data()};
+        out[t] = sweep_block<T, K, kValue, kGrad>(s, kern, row0, tile, block, grad);
       });
     for (auto& member : team) member.join();
     value += out[0];
@@ -91,14 +106,14 @@ double run_blocks(const gaussreg::PairSweep<T>& s, const K& kern, T* grad, int t
 // range), each range's gradient into its own slab, the slabs added in range order in
 // float64 and rounded once.
 template <typename T, typename K, bool kValue, bool kGrad>
-double run_sweep(const gaussreg::PairSweep<T>& s, const K& kern, T* grad, int threads, index_t width) {
-  if (width == 0) return run_blocks<T, K, kValue, kGrad>(s, kern, grad, threads);
+double run_sweep(const gaussreg::PairSweep<T>& s, const K& kern, T* grad, int threads, index_t width, int tile) {
+  if (width == 0) return run_blocks<T, K, kValue, kGrad>(s, kern, grad, threads, tile);
   const index_t ranges = (s.nb + width - 1) / width, count = s.na * s.d;
   std::vector<T> slabs(static_cast<std::size_t>(ranges * count), T(-7));  // garbage, as a workspace
   double value = 0;
   for (index_t r = 0; r < ranges; ++r)
     value += run_blocks<T, K, kValue, kGrad>(gaussreg::partner_range(s, r * width, width), kern,
-                                             kGrad ? slabs.data() + r * count : nullptr, threads);
+                                             kGrad ? slabs.data() + r * count : nullptr, threads, tile);
   if (kGrad)
     for (index_t e = 0; e < count; ++e) {
       double g = 0;
@@ -119,6 +134,7 @@ struct Case {
   bool per_point, column_major;
   int threads;
   index_t width;  // partners a range (0: one range)
+  int tile;       // the register sweep's points a tile (0: the chunked sweep)
 };
 
 // The kernel's value and derivative at squared distance t, written out (SPEC 3, 4).
@@ -171,10 +187,10 @@ void check(const Case& c, const K& kern, const Reference& ref) {
                                  c.per_point ? pxs.data() : nullptr,
                                  c.per_point ? (self ? pxs.data() : pys.data()) : nullptr, self, 0};
   std::vector<T> grad(c.n * c.d, T(-7));  // garbage: the first tile must overwrite it
-  const double value = run_sweep<T, K, true, true>(s, kern, grad.data(), c.threads, c.width);
+  const double value = run_sweep<T, K, true, true>(s, kern, grad.data(), c.threads, c.width, c.tile);
   std::vector<T> grad_only(c.n * c.d, T(-7));
-  run_sweep<T, K, false, true>(s, kern, grad_only.data(), c.threads, c.width);
-  const double value_only = run_sweep<T, K, true, false>(s, kern, nullptr, c.threads, c.width);
+  run_sweep<T, K, false, true>(s, kern, grad_only.data(), c.threads, c.width, c.tile);
+  const double value_only = run_sweep<T, K, true, false>(s, kern, nullptr, c.threads, c.width, c.tile);
 
   double want = 0, value_scale = 0, grad_err = 0, grad_scale = 0, same_grad = 0;
   for (index_t i = 0; i < c.n; ++i) {
@@ -208,20 +224,27 @@ void run_all() {
   const auto exp_kernel = gaussreg::ExpSumKernel<T>::from_params(exp_params);
   const Reference exp_ref{false, 0.0, {0.7, 0.05}, {1.0, 2.0}};
   const Case cases[] = {
-      {"n2_d1_self", 2, 0, 1, false, false, 32, 0},
-      {"n5_d3_cross_m1", 5, 1, 3, false, false, 32, 0},
-      {"n33_d17_self", 33, 0, 17, false, false, 32, 0},
-      {"n70_m45_d8_cross", 70, 45, 8, false, false, 32, 0},
-      {"n130_d40_self_128_threads", 130, 0, 40, false, false, 128, 0},
-      {"n40_d21_column_major", 40, 0, 21, false, true, 32, 0},
-      {"n50_m19_d9_per_point", 50, 19, 9, true, false, 32, 0},
-      {"n37_d130_self", 37, 0, 130, false, false, 32, 0},
+      {"n2_d1_self", 2, 0, 1, false, false, 32, 0, 0},
+      {"n5_d3_cross_m1", 5, 1, 3, false, false, 32, 0, 0},
+      {"n33_d17_self", 33, 0, 17, false, false, 32, 0, 0},
+      {"n70_m45_d8_cross", 70, 45, 8, false, false, 32, 0, 0},
+      {"n130_d40_self_128_threads", 130, 0, 40, false, false, 128, 0, 0},
+      {"n40_d21_column_major", 40, 0, 21, false, true, 32, 0, 0},
+      {"n50_m19_d9_per_point", 50, 19, 9, true, false, 32, 0, 0},
+      {"n37_d130_self", 37, 0, 130, false, false, 32, 0, 0},
       // Split into partner ranges of 32 (whole tiles, as common/partner_split.h cuts them):
       // the diagonal moves into later ranges, the last range is short.
-      {"n130_d40_self_5_ranges", 130, 0, 40, false, false, 32, 32},
-      {"n100_d20_self_column_major_4_ranges", 100, 0, 20, false, true, 64, 32},
-      {"n33_m70_d8_cross_3_ranges", 33, 70, 8, false, false, 32, 32},
-      {"n50_m80_d9_per_point_3_ranges", 50, 80, 9, true, false, 32, 32},
+      {"n130_d40_self_5_ranges", 130, 0, 40, false, false, 32, 32, 0},
+      {"n100_d20_self_column_major_4_ranges", 100, 0, 20, false, true, 64, 32, 0},
+      {"n33_m70_d8_cross_3_ranges", 33, 70, 8, false, false, 32, 32, 0},
+      {"n50_m80_d9_per_point_3_ranges", 50, 80, 9, true, false, 32, 32, 0},
+      // The register sweep (D = 16, 32, 64; the device stages 32 points a tile): whole,
+      // split into ranges, and with a tile of 7 that the partners do not fill.
+      {"rows_n70_m45_d32_cross", 70, 45, 32, false, false, 32, 0, 32},
+      {"rows_n130_d16_self_5_ranges", 130, 0, 16, false, false, 32, 32, 32},
+      {"rows_n100_d64_self_128_threads_2_ranges", 100, 0, 64, false, false, 128, 64, 32},
+      {"rows_n40_d16_column_major_tile_7", 40, 0, 16, false, true, 32, 0, 7},
+      {"rows_n50_m80_d32_per_point_3_ranges", 50, 80, 32, true, false, 32, 32, 32},
   };
   for (const Case& c : cases) {
     if (c.per_point) {
