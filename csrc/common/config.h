@@ -1,6 +1,7 @@
 // Shared configuration for code compiled by both the host compiler and nvcc.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <stdexcept>
@@ -15,13 +16,25 @@
 // Unroll the next loop in device code, or keep it rolled (host builds leave it to the compiler).
 #if defined(__CUDA_ARCH__)
 #define GAUSSREG_UNROLL _Pragma("unroll")
+#define GAUSSREG_UNROLL_TWICE _Pragma("unroll 2")
 #define GAUSSREG_NO_UNROLL _Pragma("unroll 1")
 #else
 #define GAUSSREG_UNROLL
+#define GAUSSREG_UNROLL_TWICE
 #define GAUSSREG_NO_UNROLL
 #endif
 
 namespace gaussreg {
+
+// x * y + z rounded once, on the device and on the host (the same bits on both).
+template <typename T>
+GAUSSREG_HD T fused_multiply_add(T x, T y, T z) {
+#if defined(__CUDA_ARCH__)
+  return fma(x, y, z);
+#else
+  return std::fma(x, y, z);
+#endif
+}
 
 // Element types crossing the Python boundary, in the order _native.py uses.
 enum class DType : int { Float32 = 0, Float64 = 1 };

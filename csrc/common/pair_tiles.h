@@ -62,15 +62,6 @@ struct PairTileShape {
   static constexpr int kChunk = sizeof(T) == 4 ? 16 : 8;
 };
 
-template <typename T>
-GAUSSREG_HD T fused_multiply_add(T x, T y, T z) {
-#if defined(__CUDA_ARCH__)
-  return fma(x, y, z);
-#else
-  return std::fma(x, y, z);
-#endif
-}
-
 // Coordinates [c0, c0 + kChunk) of the tile's points j0 .. j0 + kTile into ys, this
 // thread's share of them (consecutive threads read consecutive coordinates of a point).
 template <typename T, typename Block>

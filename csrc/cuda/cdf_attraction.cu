@@ -4,7 +4,8 @@
 //
 // Keys: d_ij is generated from coordinate differences (fma, coordinate order 0..D-1, as
 // the CPU loop contracts it) by one tiled kernel, 128 x 128 pairs per tile, 8 x 8 per
-// thread; what happens to each key is the "emitter" the kernel is instantiated with.
+// thread (common/pair_keys.h, which tests/host/pair_keys.cpp runs on the CPU); what
+// happens to each key is the "emitter" the kernel is instantiated with.
 //
 // Forward, one pass (capacity >= n'): keys are written at their pair index k, with k as
 // the value, and CUB's stable radix sort of (key, k) pairs ranks ties by k for free; the
@@ -52,6 +53,7 @@
 
 #include "common/cdf_select.h"
 #include "common/pair_index.h"
+#include "common/pair_keys.h"
 #include "cuda/check.cuh"
 #include "cuda/workspace.cuh"
 #include "cuda/reduce.cuh"
@@ -62,9 +64,6 @@ namespace gaussreg {
 namespace cuda {
 namespace {
 
-constexpr int kTile = 128;        // rows and columns of pairs per key tile
-constexpr int kKeyThreads = 256;  // 16 x 16 threads, 8 x 8 pairs each
-constexpr int kMicro = 8;
 constexpr uint64_t kMaxTilesPerBlock = uint64_t{1} << 17;  // keeps a block's uint32 bucket counts below 2^32
 
 constexpr int kRankThreads = 256;
@@ -96,7 +95,6 @@ struct KeyTraits<float> {
   static constexpr int kBits = 31;
   static __device__ Bits bits(float v) { return __float_as_uint(v); }
   static __device__ float value(uint64_t b) { return __uint_as_float(static_cast<uint32_t>(b)); }
-  static __device__ float fused(float a, float b, float c) { return fmaf(a, b, c); }
 };
 template <>
 struct KeyTraits<double> {
@@ -104,7 +102,6 @@ struct KeyTraits<double> {
   static constexpr int kBits = 63;
   static __device__ Bits bits(double v) { return static_cast<uint64_t>(__double_as_longlong(v)); }
   static __device__ double value(uint64_t b) { return __longlong_as_double(static_cast<long long>(b)); }
-  static __device__ double fused(double a, double b, double c) { return fma(a, b, c); }
 };
 
 struct Entry {
@@ -330,85 +327,24 @@ size_t workspace_layout(const Plan& plan, char* base, Workspace* out) {
 
 // ---------------------------------------------------------------- key generation
 
-template <typename T>
-constexpr int kSlab = 64 / sizeof(T);  // coordinates staged per step: 64 bytes of each point
+// The block of common/pair_keys.h on the device.
+struct KeyBlock {
+  __device__ int thread() const { return static_cast<int>(threadIdx.x); }
+  __device__ static constexpr int threads() { return kKeyThreads; }
+  __device__ void sync() const { __syncthreads(); }
+};
 
-template <typename T>
-using SlabRows = T[kSlab<T>][kTile + 1];  // (coordinate, point), padded against bank conflicts
-
-// Coordinates [c0, c0 + width) of points [row0, row0 + kTile), zero past n.
-template <typename T>
-__device__ void stage_slab(const T* __restrict__ z, int64_t n, int64_t d, int64_t row0, int64_t c0, int width,
-                           SlabRows<T>& slab) {
-  for (int e = threadIdx.x; e < kTile * width; e += kKeyThreads) {
-    const int r = e / width, c = e - r * width;
-    const int64_t row = row0 + r;
-    slab[c][r] = row < n ? z[row * d + c0 + c] : T(0);
-  }
-}
-
-// acc[r][s] += (z_i[c] - z_j[c])^2 over the slab, rows ty + 16 r against columns tx + 16 s.
-template <typename T>
-__device__ void accumulate_slab(const SlabRows<T>& rows, const SlabRows<T>& cols, int width, int ty, int tx,
-                                T (&acc)[kMicro][kMicro]) {
-#pragma unroll 2
-  for (int c = 0; c < width; ++c) {
-    T a[kMicro], b[kMicro];
-#pragma unroll
-    for (int r = 0; r < kMicro; ++r) a[r] = rows[c][ty + 16 * r];
-#pragma unroll
-    for (int s = 0; s < kMicro; ++s) b[s] = cols[c][tx + 16 * s];
-#pragma unroll
-    for (int r = 0; r < kMicro; ++r) {
-#pragma unroll
-      for (int s = 0; s < kMicro; ++s) {
-        const T diff = a[r] - b[s];
-        acc[r][s] = KeyTraits<T>::fused(diff, diff, acc[r][s]);
-      }
-    }
-  }
-}
-
-// Every d_ij (i < j) goes to emit(valid, k(i, j), d_ij); all threads call emit together
-// (valid = false outside the triangle), so emitters may use warp votes. Blocks stride over
-// the nb(nb+1)/2 tiles of the upper triangle, so per-block state is set up once.
+// Every d_ij (i < j) goes to emit(valid, k(i, j), d_ij) (common/pair_keys.h emit_key_tile).
+// Blocks stride over the tiles of the upper triangle, so per-block state is set up once.
 template <typename T, typename Emitter>
 __global__ void __launch_bounds__(kKeyThreads)
 pair_keys_kernel(const T* __restrict__ z, int64_t n, int64_t d, uint64_t tiles, Emitter emitter) {
-  __shared__ SlabRows<T> rows, cols;
+  __shared__ KeySlab<T> rows, cols;
   extern __shared__ __align__(16) unsigned char emitter_smem[];
   Emitter emit = emitter;
   emit.begin(emitter_smem);
-  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-  const uint64_t nb = (static_cast<uint64_t>(n) + kTile - 1) / kTile;
-  for (uint64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const PairIJ tile = pair_of(nb + 1, t);  // pairs (bi, bj + 1) of nb + 1 items number the tiles bi <= bj
-    const int64_t i0 = static_cast<int64_t>(tile.i) * kTile, j0 = static_cast<int64_t>(tile.j - 1) * kTile;
-    T acc[kMicro][kMicro];
-#pragma unroll
-    for (int r = 0; r < kMicro; ++r)
-#pragma unroll
-      for (int s = 0; s < kMicro; ++s) acc[r][s] = T(0);
-    for (int64_t c0 = 0; c0 < d; c0 += kSlab<T>) {
-      const int width = static_cast<int>(d - c0 < kSlab<T> ? d - c0 : kSlab<T>);
-      __syncthreads();  // the previous slab has been read
-      stage_slab<T>(z, n, d, i0, c0, width, rows);
-      stage_slab<T>(z, n, d, j0, c0, width, cols);
-      __syncthreads();
-      accumulate_slab<T>(rows, cols, width, ty, tx, acc);
-    }
-#pragma unroll
-    for (int r = 0; r < kMicro; ++r) {
-      const int64_t i = i0 + ty + 16 * r;
-      const uint64_t row_start = i < n ? pair_row_start(static_cast<uint64_t>(n), static_cast<uint64_t>(i)) : 0;
-#pragma unroll
-      for (int s = 0; s < kMicro; ++s) {
-        const int64_t j = j0 + tx + 16 * s;
-        const bool valid = i < j && j < n;
-        emit(valid, row_start + static_cast<uint64_t>(j - i - 1), T(0.5) * acc[r][s]);
-      }
-    }
-  }
+  KeyBlock block;
+  for (uint64_t t = blockIdx.x; t < tiles; t += gridDim.x) emit_key_tile<T>(z, n, d, t, block, rows, cols, emit);
   emit.end();
 }
 
@@ -494,11 +430,6 @@ struct CollectEmitter {
     append_kept(keep, Composite<C>::make(bits, k, index_bits), cursor, out, capacity);
   }
 };
-
-uint64_t key_tiles(int64_t n) {
-  const uint64_t nb = (static_cast<uint64_t>(n) + kTile - 1) / kTile;
-  return nb * (nb + 1) / 2;
-}
 
 template <typename Kernel>
 uint64_t resident_blocks(Kernel kernel, int threads, size_t shared) {
@@ -629,7 +560,7 @@ __device__ T half_sq_distance(const T* a, const T* b, int64_t d) {
   T acc = 0;
   for (int64_t c = 0; c < d; ++c) {
     const T diff = a[c] - b[c];
-    acc = KeyTraits<T>::fused(diff, diff, acc);
+    acc = fused_multiply_add(diff, diff, acc);
   }
   return T(0.5) * acc;
 }
@@ -1448,7 +1379,7 @@ __global__ void __launch_bounds__(kBackThreads) signed_differences_kernel(Backwa
 #pragma unroll
         for (int q = 0; q < kRowsPerWarp; ++q)
 #pragma unroll
-          for (int u = 0; u < DPL; ++u) acc[q][u] = KeyTraits<T>::fused(s[q], zi[q][u] - zj[u], acc[q][u]);
+          for (int u = 0; u < DPL; ++u) acc[q][u] = fused_multiply_add(s[q], zi[q][u] - zj[u], acc[q][u]);
       }
     }
 #pragma unroll
