@@ -32,8 +32,9 @@
 // Backward: g_i = scale * sum_{j != i} s_ij (z_i - z_j). A block owns 64 rows, a warp 8
 // rows with the lanes along D, and sweeps j in tiles of 32 whose s_ij are staged in shared
 // memory (from the bit sets or residuals, read along consecutive pair indices). Every
-// row's sum runs over j in increasing order in one thread with fma: bitwise reproducible,
-// and the same order as the CPU's.
+// row's sum runs over j in increasing order in one thread with fma: bitwise reproducible
+// (common/cdf_backward.h, which tests/host/cdf_backward.cpp runs on the CPU). The CPU sums
+// (sum_j s_ij) z_i - sum_j s_ij z_j instead: the two agree to rounding, not bit for bit.
 #include "common/cdf_attraction.h"
 #include "common/cdf_attraction_bind.h"
 
@@ -53,6 +54,7 @@
 
 #include "common/cdf_select.h"
 #include "common/pair_index.h"
+#include "common/cdf_backward.h"
 #include "common/pair_keys.h"
 #include "cuda/check.cuh"
 #include "cuda/workspace.cuh"
@@ -78,10 +80,6 @@ constexpr uint64_t kBucketsPerPass = 16;
 constexpr uint64_t kMaxBuckets = 4096;
 constexpr uint64_t kSamplePerBucket = 32;
 
-constexpr int kBackThreads = 256;
-constexpr int kBackRows = 64;  // 8 warps x 8 rows
-constexpr int kRowsPerWarp = 8;
-constexpr int kBackCols = 32;
 
 
 // ---------------------------------------------------------------- keys and entries
@@ -1282,115 +1280,22 @@ void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes, cudaStre
 // ---------------------------------------------------------------- backward
 
 template <typename T>
-struct BackwardArgs {
-  const T* z;
-  int64_t n, d;
-  int p;
-  const unsigned long long* pos_bits;
-  const unsigned long long* neg_bits;
-  const T* residual;
-  T scale;
-  T* grad;
+using BackwardArgs = SignedDifferences<T>;
+
+// The block of common/cdf_backward.h on the device.
+struct BackBlock {
+  __device__ int thread() const { return static_cast<int>(threadIdx.x); }
+  __device__ static constexpr int threads() { return kBackThreads; }
+  __device__ void sync() const { __syncthreads(); }
 };
 
-template <typename T>
-constexpr int kWeightPad = 16 / sizeof(T);  // keeps rows 16-byte aligned for vector loads
-
-// s_ij: sgn(e) from the bit sets (p = 1) or e (p = 2) at k(min, max); 0 off the pairs.
-template <typename T>
-__device__ T pair_weight(const BackwardArgs<T>& a, int64_t i, int64_t j) {
-  if (i == j || i >= a.n || j >= a.n) return T(0);
-  const uint64_t n = static_cast<uint64_t>(a.n);
-  const uint64_t k = i < j ? pair_index(n, i, j) : pair_index(n, j, i);
-  if (a.p == 2) return a.residual[k];
-  const unsigned long long bit = 1ull << (k & 63);
-  if (a.pos_bits[k >> 6] & bit) return T(1);
-  return (a.neg_bits[k >> 6] & bit) ? T(-1) : T(0);
-}
-
-// weights[jj][r] = s(i0 + r, j0 + jj). Left of the diagonal, k(j, i0 + r) runs along r;
-// elsewhere k(i, j0 + jj) runs along jj: the lanes follow whichever is consecutive.
-template <typename T>
-__device__ void stage_weights(const BackwardArgs<T>& a, int64_t i0, int64_t j0,
-                              T (&weights)[kBackCols][kBackRows + kWeightPad<T>]) {
-  if (j0 + kBackCols <= i0) {
-    for (int e = threadIdx.x; e < kBackCols * kBackRows; e += kBackThreads) {
-      const int r = e % kBackRows, jj = e / kBackRows;
-      weights[jj][r] = pair_weight(a, i0 + r, j0 + jj);
-    }
-  } else {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int q = 0; q < kRowsPerWarp; ++q) {
-      const int r = warp * kRowsPerWarp + q;
-      weights[lane][r] = pair_weight(a, i0 + r, j0 + lane);
-    }
-  }
-}
-
-__device__ __forceinline__ void load_row_weights(const float* p, float (&s)[kRowsPerWarp]) {
-  const float4 lo = reinterpret_cast<const float4*>(p)[0], hi = reinterpret_cast<const float4*>(p)[1];
-  s[0] = lo.x, s[1] = lo.y, s[2] = lo.z, s[3] = lo.w, s[4] = hi.x, s[5] = hi.y, s[6] = hi.z, s[7] = hi.w;
-}
-
-__device__ __forceinline__ void load_row_weights(const double* p, double (&s)[kRowsPerWarp]) {
-#pragma unroll
-  for (int h = 0; h < kRowsPerWarp / 2; ++h) {
-    const double2 v = reinterpret_cast<const double2*>(p)[h];
-    s[2 * h] = v.x, s[2 * h + 1] = v.y;
-  }
-}
-
-// Rows [i0, i0 + 64), coordinates in chunks of 32 * DPL (DPL per lane, kept in registers).
+// Rows [64 blockIdx.x, + 64): common/cdf_backward.h signed_differences_rows.
 template <typename T, int DPL>
 __global__ void __launch_bounds__(kBackThreads) signed_differences_kernel(BackwardArgs<T> a) {
-  constexpr int W = 32 * DPL;
-  __shared__ __align__(16) T weights[kBackCols][kBackRows + kWeightPad<T>];
-  __shared__ T cols[kBackCols][W];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kBackRows;
-  const int64_t first_row = i0 + warp * kRowsPerWarp;
-  for (int64_t c0 = 0; c0 < a.d; c0 += W) {
-    T zi[kRowsPerWarp][DPL], acc[kRowsPerWarp][DPL];
-#pragma unroll
-    for (int q = 0; q < kRowsPerWarp; ++q) {
-#pragma unroll
-      for (int u = 0; u < DPL; ++u) {
-        const int64_t i = first_row + q, c = c0 + lane + 32 * u;
-        zi[q][u] = i < a.n && c < a.d ? a.z[i * a.d + c] : T(0);
-        acc[q][u] = T(0);
-      }
-    }
-    for (int64_t j0 = 0; j0 < a.n; j0 += kBackCols) {
-      __syncthreads();  // the previous tile has been read
-      for (int e = threadIdx.x; e < kBackCols * W; e += kBackThreads) {
-        const int jj = e / W, c = e % W;
-        const int64_t j = j0 + jj;
-        cols[jj][c] = j < a.n && c0 + c < a.d ? a.z[j * a.d + c0 + c] : T(0);
-      }
-      stage_weights(a, i0, j0, weights);
-      __syncthreads();
-      const int width = static_cast<int>(a.n - j0 < kBackCols ? a.n - j0 : kBackCols);
-      for (int jj = 0; jj < width; ++jj) {
-        T zj[DPL], s[kRowsPerWarp];
-#pragma unroll
-        for (int u = 0; u < DPL; ++u) zj[u] = cols[jj][lane + 32 * u];
-        load_row_weights(&weights[jj][warp * kRowsPerWarp], s);
-        // Branch-free: s = 0 adds an exact zero, as skipping the pair would.
-#pragma unroll
-        for (int q = 0; q < kRowsPerWarp; ++q)
-#pragma unroll
-          for (int u = 0; u < DPL; ++u) acc[q][u] = fused_multiply_add(s[q], zi[q][u] - zj[u], acc[q][u]);
-      }
-    }
-#pragma unroll
-    for (int q = 0; q < kRowsPerWarp; ++q) {
-#pragma unroll
-      for (int u = 0; u < DPL; ++u) {
-        const int64_t i = first_row + q, c = c0 + lane + 32 * u;
-        if (i < a.n && c < a.d) a.grad[i * a.d + c] = a.scale * acc[q][u];
-      }
-    }
-  }
+  __shared__ __align__(16) BackWeights<T> weights;
+  __shared__ BackColumns<T, DPL> cols;
+  BackBlock block;
+  signed_differences_rows<T, DPL>(a, static_cast<int64_t>(blockIdx.x), block, weights, cols);
 }
 
 template <typename T, int DPL>
