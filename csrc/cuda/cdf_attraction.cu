@@ -55,6 +55,7 @@
 #include "common/cdf_select.h"
 #include "common/pair_index.h"
 #include "common/cdf_backward.h"
+#include "common/cdf_rank.h"
 #include "common/pair_keys.h"
 #include "cuda/check.cuh"
 #include "cuda/workspace.cuh"
@@ -68,9 +69,7 @@ namespace {
 
 constexpr uint64_t kMaxTilesPerBlock = uint64_t{1} << 17;  // keeps a block's uint32 bucket counts below 2^32
 
-constexpr int kRankThreads = 256;
-constexpr int kRanksPerThread = 8;
-constexpr uint64_t kChunk = kRankThreads * kRanksPerThread;  // ranks per partial sum
+constexpr uint64_t kChunk = kRankChunk;  // ranks per partial sum (common/cdf_rank.h)
 // The rank pass streams entries and scatters bits: occupancy matters more than registers.
 constexpr int kRankBlocksPerSm = 4;
 
@@ -102,9 +101,7 @@ struct KeyTraits<double> {
   static __device__ double value(uint64_t b) { return __longlong_as_double(static_cast<long long>(b)); }
 };
 
-struct Entry {
-  uint64_t key_bits, index;
-};
+using Entry = RankEntry;
 
 // The composite key of the passes when (key, index) needs more than 64 bits.
 struct WideKey {
@@ -454,57 +451,21 @@ void launch_pair_keys(const T* z, int64_t n, int64_t d, const Emitter& emit, siz
 
 // ---------------------------------------------------------------- ranks
 
-template <typename T>
-struct RankArgs {
-  RankQuantiles<T> quantiles;
-  int p;
-  unsigned long long* pos_bits;  // p = 1: sgn(e) > 0
-  unsigned long long* neg_bits;  // p = 1: sgn(e) < 0
-  T* residual;                   // p = 2
-  T* sorted;                     // optional: d_(k) by rank
-  uint64_t pairs;
+// The block of common/cdf_rank.h on the device.
+struct RankBlock {
+  __device__ int thread() const { return static_cast<int>(threadIdx.x); }
+  __device__ double sum(double v) const { return block_sum(v); }
+  __device__ void or_bits(unsigned long long* word, unsigned long long bits) const { atomicOr(word, bits); }
 };
 
-// e of rank r (entry at `pos` of the sorted pass) written out; returns |e|^p.
-template <typename T, typename Reader>
-__device__ double rank_one(const Reader& entries, const RankArgs<T>& a, uint64_t r, uint64_t pos, int64_t* segment) {
-  const Entry entry = entries(pos);
-  const T key = KeyTraits<T>::value(entry.key_bits);
-  const T e = key - a.quantiles(r, segment);
-  if (a.sorted != nullptr) a.sorted[r] = key;
-  if (a.p == 2) {
-    a.residual[entry.index] = e;
-  } else if (e != T(0)) {
-    // Integer OR: the bit sets come out the same whatever the order of the writes.
-    atomicOr((e > T(0) ? a.pos_bits : a.neg_bits) + (entry.index >> 6), 1ull << (entry.index & 63));
-  }
-  return abs_power(e, a.p);
-}
-
-// Ranks [r0, r1), whose entries sit at [0, r1 - r0) of the sorted buffer. Partial sums
-// per chunk of kChunk ranks; a chunk that this pass does not finish leaves its terms in
-// carry_out for the next pass, which reads them back from carry_in.
+// Ranks [r0, r1), whose entries sit at [0, r1 - r0) of the sorted buffer
+// (common/cdf_rank.h rank_chunks: partials per chunk, carries between passes).
 template <typename T, typename Reader>
 __global__ void __launch_bounds__(kRankThreads, kRankBlocksPerSm)
 rank_kernel(Reader entries, RankArgs<T> a, uint64_t r0, uint64_t r1, const double* __restrict__ carry_in,
             double* __restrict__ carry_out, double* __restrict__ partials) {
-  const uint64_t first = r0 / kChunk, last = (r1 - 1) / kChunk;
-  for (uint64_t c = first + blockIdx.x; c <= last; c += gridDim.x) {
-    const uint64_t start = c * kChunk, end = std::min(start + kChunk, a.pairs);
-    const bool closes = end <= r1;
-    double sum = 0.0;
-    int64_t segment = -1;  // the anchors' hint: this thread's ranks ascend
-    for (int q = 0; q < kRanksPerThread; ++q) {
-      const uint64_t r = start + static_cast<uint64_t>(q) * kRankThreads + threadIdx.x;  // a warp reads 32 in a row
-      if (r >= end || r >= r1) break;
-      const double term = r < r0 ? carry_in[r - start] : rank_one(entries, a, r, r - r0, &segment);
-      if (closes) sum += term; else carry_out[r - start] = term;
-    }
-    if (closes) {  // block-uniform
-      const double total = block_sum(sum);
-      if (threadIdx.x == 0) partials[c] = total;
-    }
-  }
+  RankBlock block;
+  rank_chunks<T>(entries, a, r0, r1, carry_in, carry_out, partials, blockIdx.x, gridDim.x, block);
 }
 
 template <typename T, typename Reader>
