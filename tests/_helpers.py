@@ -1,8 +1,13 @@
 """Helpers shared by the gaussreg test files (no computation at import time)."""
 from __future__ import annotations
 
+import json
+import os
 import re
-from typing import Callable, Sequence
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable, List, Sequence
 
 import torch
 
@@ -17,6 +22,29 @@ FLOAT_DTYPES = (torch.float32, torch.float64)
 # the largest term, amplified by cancellation in the difference of the loss's terms.
 F64_RTOL = 1e-9
 F64_ATOL = 1e-12
+
+
+HOST_TESTS = Path(__file__).resolve().parent / "host"
+
+
+def build_host_program(folder: Path, name: str) -> Path:
+    """tests/host/<name>.cpp compiled against csrc/ (the shared CUDA headers run on the
+    CPU) into `folder`; the test is skipped where there is no C++ compiler ($CXX or c++)."""
+    import pytest
+
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        pytest.skip(f"no C++ compiler ({cxx})")
+    exe = folder / name
+    subprocess.run([cxx, "-std=c++17", "-O1", "-pthread", "-I", str(HOST_TESTS.parent.parent / "csrc"),
+                    str(HOST_TESTS / f"{name}.cpp"), "-o", str(exe)], check=True)
+    return exe
+
+
+def run_host_program(exe: Path) -> List[dict]:
+    """The JSON line of each case a host program prints."""
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=300)
+    return [json.loads(line) for line in out.stdout.splitlines()]
 
 
 def cuda_ok() -> bool:

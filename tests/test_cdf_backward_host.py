@@ -9,28 +9,16 @@ chunks of coordinates). Weights of the wrong pair below the diagonal, or a missi
 give errors of order 1 (both were tried). The device itself (vector loads, banks, speed)
 waits for a GPU.
 """
-import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CXX = os.environ.get("CXX", "c++")
+from _helpers import build_host_program, run_host_program
+
 TOLERANCE = {"float32": 1e-5, "float64": 1e-13}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    if shutil.which(CXX) is None:
-        pytest.skip(f"no C++ compiler ({CXX})")
-    exe = tmp_path_factory.mktemp("host") / "cdf_backward"
-    subprocess.run([CXX, "-std=c++17", "-O1", "-pthread", "-I", str(ROOT / "csrc"),
-                    str(ROOT / "tests" / "host" / "cdf_backward.cpp"), "-o", str(exe)], check=True)
-    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=300)
-    return [json.loads(line) for line in out.stdout.splitlines()]
+    return run_host_program(build_host_program(tmp_path_factory.mktemp("host"), "cdf_backward"))
 
 
 def test_every_case_ran(results):

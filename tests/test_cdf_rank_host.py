@@ -10,27 +10,15 @@ no read outside a pass's own entries. Forcing every chunk closed, or ranking aga
 terms an earlier pass carried, fails it (both were tried). The atomics and the speed on
 the device wait for a GPU.
 """
-import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CXX = os.environ.get("CXX", "c++")
+from _helpers import build_host_program, run_host_program
+
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    if shutil.which(CXX) is None:
-        pytest.skip(f"no C++ compiler ({CXX})")
-    exe = tmp_path_factory.mktemp("host") / "cdf_rank"
-    subprocess.run([CXX, "-std=c++17", "-O1", "-pthread", "-I", str(ROOT / "csrc"),
-                    str(ROOT / "tests" / "host" / "cdf_rank.cpp"), "-o", str(exe)], check=True)
-    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=300)
-    return [json.loads(line) for line in out.stdout.splitlines()]
+    return run_host_program(build_host_program(tmp_path_factory.mktemp("host"), "cdf_rank"))
 
 
 def test_every_case_ran(results):

@@ -10,27 +10,15 @@ choose_leaf_bits gives back from K, as the split steps rebuild them). Breaking s
 leaf offset or the tie rule makes these checks fail (both were tried). The CUDA kernels
 that use them still wait for a GPU.
 """
-import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CXX = os.environ.get("CXX", "c++")
+from _helpers import build_host_program, run_host_program
+
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    if shutil.which(CXX) is None:
-        pytest.skip(f"no C++ compiler ({CXX})")
-    exe = tmp_path_factory.mktemp("host") / "cdf_slots"
-    subprocess.run([CXX, "-std=c++17", "-O1", "-I", str(ROOT / "csrc"), str(ROOT / "tests" / "host" / "cdf_slots.cpp"),
-                    "-o", str(exe)], check=True)
-    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=300)
-    return [json.loads(line) for line in out.stdout.splitlines()]
+    return run_host_program(build_host_program(tmp_path_factory.mktemp("host"), "cdf_slots"))
 
 
 def test_every_case_ran_and_exercised_the_leaves(results):

@@ -11,36 +11,25 @@ points from the CPU engine (its sorted distances) against the emulated device's:
 bits, which README's "CPU and CUDA" section says they should be. What it cannot check is
 the device itself: the emitters' warp votes and atomics, speed, wait for a GPU.
 """
-import json
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from _helpers import build_host_program, run_host_program
 from gaussreg.engines.cdf_attraction import sorted_half_sq_distances
 
-ROOT = Path(__file__).resolve().parent.parent
-CXX = os.environ.get("CXX", "c++")
 
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory):
-    if shutil.which(CXX) is None:
-        pytest.skip(f"no C++ compiler ({CXX})")
-    exe = tmp_path_factory.mktemp("host") / "pair_keys"
-    subprocess.run([CXX, "-std=c++17", "-O1", "-pthread", "-I", str(ROOT / "csrc"),
-                    str(ROOT / "tests" / "host" / "pair_keys.cpp"), "-o", str(exe)], check=True)
-    return exe
+    return build_host_program(tmp_path_factory.mktemp("host"), "pair_keys")
 
 
 @pytest.fixture(scope="module")
 def results(program):
-    out = subprocess.run([str(program)], check=True, capture_output=True, text=True, timeout=300)
-    return [json.loads(line) for line in out.stdout.splitlines()]
+    return run_host_program(program)
 
 
 def test_every_case_ran(results):

@@ -5,7 +5,6 @@
 // prints one JSON line with its relative error. tests/test_cdf_backward_host.py compiles
 // and runs it.
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <mutex>
@@ -13,44 +12,12 @@
 #include <thread>
 #include <vector>
 
+#include "emulation.h"
 #include "common/cdf_backward.h"
 
 namespace {
 
-class Barrier {
- public:
-  explicit Barrier(int count) : count_(count) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const long generation = generation_;
-    if (++waiting_ == count_) {
-      waiting_ = 0;
-      ++generation_;
-      released_.notify_all();
-    } else {
-      released_.wait(lock, [&] { return generation_ != generation; });
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable released_;
-  int count_, waiting_ = 0;
-  long generation_ = 0;
-};
-
-struct HostBlock {
-  int index;
-  Barrier* barrier;
-  int thread() const { return index; }
-  static constexpr int threads() { return gaussreg::kBackThreads; }
-  void sync() const { barrier->wait(); }
-};
-
-double uniform(std::uint64_t& state) {  // deterministic values in [-1, 1)
-  state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-  return static_cast<double>(state >> 11) / 4503599627370496.0 - 1.0;
-}
+using HostBlock = host::Block<gaussreg::kBackThreads>;
 
 // Every block of the launch, as cuda/cdf_attraction.cu's backward() chooses DPL.
 template <typename T, int DPL>
@@ -59,7 +26,7 @@ void launch(const gaussreg::SignedDifferences<T>& a) {
   for (int64_t b = 0; b < blocks; ++b) {
     gaussreg::BackWeights<T> weights;
     gaussreg::BackColumns<T, DPL> cols;
-    Barrier barrier(gaussreg::kBackThreads);
+    host::Barrier barrier(gaussreg::kBackThreads);
     std::vector<std::thread> team;
     for (int t = 0; t < gaussreg::kBackThreads; ++t)
       team.emplace_back([&, t] {
@@ -81,17 +48,17 @@ template <typename T>
 void check(const std::string& name, int64_t n, int64_t d, int p) {
   std::uint64_t state = 4242 + static_cast<std::uint64_t>(n * 7 + d * 3 + p);
   std::vector<T> z(static_cast<size_t>(n * d));
-  for (auto& v : z) v = static_cast<T>(uniform(state));
+  for (auto& v : z) v = static_cast<T>(host::uniform_pm1(state));
   const uint64_t pairs = gaussreg::pair_count(static_cast<uint64_t>(n)), words = (pairs + 63) / 64;
   std::vector<unsigned long long> pos(words, 0), neg(words, 0);
   std::vector<T> residual(pairs);
   std::vector<double> weight(pairs);
   for (uint64_t k = 0; k < pairs; ++k) {
     if (p == 2) {
-      residual[k] = static_cast<T>(uniform(state));
+      residual[k] = static_cast<T>(host::uniform_pm1(state));
       weight[k] = static_cast<double>(residual[k]);
     } else {
-      const double u = uniform(state);  // +1, -1 or 0 (a tie with its target)
+      const double u = host::uniform_pm1(state);  // +1, -1 or 0 (a tie with its target)
       weight[k] = u > 0.1 ? 1.0 : (u < -0.1 ? -1.0 : 0.0);
       if (weight[k] > 0) pos[k >> 6] |= 1ull << (k & 63);
       if (weight[k] < 0) neg[k >> 6] |= 1ull << (k & 63);

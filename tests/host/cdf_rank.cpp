@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <mutex>
@@ -17,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "emulation.h"
 #include "common/cdf_rank.h"
 
 namespace {
@@ -24,31 +24,9 @@ namespace {
 using gaussreg::kRankChunk;
 using gaussreg::kRankThreads;
 
-class Barrier {
- public:
-  explicit Barrier(int count) : count_(count) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const long generation = generation_;
-    if (++waiting_ == count_) {
-      waiting_ = 0;
-      ++generation_;
-      released_.notify_all();
-    } else {
-      released_.wait(lock, [&] { return generation_ != generation; });
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable released_;
-  int count_, waiting_ = 0;
-  long generation_ = 0;
-};
-
 struct HostBlock {
   int index;
-  Barrier* barrier;
+  host::Barrier* barrier;
   double* sums;
   int thread() const { return index; }
   double sum(double v) const {  // in thread order, valid in thread 0
@@ -80,11 +58,6 @@ struct SliceReader {
     return {key_bits[pos], index[pos]};
   }
 };
-
-double uniform(std::uint64_t& state) {  // deterministic values in [0, 1)
-  state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-  return static_cast<double>(state >> 11) / 9007199254740992.0;
-}
 
 template <typename T>
 uint64_t bits_of(T key) {
@@ -130,7 +103,7 @@ void run_passes(const std::vector<uint64_t>& key_bits, const std::vector<uint64_
     double* carry_out = carry.data() + ((pass + 1) & 1) * kRankChunk;
     const uint64_t blocks = (r1 - 1) / kRankChunk - r0 / kRankChunk + 1;
     for (uint64_t b = 0; b < blocks; ++b) {
-      Barrier barrier(kRankThreads);
+      host::Barrier barrier(kRankThreads);
       std::vector<double> sums(kRankThreads);
       std::vector<std::thread> team;
       for (int t = 0; t < kRankThreads; ++t)
@@ -149,14 +122,14 @@ void check(const std::string& name, uint64_t pairs, int p, const std::vector<uin
   // Sorted keys with ties, a random permutation of the pair indices, ascending targets
   // (some equal to their key: e = 0, neither bit).
   std::vector<T> keys(pairs), table(pairs);
-  for (auto& k : keys) k = static_cast<T>(std::floor(uniform(state) * 300.0) / 64.0);
+  for (auto& k : keys) k = static_cast<T>(std::floor(host::uniform01(state) * 300.0) / 64.0);
   std::sort(keys.begin(), keys.end());
   for (uint64_t r = 0; r < pairs; ++r)
-    table[r] = uniform(state) < 0.1 ? keys[r] : static_cast<T>((static_cast<double>(r) + 0.5) / pairs * 4.7);
+    table[r] = host::uniform01(state) < 0.1 ? keys[r] : static_cast<T>((static_cast<double>(r) + 0.5) / pairs * 4.7);
   std::sort(table.begin(), table.end());
   std::vector<uint64_t> key_bits(pairs), index(pairs);
   for (uint64_t r = 0; r < pairs; ++r) key_bits[r] = bits_of(keys[r]), index[r] = r;
-  for (uint64_t r = pairs; r > 1; --r) std::swap(index[r - 1], index[static_cast<uint64_t>(uniform(state) * r)]);
+  for (uint64_t r = pairs; r > 1; --r) std::swap(index[r - 1], index[static_cast<uint64_t>(host::uniform01(state) * r)]);
   gaussreg::RankQuantiles<T> quantiles{};
   quantiles.source = gaussreg::QuantileSource::Table;
   quantiles.table = table.data();

@@ -7,7 +7,6 @@
 // `IN OUT n d bytes` it instead reads z (n x d values of 4 or 8 bytes) from IN and writes the
 // keys in pair-index order to OUT, for a comparison with the CPU engine's keys.
 // tests/test_pair_keys_host.py compiles and runs it.
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -18,39 +17,12 @@
 #include <thread>
 #include <vector>
 
+#include "emulation.h"
 #include "common/pair_keys.h"
 
 namespace {
 
-class Barrier {
- public:
-  explicit Barrier(int count) : count_(count) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const long generation = generation_;
-    if (++waiting_ == count_) {
-      waiting_ = 0;
-      ++generation_;
-      released_.notify_all();
-    } else {
-      released_.wait(lock, [&] { return generation_ != generation; });
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable released_;
-  int count_, waiting_ = 0;
-  long generation_ = 0;
-};
-
-struct HostBlock {
-  int index;
-  Barrier* barrier;
-  int thread() const { return index; }
-  static constexpr int threads() { return gaussreg::kKeyThreads; }
-  void sync() const { barrier->wait(); }
-};
+using HostBlock = host::Block<gaussreg::kKeyThreads>;
 
 // What the emitters of a launch saw, per pair index (a mutex: the block's threads emit at once).
 template <typename T>
@@ -72,11 +44,6 @@ struct Record {
   }
 };
 
-double uniform(std::uint64_t& state) {  // deterministic values in [-1, 1)
-  state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-  return static_cast<double>(state >> 11) / 4503599627370496.0 - 1.0;
-}
-
 template <typename T>
 bool same_bits(T a, T b) {
   return std::memcmp(&a, &b, sizeof(T)) == 0;
@@ -92,7 +59,7 @@ void launch(const std::vector<T>& z, int64_t n, int64_t d, uint64_t blocks, Reco
   const uint64_t tiles = gaussreg::key_tiles(n);
   for (uint64_t b = 0; b < blocks; ++b) {
     gaussreg::KeySlab<T> rows, cols;
-    Barrier barrier(gaussreg::kKeyThreads);
+    host::Barrier barrier(gaussreg::kKeyThreads);
     std::vector<std::thread> team;
     for (int t = 0; t < gaussreg::kKeyThreads; ++t)
       team.emplace_back([&, t] {
@@ -108,7 +75,7 @@ template <typename T>
 void check(const std::string& name, int64_t n, int64_t d, uint64_t blocks, bool duplicates) {
   std::uint64_t state = 777 + static_cast<std::uint64_t>(n * 13 + d);
   std::vector<T> z(static_cast<size_t>(n * d));
-  for (auto& v : z) v = static_cast<T>(2.0 * uniform(state));
+  for (auto& v : z) v = static_cast<T>(2.0 * host::uniform_pm1(state));
   if (duplicates)  // every third point a copy of the one before: zero keys, tied keys
     for (int64_t i = 1; i < n; i += 3)
       for (int64_t c = 0; c < d; ++c) z[i * d + c] = z[(i - 1) * d + c];

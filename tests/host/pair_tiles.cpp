@@ -5,7 +5,6 @@
 // without a GPU. tests/test_pair_tiles_host.py
 // compiles and runs it; each case prints one JSON line with its relative errors.
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -14,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "emulation.h"
 #include "common/gaussian_l2.h"
 #include "common/pair_tiles.h"
 
@@ -21,33 +21,11 @@ namespace {
 
 using gaussreg::index_t;
 
-class Barrier {
- public:
-  explicit Barrier(int count) : count_(count) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const long generation = generation_;
-    if (++waiting_ == count_) {
-      waiting_ = 0;
-      ++generation_;
-      released_.notify_all();
-    } else {
-      released_.wait(lock, [&] { return generation_ != generation; });
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable released_;
-  int count_, waiting_ = 0;
-  long generation_ = 0;
-};
-
 // One thread's view of its block (the Block pair_tiles.h expects).
 template <typename T>
 struct HostBlock {
   int index, count;
-  Barrier* barrier;
+  host::Barrier* barrier;
   T* tile;
   T* params;
   double* sums;
@@ -89,7 +67,7 @@ double run_blocks(const gaussreg::PairSweep<T>& s, const K& kern, T* grad, int t
   for (index_t row0 = 0; row0 < s.na; row0 += threads) {
     std::vector<T> ys(tile == 0 ? Shape::kTile * Shape::kChunk : tile * s.d), params(tile == 0 ? Shape::kTile : tile);
     std::vector<double> sums(threads), out(threads);
-    Barrier barrier(threads);
+    host::Barrier barrier(threads);
     std::vector<std::thread> team;
     for (int t = 0; t < threads; ++t)
       team.emplace_back([&, t] {
@@ -121,11 +99,6 @@ double run_sweep(const gaussreg::PairSweep<T>& s, const K& kern, T* grad, int th
       grad[e] = static_cast<T>(g);
     }
   return value;
-}
-
-double uniform(std::uint64_t& state) {  // deterministic points in [-1, 1)
-  state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-  return static_cast<double>(state >> 11) / 4503599627370496.0 - 1.0;
 }
 
 struct Case {
@@ -163,10 +136,10 @@ void check(const Case& c, const K& kern, const Reference& ref) {
   const index_t m = self ? c.n : c.m;
   std::uint64_t state = 12345 + static_cast<std::uint64_t>(c.n * 31 + c.d);
   std::vector<double> x(c.n * c.d), y(m * c.d), px(c.n), py(m);
-  for (auto& v : x) v = 0.6 * uniform(state);
-  for (auto& v : y) v = 0.6 * uniform(state);
-  for (auto& v : px) v = 0.5 + 0.4 * uniform(state);
-  for (auto& v : py) v = 0.5 + 0.4 * uniform(state);
+  for (auto& v : x) v = 0.6 * host::uniform_pm1(state);
+  for (auto& v : y) v = 0.6 * host::uniform_pm1(state);
+  for (auto& v : px) v = 0.5 + 0.4 * host::uniform_pm1(state);
+  for (auto& v : py) v = 0.5 + 0.4 * host::uniform_pm1(state);
   if (self) y = x, py = px;
   // x as the sweep reads it: row-major, or column-major (strides 1 and n).
   std::vector<T> xs(c.n * c.d), ys(m * c.d), pxs(px.begin(), px.end()), pys(py.begin(), py.end());
