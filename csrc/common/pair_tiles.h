@@ -6,8 +6,8 @@
 // The register sweep (sweep_rows_in_registers, float32 at D = 16, 32, 64): the row and its
 // gradient stay in registers for the whole sweep and a tile holds whole points.
 //
-// The chunked sweep (sweep_rows, every other D and float64): the partners in tiles of kTile points, a
-// chunk of kChunk coordinates at a time: any D, float32 or float64, on one path. A chunk of
+// The chunked sweep (sweep_rows, every other D and float64): the partners in tiles of
+// kTile points, a chunk of kChunk coordinates at a time: any D, float32 or float64. A chunk of
 // the tile is staged in shared memory (zero past the tile's points and past D: a zero
 // coordinate adds nothing to a distance or a gradient), the row's chunk is held in
 // registers and reused by the tile's kTile pairs, and each pair's squared distance stays in

@@ -129,7 +129,8 @@ void check(const std::string& name, uint64_t pairs, int p, const std::vector<uin
   std::sort(table.begin(), table.end());
   std::vector<uint64_t> key_bits(pairs), index(pairs);
   for (uint64_t r = 0; r < pairs; ++r) key_bits[r] = bits_of(keys[r]), index[r] = r;
-  for (uint64_t r = pairs; r > 1; --r) std::swap(index[r - 1], index[static_cast<uint64_t>(host::uniform01(state) * r)]);
+  for (uint64_t r = pairs; r > 1; --r)  // a shuffle: the pair indices in a random order
+    std::swap(index[r - 1], index[static_cast<uint64_t>(host::uniform01(state) * static_cast<double>(r))]);
   gaussreg::RankQuantiles<T> quantiles{};
   quantiles.source = gaussreg::QuantileSource::Table;
   quantiles.table = table.data();
