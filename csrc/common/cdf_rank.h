@@ -11,8 +11,8 @@
 // partials do not depend on where the passes were cut.
 //
 // A Block (of kRankThreads threads) provides thread(), sum(double) (the block's sum, valid
-// in thread 0, in a fixed order) and or_bits(word, bits) (an integer OR of any order: the bit sets come
-// out the same whatever the order of the writes).
+// in thread 0, in a fixed order) and or_bits(word, bits) (an integer OR of any order: the
+// bit sets come out the same whatever the order of the writes).
 #pragma once
 
 #include <cstdint>

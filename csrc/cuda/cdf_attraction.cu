@@ -91,14 +91,12 @@ struct KeyTraits<float> {
   using Bits = uint32_t;
   static constexpr int kBits = 31;
   static __device__ Bits bits(float v) { return __float_as_uint(v); }
-  static __device__ float value(uint64_t b) { return __uint_as_float(static_cast<uint32_t>(b)); }
 };
 template <>
 struct KeyTraits<double> {
   using Bits = uint64_t;
   static constexpr int kBits = 63;
   static __device__ Bits bits(double v) { return static_cast<uint64_t>(__double_as_longlong(v)); }
-  static __device__ double value(uint64_t b) { return __longlong_as_double(static_cast<long long>(b)); }
 };
 
 using Entry = RankEntry;
@@ -322,11 +320,15 @@ size_t workspace_layout(const Plan& plan, char* base, Workspace* out) {
 
 // ---------------------------------------------------------------- key generation
 
-// The block of common/pair_keys.h on the device.
-struct KeyBlock {
+// The Block of common/pair_keys.h, cdf_rank.h and cdf_backward.h on the device: a block of
+// N threads (the launch's), its barrier, its fixed-order sum and an integer OR.
+template <int N>
+struct ThreadBlock {
   __device__ int thread() const { return static_cast<int>(threadIdx.x); }
-  __device__ static constexpr int threads() { return kKeyThreads; }
+  __device__ static constexpr int threads() { return N; }
   __device__ void sync() const { __syncthreads(); }
+  __device__ double sum(double v) const { return block_sum(v); }
+  __device__ void or_bits(unsigned long long* word, unsigned long long bits) const { atomicOr(word, bits); }
 };
 
 // Every d_ij (i < j) goes to emit(valid, k(i, j), d_ij) (common/pair_keys.h emit_key_tile).
@@ -338,7 +340,7 @@ pair_keys_kernel(const T* __restrict__ z, int64_t n, int64_t d, uint64_t tiles, 
   extern __shared__ __align__(16) unsigned char emitter_smem[];
   Emitter emit = emitter;
   emit.begin(emitter_smem);
-  KeyBlock block;
+  ThreadBlock<kKeyThreads> block;
   for (uint64_t t = blockIdx.x; t < tiles; t += gridDim.x) emit_key_tile<T>(z, n, d, t, block, rows, cols, emit);
   emit.end();
 }
@@ -451,20 +453,13 @@ void launch_pair_keys(const T* z, int64_t n, int64_t d, const Emitter& emit, siz
 
 // ---------------------------------------------------------------- ranks
 
-// The block of common/cdf_rank.h on the device.
-struct RankBlock {
-  __device__ int thread() const { return static_cast<int>(threadIdx.x); }
-  __device__ double sum(double v) const { return block_sum(v); }
-  __device__ void or_bits(unsigned long long* word, unsigned long long bits) const { atomicOr(word, bits); }
-};
-
 // Ranks [r0, r1), whose entries sit at [0, r1 - r0) of the sorted buffer
 // (common/cdf_rank.h rank_chunks: partials per chunk, carries between passes).
 template <typename T, typename Reader>
 __global__ void __launch_bounds__(kRankThreads, kRankBlocksPerSm)
 rank_kernel(Reader entries, RankArgs<T> a, uint64_t r0, uint64_t r1, const double* __restrict__ carry_in,
             double* __restrict__ carry_out, double* __restrict__ partials) {
-  RankBlock block;
+  ThreadBlock<kRankThreads> block;
   rank_chunks<T>(entries, a, r0, r1, carry_in, carry_out, partials, blockIdx.x, gridDim.x, block);
 }
 
@@ -539,7 +534,7 @@ template <typename T>
 __global__ void pick_splitters_kernel(const typename KeyTraits<T>::Bits* __restrict__ sorted, uint64_t sample,
                                       uint64_t buckets, T* __restrict__ splitters) {
   const uint64_t b = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x + 1;
-  if (b < buckets) splitters[b - 1] = KeyTraits<T>::value(sorted[b * sample / buckets]);
+  if (b < buckets) splitters[b - 1] = key_of_bits<T>(sorted[b * sample / buckets]);
 }
 
 template <typename T>
@@ -960,7 +955,7 @@ __global__ void rank_mixed_kernel(SortedComposites<C> entries, uint64_t count, u
   const uint64_t b = slots.slot_of(static_cast<typename KeyBins<T>::U>(entry.key_bits));
   const uint64_t rank = first[b] + (offset + pos - mixed_start[b]);
   int64_t segment = -1;
-  const T e = KeyTraits<T>::value(entry.key_bits) - quantiles(rank, &segment);
+  const T e = key_of_bits<T>(entry.key_bits) - quantiles(rank, &segment);
   if (e != T(0)) atomicOr((e > T(0) ? pos_bits : neg_bits) + (entry.index >> 6), 1ull << (entry.index & 63));
   terms[pos] = abs_power(e, 1);
 }
@@ -1243,19 +1238,12 @@ void forward(const ForwardArgs<T>& a, void* workspace, size_t ws_bytes, cudaStre
 template <typename T>
 using BackwardArgs = SignedDifferences<T>;
 
-// The block of common/cdf_backward.h on the device.
-struct BackBlock {
-  __device__ int thread() const { return static_cast<int>(threadIdx.x); }
-  __device__ static constexpr int threads() { return kBackThreads; }
-  __device__ void sync() const { __syncthreads(); }
-};
-
 // Rows [64 blockIdx.x, + 64): common/cdf_backward.h signed_differences_rows.
 template <typename T, int DPL>
 __global__ void __launch_bounds__(kBackThreads) signed_differences_kernel(BackwardArgs<T> a) {
   __shared__ __align__(16) BackWeights<T> weights;
   __shared__ BackColumns<T, DPL> cols;
-  BackBlock block;
+  ThreadBlock<kBackThreads> block;
   signed_differences_rows<T, DPL>(a, static_cast<int64_t>(blockIdx.x), block, weights, cols);
 }
 
