@@ -28,6 +28,7 @@ instead of gathering wrong rows); eager calls take uneven sizes.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, List, Optional, Tuple, TypeVar
 
 import torch
@@ -230,7 +231,10 @@ def sum_over_ranks(t: Tensor, process_group="world") -> Tensor:
     if _compiling():  # gathered then summed: the gather's backward gives every rank the summed gradient
         group = _traceable_group(_group(process_group))
         parts = _all_gather_autograd(t.contiguous()[None], 0, group)
-        return parts.sum(0)
+        # Added part by part rather than parts.sum(0), whose gradient is an expand: torch 2.11's
+        # gather hands its gradient to reduce_scatter as it is, and gloo refuses a
+        # non-contiguous one. unbind's gradient is a stack (contiguous).
+        return functools.reduce(torch.add, parts.unbind(0))
     return _SumOverRanks.apply(t, _group(process_group))
 
 

@@ -230,11 +230,14 @@ def _loss_value(distances_sum: Optional[Tensor], radii_sum: Optional[Tensor], ra
                 distances_weight: float, n: int, dtype: torch.dtype) -> Tensor:
     """w_r radii_sum / n + w_d distances_sum / n', summed in float64 and rounded once to
     ``dtype``; both sums are float64 (the engine's over the pairs, ``_power_sum``'s over the
-    radii), None leaves a term out."""
+    radii), None leaves a term out. The result is a new tensor, never one of the sums: torch
+    2.11's torch.compile routes the gradient of an autograd.Function whose output is also
+    one of its intermediates to the wrong output (pytorch/pytorch#180642), and so gave
+    ``_CdfAttractionFn`` a zero gradient in float64, where ``.to`` returned the sum itself."""
     value = None if distances_sum is None else distances_sum * (distances_weight / cdf_engine.pair_count(n))
     if radii_sum is not None:
         value = radii_sum * (radii_weight / n) if value is None else value.add(radii_sum, alpha=radii_weight / n)
-    return value.to(dtype)
+    return value.to(dtype, copy=True)
 
 
 def cdf_pairs_with_stats(z: Tensor, target, p: int = 1, max_sort_bytes: Optional[int] = None):
