@@ -441,14 +441,20 @@ uint64_t resident_blocks(Kernel kernel, int threads, size_t shared) {
 template <typename T, typename Emitter>
 void launch_pair_keys(const T* z, int64_t n, int64_t d, const Emitter& emit, size_t shared, cudaStream_t stream) {
   auto kernel = pair_keys_kernel<T, Emitter>;
-  if (shared > 0)
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
-               "pair_keys_kernel shared memory");
   const uint64_t tiles = key_tiles(n);
   const uint64_t min_blocks = (tiles + kMaxTilesPerBlock - 1) / kMaxTilesPerBlock;
   const uint64_t blocks = std::min(tiles, std::max(min_blocks, resident_blocks(kernel, kKeyThreads, shared)));
   kernel<<<static_cast<unsigned>(blocks), kKeyThreads, shared, stream>>>(z, n, d, tiles, emit);
   check_launch("pair_keys_kernel");
+}
+
+// CUB's temporary storage for sorting `items` composites, which the plan sized at its
+// capacity, asked again at this count: a shortfall raises instead of corrupting memory.
+template <typename C, typename Count>
+void check_sort_temp(cub::DoubleBuffer<C>& entries, Count items, int end_bit, size_t planned, cudaStream_t stream) {
+  size_t need = 0;
+  check_cuda(Composite<C>::sort(nullptr, need, entries, items, end_bit, stream), "cub::DeviceRadixSort (size)");
+  if (need > planned) throw std::runtime_error("cdf_attraction (CUDA): CUB needs more sort memory than planned");
 }
 
 // ---------------------------------------------------------------- ranks
@@ -562,6 +568,12 @@ void count_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace& w
   check_cuda(cudaMemsetAsync(ws.hist, 0, hist_bytes, stream), "zero bucket counts");
   const HistogramEmitter<T> emit{static_cast<const T*>(ws.splitters), static_cast<int>(plan.buckets), ws.hist,
                                  nullptr, nullptr};
+  // The kernel's limit is the most any call asks for (kMaxBuckets: above the default 48 KiB
+  // with the static tiles), the same value on every call. A per-call value let one host
+  // thread lower it between another thread's setting and its launch, which then failed.
+  check_cuda(cudaFuncSetAttribute(pair_keys_kernel<T, HistogramEmitter<T>>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(HistogramEmitter<T>::shared_bytes(kMaxBuckets))),
+             "pair_keys_kernel shared memory");
   launch_pair_keys(a.z, a.n, a.d, emit, HistogramEmitter<T>::shared_bytes(plan.buckets), stream);
   std::vector<unsigned long long> counts(plan.buckets);
   splitters->resize(plan.buckets - 1);
@@ -591,10 +603,7 @@ void rank_buckets(const ForwardArgs<T>& a, const Plan& plan, const Workspace& ws
   launch_pair_keys(a.z, a.n, a.d, emit, 0, stream);
   const int end_bit = KeyTraits<T>::kBits + plan.index_bits;
   with_count_type(count, [&](auto items) {
-    size_t need = 0;
-    check_cuda(Composite<C>::sort(nullptr, need, entries, items, end_bit, stream), "cub::DeviceRadixSort (size)");
-    if (need > plan.sort_temp)
-      throw std::runtime_error("cdf_attraction (CUDA): CUB needs more sort memory than planned");
+    check_sort_temp<C>(entries, items, end_bit, plan.sort_temp, stream);
     size_t bytes = plan.sort_temp;
     check_cuda(Composite<C>::sort(ws.sort_temp, bytes, entries, items, end_bit, stream),
                "cub::DeviceRadixSort::SortKeys");
@@ -608,16 +617,18 @@ void rank_in_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspace& 
   std::vector<uint64_t> base;
   std::vector<T> splitters;
   count_buckets(a, plan, ws, stream, &base, &splitters);
-  int pass = 0;
-  for (uint64_t b0 = 0; b0 < plan.buckets;) {
-    uint64_t b1 = b0;
-    while (b1 < plan.buckets && base[b1 + 1] - base[b0] <= plan.capacity) ++b1;
-    if (b1 == b0) {
-      throw std::overflow_error("cdf_attraction: " + std::to_string(base[b0 + 1] - base[b0]) +
+  for (uint64_t b = 0; b < plan.buckets; ++b) {  // before any pass is queued, so a refusal leaves no work behind
+    if (base[b + 1] - base[b] > plan.capacity) {
+      throw std::overflow_error("cdf_attraction: " + std::to_string(base[b + 1] - base[b]) +
                                 " distances share one bucket, more than the " + std::to_string(plan.capacity) +
                                 " a pass may hold (heavily tied distances, or fewer than n'/" +
                                 std::to_string(kMaxBuckets) + " entries per pass); allow more sort memory");
     }
+  }
+  int pass = 0;
+  for (uint64_t b0 = 0; b0 < plan.buckets;) {
+    uint64_t b1 = b0 + 1;  // bucket b0 fits a pass (checked above)
+    while (b1 < plan.buckets && base[b1 + 1] - base[b0] <= plan.capacity) ++b1;
     if (base[b1] > base[b0]) rank_buckets<T, C>(a, plan, ws, base, splitters, b0, b1, pass++, stream);
     b0 = b1;
   }
@@ -1144,6 +1155,7 @@ void select_forward(const SelectArgs<T>& a, const SelectPlan<T>& plan, const Sel
     if (count > 0) {
       const int end_bit = KeyTraits<T>::kBits + plan.index_bits;
       with_count_type(count, [&](auto items) {
+        check_sort_temp<C>(entries, items, end_bit, plan.sort_temp, stream);
         size_t bytes = plan.sort_temp;
         check_cuda(Composite<C>::sort(ws.sort_temp, bytes, entries, items, end_bit, stream),
                    "cub::DeviceRadixSort::SortKeys (mixed pairs)");
