@@ -1,31 +1,34 @@
 #!/usr/bin/env bash
-# The GPU check, for a machine lent by the device tool (python3 there holds torch,
-# pybind11, CMake, Ninja, scipy, mpmath and pytest; no network). Run from the repository
-# root:
+# The GPU check, for a lent GPU machine (python3 there holds torch, pybind11, CMake, Ninja,
+# scipy, mpmath and pytest; no network). Run from the repository root:
 #
-#   bash bench/gpu_check.sh                      # every stage, in order
+#   bash bench/gpu_check.sh                      # every stage, in order, within 500 s in all
 #   bash bench/gpu_check.sh build test           # some stages (the build stays for later calls
 #   bash bench/gpu_check.sh sanitize bench       #   while the machine is held)
 #
 # Stages:
 #   build     pip install --no-build-isolation --no-deps -e .  (sm_90 only: one architecture
-#             keeps the build to a couple of minutes on 16 cores)
-#   test      pytest -m cuda (the CUDA parity tests), the CPU suite's quick files, and the
+#             keeps the build to about two minutes on 16 cores)
+#   test      pytest -m cuda (the CUDA parity tests; 60 s a test at most), then the
 #             process_group path over NCCL with one rank (gaussreg bench distributed)
 #   sanitize  compute-sanitizer memcheck and racecheck on gaussreg/bench/kernel_smoke.py (one small
 #             forward+backward of every CUDA kernel, float32 and float64)
-#   bench     gaussreg.bench's kernel_sums, cdf_attraction and segmented on the GPU
-#   dims      (not in the default list) the pair sums' native rows at n = 65536 for D = 16,
-#             128 and 512, the sizes of bench/results/roofline-sm90.md: run it when time is left
+#   bench     gaussreg.bench's cdf_attraction (n = 16384, 65536, 131072), kernel_sums (n = 16384
+#             and 65536; the native rows also at D = 16, 128 and 512) and segmented, each within its
+#             share of the time left (--run-budget: a row that would not fit is skipped, and the
+#             rows measured are saved)
 #
-# Everything lands under $OUT (the device tool's output folder; ./gpu_check_out elsewhere),
-# within the tool's limits on files coming back (8 files): summary.txt (one line a stage,
-# printed last), one log per stage, and bench_results.tgz with the JSON/CSV/PNG. Back on
-# the development machine: `tar xzf bench_results.tgz -C bench/results/<device-slug>/`
-# (the slug is in each JSON's meta), then `python3 -m gaussreg.bench.report --write-readme`, commit. Each stage has a time limit so that one stuck stage cannot use up
-# the 10-minute call; all four together can pass 10 minutes, so split them over two or
-# three calls (the build stays on a held machine). The exit status is that of the first
-# failing stage.
+# Time: all stages together fit in GPU_CHECK_BUDGET seconds (default 500, for a call limited to
+# 540 s). Each stage gets at most its own cap and never more than what is left; a stage with less
+# than 20 s left is skipped (and says so). A stage past its limit gets SIGTERM, then SIGKILL 10 s
+# later, and its log up to there is kept.
+#
+# Everything lands under $OUT (the lent machine's output folder; ./gpu_check_out elsewhere),
+# within the limits on files coming back (8 files): summary.txt (one line a stage, printed
+# last), one log per stage, and bench_results.tgz with the JSON/CSV/PNG. Back on the
+# development machine: `tar xzf bench_results.tgz -C bench/results/<device-slug>/` (the slug is
+# in each JSON's meta), then `python3 -m gaussreg.bench.report --write-readme`, commit. The
+# exit status is that of the first failing stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,15 +36,26 @@ export OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 SUMMARY="$OUT/summary.txt"
+BUDGET=${GPU_CHECK_BUDGET:-500}
+START=$(date +%s)
 status=0
 
-stage() {  # stage NAME LIMIT_SECONDS FUNCTION: run with a time limit, log, one summary line
-  local name=$1 limit=$2 fn=$3
-  local start rc
+seconds_left() { echo $((BUDGET - ($(date +%s) - START))); }
+
+stage() {  # stage NAME CAP_SECONDS FUNCTION: run within min(cap, time left), log, one summary line
+  local name=$1 cap=$2 fn=$3
+  local left limit start rc
+  left=$(seconds_left)
+  limit=$((cap < left ? cap : left))
+  if [ "$limit" -lt 20 ]; then
+    echo "$name: skipped, ${left} s left of the ${BUDGET} s budget" | tee -a "$SUMMARY"
+    [ "$status" -eq 0 ] && status=3
+    return 3
+  fi
   start=$(date +%s)
-  timeout --signal=KILL "$limit" bash -c "$fn" >"$OUT/$name.log" 2>&1
+  STAGE_LIMIT=$limit timeout --signal=TERM --kill-after=10 "$limit" bash -c "$fn" >"$OUT/$name.log" 2>&1
   rc=$?
-  echo "$name: exit $rc after $(($(date +%s) - start)) s (log: $name.log)" | tee -a "$SUMMARY"
+  echo "$name: exit $rc after $(($(date +%s) - start)) s of its ${limit} s (log: $name.log)" | tee -a "$SUMMARY"
   if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
   return "$rc"
 }
@@ -53,49 +67,59 @@ build() {
 }
 
 tests() {
-  python3 -m pytest -q -m cuda tests &&
-    python3 -m pytest -q tests/test_cdf_attraction.py tests/test_targets.py tests/test_backends.py \
-      tests/test_coordinate_cdf_attraction.py tests/test_sliced_wasserstein.py tests/test_epps_pulley.py tests/test_gmm.py &&
-    # The process_group path over NCCL (one GPU: one rank; the split and the collectives run).
-    python3 -m gaussreg.bench distributed --world 1 --backend nccl --device cuda --n 4096 --repeats 1 --no-save
+  local per_test=() rc=0
+  python3 -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60)
+  # The CPU suite runs in CI; here only what needs the GPU (and the build made on this machine).
+  timeout --signal=TERM --kill-after=5 $((STAGE_LIMIT - 50)) \
+    python3 -m pytest -q -rfE --durations 15 -p no:cacheprovider "${per_test[@]}" -m cuda tests || rc=1
+  # The process_group path over NCCL (one GPU: one rank; the split and the collectives run).
+  timeout --signal=TERM --kill-after=5 40 python3 -m gaussreg.bench distributed --world 1 --backend nccl \
+    --device cuda --n 4096 --repeats 1 --no-save || rc=1
+  return "$rc"
 }
 
 sanitize() {
-  local failed=0
+  local failed=0 each=$(((STAGE_LIMIT - 10) / 2))
   for tool in memcheck racecheck; do
-    echo "== compute-sanitizer --tool $tool"
-    compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 --target-processes all \
-      python3 -m gaussreg.bench.kernel_smoke --device cuda || failed=1
+    echo "== compute-sanitizer --tool $tool (at most $each s)"
+    timeout --signal=TERM --kill-after=5 "$each" compute-sanitizer --tool "$tool" --error-exitcode 99 \
+      --print-limit 20 --target-processes all python3 -m gaussreg.bench.kernel_smoke --device cuda || failed=1
   done
   return "$failed"
 }
 
+# One family: SHARE percent of the bench stage's time left (its rows within --run-budget), and
+# never past the stage's deadline, which keeps 20 s for the tarball.
+bench_family() {
+  local share=$1 left budget
+  shift
+  left=$((BENCH_DEADLINE - $(date +%s)))
+  budget=$((left * share / 100))
+  if [ "$budget" -lt 15 ]; then
+    echo "== skipped $1: ${left} s left of the stage"
+    return 1
+  fi
+  echo "== $* (--run-budget $budget, stopped after $left s)"
+  timeout --signal=TERM --kill-after=5 "$left" python3 -m "$@" --device cuda --timeout 30 --out "$BENCH_RESULTS" \
+    --run-budget "$budget"
+}
+
 benches() {
-  local results="$OUT/results"
-  mkdir -p "$results"
-  python3 -m gaussreg.bench.cdf_attraction --device cuda --n 4096 16384 65536 131072 --ref-max-n 16384 \
-    --repeats 5 --timeout 120 --out "$results" &&
-    python3 -m gaussreg.bench.kernel_sums --device cuda --n 4096 16384 65536 --ref-max-n 8192 --out "$results" &&
-    python3 -m gaussreg.bench.segmented --device cuda --n 16384 65536 262144 --dim 128 512 --slices 1024 --ref-max-n 65536 --out "$results"
-  local rc=$?
-  tar czf "$OUT/bench_results.tgz" -C "$results" . && rm -rf "$results"
+  local rc=0
+  export BENCH_RESULTS="$OUT/results" BENCH_DEADLINE=$(($(date +%s) + STAGE_LIMIT - 20))
+  mkdir -p "$BENCH_RESULTS"
+  bench_family 45 gaussreg.bench.cdf_attraction --n 16384 65536 131072 --ref-max-n 16384 || rc=1
+  bench_family 40 gaussreg.bench.kernel_sums --n 16384 65536 --ref-max-n 8192 || rc=1
+  bench_family 40 gaussreg.bench.kernel_sums --n 65536 --dim 16 128 512 --impls native --no-memory --tag dims || rc=1
+  bench_family 90 gaussreg.bench.segmented --n 65536 262144 --dim 128 --slices 1024 --ref-max-n 65536 || rc=1
+  tar czf "$OUT/bench_results.tgz" -C "$BENCH_RESULTS" . && rm -rf "$BENCH_RESULTS"
   return "$rc"
 }
 
-dims() {
-  local results="$OUT/results_dims"
-  mkdir -p "$results"
-  python3 -m gaussreg.bench.kernel_sums --device cuda --n 65536 --dim 16 128 512 --impls native --no-memory \
-    --out "$results"
-  local rc=$?
-  tar czf "$OUT/bench_dims.tgz" -C "$results" . && rm -rf "$results"
-  return "$rc"
-}
-
-export -f build tests sanitize benches dims
+export -f build tests sanitize bench_family benches
 
 {
-  echo "gpu_check $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "gpu_check $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), budget ${BUDGET} s"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
 } | tee -a "$SUMMARY"
@@ -104,13 +128,13 @@ stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench)
 for s in "${stages[@]}"; do
   case "$s" in
-    build) stage build 300 build ;;
-    test) stage test 240 tests ;;
-    sanitize) stage sanitize 300 sanitize ;;
-    bench) stage bench 420 benches ;;
-    dims) stage dims 240 dims ;;
-    *) echo "unknown stage $s (build, test, sanitize, bench, dims)" | tee -a "$SUMMARY"; status=2 ;;
+    build) stage build 240 build ;;
+    test) stage test 150 tests ;;
+    sanitize) stage sanitize 90 sanitize ;;
+    bench) stage bench 600 benches ;;
+    *) echo "unknown stage $s (build, test, sanitize, bench)" | tee -a "$SUMMARY"; status=2 ;;
   esac
 done
+echo "total: $(($(date +%s) - START)) s of the ${BUDGET} s budget" | tee -a "$SUMMARY"
 cat "$SUMMARY"
 exit "$status"

@@ -7,12 +7,15 @@ argument handling, and ``gaussreg bench`` of a package installed as a user insta
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from gaussreg.bench import cdf_attraction as bench_cdf
 from gaussreg.bench import floors, kernel_smoke, kernel_sums
@@ -84,6 +87,45 @@ def test_kernel_smoke_cases_run_on_cpu(capsys):
     assert out.count("ok   torch.float64") == len(kernel_smoke._cases())
 
 
+def test_run_budget_predicts_a_row_from_the_previous_one_and_the_cost_model():
+    from gaussreg.bench import _harness
+
+    case = _harness.Case("cubic", lambda *a: (), [], cost=lambda n, d, itemsize, backward: floors.Cost(n ** 3, 0.0))
+    ctx = _harness._Ctx(args=SimpleNamespace(run_budget=100.0), device=None, dtype=torch.float32, dim=4, rate=None)
+    now = _harness.time.perf_counter()
+    deadline = now + 10.0
+    # Previous row: n = 100 in 1 s; n = 200 costs 8 times the FLOPs: 8 s fits in the 10 s left, 10 s would not.
+    assert _harness._over_budget(case, 200, ctx, (100, 1.0), deadline) is None
+    reason = _harness._over_budget(case, 200, ctx, (100, 1.25), deadline)
+    assert reason is not None and reason.startswith("predicted 10 s > the ") and reason.endswith(
+        " s left of this case's share of --run-budget 100 s"), reason
+    # Without a cost model, (n / n0)^2: 4 x 2 s = 8 s fits.
+    square = _harness.Case("square", lambda *a: (), [])
+    assert _harness._over_budget(square, 200, ctx, (100, 2.0), deadline) is None
+    assert _harness._over_budget(square, 200, ctx, (100, 2.6), deadline) is not None
+    # A first row is started while any time is left; none is once the budget is spent.
+    assert _harness._over_budget(case, 200, ctx, None, deadline) is None
+    assert _harness._over_budget(case, 200, ctx, None, now - 1.0) == "past --run-budget 100 s"
+    assert _harness._over_budget(case, 10 ** 6, ctx, (1, 1e9), None) is None
+    # Shares: the next of 4 equal parts of the 10 s left ends 2.5 s from now; nothing is left past the end.
+    assert _harness._share_of_budget(deadline, 4) - now == pytest.approx(2.5, abs=0.1)
+    assert _harness._share_of_budget(now - 5.0, 3) <= _harness.time.perf_counter()
+    assert _harness._share_of_budget(None, 3) is None
+
+
+def test_a_spent_run_budget_skips_the_rest_and_still_saves(tmp_path):
+    # A microsecond is spent before the first case (measuring the floor's matmul takes longer):
+    # every row is there, skipped with the reason, and the results are written.
+    rows = bench_cdf.main(["--n", "24", "32", "--out", str(tmp_path), "--ref-max-n", "32", "--run-budget", "1e-6"]
+                          + TINY)
+    record = json.loads((tmp_path / "cdf_attraction.json").read_text())
+    assert record["rows"] == json.loads(json.dumps(rows, default=str))
+    timed = [r for r in rows if r["n"] is not None]
+    assert timed and all(r["status"] == "skipped" and r["note"] == "past --run-budget 1e-06 s" for r in timed), timed
+    with pytest.raises(SystemExit):
+        bench_cdf.main(["--run-budget", "0", "--no-save"])
+
+
 def test_gpu_check_script_parses_and_refuses_unknown_stages(tmp_path):
     script = ROOT / "bench" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
@@ -91,6 +133,15 @@ def test_gpu_check_script_parses_and_refuses_unknown_stages(tmp_path):
                             env=dict(os.environ, OUT=str(tmp_path)), timeout=120)
     assert result.returncode == 2
     assert "unknown stage no-such-stage" in (tmp_path / "summary.txt").read_text()
+    # The time budget: a stage with less than 20 s left is not started (the build would run for minutes).
+    skipped = tmp_path / "skipped"
+    result = subprocess.run(["bash", str(script), "build", "test"], cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, OUT=str(skipped), GPU_CHECK_BUDGET="15"), timeout=120)
+    summary = (skipped / "summary.txt").read_text()
+    assert result.returncode == 3, summary
+    assert re.search(r"^build: skipped, \d+ s left of the 15 s budget$", summary, re.M), summary
+    assert re.search(r"^test: skipped, \d+ s left", summary, re.M), summary
+    assert not (skipped / "build.log").exists()
 
 
 def test_gaussreg_bench_command_runs_a_family(tmp_path, capsys):

@@ -91,6 +91,11 @@ def make_parser(family: str, description: str, default_n: Dict[str, List[int]]) 
                         help="repeats kept even past --row-budget (default 3)")
     timing.add_argument("--row-budget", type=float, default=1.5,
                         help="seconds per row and mode after which repeats stop early (default 1.5)")
+    timing.add_argument("--run-budget", type=float, default=None, metavar="SECONDS",
+                        help="wall-clock seconds for the whole run, shared equally by the cases (and D values) "
+                             "still to run: a row whose predicted time (the same implementation's previous row, "
+                             "scaled by the case's FLOP count) does not fit its case's share is not started but "
+                             "recorded as 'skipped', and the results are saved as usual (default: no limit)")
     timing.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
     timing.add_argument("--rotate", type=int, default=3, help="different input sets cycled (default 3)")
     timing.add_argument("--no-forward", action="store_true", help="time forward+backward only")
@@ -174,6 +179,7 @@ class _Ctx:
     dim: int
     rate: Optional[float]
     bandwidth: Optional[float] = None
+    deadline: Optional[float] = None  # time.perf_counter() at which --run-budget ends
     gate: Dict[Tuple[str, str], Tuple[Optional[bool], str]] = field(default_factory=dict)
     gate_errors: Dict[Tuple[str, str], str] = field(default_factory=dict)
 
@@ -338,6 +344,42 @@ def _skip_reason(impl: Impl, n: int, ctx: _Ctx, stopped: Dict[str, str]) -> Opti
     return None
 
 
+def _share_of_budget(deadline: Optional[float], parts: int) -> Optional[float]:
+    """The deadline of the next of `parts` equal shares of the time left before `deadline`."""
+    if deadline is None:
+        return None
+    now = time.perf_counter()
+    return now + max(deadline - now, 0.0) / parts
+
+
+def _over_budget(case: Case, n: int, ctx: _Ctx, previous: Optional[Tuple[int, float]],
+                 deadline: Optional[float]) -> Optional[str]:
+    """Why a row is not started under --run-budget: its predicted time exceeds what is left
+    before `deadline` (the case's share of the budget).
+
+    The prediction is the same implementation's previous row (n0, seconds), scaled by the
+    case's FLOP count from n0 to n (by (n / n0)^2 without one); a first row is predicted free.
+    """
+    if deadline is None:
+        return None
+    left = deadline - time.perf_counter()
+    predicted = 0.0
+    if previous is not None:
+        n0, seconds = previous
+        growth = (n / n0) ** 2
+        if case.cost is not None:
+            itemsize = ctx.dtype.itemsize
+            before, after = case.cost(n0, ctx.dim, itemsize, True).flops, case.cost(n, ctx.dim, itemsize, True).flops
+            if before and after:
+                growth = after / before
+        predicted = seconds * growth
+    if left > 0 and predicted <= left:
+        return None
+    return (f"past --run-budget {ctx.args.run_budget:g} s" if left <= 0 else
+            f"predicted {predicted:.3g} s > the {left:.3g} s left of this case's share of --run-budget "
+            f"{ctx.args.run_budget:g} s")
+
+
 def _timed_impls(case: Case) -> List[Impl]:
     return [i for i in case.impls if i.unavailable is None and not i.oracle_only]
 
@@ -346,8 +388,17 @@ def run_cases(cases: List[Case], ctx: _Ctx, sizes: List[int]) -> List[dict]:
     rows: List[dict] = []
     progress = Progress(sum(len(_timed_impls(c)) for c in cases) * len(sizes), f"{ctx.device.type} D={ctx.dim}",
                         quiet=ctx.args.quiet, lines=False)  # without a bar, the row lines say enough
-    for case in cases:
+    for index, case in enumerate(cases):
         progress.write(f"\n== {case.name}: {case.description}")
+        case_deadline = _share_of_budget(ctx.deadline, len(cases) - index)  # time a case leaves unused goes on
+        if ctx.deadline is not None and time.perf_counter() >= ctx.deadline:
+            reason = f"past --run-budget {ctx.args.run_budget:g} s"
+            for n in sizes:
+                for impl in _timed_impls(case):
+                    rows.append(_row(case, impl, n, ctx, "skipped", reason))
+                    progress.step(f"{case.name}: {reason}")
+            progress.write(f"  skipped: {reason}")
+            continue
         _check_small(case, ctx)
         for impl in case.impls:
             if impl.unavailable is not None:
@@ -367,13 +418,17 @@ def run_cases(cases: List[Case], ctx: _Ctx, sizes: List[int]) -> List[dict]:
             progress.step(f"{case.name}: not timed")
         stopped: Dict[str, str] = {}
         oracle_cache: dict = {}
+        previous: Dict[str, Tuple[int, float]] = {}  # impl -> (n, seconds) of its last measured row
         for n in sizes:
             for impl in runnable:
-                reason = _skip_reason(impl, n, ctx, stopped)
+                reason = (_skip_reason(impl, n, ctx, stopped)
+                          or _over_budget(case, n, ctx, previous.get(impl.name), case_deadline))
                 if reason is not None:
                     row = _row(case, impl, n, ctx, "skipped", reason)
                 else:
+                    started = time.perf_counter()
                     row = _measure(case, impl, n, ctx, oracle_cache, stopped)
+                    previous[impl.name] = (n, time.perf_counter() - started)
                     if row["status"] in ("oom", "timeout", "error"):
                         stopped[impl.name] = f"skipped after {row['status']} at n={n}"
                 rows.append(row)
@@ -423,6 +478,8 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device")
+    if args.run_budget is not None and not args.run_budget > 0:
+        parser.error(f"--run-budget {args.run_budget:g}: expected a positive number of seconds")
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = build_cases(args, device)
@@ -441,6 +498,7 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
         _memory_worker(cases, args, device)
         return []
 
+    deadline = None if args.run_budget is None else time.perf_counter() + args.run_budget
     dtype = _DTYPES[args.dtype]
     sizes = sorted(args.n or default_n["cuda" if device.type == "cuda" else "cpu"])
     meta = metadata(family, args, device)
@@ -480,14 +538,18 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
               "the floor, not datasheet peaks")
     t0 = time.perf_counter()
     rows = []
-    for dim in args.dim:
-        ctx = _Ctx(args=args, device=device, dtype=dtype, dim=dim, rate=rate, bandwidth=bandwidth)
+    for index, dim in enumerate(args.dim):
+        ctx = _Ctx(args=args, device=device, dtype=dtype, dim=dim, rate=rate, bandwidth=bandwidth,
+                   deadline=_share_of_budget(deadline, len(args.dim) - index))
         if len(args.dim) > 1:
             print(f"\n######## D = {dim}", flush=True)
         dim_rows = run_cases(cases, ctx, sizes)
         if device.type == "cpu" and not args.no_memory:
-            print("\nmemory (fresh subprocesses, after all timings):", flush=True)
-            _memory_cpu(module, cases, dim_rows, args, dim)
+            if deadline is not None and time.perf_counter() >= deadline:
+                print(f"\nmemory: not measured (past --run-budget {args.run_budget:g} s)", flush=True)
+            else:
+                print("\nmemory (fresh subprocesses, after all timings):", flush=True)
+                _memory_cpu(module, cases, dim_rows, args, dim)
         rows += dim_rows
     meta["wall_s"] = time.perf_counter() - t0
     meta["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
