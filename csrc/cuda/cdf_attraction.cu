@@ -53,6 +53,7 @@
 #include <vector>
 
 #include "common/cdf_select.h"
+#include "common/cdf_select_slots.h"
 #include "common/pair_index.h"
 #include "common/cdf_backward.h"
 #include "common/cdf_rank.h"
@@ -848,13 +849,6 @@ struct LeafCountEmitter {
   }
 };
 
-template <typename T>
-__device__ double slot_key_sum(unsigned long long lo, unsigned long long hi, double unit) {
-  typename SignificandSum<T>::type sum = lo;
-  if constexpr (sizeof(T) == 8) sum |= static_cast<unsigned __int128>(hi) << 64;
-  return integer_to_double(sum) * unit;
-}
-
 // One thread per slot (a bin, or a bin or leaf after a refinement: `refined_upto` null or
 // not): its class and, for a decided slot, its share of the value (step 3).
 template <typename T>
@@ -869,27 +863,10 @@ __global__ void classify_slots_kernel(const KeyBins<T>* __restrict__ key_bins, K
   const uint64_t s = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (s >= all_slots) return;
   const OrderedSlots<T> slots{*key_bins, leaves, refined_upto};
-  const uint64_t m = count[s], r = first[s];
-  BinClass c = kBinEmpty;
-  double share = 0.0;
-  if (m != 0) {
-    c = kBinMixed;
-    const typename OrderedSlots<T>::Range range = slots.range(s);
-    if (range.finite) {
-      int64_t segment = -1;
-      const T first_target = quantiles(r, &segment);
-      const T last_target = quantiles(r + m - 1, &segment);
-      c = classify_bin(range.low, range.high, first_target, last_target);
-    }
-    if (c != kBinMixed) {
-      const double keys = slot_key_sum<T>(sum_lo[s], sum_hi[s], range.unit);
-      const double targets = quantiles.range_sum(r, m);
-      share = c == kBinAbove ? keys - targets : targets - keys;
-    }
-  }
-  cls[s] = static_cast<unsigned char>(c);
-  mixed[s] = c == kBinMixed ? m : 0;
-  shares[s] = share;
+  const SlotClass c = classify_slot(slots, s, count[s], first[s], sum_lo[s], sum_hi[s], quantiles);
+  cls[s] = static_cast<unsigned char>(c.cls);
+  mixed[s] = c.mixed;
+  shares[s] = c.share;
 }
 
 // Second level: each unrefined bin's count and sums moved to its slot (the leaf slots of
@@ -901,11 +878,8 @@ __global__ void spread_bins_kernel(OrderedSlots<T> slots, const unsigned long lo
                                    unsigned long long* __restrict__ slot_count, unsigned long long* __restrict__ slot_lo,
                                    unsigned long long* __restrict__ slot_hi) {
   const uint64_t b = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= slots.bins.count() || slots.refined(b)) return;
-  const uint64_t s = slots.first_slot(b);
-  slot_count[s] = count[b];
-  slot_lo[s] = sum_lo[b];
-  slot_hi[s] = sum_hi[b];
+  if (b >= slots.bins.count()) return;
+  spread_bin(b, slots.refined(b), slots.first_slot(b), count, sum_lo, sum_hi, slot_count, slot_lo, slot_hi);
 }
 
 // Sets bit k of `bits` for every lane with want = true: lanes whose k share a 64-bit word
@@ -939,21 +913,18 @@ struct SelectCollectEmitter {
   __device__ void end() {}
   __device__ void operator()(bool valid, uint64_t k, T key) {
     const auto bits = KeyTraits<T>::bits(key);
-    const uint64_t b = valid ? slots.slot_of(static_cast<typename KeyBins<T>::U>(bits)) : 0;
-    const unsigned char c = valid ? cls[b] : static_cast<unsigned char>(kBinEmpty);
-    if (write_signs) {
-      set_bit_aggregated(c == kBinAbove, k, pos_bits);
-      set_bit_aggregated(c == kBinBelow, k, neg_bits);
+    const CollectedKey c = valid ? collect_key(slots, cls, b0, b1, static_cast<typename KeyBins<T>::U>(bits))
+                                 : CollectedKey{kBinEmpty, false};
+    if (write_signs) {  // every lane calls: the votes are warp-wide
+      set_bit_aggregated(c.cls == kBinAbove, k, pos_bits);
+      set_bit_aggregated(c.cls == kBinBelow, k, neg_bits);
     }
-    const bool keep = c == kBinMixed && b >= b0 && b < b1;
-    append_kept(keep, Composite<C>::make(bits, k, index_bits), cursor, out, capacity);
+    append_kept(c.keep, Composite<C>::make(bits, k, index_bits), cursor, out, capacity);
   }
 };
 
-// Entry `pos` of the pass (sorted), whose mixed slots start at entry `offset` among all mixed
-// pairs: its rank is its slot's first rank plus its place in the slot (slots are in key
-// order, so a slot's keys are one run of the sorted pass). Writes the sign bit, and |e| for
-// the per-slot sums.
+// Entry `pos` of the pass (sorted): its residual (mixed_entry_residual, which ranks it in its
+// slot) gives its sign bit, and |e| for the per-slot sums.
 template <typename T, typename C>
 __global__ void rank_mixed_kernel(SortedComposites<C> entries, uint64_t count, uint64_t offset,
                                   OrderedSlots<T> slots, const unsigned long long* __restrict__ first,
@@ -963,10 +934,7 @@ __global__ void rank_mixed_kernel(SortedComposites<C> entries, uint64_t count, u
   const uint64_t pos = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (pos >= count) return;
   const Entry entry = entries(pos);
-  const uint64_t b = slots.slot_of(static_cast<typename KeyBins<T>::U>(entry.key_bits));
-  const uint64_t rank = first[b] + (offset + pos - mixed_start[b]);
-  int64_t segment = -1;
-  const T e = key_of_bits<T>(entry.key_bits) - quantiles(rank, &segment);
+  const T e = mixed_entry_residual(slots, entry.key_bits, pos, offset, first, mixed_start, quantiles);
   if (e != T(0)) atomicOr((e > T(0) ? pos_bits : neg_bits) + (entry.index >> 6), 1ull << (entry.index & 63));
   terms[pos] = abs_power(e, 1);
 }
@@ -1103,23 +1071,6 @@ OrderedSlots<T> refine_mixed_bins(const SelectArgs<T>& a, const SelectPlan<T>& p
                     stream);
   *m = read_mixed_slots(ws, all, plan.pairs, "the slots of the second level", stream);
   return slots;
-}
-
-[[noreturn]] void refuse_tied_bin(uint64_t count, uint64_t capacity) {
-  throw std::overflow_error("cdf_attraction: " + std::to_string(count) + " distances share one bucket, more than the " +
-                            std::to_string(capacity) + " a pass may hold (heavily tied distances); allow more sort "
-                            "memory");
-}
-
-// Mixed bins from b0 whose pairs fit `capacity` together (the CPU's plan_mixed_pass).
-uint64_t next_mixed_run(const std::vector<unsigned long long>& mixed, uint64_t b0, uint64_t capacity) {
-  uint64_t used = 0, b = b0;
-  for (; b < mixed.size(); ++b) {
-    if (used + mixed[b] > capacity) break;
-    used += mixed[b];
-  }
-  if (b < mixed.size() && used == 0) refuse_tied_bin(mixed[b], capacity);
-  return b;
 }
 
 template <typename T, typename C>
