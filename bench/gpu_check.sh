@@ -11,8 +11,9 @@
 #             keeps the build to about two minutes on 16 cores)
 #   test      pytest -m cuda (the CUDA parity tests; 60 s a test at most), then the
 #             process_group path over NCCL with one rank (gaussreg bench distributed)
-#   sanitize  compute-sanitizer memcheck and racecheck on gaussreg/bench/kernel_smoke.py (one small
-#             forward+backward of every CUDA kernel, float32 and float64)
+#   sanitize  compute-sanitizer memcheck (torch's allocator cache off) and racecheck (a dtype a
+#             run) on gaussreg/bench/kernel_smoke.py (one small forward+backward of every CUDA
+#             kernel, float32 and float64), each run within a third of the stage
 #   bench     gaussreg.bench's cdf_attraction (n = 16384, 65536, 131072), kernel_sums (n = 16384
 #             and 65536; the native rows also at D = 16, 128 and 512) and segmented, each within its
 #             share of the time left (--run-budget: a row that would not fit is skipped, and the
@@ -70,7 +71,8 @@ tests() {
   local per_test=() rc=0
   python3 -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60)
   # The CPU suite runs in CI; here only what needs the GPU (and the build made on this machine).
-  timeout --signal=TERM --kill-after=5 $((STAGE_LIMIT - 50)) \
+  # SIGINT at the limit: pytest stops as on Ctrl-C and still prints its summary and durations.
+  timeout --signal=INT --kill-after=10 $((STAGE_LIMIT - 50)) \
     python3 -m pytest -q -rfE --durations 15 -p no:cacheprovider "${per_test[@]}" -m cuda tests || rc=1
   # The process_group path over NCCL (one GPU: one rank; the split and the collectives run).
   timeout --signal=TERM --kill-after=5 40 python3 -m gaussreg.bench distributed --world 1 --backend nccl \
@@ -79,11 +81,18 @@ tests() {
 }
 
 sanitize() {
-  local failed=0 each=$(((STAGE_LIMIT - 10) / 2))
-  for tool in memcheck racecheck; do
-    echo "== compute-sanitizer --tool $tool (at most $each s)"
-    timeout --signal=TERM --kill-after=5 "$each" compute-sanitizer --tool "$tool" --error-exitcode 99 \
-      --print-limit 20 --target-processes all python3 -m gaussreg.bench.kernel_smoke --device cuda || failed=1
+  local failed=0 each=$(((STAGE_LIMIT - 10) / 3)) sanitizer
+  sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+  # memcheck sees out-of-bounds accesses only outside torch's caching allocator's blocks: no caching.
+  # racecheck, the slower, one dtype a run, so that each gets its own time.
+  for run in "memcheck float32 float64" "racecheck float32" "racecheck float64"; do
+    set -- $run
+    local tool=$1
+    shift
+    echo "== compute-sanitizer --tool $tool, kernel_smoke --dtypes $* (at most $each s)"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout --signal=TERM --kill-after=5 "$each" "$sanitizer" --tool "$tool" \
+      --error-exitcode 99 --print-limit 20 --target-processes all \
+      python3 -m gaussreg.bench.kernel_smoke --device cuda --dtypes "$@" || failed=1
   done
   return "$failed"
 }
@@ -129,8 +138,8 @@ stages=("$@")
 for s in "${stages[@]}"; do
   case "$s" in
     build) stage build 240 build ;;
-    test) stage test 150 tests ;;
-    sanitize) stage sanitize 90 sanitize ;;
+    test) stage test 140 tests ;;
+    sanitize) stage sanitize 120 sanitize ;;
     bench) stage bench 600 benches ;;
     *) echo "unknown stage $s (build, test, sanitize, bench)" | tee -a "$SUMMARY"; status=2 ;;
   esac

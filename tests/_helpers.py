@@ -67,7 +67,8 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
 
     On failure the message gives the max absolute error and where, the max relative
     error and where, and the worst violation of the tolerance with both values.
-    Shapes must match exactly; NaN anywhere fails (a NaN loss is never acceptable).
+    Shapes must match exactly; NaN anywhere fails (a NaN loss is never acceptable); equal
+    infinities match.
     """
     assert isinstance(actual, torch.Tensor), f"{what}: expected a tensor, got {type(actual).__name__}"
     assert tuple(actual.shape) == tuple(expected.shape), (
@@ -77,7 +78,9 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
     if a.numel() == 0:
         return
     assert not bool(torch.isnan(a).any()), f"{what}: actual contains NaN"
-    err = (a - e).abs()
+    # Equal values match, equal infinities too (a float32 result beyond float32's range is
+    # inf on every engine; inf - inf would be NaN).
+    err = torch.where(a == e, torch.zeros_like(a), (a - e).abs())
     rel = err / e.abs().clamp_min(1e-300)
     excess = err - (atol + rtol * e.abs())
     worst = int(torch.argmax(excess))

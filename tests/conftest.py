@@ -6,6 +6,12 @@ The ``cuda`` marker is declared in pyproject.toml; a test carrying it runs only 
 import os
 import sys
 
+# torch.use_deterministic_algorithms(True) (test_nn's CUDA test) makes every cuBLAS call raise
+# unless cuBLAS was given a fixed workspace; it reads this when its handle is created, so it
+# is set before any test touches CUDA. The sliced losses' projections and the pair-sum
+# losses' point terms call cuBLAS.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 import pytest
 import torch
 

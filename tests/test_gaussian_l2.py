@@ -451,4 +451,7 @@ def test_cuda_dims_that_fill_shared_memory(dtype, d):
     zc = z.detach().cuda().requires_grad_(True)
     gaussreg.gaussian_l2_to_normal(z).backward()
     gaussreg.gaussian_l2_to_normal(zc).backward()
-    assert_close(zc.grad.cpu(), z.grad, 1e-4 if dtype == torch.float32 else 1e-10, 1e-12)
+    rtol = 1e-4 if dtype == torch.float32 else 1e-10
+    # Entries far below the largest are cancelling sums over the other points: absolute slack
+    # scaled by the largest (as check_cuda_parity), not a fixed 1e-12.
+    assert_close(zc.grad.cpu(), z.grad, rtol, 5 * rtol * float(z.grad.abs().max()))

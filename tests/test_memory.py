@@ -26,13 +26,13 @@ from gaussreg.losses import cdf_attraction as cdf_module
 HUGE_CASES = [c for c in CASES if c.huge_rows]
 
 
-def _huge_inputs(case, position, dtype=torch.float32, d=64):
+def _huge_inputs(case, position, dtype=torch.float32, d=64, device="cpu"):
     """Valid small inputs with the one at ``position`` (all, where rows must match) replaced by an
-    expanded (stride 0) giant."""
-    points = [p.to(dtype) for p in points_for(case, n=5, d=d, seed=0)]
+    expanded (stride 0) giant, made on ``device`` (moving one there would copy all its rows)."""
+    points = [p.to(device=device, dtype=dtype) for p in points_for(case, n=5, d=d, seed=0)]
     for k in range(len(points)):
         if k == position or case.equal_rows:  # the others giant too where rows must match
-            points[k] = torch.zeros(1, d, dtype=dtype).expand(case.huge_rows, d)
+            points[k] = torch.zeros(1, d, dtype=dtype, device=device).expand(case.huge_rows, d)
     return points
 
 
@@ -258,13 +258,14 @@ def test_no_leak_over_100_calls(case, one_thread):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_no_cuda_leak_over_100_calls(case):
     points = [p.cuda() for p in points_for(case, n=600, d=64, seed=1)]
+    huge = _huge_inputs(case, 0, device="cuda") if case.huge_rows else None
     value_and_grads(case.call, points)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     for _ in range(100):
         value_and_grads(case.call, points)
-        if case.huge_rows:
+        if huge is not None:
             with pytest.raises(MemoryError):
-                case.call(*[p.cuda() for p in _huge_inputs(case, 0)])
+                case.call(*huge)
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == before

@@ -118,6 +118,12 @@ def test_half_inputs_compute_in_float32(half):
 @pytest.mark.parametrize("p", [1, 2])
 def test_cuda_matches_cpu(dtype, p):
     theta = _directions(50, 20)
+    if dtype == torch.float32:
+        # Signed coordinate axes: projections exact on both devices. Random directions make
+        # cuBLAS and the CPU round float32 projections differently, and near-tied ones then
+        # swap ranks, which moves the p = 2 gradient by far more than rounding.
+        axes = torch.arange(50)
+        theta = torch.eye(20, dtype=torch.float64)[axes % 20] * torch.where(axes % 3 == 0, -1.0, 1.0).double()[:, None]
     check_cuda_parity(lambda z, y: gaussreg.sliced_wasserstein(z, p=p, prior_sample=y, directions=theta.to(z)),
                       [random_points(1000, 20, seed=1), random_points(1000, 20, seed=2)], dtype, value_floor=1e-3)
 
