@@ -58,6 +58,7 @@
 #include "common/cdf_backward.h"
 #include "common/cdf_rank.h"
 #include "common/pair_keys.h"
+#include "common/warp_collect.h"
 #include "cuda/check.cuh"
 #include "cuda/workspace.cuh"
 #include "cuda/reduce.cuh"
@@ -396,20 +397,21 @@ struct HistogramEmitter {
   }
 };
 
-// Writes `entry` of every lane with keep = true to consecutive slots of `out`, one atomic
-// per warp; the warps' order is arbitrary, so what is collected gets sorted. All lanes call.
-template <typename C>
-__device__ __forceinline__ void append_kept(bool keep, const C& entry, unsigned long long* cursor, C* out,
-                                            uint64_t capacity) {
-  const unsigned mask = __ballot_sync(0xffffffffu, keep);
-  if (mask == 0) return;
-  const int lane = threadIdx.x & 31, leader = __ffs(mask) - 1;
-  unsigned long long base = 0;
-  if (lane == leader) base = atomicAdd(cursor, static_cast<unsigned long long>(__popc(mask)));
-  base = __shfl_sync(0xffffffffu, base, leader);
-  const uint64_t pos = base + __popc(mask & ((1u << lane) - 1));
-  if (keep && pos < capacity) out[pos] = entry;
-}
+// The warp collectives of append_kept and set_bit_aggregated (common/warp_collect.h): the
+// full warp's intrinsics. Every lane of the warp must call them.
+struct DeviceWarp {
+  __device__ int lane() const { return threadIdx.x & 31; }
+  __device__ unsigned ballot(bool p) const { return __ballot_sync(0xffffffffu, p); }
+  __device__ unsigned match_any(unsigned long long v) const { return __match_any_sync(0xffffffffu, v); }
+  __device__ unsigned reduce_or(unsigned group, unsigned v) const { return __reduce_or_sync(group, v); }
+  __device__ unsigned long long broadcast(unsigned long long v, int from) const {
+    return __shfl_sync(0xffffffffu, v, from);
+  }
+  __device__ unsigned long long atomic_add(unsigned long long* p, unsigned long long v) const {
+    return atomicAdd(p, v);
+  }
+  __device__ void atomic_or(unsigned long long* p, unsigned long long v) const { atomicOr(p, v); }
+};
 
 // A pass: keys in [lowest, beyond) appended as composite keys; one atomic per warp.
 template <typename T, typename C>
@@ -425,7 +427,7 @@ struct CollectEmitter {
   __device__ void operator()(bool valid, uint64_t k, T key) {
     const auto bits = KeyTraits<T>::bits(key);  // the histogram's comparison, see HistogramEmitter
     const bool keep = valid && !(bits < KeyTraits<T>::bits(lowest)) && (!bounded || bits < KeyTraits<T>::bits(beyond));
-    append_kept(keep, Composite<C>::make(bits, k, index_bits), cursor, out, capacity);
+    append_kept(DeviceWarp{}, keep, Composite<C>::make(bits, k, index_bits), cursor, out, capacity);
   }
 };
 
@@ -882,20 +884,6 @@ __global__ void spread_bins_kernel(OrderedSlots<T> slots, const unsigned long lo
   spread_bin(b, slots.refined(b), slots.first_slot(b), count, sum_lo, sum_hi, slot_count, slot_lo, slot_hi);
 }
 
-// Sets bit k of `bits` for every lane with want = true: lanes whose k share a 64-bit word
-// OR their bits together and one of them writes (pairs of a row are consecutive in k).
-__device__ __forceinline__ void set_bit_aggregated(bool want, uint64_t k, unsigned long long* bits) {
-  const unsigned active = __ballot_sync(0xffffffffu, want);
-  if (active == 0) return;
-  const unsigned long long word = want ? (k >> 6) : ~0ull;
-  const unsigned group = __match_any_sync(0xffffffffu, word);
-  const unsigned long long bit = want ? (1ull << (k & 63)) : 0ull;
-  const unsigned lo = __reduce_or_sync(group, static_cast<unsigned>(bit));
-  const unsigned hi = __reduce_or_sync(group, static_cast<unsigned>(bit >> 32));
-  const int lane = threadIdx.x & 31;
-  if (want && lane == __ffs(group) - 1) atomicOr(bits + word, (static_cast<unsigned long long>(hi) << 32) | lo);
-}
-
 // A pass: signs of the decided pairs (first pass), the mixed pairs of bins [b0, b1) appended.
 template <typename T, typename C>
 struct SelectCollectEmitter {
@@ -916,10 +904,10 @@ struct SelectCollectEmitter {
     const CollectedKey c = valid ? collect_key(slots, cls, b0, b1, static_cast<typename KeyBins<T>::U>(bits))
                                  : CollectedKey{kBinEmpty, false};
     if (write_signs) {  // every lane calls: the votes are warp-wide
-      set_bit_aggregated(c.cls == kBinAbove, k, pos_bits);
-      set_bit_aggregated(c.cls == kBinBelow, k, neg_bits);
+      set_bit_aggregated(DeviceWarp{}, c.cls == kBinAbove, k, pos_bits);
+      set_bit_aggregated(DeviceWarp{}, c.cls == kBinBelow, k, neg_bits);
     }
-    append_kept(c.keep, Composite<C>::make(bits, k, index_bits), cursor, out, capacity);
+    append_kept(DeviceWarp{}, c.keep, Composite<C>::make(bits, k, index_bits), cursor, out, capacity);
   }
 };
 
