@@ -8,6 +8,7 @@ argument handling, and ``gaussreg bench`` of a package installed as a user insta
 import json
 import os
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -124,6 +125,33 @@ def test_a_spent_run_budget_skips_the_rest_and_still_saves(tmp_path):
     assert timed and all(r["status"] == "skipped" and r["note"] == "past --run-budget 1e-06 s" for r in timed), timed
     with pytest.raises(SystemExit):
         bench_cdf.main(["--run-budget", "0", "--no-save"])
+
+
+def test_a_run_stopped_by_sigterm_saves_the_rows_measured(tmp_path):
+    # A time limit (timeout) sends SIGTERM: the run stops as on Ctrl-C, saves what it measured
+    # (marked) and exits 130. Many slow rows, so that it is far from done at the first one.
+    sizes = ["24", "32", "48", "64", "96", "128", "192", "256", "384", "512"]
+    args = [sys.executable, "-m", "gaussreg.bench.cdf_attraction", "--n", *sizes, "--cases", "cdf_p1", "--impls",
+            "native", "--repeats", "40", "--min-repeats", "40", "--row-budget", "100", "--warmup", "0", "--rotate",
+            "1", "--no-memory", "--no-plot", "--no-floor", "--no-size-check", "--check-n", "33", "--quiet",
+            "--out", str(tmp_path)]
+    import gaussreg  # the subprocess imports the gaussreg under test, wherever the installed one is
+
+    env = dict(os.environ, PYTHONPATH=str(Path(gaussreg.__file__).resolve().parent.parent), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
+    try:
+        for line in proc.stdout:
+            if "native" in line and "n=24" in line and "fb " in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        output = proc.stdout.read()
+        assert proc.wait(timeout=120) == 130, output
+    finally:
+        proc.kill()
+    record = json.loads((tmp_path / "cdf_attraction.json").read_text())
+    assert any(w.startswith("interrupted after") for w in record["meta"]["warnings"]), record["meta"]["warnings"]
+    measured = [r["n"] for r in record["rows"] if r["status"] == "ok"]
+    assert 24 in measured and len(measured) < len(sizes), measured
 
 
 def test_gpu_check_script_parses_and_refuses_unknown_stages(tmp_path):

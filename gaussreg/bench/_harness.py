@@ -40,11 +40,14 @@ What this module does:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import math
 import os
 import statistics
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,62 +383,85 @@ def _over_budget(case: Case, n: int, ctx: _Ctx, previous: Optional[Tuple[int, fl
             f"{ctx.args.run_budget:g} s")
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt while the block runs (in the main thread), so that a
+    run stopped by a time limit (``timeout``) saves its rows as one stopped by Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def _timed_impls(case: Case) -> List[Impl]:
     return [i for i in case.impls if i.unavailable is None and not i.oracle_only]
 
 
-def run_cases(cases: List[Case], ctx: _Ctx, sizes: List[int]) -> List[dict]:
-    rows: List[dict] = []
+def run_cases(cases: List[Case], ctx: _Ctx, sizes: List[int], rows: Optional[List[dict]] = None) -> List[dict]:
+    """Every case at every size: the rows, appended to ``rows`` as they are measured (so that
+    a caller interrupted in the middle keeps those already measured)."""
+    rows = [] if rows is None else rows
     progress = Progress(sum(len(_timed_impls(c)) for c in cases) * len(sizes), f"{ctx.device.type} D={ctx.dim}",
                         quiet=ctx.args.quiet, lines=False)  # without a bar, the row lines say enough
-    for index, case in enumerate(cases):
-        progress.write(f"\n== {case.name}: {case.description}")
-        case_deadline = _share_of_budget(ctx.deadline, len(cases) - index)  # time a case leaves unused goes on
-        if ctx.deadline is not None and time.perf_counter() >= ctx.deadline:
-            reason = f"past --run-budget {ctx.args.run_budget:g} s"
-            for n in sizes:
-                for impl in _timed_impls(case):
-                    rows.append(_row(case, impl, n, ctx, "skipped", reason))
-                    progress.step(f"{case.name}: {reason}")
-            progress.write(f"  skipped: {reason}")
-            continue
-        _check_small(case, ctx)
-        for impl in case.impls:
-            if impl.unavailable is not None:
-                rows.append(_row(case, impl, None, ctx, "unavailable", impl.unavailable))
-            else:
-                ok, msg = ctx.gate.get((case.name, impl.name), (None, ""))
-                progress.write(f"  [check] {impl.name:<10} {msg}")
-                if ok is False:
-                    rows.append(_row(case, impl, None, ctx, "wrong", msg + "; not timed"))
-                elif (case.name, impl.name) in ctx.gate_errors:
-                    rows.append(_row(case, impl, None, ctx, "error",
-                                     f"correctness check raised {ctx.gate_errors[(case.name, impl.name)]}; not timed"))
-        runnable = [i for i in _timed_impls(case)
-                    if ctx.gate.get((case.name, i.name), (None,))[0] is not False
-                    and (case.name, i.name) not in ctx.gate_errors]
-        for _ in range((len(_timed_impls(case)) - len(runnable)) * len(sizes)):
-            progress.step(f"{case.name}: not timed")
-        stopped: Dict[str, str] = {}
-        oracle_cache: dict = {}
-        previous: Dict[str, Tuple[int, float]] = {}  # impl -> (n, seconds) of its last measured row
-        for n in sizes:
-            for impl in runnable:
-                reason = (_skip_reason(impl, n, ctx, stopped)
-                          or _over_budget(case, n, ctx, previous.get(impl.name), case_deadline))
-                if reason is not None:
-                    row = _row(case, impl, n, ctx, "skipped", reason)
+    try:
+        for index, case in enumerate(cases):
+            progress.write(f"\n== {case.name}: {case.description}")
+            case_deadline = _share_of_budget(ctx.deadline, len(cases) - index)  # time a case leaves unused goes on
+            if ctx.deadline is not None and time.perf_counter() >= ctx.deadline:
+                reason = f"past --run-budget {ctx.args.run_budget:g} s"
+                for n in sizes:
+                    for impl in _timed_impls(case):
+                        rows.append(_row(case, impl, n, ctx, "skipped", reason))
+                        progress.step(f"{case.name}: {reason}")
+                progress.write(f"  skipped: {reason}")
+                continue
+            _check_small(case, ctx)
+            for impl in case.impls:
+                if impl.unavailable is not None:
+                    rows.append(_row(case, impl, None, ctx, "unavailable", impl.unavailable))
                 else:
-                    started = time.perf_counter()
-                    row = _measure(case, impl, n, ctx, oracle_cache, stopped)
-                    previous[impl.name] = (n, time.perf_counter() - started)
-                    if row["status"] in ("oom", "timeout", "error"):
-                        stopped[impl.name] = f"skipped after {row['status']} at n={n}"
-                rows.append(row)
-                progress.write(_row_line(row))
-                progress.step(f"{case.name} {impl.name} n={n}", finished_block=impl is runnable[-1])
-            oracle_cache.pop(n, None)
-    progress.close()
+                    ok, msg = ctx.gate.get((case.name, impl.name), (None, ""))
+                    progress.write(f"  [check] {impl.name:<10} {msg}")
+                    if ok is False:
+                        rows.append(_row(case, impl, None, ctx, "wrong", msg + "; not timed"))
+                    elif (case.name, impl.name) in ctx.gate_errors:
+                        raised = ctx.gate_errors[(case.name, impl.name)]
+                        note = f"correctness check raised {raised}; not timed"
+                        rows.append(_row(case, impl, None, ctx, "error", note))
+            runnable = [i for i in _timed_impls(case)
+                        if ctx.gate.get((case.name, i.name), (None,))[0] is not False
+                        and (case.name, i.name) not in ctx.gate_errors]
+            for _ in range((len(_timed_impls(case)) - len(runnable)) * len(sizes)):
+                progress.step(f"{case.name}: not timed")
+            stopped: Dict[str, str] = {}
+            oracle_cache: dict = {}
+            previous: Dict[str, Tuple[int, float]] = {}  # impl -> (n, seconds) of its last measured row
+            for n in sizes:
+                for impl in runnable:
+                    reason = (_skip_reason(impl, n, ctx, stopped)
+                              or _over_budget(case, n, ctx, previous.get(impl.name), case_deadline))
+                    if reason is not None:
+                        row = _row(case, impl, n, ctx, "skipped", reason)
+                    else:
+                        started = time.perf_counter()
+                        row = _measure(case, impl, n, ctx, oracle_cache, stopped)
+                        previous[impl.name] = (n, time.perf_counter() - started)
+                        if row["status"] in ("oom", "timeout", "error"):
+                            stopped[impl.name] = f"skipped after {row['status']} at n={n}"
+                    rows.append(row)
+                    progress.write(_row_line(row))
+                    progress.step(f"{case.name} {impl.name} n={n}", finished_block=impl is runnable[-1])
+                oracle_cache.pop(n, None)
+    finally:
+        progress.close()
     return rows
 
 
@@ -537,20 +563,32 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
               + f"); copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write) -- achievable-peak proxies for "
               "the floor, not datasheet peaks")
     t0 = time.perf_counter()
-    rows = []
-    for index, dim in enumerate(args.dim):
-        ctx = _Ctx(args=args, device=device, dtype=dtype, dim=dim, rate=rate, bandwidth=bandwidth,
-                   deadline=_share_of_budget(deadline, len(args.dim) - index))
-        if len(args.dim) > 1:
-            print(f"\n######## D = {dim}", flush=True)
-        dim_rows = run_cases(cases, ctx, sizes)
-        if device.type == "cpu" and not args.no_memory:
-            if deadline is not None and time.perf_counter() >= deadline:
-                print(f"\nmemory: not measured (past --run-budget {args.run_budget:g} s)", flush=True)
-            else:
-                print("\nmemory (fresh subprocesses, after all timings):", flush=True)
-                _memory_cpu(module, cases, dim_rows, args, dim)
-        rows += dim_rows
+    rows: List[dict] = []
+    interrupted = False
+    try:
+        with _sigterm_as_interrupt():
+            for index, dim in enumerate(args.dim):
+                ctx = _Ctx(args=args, device=device, dtype=dtype, dim=dim, rate=rate, bandwidth=bandwidth,
+                           deadline=_share_of_budget(deadline, len(args.dim) - index))
+                if len(args.dim) > 1:
+                    print(f"\n######## D = {dim}", flush=True)
+                dim_rows: List[dict] = []
+                try:
+                    run_cases(cases, ctx, sizes, dim_rows)
+                finally:
+                    rows += dim_rows
+                if device.type == "cpu" and not args.no_memory:
+                    if deadline is not None and time.perf_counter() >= deadline:
+                        print(f"\nmemory: not measured (past --run-budget {args.run_budget:g} s)", flush=True)
+                    else:
+                        print("\nmemory (fresh subprocesses, after all timings):", flush=True)
+                        _memory_cpu(module, cases, dim_rows, args, dim)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (a time limit): what was measured is printed and saved, marked.
+        interrupted = True
+        meta["warnings"].append(f"interrupted after {time.perf_counter() - t0:.0f} s: the rows measured by then "
+                                "only")
+        print("\nwarning: " + meta["warnings"][-1], flush=True)
     meta["wall_s"] = time.perf_counter() - t0
     meta["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta["notes"] = list(notes)
@@ -577,4 +615,6 @@ def main(family: str, module: str, build_cases: Callable[[argparse.Namespace, to
                         for c in cases if c.cost}
         for p in write_outputs(family, meta, rows, args, floor_fn):
             print(f"wrote {p}")
+    if interrupted:
+        raise SystemExit(130)  # as a shell reports a run stopped by Ctrl-C, after the rows were saved
     return rows
