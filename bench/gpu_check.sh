@@ -26,8 +26,10 @@
 # later, and its log up to there is kept.
 #
 # Everything lands under $OUT (the lent machine's output folder; ./gpu_check_out elsewhere),
-# within the limits on files coming back (8 files): summary.txt (one line a stage, printed
-# last), one log per stage, and bench_results.tgz with the JSON/CSV/PNG. Back on the
+# within the limits on files coming back (8 files): summary.txt (one line a stage), one log
+# per stage, and bench_results.tgz with the JSON/CSV/PNG. Printed last: a digest of the logs
+# (build errors, failed tests and pytest's last line, sanitizer summaries, bench rows) and
+# the summary, so that the essentials reach the caller even if the files do not. Back on the
 # development machine: `tar xzf bench_results.tgz -C bench/results/<device-slug>/` (the slug is
 # in each JSON's meta), then `python3 -m gaussreg.bench.report --write-readme`, commit. The
 # exit status is that of the first failing stage.
@@ -145,6 +147,19 @@ for s in "${stages[@]}"; do
     *) echo "unknown stage $s (build, test, sanitize, bench)" | tee -a "$SUMMARY"; status=2 ;;
   esac
 done
+# What matters of each log, printed last, so that it reaches the caller even if the files do not.
+digest() {
+  echo "== digest of the logs"
+  if [ -f "$OUT/build.log" ]; then grep -E "error:|Error [0-9]+|FAILED:|'available'" "$OUT/build.log" | head -20; fi
+  if [ -f "$OUT/test.log" ]; then
+    grep -E "^(FAILED|ERROR) " "$OUT/test.log" | cut -c1-300 | head -40
+    grep -E "[0-9]+ (passed|failed|skipped)|no tests ran|Timeout|KeyboardInterrupt|error:" "$OUT/test.log" | tail -4
+  fi
+  if [ -f "$OUT/sanitize.log" ]; then grep -E "^== |ERROR SUMMARY|RACECHECK SUMMARY|failure" "$OUT/sanitize.log" | head -20; fi
+  if [ -f "$OUT/bench.log" ]; then grep -E "^== |^  [a-z_]+ +n=[0-9]+ +(fb |error|oom|timeout)|WRONG|^matmul rate|^warning" "$OUT/bench.log" | head -80; fi
+}
+
 echo "total: $(($(date +%s) - START)) s of the ${BUDGET} s budget" | tee -a "$SUMMARY"
+digest | cut -c1-400
 cat "$SUMMARY"
 exit "$status"
