@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -291,6 +293,14 @@ inline bool worth_refining(uint64_t covered, uint64_t mixed, uint64_t pairs, uin
   const uint64_t c = capacity > 0 ? capacity : 1;
   auto passes = [c](uint64_t m) { return m / c + (m % c != 0); };
   return covered > pairs / refine_fraction(pairs) || (mixed > capacity && passes(mixed - covered) < passes(mixed));
+}
+
+// A bucket (bin or leaf) holding more pairs than one pass may sort: the call cannot rank them
+// within its sort memory (both engines; the Python front turns it into a MemoryError).
+[[noreturn]] inline void refuse_tied_bin(uint64_t count, uint64_t capacity) {
+  throw std::overflow_error("cdf_attraction: " + std::to_string(count) + " distances share one bucket, more than the " +
+                            std::to_string(capacity) + " a pass may hold (heavily tied distances); allow more sort "
+                            "memory");
 }
 
 // Whether the pairs left mixed after the second level are so many that sorting every pair

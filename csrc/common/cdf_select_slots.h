@@ -7,8 +7,6 @@
 #pragma once
 
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 #include <vector>
 
 #include "cdf_attraction.h"
@@ -59,16 +57,14 @@ GAUSSREG_HD SlotClass classify_slot(const OrderedSlots<T>& slots, uint64_t s, ui
 }
 
 // The second level: an unrefined bin's count and sums move to its slot (a refined bin's
-// leaves are counted by the leaf pass). Returns whether bin b moved.
-GAUSSREG_HD bool spread_bin(uint64_t b, bool refined, uint64_t slot, const unsigned long long* count,
-                                   const unsigned long long* sum_lo, const unsigned long long* sum_hi,
-                                   unsigned long long* slot_count, unsigned long long* slot_lo,
-                                   unsigned long long* slot_hi) {
-  if (refined) return false;
+// leaves are counted by the leaf pass).
+GAUSSREG_HD void spread_bin(uint64_t b, bool refined, uint64_t slot, const unsigned long long* count,
+                            const unsigned long long* sum_lo, const unsigned long long* sum_hi,
+                            unsigned long long* slot_count, unsigned long long* slot_lo, unsigned long long* slot_hi) {
+  if (refined) return;
   slot_count[slot] = count[b];
   slot_lo[slot] = sum_lo[b];
   slot_hi[slot] = sum_hi[b];
-  return true;
 }
 
 // What a collection pass does with one key: the sign of a decided pair (its slot's class),
@@ -101,12 +97,6 @@ GAUSSREG_HD T mixed_entry_residual(const OrderedSlots<T>& slots, uint64_t key_bi
 }
 
 // ---- host: the passes over the mixed slots
-
-[[noreturn]] inline void refuse_tied_bin(uint64_t count, uint64_t capacity) {
-  throw std::overflow_error("cdf_attraction: " + std::to_string(count) + " distances share one bucket, more than the " +
-                            std::to_string(capacity) + " a pass may hold (heavily tied distances); allow more sort "
-                            "memory");
-}
 
 // The end of the pass that starts at slot s0: the mixed slots from s0 whose pairs fit
 // `capacity` together (`mixed`: every slot's mixed count, 0 when not mixed; the CPU's

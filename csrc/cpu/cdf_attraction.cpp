@@ -626,11 +626,7 @@ int64_t sort_all_passes(const ForwardArgs<T>& a, const Plan& plan, const Workspa
   while (b0 < plan.buckets) {
     uint64_t b1 = b0;
     while (b1 < plan.buckets && ws.base[b1 + 1] - ws.base[b0] <= a.capacity) ++b1;
-    if (b1 == b0) {
-      throw std::overflow_error("cdf_attraction: " + std::to_string(ws.base[b0 + 1] - ws.base[b0]) +
-                              " distances share one bucket, more than the " + std::to_string(a.capacity) +
-                              " a pass may hold (heavily tied distances); allow more sort memory");
-    }
+    if (b1 == b0) refuse_tied_bin(ws.base[b0 + 1] - ws.base[b0], a.capacity);
     a.poll();
     collect_buckets<T, E>(a, plan, ws, find, b0, b1);
     rank_buckets<T, E>(a, plan, ws, b0, b1);
@@ -972,11 +968,7 @@ uint64_t plan_mixed_pass(const ForwardArgs<T>& a, const SelectWorkspace<T>& ws, 
       ws.cursor[static_cast<size_t>(v) * ws.slots + b] = used + ws.offset[static_cast<size_t>(v) * ws.slots + b];
     used += m;
   }
-  if (b < count && used == 0) {
-    throw std::overflow_error("cdf_attraction: " + std::to_string(ws.hist[b].count) +
-                              " distances share one bucket, more than the " + std::to_string(a.capacity) +
-                              " a pass may hold (heavily tied distances); allow more sort memory");
-  }
+  if (b < count && used == 0) refuse_tied_bin(ws.hist[b].count, a.capacity);
   for (uint64_t rest = b; rest < count; ++rest)
     if (ws.cls[rest] == kBinMixed) ws.cls[rest] = kBinLater;
   return b;
